@@ -1,0 +1,72 @@
+"""Classification and attention-localization metrics.
+
+* accuracy (single-label top-1) and mAP (multi-label, mean over classes of
+  average precision);
+* cue mIoU: the paper's localization cue keeps the pixels whose attention is
+  at least 20% of the map's maximum; intersection and union with the class's
+  mask are accumulated per class over the data set and averaged over classes;
+* pointing game: a hit when the map's maximum falls on the class's mask.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IGNORE = 255
+CUE_THRESHOLD = 0.2
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """AP of one class: mean precision at the rank of each positive (VOC 2010+ style)."""
+    positives = targets.sum()
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    hits = targets[order] > 0.5
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].sum() / positives)
+
+
+def mean_average_precision(scores: Tensor, labels: Tensor) -> float:
+    """mAP over the classes that have at least one positive."""
+    s, t = scores.float().cpu().numpy(), labels.float().cpu().numpy()
+    aps = [average_precision(s[:, c], t[:, c]) for c in range(s.shape[1])]
+    aps = [a for a in aps if not np.isnan(a)]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def cue_mask(maps: Tensor, threshold: float = CUE_THRESHOLD) -> Tensor:
+    """Pixels with attention >= ``threshold`` x the map's maximum (empty for an all-zero map)."""
+    peak = maps.flatten(-2).amax(-1)[..., None, None]
+    return (maps >= threshold * peak) & (peak > 0)
+
+
+class LocalizationMeter:
+    """Accumulates cue IoU per class and pointing-game hits over many maps."""
+
+    def __init__(self, num_classes: int, threshold: float = CUE_THRESHOLD) -> None:
+        self.inter = torch.zeros(num_classes, dtype=torch.float64)
+        self.union = torch.zeros(num_classes, dtype=torch.float64)
+        self.hits = 0
+        self.count = 0
+        self.threshold = threshold
+
+    def update(self, maps: Tensor, targets: Tensor, classes: Tensor) -> None:
+        """``maps`` (P, H, W) in [0, 1]; ``targets`` (P, H, W) uint8 guides; ``classes`` (P,)."""
+        valid = targets != IGNORE
+        gt = (targets == 1) & valid
+        cue = cue_mask(maps, self.threshold) & valid
+        inter = (cue & gt).flatten(1).sum(1).double().cpu()
+        union = (cue | gt).flatten(1).sum(1).double().cpu()
+        cls = classes.cpu()
+        self.inter.index_add_(0, cls, inter)
+        self.union.index_add_(0, cls, union)
+        peak = maps.flatten(1).argmax(1)
+        self.hits += int(gt.flatten(1).gather(1, peak.unsqueeze(1)).sum())
+        self.count += maps.shape[0]
+
+    def result(self) -> dict[str, float]:
+        seen = self.union > 0
+        miou = (self.inter[seen] / self.union[seen]).mean().item() if seen.any() else float("nan")
+        return {"miou": miou, "pointing_game": self.hits / self.count if self.count else float("nan"), "num_maps": self.count}

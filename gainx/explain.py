@@ -1,0 +1,54 @@
+"""``gainx attention``: heatmap overlays of a trained checkpoint's attention for image files."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gainx.attention import attention_maps
+from gainx.data.decode import read_image
+from gainx.training import load_model
+from gainx.viz import overlay, save_png
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def explain_files(
+    checkpoint: str | Path,
+    images: Sequence[str | Path],
+    out: str | Path,
+    topk: int = 1,
+    class_names: Sequence[str] | None = None,
+) -> list[Path]:
+    """Write ``OUT/<image stem>_<class>.png`` overlays; returns the written paths.
+
+    Explains ``class_names`` when given, else each image's ``topk`` classes.
+    """
+    model, meta = load_model(checkpoint)
+    classes = list(meta["classes"])
+    wanted = None
+    if class_names:
+        unknown = [c for c in class_names if c not in classes]
+        if unknown:
+            raise ValueError(f"unknown class names {unknown}; {checkpoint} knows {classes}")
+        wanted = torch.tensor([[classes.index(c) for c in class_names]])
+    h, w = meta["image_size"]
+    mean = torch.tensor(meta["mean"]).view(3, 1, 1)
+    std = torch.tensor(meta["std"]).view(3, 1, 1)
+    written = []
+    for path in map(Path, images):
+        rgb = np.asarray(read_image(path, "command line").resize((w, h), Image.BILINEAR), dtype=np.uint8)
+        x = ((torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255 - mean) / std).unsqueeze(0)
+        scores, maps = attention_maps(model, x, meta["target_layer"], classes=wanted, topk=topk)
+        chosen = wanted[0] if wanted is not None else scores[0].topk(topk).indices
+        for k, cls in enumerate(chosen.tolist()):
+            target = Path(out) / f"{_safe(path.stem)}_{_safe(classes[cls])}.png"
+            save_png(overlay(rgb, maps[0, k]), target)
+            written.append(target)
+    return written

@@ -1,0 +1,174 @@
+"""The GAIN / GAINext training objective as one ``nn.Module`` (paper eq. 1-8).
+
+One forward pass of :class:`GAIN` runs the three streams that share the
+classifier's weights:
+
+* S_cl: scores of the images and L_cl;
+* S_am: Grad-CAM attention A_c of every ground-truth class c (eq. 1-2), soft
+  mask T(A_c) (eq. 4), erased image I*_c = I - T(A_c) * I (eq. 3), its scores
+  and L_am (eq. 5);
+* S_e: L_e (eq. 7) between A_c and the pixel guide H_c, on the samples that
+  carry one (masks, or boxes rasterized into masks).
+
+Totals: ``L_self = L_cl + alpha L_am`` (eq. 6), ``L_ext = L_cl + alpha L_am +
+omega_e L_e`` (eq. 8). Being a module, it can be wrapped in
+DistributedDataParallel as a whole (one forward, one backward per step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from gainx.attention.capture import capture_output, resolve_layer
+from gainx.attention.erase import upsample
+from gainx.attention.gradcam import class_gradients
+from gainx.backends import attention_erase
+from gainx.losses.bn import frozen_bn_stats
+from gainx.losses.terms import AM_SCORES, attention_mining_loss, classification_loss, guidance_loss
+
+METHODS = ("baseline", "gain", "gainext")
+
+
+@dataclass
+class GAINOutput:
+    """The losses of one step and what produced them."""
+
+    loss: Tensor  # total: eq. 6 (gain), eq. 8 (gainext) or L_cl (baseline)
+    loss_cl: Tensor
+    loss_am: Tensor
+    loss_e: Tensor
+    scores: Tensor  # (B, C) scores of the images
+    pair_index: Tensor  # (P,) image of each (image, ground-truth class) pair
+    pair_class: Tensor  # (P,) class of each pair
+    cam: Tensor | None = None  # (P, h, w) normalized low-resolution attention
+    erased: Tensor | None = None  # (P, 3, H, W) erased images I*
+    scores_am: Tensor | None = None  # (P, C) scores of the erased images
+
+    def maps(self, size: tuple[int, int]) -> Tensor:
+        """Full-resolution normalized attention maps ``(P, H, W)``."""
+        if self.cam is None:
+            raise RuntimeError("no attention was computed (method='baseline')")
+        return upsample(self.cam, size)
+
+
+class GAIN(nn.Module):
+    """Guided Attention Inference Network objective around any classifier.
+
+    Args:
+        model: classifier returning ``(B, C)`` scores.
+        target_layer: module path of the attention layer (e.g. ``"layer4"``).
+        method: ``"baseline"`` (L_cl only), ``"gain"`` (eq. 6) or ``"gainext"`` (eq. 8).
+        multilabel: multi-label soft margin and sigmoid scores; else
+            cross-entropy and softmax scores.
+        alpha, omega_e: loss weights of eq. 6 / eq. 8 (the paper's alpha = 1, omega = 10).
+        sigma, omega: threshold and scale of the soft mask T (eq. 4).
+        second_order: differentiate through the Grad-CAM weights
+            (``create_graph=True``) instead of treating them as constants.
+        freeze_bn_am: do not update batch-norm running statistics with the
+            erased images of the attention-mining stream.
+        am_score: how s_c(I*) is read off the scores, see
+            :func:`gainx.losses.terms.am_class_score`.
+        backend: where attention -> mask -> erase runs (:mod:`gainx.backends`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: str,
+        method: str = "gain",
+        multilabel: bool = False,
+        alpha: float = 1.0,
+        omega_e: float = 10.0,
+        sigma: float = 0.5,
+        omega: float = 10.0,
+        second_order: bool = False,
+        freeze_bn_am: bool = True,
+        am_score: str = "auto",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if am_score not in AM_SCORES:
+            raise ValueError(f"am_score must be one of {AM_SCORES}, got {am_score!r}")
+        self.model = model
+        self.target_layer = target_layer
+        self.layer = resolve_layer(model, target_layer)
+        self.method = method
+        self.multilabel = multilabel
+        self.alpha, self.omega_e, self.sigma, self.omega = alpha, omega_e, sigma, omega
+        self.second_order = second_order
+        self.freeze_bn_am = freeze_bn_am
+        self.am_score = am_score
+        self.backend = backend
+
+    def forward(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        guide: Tensor | None = None,
+        has_guide: Tensor | None = None,
+        mining: bool = True,
+    ) -> GAINOutput:
+        """Losses for a batch.
+
+        Args:
+            images: ``(B, 3, H, W)``.
+            labels: ``(B, C)`` multi-hot ground truth (one-hot for single-label data).
+            guide: ``(B, C, H, W)`` uint8 pixel guides (1 object, 0 background,
+                255 ignore); needed for ``method="gainext"``.
+            has_guide: ``(B,)`` bool, which samples carry a guide.
+            mining: ``False`` computes L_cl only (e.g. a warm-up epoch).
+        """
+        if labels.dim() != 2 or labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels must be (B, C) multi-hot with B = {images.shape[0]}, got {tuple(labels.shape)}")
+        pair_index, pair_class = torch.nonzero(labels > 0.5, as_tuple=True)
+        attend = mining and self.method != "baseline" and pair_index.numel() > 0
+        with capture_output(self.layer) as captured:
+            scores = self.model(images)
+        loss_cl = classification_loss(scores, labels, self.multilabel)
+        zero = loss_cl.new_zeros(())
+        if not attend:
+            return GAINOutput(loss_cl, loss_cl, zero, zero, scores, pair_index, pair_class)
+
+        features = captured.features
+        grads = class_gradients(scores, features, pair_index, pair_class, create_graph=self.second_order)
+        pairs = attention_erase(
+            features.index_select(0, pair_index), grads, images, pair_index,
+            sigma=self.sigma, omega=self.omega, backend=self.backend,
+        )
+        with frozen_bn_stats(self.model, self.freeze_bn_am):
+            scores_am = self.model(pairs.erased)
+        num_images = images.shape[0]
+        loss_am = attention_mining_loss(scores_am, pair_index, pair_class, num_images, self.am_score, self.multilabel)
+        loss_e = zero
+        if self.method == "gainext":
+            loss_e = self._guidance(pairs.cam, guide, has_guide, pair_index, pair_class, images.shape[-2:], num_images)
+        loss = loss_cl + self.alpha * loss_am
+        if self.method == "gainext":
+            loss = loss + self.omega_e * loss_e
+        return GAINOutput(loss, loss_cl, loss_am, loss_e, scores, pair_index, pair_class, pairs.cam, pairs.erased, scores_am)
+
+    def _guidance(
+        self,
+        cam: Tensor,
+        guide: Tensor | None,
+        has_guide: Tensor | None,
+        pair_index: Tensor,
+        pair_class: Tensor,
+        size: torch.Size,
+        num_images: int,
+    ) -> Tensor:
+        """L_e on the pairs whose image carries a guide (stream S_e)."""
+        if guide is None or has_guide is None:
+            raise ValueError("method='gainext' needs guide and has_guide")
+        if guide.dim() != 4 or guide.shape[-2:] != size:
+            raise ValueError(f"guide must be (B, C, {size[0]}, {size[1]}), got {tuple(guide.shape)}")
+        guided = torch.nonzero(has_guide.to(torch.bool)[pair_index]).squeeze(1)
+        if guided.numel() == 0:
+            return cam.new_zeros(())
+        idx, cls = pair_index[guided], pair_class[guided]
+        maps = upsample(cam.index_select(0, guided), (size[0], size[1]))
+        return guidance_loss(maps, guide[idx, cls], idx, num_images)

@@ -1,0 +1,70 @@
+"""The loss terms of GAIN and GAINext, each on its own (paper eq. 5-8)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+AM_SCORES = ("auto", "sigmoid", "softmax", "logit")
+IGNORE = 255
+
+
+def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool) -> Tensor:
+    """L_cl: multi-label soft margin (multi-label data, as in the paper) or cross-entropy."""
+    if multilabel:
+        return F.multilabel_soft_margin_loss(scores, labels.to(scores.dtype))
+    return F.cross_entropy(scores, labels.argmax(dim=1))
+
+
+def per_image_mean(values: Tensor, index: Tensor, num_images: int) -> Tensor:
+    """Average pair values per image (the 1/n sum_c of eq. 5 and 7), then over images."""
+    if values.numel() == 0:
+        return values.new_zeros(())
+    sums = values.new_zeros(num_images).index_add(0, index, values)
+    counts = torch.bincount(index, minlength=num_images).to(values.dtype)
+    present = counts > 0
+    return (sums[present] / counts[present]).mean()
+
+
+def am_class_score(scores_am: Tensor, classes: Tensor, kind: str, multilabel: bool) -> Tensor:
+    """``s_c(I*_c)`` of eq. 5 for each pair, as the probability the model gives class c.
+
+    The paper minimizes "the prediction score". A raw logit is unbounded below,
+    so minimizing it lets the network win by pushing logits of erased images to
+    minus infinity instead of widening its attention; we therefore use the
+    model's own probability: sigmoid for multi-label models (the same
+    per-class probability the soft-margin loss trains) and softmax for
+    single-label ones (the probability cross-entropy trains). ``kind`` may force
+    ``"sigmoid"``, ``"softmax"`` or the raw ``"logit"``.
+    """
+    if kind not in AM_SCORES:
+        raise ValueError(f"am score must be one of {AM_SCORES}, got {kind!r}")
+    if kind == "auto":
+        kind = "sigmoid" if multilabel else "softmax"
+    if kind == "sigmoid":
+        probs = torch.sigmoid(scores_am)
+    elif kind == "softmax":
+        probs = torch.softmax(scores_am.float(), dim=1)
+    else:
+        probs = scores_am
+    return probs.gather(1, classes.unsqueeze(1)).squeeze(1)
+
+
+def attention_mining_loss(scores_am: Tensor, index: Tensor, classes: Tensor, num_images: int, kind: str, multilabel: bool) -> Tensor:
+    """L_am = 1/n sum_c s_c(I*_c) (eq. 5), averaged over the images of the batch."""
+    return per_image_mean(am_class_score(scores_am, classes, kind, multilabel).float(), index, num_images)
+
+
+def guidance_loss(maps: Tensor, targets: Tensor, index: Tensor, num_images: int) -> Tensor:
+    """L_e = 1/n sum_c mean_pixels (A_c - H_c)^2 (eq. 7) over guided pairs.
+
+    Args:
+        maps: ``(P, H, W)`` normalized attention of the guided pairs.
+        targets: ``(P, H, W)`` uint8 guides: 1 object, 0 background, 255 ignore.
+    """
+    if maps.shape != targets.shape:
+        raise ValueError(f"attention maps {tuple(maps.shape)} and guides {tuple(targets.shape)} differ in shape")
+    valid = (targets != IGNORE).to(maps.dtype)
+    sq = (maps - targets.to(maps.dtype) * valid).pow(2) * valid
+    per_pair = sq.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1.0)
+    return per_image_mean(per_pair.float(), index, num_images)

@@ -1,0 +1,49 @@
+"""Training configuration (plain dataclass; stored in checkpoints as a dict)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    arch: str = "resnet18"
+    target_layer: str | None = None  # default: the arch's (gainx.models.default_target_layer)
+    method: str = "gain"  # baseline | gain | gainext
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
+    scheduler: str = "cosine"  # cosine | none
+    image_size: int | None = None  # default: the data set's
+    augment: bool = True
+    alpha: float = 1.0  # weight of L_am (eq. 6)
+    omega_e: float = 10.0  # weight of L_e (eq. 8)
+    sigma: float = 0.5  # mask threshold (eq. 4)
+    omega: float = 10.0  # mask scale (eq. 4)
+    second_order: bool = False
+    freeze_bn_am: bool = True
+    am_score: str = "auto"
+    am_warmup: int = 0  # epochs of L_cl only before the attention streams start
+    backend: str = "auto"
+    weights: str | None = None  # local backbone weights file
+    seed: int = 0
+    workers: int = 0
+    amp: bool = True  # used on CUDA only
+    device: str = "auto"
+    train_split: str = "train"
+    val_split: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,46 @@
+"""Per-epoch metrics to CSV (atomic rewrite) and TensorBoard."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from gainx.io import atomic_write_text
+
+
+class MetricsLog:
+    """Append-only table of per-epoch metrics, persisted after every epoch.
+
+    On resume the existing CSV is read back, so the file always holds one row
+    per finished epoch.
+    """
+
+    def __init__(self, out: Path, tensorboard: bool = True) -> None:
+        self.path = out / "metrics.csv"
+        self.rows: list[dict[str, float]] = []
+        if self.path.exists():
+            with self.path.open(newline="") as fh:
+                self.rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+
+    def log(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.rows = [r for r in self.rows if int(r["epoch"]) < epoch] + [{"epoch": float(epoch), **metrics}]
+        keys = list(dict.fromkeys(k for row in self.rows for k in row))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: (int(v) if k == "epoch" else f"{v:.6g}") for k, v in row.items()})
+        atomic_write_text(self.path, buf.getvalue())
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, epoch)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

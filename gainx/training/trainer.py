@@ -1,0 +1,198 @@
+"""Training loop for baseline, GAIN and GAINext (single process or torchrun + DDP).
+
+Every epoch ends with an atomic checkpoint (``RUN/last.pt``) holding the
+model, optimizer, scheduler, AMP scaler and all RNG states; ``resume=True``
+continues from it so that an interrupted run ends exactly where an
+uninterrupted one would (data order is a function of seed and epoch).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from gainx.data import load_dataset
+from gainx.evaluation.evaluate import evaluate
+from gainx.io import atomic_write_text
+from gainx.losses import GAIN
+from gainx.models import build_model, default_target_layer
+from gainx.training.checkpoint import load_checkpoint, save_checkpoint
+from gainx.training.config import TrainConfig
+from gainx.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
+from gainx.training.metrics_log import MetricsLog
+from gainx.training.rng import rng_state, seed_everything, set_rng_state
+
+CHECKPOINT = "last.pt"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+
+
+def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    if cfg.scheduler == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    raise ValueError(f"scheduler must be 'cosine' or 'none', got {cfg.scheduler!r}")
+
+
+class Trainer:
+    """Builds data, model, objective and optimizer from a :class:`TrainConfig` and runs it."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        device = pick_device(cfg.device)
+        self.dist: DistInfo = init_distributed(device)
+        if device.type == "cuda" and self.dist.enabled:
+            device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(device)
+        self.device = device
+        seed_everything(cfg.seed)
+        self.dataset = load_dataset(cfg.data, cfg.train_split, image_size=cfg.image_size, augment=cfg.augment)
+        self.val = load_dataset(cfg.data, cfg.val_split, image_size=self.dataset.image_size) if cfg.val_split else None
+        if cfg.method == "gainext" and self.dataset.num_guided == 0:
+            raise ValueError(f"method 'gainext' needs masks or boxes, but split {cfg.train_split!r} of {cfg.data} has none")
+        self.target_layer = cfg.target_layer or default_target_layer(cfg.arch)
+        self.model = build_model(cfg.arch, len(self.dataset.classes), cfg.weights).to(device)
+        self.objective = GAIN(
+            self.model, self.target_layer, method=cfg.method, multilabel=self.dataset.multilabel,
+            alpha=cfg.alpha, omega_e=cfg.omega_e, sigma=cfg.sigma, omega=cfg.omega,
+            second_order=cfg.second_order, freeze_bn_am=cfg.freeze_bn_am, am_score=cfg.am_score, backend=cfg.backend,
+        )
+        self.step_module: nn.Module = self.objective
+        if self.dist.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.step_module = DistributedDataParallel(self.objective, device_ids=ids)
+        self.optimizer = _optimizer(cfg, self.model)
+        self.scheduler = _scheduler(cfg, self.optimizer)
+        self.amp = cfg.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.sampler = DistributedSampler(
+            self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=cfg.seed
+        )
+        self.loader = DataLoader(
+            self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.workers,
+            pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+        )
+        self.start_epoch = 0
+
+    # -- checkpoints -------------------------------------------------------
+    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        ds = self.dataset
+        return {
+            "model": self.model.state_dict(),
+            "arch": self.cfg.arch,
+            "num_classes": len(ds.classes),
+            "classes": list(ds.classes),
+            "target_layer": self.target_layer,
+            "image_size": list(ds.image_size),
+            "mean": list(ds.mean),
+            "std": list(ds.std),
+            "multilabel": bool(ds.multilabel),
+            "config": self.cfg.to_dict(),
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def restore(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        if state["arch"] != self.cfg.arch or state["classes"] != list(self.dataset.classes):
+            raise ValueError(f"{path} was trained with arch {state['arch']!r} and other classes; cannot resume this run")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
+        self.start_epoch = int(state["epoch"])
+
+    # -- loop ----------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.sampler.set_epoch(epoch)
+        self.model.train()
+        mining = epoch >= self.cfg.am_warmup
+        totals = torch.zeros(6, dtype=torch.float64)
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
+                   disable=not (self.cfg.progress and self.dist.main))
+        for batch in bar:
+            images = batch["image"].to(self.device, non_blocking=True)
+            labels = batch["labels"].to(self.device, non_blocking=True)
+            guide = batch["guide"].to(self.device, non_blocking=True)
+            has_guide = batch["has_guide"].to(self.device, non_blocking=True)
+            with torch.autocast(device_type=self.device.type, enabled=self.amp):
+                out = self.step_module(images, labels, guide, has_guide, mining=mining)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            n = images.shape[0]
+            correct = _correct(out.scores.detach(), labels, self.dataset.multilabel)
+            totals += torch.tensor([out.loss.item() * n, out.loss_cl.item() * n, out.loss_am.item() * n,
+                                    out.loss_e.item() * n, correct, n], dtype=torch.float64)
+            bar.set_postfix(loss=f"{out.loss.item():.3f}")
+        totals = all_reduce_mean(totals, self.dist)
+        count = max(totals[5].item(), 1.0)
+        return {
+            "loss": totals[0].item() / count, "loss_cl": totals[1].item() / count,
+            "loss_am": totals[2].item() / count, "loss_e": totals[3].item() / count,
+            "train_acc": totals[4].item() / count, "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    def fit(self) -> Path:
+        path = self.out / CHECKPOINT
+        if self.cfg.resume and path.exists():
+            self.restore(path)
+        log = MetricsLog(self.out, tensorboard=True) if self.dist.main else None
+        if self.dist.main:
+            atomic_write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
+        try:
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                metrics = self.train_epoch(epoch)
+                self.scheduler.step()
+                if self.dist.main:
+                    if self.val is not None:
+                        report = evaluate(self.model, self.val, self.target_layer, batch_size=self.cfg.batch_size, localization=False)
+                        metrics["val_" + report["metric"]] = report[report["metric"]]
+                        self.model.train()
+                    save_checkpoint(path, self.checkpoint_state(epoch + 1))
+                    log.log(epoch + 1, metrics)
+                barrier(self.dist)
+        finally:
+            if log is not None:
+                log.close()
+            shutdown(self.dist)
+        return path
+
+
+def _correct(scores: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> float:
+    """Top-1 hits (single-label) or top-1-in-ground-truth hits (multi-label)."""
+    top = scores.argmax(dim=1)
+    return float(labels.gather(1, top.unsqueeze(1)).gt(0.5).sum())
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train according to ``cfg``; returns the path of the final checkpoint."""
+    return Trainer(cfg).fit()

@@ -1,0 +1,65 @@
+"""Heatmap overlays and side-by-side attention figures."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from gainx.io import atomic_open
+
+
+def denormalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``(3, H, W)`` normalized tensor -> ``(H, W, 3)`` uint8 RGB."""
+    m = torch.tensor(mean, dtype=image.dtype).view(3, 1, 1)
+    s = torch.tensor(std, dtype=image.dtype).view(3, 1, 1)
+    rgb = (image.detach().cpu() * s + m).clamp(0, 1)
+    return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def heatmap(attention: Tensor | np.ndarray) -> np.ndarray:
+    """``(H, W)`` map in [0, 1] -> ``(H, W, 3)`` uint8 jet colours."""
+    from matplotlib import colormaps
+
+    values = np.clip(np.asarray(attention.detach().cpu() if isinstance(attention, Tensor) else attention, dtype=np.float32), 0, 1)
+    return (colormaps["jet"](values)[..., :3] * 255).round().astype(np.uint8)
+
+
+def overlay(rgb: np.ndarray, attention: Tensor | np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the heatmap of ``attention`` over ``rgb`` (both ``(H, W, ...)``)."""
+    heat = heatmap(attention)
+    return ((1 - alpha) * rgb.astype(np.float32) + alpha * heat.astype(np.float32)).round().astype(np.uint8)
+
+
+def save_png(array: np.ndarray, path: str | Path) -> None:
+    """Write an RGB uint8 array as PNG, atomically."""
+    with atomic_open(path, "wb") as fh:
+        Image.fromarray(array).save(fh, format="PNG")
+
+
+def attention_grid(rows: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str], col_titles: Sequence[str], path: str | Path) -> None:
+    """Save a figure whose cells are RGB arrays: one row per image, one column per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), len(rows[0])
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.8 * n_cols, 1.8 * n_rows), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, cell in enumerate(row):
+            ax = axes[r][c]
+            ax.imshow(cell)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(col_titles[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(row_titles[r], fontsize=8)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)

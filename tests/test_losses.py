@@ -1,0 +1,159 @@
+"""Each GAIN / GAINext loss term on tiny hand-computed cases (eq. 3-8)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gainx.attention.erase import attention_erase_eager, soft_mask
+from gainx.losses import GAIN, attention_mining_loss, classification_loss, guidance_loss
+from gainx.losses.bn import frozen_bn_stats
+from gainx.losses.terms import am_class_score, per_image_mean
+from gainx.models import SmallCNN
+
+
+def test_classification_loss_hand_values():
+    scores = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    one_hot = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    ce = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(0.5)) / 2
+    assert classification_loss(scores, one_hot, multilabel=False).item() == pytest.approx(ce, rel=1e-6)
+    multi = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    sp = lambda z: math.log1p(math.exp(-z))  # -log sigmoid(z)
+    soft_margin = ((sp(2) + sp(0)) / 2 + (sp(0) + sp(0)) / 2) / 2
+    assert classification_loss(scores, multi, multilabel=True).item() == pytest.approx(soft_margin, rel=1e-6)
+
+
+def test_soft_mask_and_erase_hand_values():
+    # one channel, 1x2 feature map, gradient mean 1 -> A = ReLU(f) = [0, 2]; image 1x2 -> no resize
+    features = torch.tensor([[[[-1.0, 2.0]]]])
+    grads = torch.ones_like(features)
+    images = torch.tensor([[[[3.0, 5.0]]]]).expand(1, 3, 1, 2)
+    out = attention_erase_eager(features, grads, images, torch.tensor([0]), sigma=0.5, omega=10.0)
+    norm = torch.tensor([0.0, 2.0 / (2.0 + 1e-7)])
+    torch.testing.assert_close(out.cam[0, 0], norm)
+    t = 1 / (1 + torch.exp(-10 * (norm - 0.5)))  # eq. 4
+    torch.testing.assert_close(out.erased[0, 0, 0], torch.tensor([3.0, 5.0]) * (1 - t))  # eq. 3
+    torch.testing.assert_close(soft_mask(norm, 0.5, 10.0), t)
+
+
+def test_erase_indexes_images_for_each_pair():
+    images = torch.rand(2, 3, 8, 8)
+    feats, grads = torch.rand(3, 4, 2, 2), torch.rand(3, 4, 2, 2)
+    out = attention_erase_eager(feats, grads, images, torch.tensor([1, 1, 0]))
+    single = attention_erase_eager(feats[2:], grads[2:], images[:1], torch.tensor([0]))
+    torch.testing.assert_close(out.erased[2], single.erased[0])
+    assert out.erased.shape == (3, 3, 8, 8) and out.cam.shape == (3, 2, 2)
+
+
+def test_attention_mining_loss_is_per_image_mean_of_class_probability():
+    scores_am = torch.tensor([[0.0, 0.0], [2.0, -2.0], [1.0, 1.0]])
+    index, classes = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0])
+    sig = torch.sigmoid
+    expected = ((sig(torch.tensor(0.0)) + sig(torch.tensor(-2.0))) / 2 + sig(torch.tensor(1.0))) / 2
+    got = attention_mining_loss(scores_am, index, classes, num_images=2, kind="auto", multilabel=True)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    soft = am_class_score(scores_am, classes, "auto", multilabel=False)
+    torch.testing.assert_close(soft, torch.tensor([0.5, torch.softmax(torch.tensor([2.0, -2.0]), 0)[1].item(), 0.5]))
+    torch.testing.assert_close(am_class_score(scores_am, classes, "logit", False), torch.tensor([0.0, -2.0, 1.0]))
+    with pytest.raises(ValueError, match="am score"):
+        am_class_score(scores_am, classes, "prob", False)
+
+
+def test_per_image_mean_skips_images_without_pairs():
+    values = torch.tensor([1.0, 3.0, 10.0])
+    assert per_image_mean(values, torch.tensor([0, 0, 2]), 4).item() == pytest.approx((2.0 + 10.0) / 2)
+    assert per_image_mean(torch.tensor([]), torch.tensor([], dtype=torch.long), 3).item() == 0.0
+
+
+def test_guidance_loss_hand_values_and_ignore():
+    maps = torch.tensor([[[0.5, 1.0], [0.0, 0.2]]])
+    targets = torch.tensor([[[1, 1], [0, 255]]], dtype=torch.uint8)
+    expected = (0.25 + 0.0 + 0.0) / 3  # the ignored pixel counts for nothing
+    assert guidance_loss(maps, targets, torch.tensor([0]), 1).item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="differ in shape"):
+        guidance_loss(maps, targets[:, :1], torch.tensor([0]), 1)
+
+
+def _batch(b=4, c=3, size=16):
+    images = torch.randn(b, 3, size, size)
+    labels = torch.nn.functional.one_hot(torch.arange(b) % c, c).float()
+    guide = torch.zeros(b, c, size, size, dtype=torch.uint8)
+    guide[:, :, 4:12, 4:12] = 1
+    return images, labels, guide
+
+
+def test_gain_totals_follow_eq6_and_eq8():
+    model = SmallCNN(3, width=8)
+    images, labels, guide = _batch()
+    has = torch.tensor([True, False, True, False])
+    for method in ("baseline", "gain", "gainext"):
+        torch.manual_seed(0)
+        out = GAIN(model, "features", method=method, alpha=0.7, omega_e=3.0)(images, labels, guide, has)
+        expected = out.loss_cl + (0 if method == "baseline" else 0.7 * out.loss_am) + (3.0 * out.loss_e if method == "gainext" else 0)
+        torch.testing.assert_close(out.loss, expected)
+        assert (out.loss_am > 0) == (method != "baseline")
+        assert (out.loss_e > 0) == (method == "gainext")
+
+
+def test_guidance_only_uses_guided_samples():
+    model = SmallCNN(3, width=8)
+    images, labels, guide = _batch()
+    has = torch.tensor([True, False, False, True])
+    objective = GAIN(model, "features", method="gainext")
+    base = objective(images, labels, guide, has).loss_e
+    changed = guide.clone()
+    changed[[1, 2]] = 1 - changed[[1, 2]]  # unguided samples' guides are never read
+    torch.testing.assert_close(objective(images, labels, changed, has).loss_e, base)
+    changed[0] = 1 - changed[0]
+    assert not torch.allclose(objective(images, labels, changed, has).loss_e, base)
+    none = objective(images, labels, guide, torch.zeros(4, dtype=torch.bool)).loss_e
+    assert none.item() == 0.0
+    with pytest.raises(ValueError, match="needs guide"):
+        objective(images, labels)
+
+
+def test_multilabel_pairs_cover_every_ground_truth_class():
+    model = SmallCNN(4, width=8)
+    images = torch.randn(2, 3, 16, 16)
+    labels = torch.tensor([[1.0, 0, 1, 1], [0, 1, 0, 0]])
+    out = GAIN(model, "features", multilabel=True)(images, labels)
+    assert out.pair_index.tolist() == [0, 0, 0, 1] and out.pair_class.tolist() == [0, 2, 3, 1]
+    assert out.erased.shape == (4, 3, 16, 16) and out.scores_am.shape == (4, 4)
+    assert out.maps((16, 16)).shape == (4, 16, 16)
+
+
+def test_second_order_trains_through_gradcam_weights():
+    images, labels, _ = _batch()
+    grads = {}
+    for second in (False, True):
+        torch.manual_seed(0)
+        model = SmallCNN(3, width=8)
+        out = GAIN(model, "features", second_order=second)(images, labels)
+        grads[second] = torch.autograd.grad(out.loss_am, model.fc.weight)[0]
+    assert not torch.allclose(grads[False], grads[True])
+
+
+def test_frozen_bn_keeps_running_stats_but_uses_batch_stats():
+    model = SmallCNN(3, width=8).train()
+    bn = model.features[0][1]
+    before = (bn.running_mean.clone(), bn.num_batches_tracked.clone())
+    x = torch.randn(4, 3, 16, 16) * 3 + 1
+    with frozen_bn_stats(model):
+        y = model(x)
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.num_batches_tracked, before[1])
+    model.eval()
+    assert not torch.allclose(y, model(x))  # train-mode (batch statistics) output, not eval
+    model.train()
+    model(x)
+    assert not torch.equal(bn.running_mean, before[0]) and bn.momentum == 0.1
+
+
+def test_gain_argument_errors():
+    model = SmallCNN(3, width=8)
+    with pytest.raises(ValueError, match="method"):
+        GAIN(model, "features", method="gain++")
+    with pytest.raises(ValueError, match="target layer"):
+        GAIN(model, "head")
+    with pytest.raises(ValueError, match="labels must be"):
+        GAIN(model, "features")(torch.randn(2, 3, 16, 16), torch.zeros(3, 3))

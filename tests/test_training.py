@@ -1,0 +1,108 @@
+"""Training loop: resume equivalence, safe checkpoints, metrics files, DDP with 2 processes."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gainx.data import write_decoy
+from gainx.training import TrainConfig, load_checkpoint, load_model, save_checkpoint
+from gainx.training.trainer import Trainer, train
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), arch="small_cnn", method="gainext", epochs=2, batch_size=32,
+                optimizer="sgd", lr=0.05, augment=True, seed=3, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(decoy_dir, tmp_path, monkeypatch):
+    full = load_checkpoint(train(_cfg(decoy_dir, tmp_path / "full", epochs=3)))
+    original = Trainer.train_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt  # killed during the second epoch
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(decoy_dir, tmp_path / "cut", epochs=3))
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    resumed = load_checkpoint(train(_cfg(decoy_dir, tmp_path / "cut", epochs=3, resume=True)))
+    assert resumed["epoch"] == full["epoch"] == 3
+    for key, value in full["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6, msg=key)
+    with open(tmp_path / "cut" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    with open(tmp_path / "full" / "metrics.csv") as fh:
+        full_rows = list(csv.DictReader(fh))
+    assert rows[-1]["loss"] == full_rows[-1]["loss"]
+    assert float(rows[-1]["loss_e"]) > 0 and float(rows[-1]["loss_am"]) > 0
+    assert any((tmp_path / "full" / "tensorboard").iterdir())
+
+
+def test_checkpoint_carries_model_metadata_and_loads_safely(decoy_dir, tmp_path):
+    path = train(_cfg(decoy_dir, tmp_path / "run", epochs=1, method="baseline"))
+    model, meta = load_model(path)
+    assert meta["arch"] == "small_cnn" and meta["target_layer"] == "features"
+    assert meta["classes"] == [str(d) for d in range(10)] and meta["image_size"] == [24, 24]
+    assert meta["config"]["method"] == "baseline" and not model.training
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    path = tmp_path / "ck.pt"
+    state = {"model": {"w": torch.ones(2)}, "arch": "small_cnn", "num_classes": 2, "classes": ["a", "b"],
+             "target_layer": "features", "image_size": [8, 8], "mean": [0.0] * 3, "std": [1.0] * 3, "multilabel": False}
+    save_checkpoint(path, state)
+    bad = dict(state, model={"w": lambda: 0})  # not picklable -> the old file must survive
+    with pytest.raises(Exception):
+        save_checkpoint(path, bad)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_unsafe_or_foreign_checkpoints_are_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="evil.pt"):
+        load_checkpoint(tmp_path / "evil.pt")
+    torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a gainx checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_gainext_without_guides_is_refused(tmp_path):
+    data = write_decoy(tmp_path / "data", image_size=16, mask_fraction=0.0, train_size=8, test_size=2)
+    with pytest.raises(ValueError, match="needs masks or boxes"):
+        train(_cfg(data, tmp_path / "x"))
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(decoy_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "gainx", "train", "--data", str(decoy_dir), "--arch", "small_cnn", "--method", "gain",
+           "--epochs", "1", "--batch-size", "16", "--out", str(out), "--no-progress", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 1 and state["config"]["method"] == "gain"
+    with open(out / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and float(rows[0]["loss_am"]) > 0
