@@ -40,7 +40,7 @@ class DemoProfile:
     mask_fraction: float
 
 
-FULL = DemoProfile(image_size=32, train_size=3000, test_size=500, epochs=8, mask_fraction=0.05)
+FULL = DemoProfile(image_size=32, train_size=2400, test_size=500, epochs=6, mask_fraction=0.05)
 QUICK = DemoProfile(image_size=32, train_size=1000, test_size=300, epochs=3, mask_fraction=0.05)
 
 

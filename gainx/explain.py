@@ -5,12 +5,11 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 
 from gainx.attention import attention_maps
 from gainx.data.decode import read_image
+from gainx.data.transforms import normalize, resize_rgb
 from gainx.training import load_model
 from gainx.viz import overlay, save_png
 
@@ -43,8 +42,8 @@ def explain_files(
     std = torch.tensor(meta["std"]).view(3, 1, 1)
     written = []
     for path in map(Path, images):
-        rgb = np.asarray(read_image(path, "command line").resize((w, h), Image.BILINEAR), dtype=np.uint8)
-        x = ((torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255 - mean) / std).unsqueeze(0)
+        rgb = resize_rgb(read_image(path, "command line"), (h, w))
+        x = normalize(rgb, mean, std).unsqueeze(0)
         scores, maps = attention_maps(model, x, meta["target_layer"], classes=wanted, topk=topk)
         chosen = wanted[0] if wanted is not None else scores[0].topk(topk).indices
         for k, cls in enumerate(chosen.tolist()):

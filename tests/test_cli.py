@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,26 +12,25 @@ from PIL import Image
 from gainx.cli import main
 from gainx.demo import DemoProfile, run_demo
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def gainx_cmd(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "gainx", *args], capture_output=True, text=True, env=env, timeout=600)
+def gainx_cmd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    # cwd outside the checkout: `python -m` must import the installed package, not the source tree
+    return subprocess.run([sys.executable, "-m", "gainx", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
 def test_data_train_eval_attention(tmp_path):
     data = tmp_path / "data"
     proc = gainx_cmd("data", "decoy", "--out", str(data), "--size", "20", "--train-size", "64", "--test-size", "16",
-                     "--mask-fraction", "0.25")
+                     "--mask-fraction", "0.25", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     proc = gainx_cmd("train", "--data", str(data), "--arch", "small_cnn", "--method", "gainext", "--epochs", "1",
-                     "--batch-size", "32", "--out", str(run), "--no-progress")
+                     "--batch-size", "32", "--out", str(run), "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (run / "last.pt").is_file() and (run / "metrics.csv").is_file() and (run / "config.json").is_file()
 
-    proc = gainx_cmd("eval", "--checkpoint", str(run / "last.pt"), "--data", str(data), "--split", "test_random")
+    proc = gainx_cmd("eval", "--checkpoint", str(run / "last.pt"), "--data", str(data), "--split", "test_random", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["num_images"] == 16 and 0 <= report["accuracy"] <= 1

@@ -98,8 +98,8 @@ def test_ddp_two_cpu_processes(decoy_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            "-m", "gainx", "train", "--data", str(decoy_dir), "--arch", "small_cnn", "--method", "gain",
            "--epochs", "1", "--batch-size", "16", "--out", str(out), "--no-progress", "--device", "cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     state = load_checkpoint(out / "last.pt")
     assert state["epoch"] == 1 and state["config"]["method"] == "gain"

@@ -1,0 +1,1 @@
+"""gainx benchmarks (pytest-benchmark); run them all with ``python -m bench.run``."""

@@ -1,0 +1,63 @@
+"""What a dataset layout hands to :class:`~gainx.data.dataset.GainDataset`.
+
+A layout (CSV manifest, Pascal VOC) validates its index eagerly and produces one
+:class:`Sample` per image; pixels are decoded lazily by the dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+IGNORE = 255  # guide / label-map value for "no supervision here" (VOC object borders)
+
+
+class DatasetError(ValueError):
+    """A dataset file or entry is malformed; the message names the file (and row)."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box of class ``label`` in continuous pixel coordinates of the
+    original image: ``0 <= x0 < x1 <= width``, ``0 <= y0 < y1 <= height``."""
+
+    label: int
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: its file, class indices, optional guide source and its origin.
+
+    ``origin`` says where the sample was declared (e.g. ``manifest.csv line 7``)
+    so decoding errors can point at it. At most one of ``mask`` / ``boxes`` is set.
+    """
+
+    image: Path
+    labels: tuple[int, ...]
+    origin: str
+    mask: Path | None = None
+    boxes: tuple[Box, ...] = ()
+
+    @property
+    def has_guide(self) -> bool:
+        return self.mask is not None or bool(self.boxes)
+
+
+def as_size(image_size: int | tuple[int, int] | list[int], what: str = "image_size") -> tuple[int, int]:
+    """``int`` -> ``(s, s)``; ``(height, width)`` is validated and returned as a tuple."""
+    if isinstance(image_size, bool):
+        raise DatasetError(f"{what} must be an int or (height, width), got {image_size!r}")
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    if not (isinstance(image_size, (tuple, list)) and len(image_size) == 2):
+        raise DatasetError(f"{what} must be an int or (height, width), got {image_size!r}")
+    h, w = image_size
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+        raise DatasetError(f"{what} must hold positive ints, got {image_size!r}")
+    return (h, w)

@@ -1,0 +1,17 @@
+"""The image preprocessing shared by training data, ``gainx attention`` and export checks."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def resize_rgb(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """RGB ``image`` resized (bilinear, antialiased when shrinking) to ``size = (H, W)``, as ``(H, W, 3)`` uint8."""
+    h, w = size
+    return np.asarray(image.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.uint8)
+
+
+def normalize(pixels: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> float32 ``(3, H, W)`` as ``(x / 255 - mean) / std`` (``mean``/``std`` shaped ``(3, 1, 1)``)."""
+    return (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255 - mean) / std
