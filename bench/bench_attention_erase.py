@@ -1,0 +1,184 @@
+"""Attention-mining step (eq. 1-4): eager vs torch.compile(eager) vs fused Triton.
+
+Groups ``attention_erase_{forward,backward,full}``; the eager reference is the
+baseline of each. Shapes default to ResNet-50 (issue 3): B = 32 images x 2
+classes = 64 pairs, C = 2048, 7x7 -> 224x224, fp32; ``GAINX_BENCH_QUICK=1``
+shrinks to 2 x 2 pairs, C = 64, 7x7 -> 64x64. Override with
+``GAINX_BENCH_ATTN="B,classes,C,h,w,H,W"`` and ``GAINX_BENCH_DTYPE`` (float32,
+float16, bfloat16), e.g. for a quick CPU run::
+
+    GAINX_BENCH_QUICK=1 python -m pytest bench/bench_attention_erase.py --benchmark-only -q
+
+Triton runs only on CUDA (skipped on CPU: the interpreter is a correctness
+tool, not a speed one). Extra info: ``peak_mem_mb`` (CUDA peak allocated
+during one step above what was allocated before it; n/a on CPU), ``bytes_moved_mb`` (bytes that
+must move: every input read once, every output written once),
+``bandwidth_gbs`` and ``bandwidth_frac_of_peak`` (peak from
+:data:`PEAK_BANDWIDTH` by device name), ``target``.
+"""
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Callable
+
+import pytest
+import torch
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from bench.conftest import QUICK, bench_device, peak_memory_mb, sync
+from gainx.attention.erase import attention_erase_eager
+
+DEVICE = bench_device()
+CUDA = DEVICE.type == "cuda"
+_DEFAULT_SHAPE = "2,2,64,7,7,64,64" if QUICK else "32,2,2048,7,7,224,224"
+SHAPE = tuple(int(v) for v in os.environ.get("GAINX_BENCH_ATTN", _DEFAULT_SHAPE).split(","))
+ROUNDS = 5 if not CUDA else 50
+DTYPE = getattr(torch, os.environ.get("GAINX_BENCH_DTYPE", "float32"))
+TARGET = "full step >= 3x eager and >= 1.3x torch.compile, >= 60% of peak bandwidth, peak memory <= 0.5x eager"
+# HBM bandwidth in bytes/s, matched as substrings of torch.cuda.get_device_name() (first match wins)
+PEAK_BANDWIDTH = (
+    ("H200", 4.8e12),
+    ("H100 PCIe", 2.0e12),
+    ("H100", 3.35e12),
+    ("A100-SXM4-80GB", 2.039e12),
+    ("A100 80GB PCIe", 1.935e12),
+    ("A100", 1.555e12),
+    ("L40S", 864e9),
+    ("L4", 300e9),
+    ("A10G", 600e9),
+    ("V100", 900e9),
+)
+if len(SHAPE) != 7:
+    raise ValueError(f"GAINX_BENCH_ATTN must be 7 integers B,classes,C,h,w,H,W; got {SHAPE}")
+
+
+def _impl(name: str) -> Callable:
+    if name == "eager":
+        return attention_erase_eager
+    if name == "compile":
+        return _compiled()
+    from gainx.ops.attention_erase import attention_erase_triton
+
+    return attention_erase_triton
+
+
+@cache
+def _compiled() -> Callable:
+    return torch.compile(attention_erase_eager)
+
+
+def _inputs() -> tuple[torch.Tensor, ...]:
+    B, classes, C, h, w, H, W = SHAPE
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    P = B * classes
+    features = torch.randn(P, C, h, w, generator=gen, device=DEVICE).to(DTYPE).requires_grad_(True)
+    grads = torch.randn(P, C, h, w, generator=gen, device=DEVICE).to(DTYPE).requires_grad_(True)
+    images = torch.rand(B, 3, H, W, generator=gen, device=DEVICE).to(DTYPE).requires_grad_(True)
+    index = torch.arange(B, device=DEVICE).repeat_interleave(classes)
+    return features, grads, images, index
+
+
+def _bytes_moved(phase: str) -> int:
+    """Minimum traffic: forward reads F, G, I and writes cam, I*; backward reads F, dI*, dcam, I
+    and writes dF, dG, dI."""
+    B, classes, C, h, w, H, W = SHAPE
+    P, size = B * classes, torch.tensor([], dtype=DTYPE).element_size()
+    feat, low, img, pairs_img = P * C * h * w, P * h * w, B * 3 * H * W, P * 3 * H * W
+    fwd = (2 * feat + img + low + pairs_img) * size
+    bwd = (3 * feat + pairs_img + low + 2 * img) * size
+    return {"forward": fwd, "backward": bwd, "full": fwd + bwd}[phase]
+
+
+def _forward(fn: Callable, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(fn(*inputs))
+
+
+def _backward(outputs: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...], weights: tuple) -> None:
+    torch.autograd.grad(outputs, inputs[:3], weights)
+
+
+def _peak_bandwidth() -> float | None:
+    if not CUDA:
+        return None
+    name = torch.cuda.get_device_name()
+    return next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
+
+
+def _record(benchmark: BenchmarkFixture, phase: str, name: str, step: Callable[[], object]) -> None:
+    info = benchmark.extra_info
+    info.update(variant=name, phase=phase, shape="B,classes,C,h,w,H,W=" + ",".join(map(str, SHAPE)),
+                dtype=str(DTYPE), device=torch.cuda.get_device_name() if CUDA else "cpu", target=TARGET,
+                bytes_moved_mb=_bytes_moved(phase) / 2**20)
+    if name == "eager":
+        info["baseline"] = True
+    info["peak_mem_mb"] = peak_memory_mb(step, DEVICE)
+    mean = benchmark.stats.stats.mean if benchmark.stats else None
+    if mean:
+        info["bandwidth_gbs"] = _bytes_moved(phase) / mean / 1e9
+        peak_bw = _peak_bandwidth()
+        if peak_bw:
+            info["bandwidth_frac_of_peak"] = _bytes_moved(phase) / mean / peak_bw
+
+
+VARIANTS = [
+    "eager",
+    "compile",
+    pytest.param("triton", marks=pytest.mark.skipif(not CUDA, reason="Triton kernels are timed on CUDA only; "
+                                                                      "the CPU interpreter is for correctness")),
+]
+
+
+def _setup(name: str) -> tuple[Callable, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    fn, inputs = _impl(name), _inputs()
+    out = _forward(fn, inputs)  # warm-up (compiles / autotunes) forward
+    weights = tuple(torch.randn_like(o) for o in out)
+    _backward(out, inputs, weights)  # and backward
+    sync(DEVICE)
+    return fn, inputs, weights
+
+
+@pytest.mark.benchmark(group="attention_erase_forward")
+@pytest.mark.parametrize("name", VARIANTS)
+def test_forward(benchmark: BenchmarkFixture, name: str) -> None:
+    fn, inputs, _ = _setup(name)
+
+    def step() -> object:
+        out = _forward(fn, inputs)
+        sync(DEVICE)
+        return out
+
+    benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=1)
+    _record(benchmark, "forward", name, step)
+
+
+@pytest.mark.benchmark(group="attention_erase_backward")
+@pytest.mark.parametrize("name", VARIANTS)
+def test_backward(benchmark: BenchmarkFixture, name: str) -> None:
+    fn, inputs, weights = _setup(name)
+
+    def graph() -> tuple[tuple, dict]:
+        out = _forward(fn, inputs)
+        sync(DEVICE)
+        return (out,), {}
+
+    def step(out: tuple[torch.Tensor, ...]) -> None:
+        _backward(out, inputs, weights)
+        sync(DEVICE)
+
+    benchmark.pedantic(step, setup=graph, rounds=ROUNDS)
+    out = graph()[0][0]
+    _record(benchmark, "backward", name, lambda: step(out))
+
+
+@pytest.mark.benchmark(group="attention_erase_full")
+@pytest.mark.parametrize("name", VARIANTS)
+def test_full(benchmark: BenchmarkFixture, name: str) -> None:
+    fn, inputs, weights = _setup(name)
+
+    def step() -> None:
+        _backward(_forward(fn, inputs), inputs, weights)
+        sync(DEVICE)
+
+    benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=1)
+    _record(benchmark, "full", name, step)
