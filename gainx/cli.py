@@ -85,6 +85,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from gainx.data.cli import register as register_data
+    from gainx.serve.cli import register as register_serve
 
     parser = argparse.ArgumentParser(prog="gainx", description="Guided Attention Inference Networks (GAIN / GAINext)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--topk", type=int, default=1)
     att.add_argument("--classes", nargs="*", default=None, help="class names to explain instead of the top-k")
     att.set_defaults(func=_cmd_attention)
+
+    register_serve(sub)
     return parser
 
 

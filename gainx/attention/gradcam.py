@@ -35,6 +35,11 @@ def class_gradients(scores: Tensor, features: Tensor, index: Tensor, classes: Te
     batch costs one pass whatever its size. With ``create_graph=True`` the
     gradients carry a graph (second-order GAIN: L_am trains through the
     Grad-CAM weights too); otherwise they are detached (eq. 1 as published).
+
+    Images are independent in eval mode. In train mode a batch-norm layer
+    *after* the target layer couples the images of a batch through its batch
+    statistics, so each gradient also carries the (small) cross-image terms,
+    as in every batched Grad-CAM.
     """
     grads = features.new_empty((index.numel(), *features.shape[1:]))
     rank = pairs_by_rank(index)

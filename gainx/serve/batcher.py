@@ -1,0 +1,197 @@
+"""Dynamic batching: concurrent requests share model calls.
+
+Each image is submitted on its own; a collector task groups pending images
+into batches of up to ``max_batch`` and hands each batch to a free inference
+worker (one ONNX Runtime session per worker, each run in its own thread so the
+event loop never blocks). A batch leaves as soon as it is full, or when
+``max_wait_ms`` has passed since the worker became free, or when no other
+request is on its way (the app announces requests that are still being
+read/decoded with :meth:`DynamicBatcher.arriving`), so a lone client never
+pays the wait. Images asking for explicit classes are only batched with
+images asking for the same number of classes (the ``class_ids`` input is a
+rectangular ``(N, K)`` array).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, NamedTuple, Protocol, Sequence
+
+import numpy as np
+
+from gainx.serve.errors import ApiError
+from gainx.serve.metrics import Metrics
+
+
+class Session(Protocol):
+    """What the batcher needs from :class:`gainx.runtime.AttentionSession`."""
+
+    def run(self, images: np.ndarray, class_ids: np.ndarray | None = None) -> Any: ...
+
+
+class Prediction(NamedTuple):
+    """One image's share of a batched model call."""
+
+    scores: np.ndarray  # (C,)
+    classes: np.ndarray  # (K,) int64
+    attention: np.ndarray  # (K, H, W) float32 in [0, 1]
+
+
+@dataclass
+class _Item:
+    image: np.ndarray
+    class_ids: tuple[int, ...] | None
+    future: asyncio.Future = field(repr=False)
+
+    @property
+    def key(self) -> int | None:
+        return None if self.class_ids is None else len(self.class_ids)
+
+
+class DynamicBatcher:
+    """Groups submitted images into model calls across ``sessions`` (one worker each)."""
+
+    def __init__(
+        self,
+        sessions: Sequence[Session],
+        max_batch: int,
+        max_wait_ms: float,
+        max_queue: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        if not sessions:
+            raise ValueError("DynamicBatcher needs at least one session")
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError(f"bad batcher limits: max_batch={max_batch}, max_queue={max_queue}, max_wait_ms={max_wait_ms}")
+        self.sessions = list(sessions)
+        self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000.0, max_queue
+        self.metrics = metrics
+        self._pending: deque[_Item] = deque()
+        self._arriving = 0
+        self._closing = False
+        self._wakeup: asyncio.Event | None = None
+        self._free: asyncio.Queue | None = None
+        self._collector: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        """Start the collector on the running event loop."""
+        self._wakeup = asyncio.Event()
+        self._free = asyncio.Queue()
+        for session in self.sessions:
+            self._free.put_nowait(session)
+        self._executor = ThreadPoolExecutor(len(self.sessions), thread_name_prefix="gainx-infer")
+        self._collector = asyncio.create_task(self._collect(), name="gainx-batcher")
+
+    async def stop(self) -> None:
+        """Refuse new work, finish every pending and running batch, then stop."""
+        if self._collector is None:
+            return
+        self._closing = True
+        self._wakeup.set()
+        await self._collector
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+        self._collector = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Announce a request that will submit soon (while its body is read/decoded)."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+            if self._wakeup is not None:
+                self._wakeup.set()
+
+    # -- submission ----------------------------------------------------------
+    async def submit(self, image: np.ndarray, class_ids: Sequence[int] | None = None) -> Prediction:
+        """Queue one ``(3, H, W)`` float32 image; resolves to its :class:`Prediction`."""
+        if self._collector is None or self._closing:
+            raise ApiError(503, "shutting_down", "the server is shutting down")
+        if len(self._pending) >= self.max_queue:
+            raise ApiError(503, "queue_full", f"{len(self._pending)} images are waiting; try again shortly")
+        item = _Item(image, None if class_ids is None else tuple(class_ids), asyncio.get_running_loop().create_future())
+        self._pending.append(item)
+        self._wakeup.set()
+        return await item.future
+
+    # -- internals -----------------------------------------------------------
+    def _count(self, key: int | None) -> int:
+        return sum(1 for item in self._pending if item.key == key)
+
+    def _take(self, key: int | None) -> list[_Item]:
+        batch, rest = [], deque()
+        while self._pending:
+            item = self._pending.popleft()
+            if item.key == key and len(batch) < self.max_batch and not item.future.done():
+                batch.append(item)
+            elif not item.future.done():  # drop requests cancelled while waiting
+                rest.append(item)
+        self._pending = rest
+        return batch
+
+    async def _wait(self, timeout: float | None) -> None:
+        self._wakeup.clear()
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            session = await self._free.get()
+            while not self._pending:
+                if self._closing:
+                    return
+                await self._wait(None)
+            key = self._pending[0].key
+            deadline = loop.time() + self.max_wait
+            while (
+                self._count(key) < self.max_batch
+                and self._arriving > 0
+                and not self._closing
+                and (left := deadline - loop.time()) > 0
+            ):
+                await self._wait(left)
+            batch = self._take(key)
+            if not batch:  # everything pending was cancelled
+                self._free.put_nowait(session)
+                continue
+            task = asyncio.create_task(self._run(session, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, session: Session, batch: list[_Item]) -> None:
+        images = np.stack([item.image for item in batch])
+        class_ids = None if batch[0].class_ids is None else np.array([item.class_ids for item in batch], np.int64)
+        start = time.perf_counter()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, session.run, images, class_ids)
+        except Exception as exc:
+            error = ApiError(500, "inference_failed", f"model call failed on a batch of {len(batch)}: {exc}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        else:
+            if self.metrics is not None:
+                self.metrics.observe_batch(len(batch), time.perf_counter() - start)
+            for i, item in enumerate(batch):
+                if not item.future.done():
+                    item.future.set_result(Prediction(result.scores[i], result.classes[i], result.attention[i]))
+        finally:
+            self._free.put_nowait(session)
+            self._wakeup.set()

@@ -1,0 +1,77 @@
+"""Read request bodies under a byte limit and a time limit, never whole when too big.
+
+A declared ``Content-Length`` over the limit is refused before a single body
+byte is read; a body without one (chunked) is counted as it streams and
+refused as soon as it crosses the limit. A client that stalls mid-body gets a
+408 after ``timeout`` seconds instead of holding a worker forever.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
+
+from gainx.serve.errors import ApiError
+
+
+def check_declared_length(request: Request, limit: int) -> None:
+    """Refuse a body whose ``Content-Length`` header is malformed or over ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not declared.isdigit():
+        raise ApiError(400, "bad_content_length", f"Content-Length {declared!r} is not a non-negative integer")
+    if int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"request body of {declared} bytes is over the limit of {limit} bytes")
+
+
+async def limited_stream(request: Request, limit: int, timeout: float) -> AsyncIterator[bytes]:
+    """Yield the body's chunks; raise 413 past ``limit`` bytes, 408 after ``timeout`` s idle."""
+    check_declared_length(request, limit)
+    seen = 0
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), timeout)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ApiError(408, "body_timeout", f"no request body bytes for {timeout:g} s; giving up") from None
+        except ClientDisconnect:
+            raise ApiError(400, "client_disconnected", "the client went away before sending the whole body") from None
+        seen += len(chunk)
+        if seen > limit:
+            raise ApiError(413, "body_too_large", f"request body is over the limit of {limit} bytes")
+        yield chunk
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body as bytes, under the limits of :func:`limited_stream`."""
+    return b"".join([chunk async for chunk in limited_stream(request, limit, timeout)])
+
+
+async def read_files(request: Request, limit: int, timeout: float, max_files: int) -> list[tuple[str, str, bytes]]:
+    """Parse a ``multipart/form-data`` body into ``(field, filename, bytes)`` for each file part.
+
+    Non-file fields are not accepted (they have no meaning here) and give a 400
+    naming them.
+    """
+    parser = MultiPartParser(
+        request.headers, limited_stream(request, limit, timeout), max_files=max_files, max_fields=16, max_part_size=limit
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ApiError(400, "bad_multipart", f"cannot parse the multipart body: {exc.message}") from None
+    files: list[tuple[str, str, bytes]] = []
+    try:
+        for name, value in form.multi_items():
+            if not isinstance(value, UploadFile):
+                raise ApiError(400, "unexpected_field", f"multipart field {name!r} is not a file upload")
+            files.append((name, value.filename or "", await value.read()))
+    finally:
+        await form.close()
+    return files

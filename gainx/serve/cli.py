@@ -1,0 +1,107 @@
+"""``gainx serve MODEL.onnx``: the command line of the HTTP inference server."""
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+
+from gainx.serve.config import ServeConfig
+
+_DEFAULTS = ServeConfig()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``serve`` flags (shared by ``gainx serve`` and ``python -m gainx.serve``)."""
+    parser.add_argument("model", help="ONNX attention model written by `gainx export`")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (printed at start-up)")
+    parser.add_argument("--workers", type=int, default=1, help="inference workers, one ONNX Runtime session each")
+    parser.add_argument("--max-batch", type=int, default=_DEFAULTS.max_batch, help="images per model call")
+    parser.add_argument("--max-wait-ms", type=float, default=_DEFAULTS.max_wait_ms,
+                        help="how long a free worker waits for a batch to fill while requests are arriving")
+    parser.add_argument("--max-body-bytes", type=int, default=_DEFAULTS.max_body_bytes, help="request body limit")
+    parser.add_argument("--max-image-pixels", type=int, default=_DEFAULTS.max_image_pixels,
+                        help="largest declared width*height accepted (checked before decoding)")
+    parser.add_argument("--max-queue", type=int, default=_DEFAULTS.max_queue, help="waiting images before 503")
+    parser.add_argument("--topk", type=int, default=None, help="classes per answer by default (<= the model's topk)")
+    parser.add_argument("--body-timeout", type=float, default=_DEFAULTS.body_timeout_s,
+                        help="seconds a client may stall while sending a body (then 408)")
+    parser.add_argument("--graceful-timeout", type=float, default=30.0,
+                        help="seconds to finish in-flight requests after SIGTERM/SIGINT")
+    parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``serve`` to the ``gainx`` command line."""
+    parser = subparsers.add_parser("serve", help="HTTP inference server for an exported ONNX model")
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (0: a free port).
+
+    Created with ``proto=IPPROTO_TCP`` so that asyncio sets TCP_NODELAY on the
+    accepted connections (it only does for sockets whose proto says TCP;
+    without it Nagle + delayed ACK add ~40 ms to every small response).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _fail(message: str) -> int:
+    print(f"gainx serve: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model (once per worker), bind the socket, serve until SIGTERM/SIGINT."""
+    import uvicorn
+
+    from gainx.runtime import AttentionSession
+    from gainx.serve.app import create_app
+
+    try:
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        config = ServeConfig(
+            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+            max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
+            max_image_pixels=args.max_image_pixels, topk=args.topk,
+        )
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        sessions = [AttentionSession(args.model) for _ in range(args.workers)]
+    except Exception as exc:  # missing file, not ONNX, not a gainx model, ORT refusing it: all fatal
+        return _fail(f"cannot load model {args.model}: {exc}")
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as exc:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {exc}")
+    host, port = sock.getsockname()[:2]
+
+    def ready() -> None:
+        print(f"gainx serve: ready on http://{host}:{port} (model {args.model}, {args.workers} worker(s), "
+              f"max batch {args.max_batch})", flush=True)
+
+    try:
+        app = create_app(sessions, config, args.model, on_ready=ready)
+    except ValueError as exc:
+        sock.close()
+        return _fail(str(exc))
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level=args.log_level, access_log=args.access_log, server_header=False,
+        timeout_graceful_shutdown=args.graceful_timeout,
+    ))
+    server.run(sockets=[sock])
+    return 0 if server.started else 1

@@ -1,0 +1,53 @@
+"""Run ``python -m gainx.serve`` as a child process and wait until it serves (tests, benchmarks)."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gainx
+
+_READY = re.compile(r"ready on (http://[\d.]+:(\d+))")
+REPO = Path(gainx.__file__).resolve().parents[1]
+
+
+class ServerProcess:
+    """A server on a free loopback port (``--port 0``); its output goes to ``log``, never to a pipe.
+
+    Attributes: ``url``, ``port``, ``proc`` (the :class:`subprocess.Popen`).
+    """
+
+    def __init__(self, model: str | Path, log: str | Path, *flags: str, start_timeout: float = 120.0) -> None:
+        self.log = Path(log)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gainx.serve", str(model), "--host", "127.0.0.1", "--port", "0", *flags],
+                stdout=out, stderr=subprocess.STDOUT, env=env,
+            )
+        deadline = time.monotonic() + start_timeout
+        while (match := _READY.search(self.output())) is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"gainx serve did not start (exit {self.proc.returncode}):\n{self.output()}")
+            time.sleep(0.05)
+        self.url, self.port = match[1], int(match[2])
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (graceful: in-flight requests finish), then the exit status; SIGKILL after ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise

@@ -1,0 +1,217 @@
+"""Dynamic batching (gainx.serve.batcher) against a fake session with AttentionSession's interface."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from gainx.runtime import AttentionResult
+from gainx.serve.batcher import DynamicBatcher
+from gainx.serve.errors import ApiError
+from gainx.serve.metrics import Metrics
+
+C, H, W = 5, 4, 6
+
+
+class FakeSession:
+    """Outputs derived from each image's constant value v: scores[c] = v + c, maps = v."""
+
+    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.delay, self.gate = delay, gate
+        self.calls: list[tuple[int, int | None]] = []  # (batch size, K of class_ids or None)
+        self.threads: set[str] = set()
+
+    def run(self, images: np.ndarray, class_ids: np.ndarray | None = None) -> AttentionResult:
+        self.calls.append((len(images), None if class_ids is None else class_ids.shape[1]))
+        self.threads.add(threading.current_thread().name)
+        if self.gate is not None:
+            self.gate.wait(10)
+        time.sleep(self.delay)
+        values = images[:, 0, 0, 0]
+        if np.any(values < 0):
+            raise ValueError("negative image")
+        scores = values[:, None] + np.arange(C, dtype=np.float32)
+        classes = np.argsort(-scores, 1)[:, :2] if class_ids is None else class_ids
+        attention = np.broadcast_to(values[:, None, None, None], (len(images), classes.shape[1], H, W))
+        return AttentionResult(scores, classes.astype(np.int64), attention.astype(np.float32))
+
+
+def image(value: float) -> np.ndarray:
+    return np.full((3, H, W), value, np.float32)
+
+
+def check(pred, value: float, class_ids=None) -> None:
+    np.testing.assert_array_equal(pred.scores, value + np.arange(C, dtype=np.float32))
+    np.testing.assert_array_equal(pred.classes, [4, 3] if class_ids is None else class_ids)
+    assert np.all(pred.attention == np.float32(value))
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+async def started(sessions, **kw) -> DynamicBatcher:
+    args = dict(max_batch=4, max_wait_ms=5.0, max_queue=1000) | kw
+    batcher = DynamicBatcher(sessions, **args)
+    await batcher.start()
+    return batcher
+
+
+def test_concurrent_submissions_are_batched_and_routed() -> None:
+    session = FakeSession()
+    metrics = Metrics(max_batch=4)
+
+    async def main():
+        batcher = await started([session], metrics=metrics)
+        preds = await asyncio.gather(*(batcher.submit(image(v)) for v in range(11)))
+        await batcher.stop()
+        return preds
+
+    for v, pred in enumerate(run(main())):
+        check(pred, v)
+    sizes = [n for n, _ in session.calls]
+    assert sum(sizes) == 11 and max(sizes) == 4 and all(1 <= n <= 4 for n in sizes)
+    assert "gainx_images_total 11" in metrics.render()
+
+
+def test_lone_request_does_not_wait() -> None:
+    async def main():
+        batcher = await started([FakeSession()], max_wait_ms=2000)
+        start = time.perf_counter()
+        check(await batcher.submit(image(1.0)), 1.0)
+        elapsed = time.perf_counter() - start
+        await batcher.stop()
+        return elapsed
+
+    assert run(main()) < 1.0
+
+
+def test_waits_for_announced_requests_up_to_max_wait() -> None:
+    session = FakeSession()
+
+    async def late(batcher, value, delay):
+        with batcher.arriving():
+            await asyncio.sleep(delay)
+            return await batcher.submit(image(value))
+
+    async def main():
+        batcher = await started([session], max_wait_ms=3000)
+        # the second request is announced while the first is queued: one batch of 2
+        preds = await asyncio.gather(batcher.submit(image(0)), late(batcher, 1, 0.1))
+        await batcher.stop()
+        return preds
+
+    for v, pred in enumerate(run(main())):
+        check(pred, v)
+    assert session.calls == [(2, None)]
+
+
+def test_max_wait_bounds_the_wait() -> None:
+    async def main():
+        batcher = await started([FakeSession()], max_wait_ms=150)
+        with batcher.arriving():  # a request that never comes
+            start = time.perf_counter()
+            check(await batcher.submit(image(2)), 2)
+            elapsed = time.perf_counter() - start
+        await batcher.stop()
+        return elapsed
+
+    assert 0.13 <= run(main()) < 1.5
+
+
+def test_class_id_requests_are_batched_by_k() -> None:
+    session = FakeSession()
+    wanted = [None, (1,), (0, 2), None, (3,), (4, 4), None, (2,)]
+
+    async def main():
+        batcher = await started([session], max_batch=8)
+        preds = await asyncio.gather(*(batcher.submit(image(i), ids) for i, ids in enumerate(wanted)))
+        await batcher.stop()
+        return preds
+
+    for i, (pred, ids) in enumerate(zip(run(main()), wanted)):
+        check(pred, i, ids)
+    assert sorted(session.calls, key=str) == sorted([(3, None), (3, 1), (2, 2)], key=str)
+
+
+def test_failed_batch_fails_only_its_requests() -> None:
+    async def main():
+        batcher = await started([FakeSession()], max_batch=2)
+        results = await asyncio.gather(*(batcher.submit(image(v)) for v in (0, -1, 2, 3)), return_exceptions=True)
+        after = await batcher.submit(image(5))
+        await batcher.stop()
+        return results, after
+
+    results, after = run(main())
+    for bad in results[:2]:
+        assert isinstance(bad, ApiError) and bad.status == 500 and "negative image" in bad.message
+    check(results[2], 2)
+    check(results[3], 3)
+    check(after, 5)
+
+
+def test_workers_run_in_parallel_threads() -> None:
+    sessions = [FakeSession(delay=0.4), FakeSession(delay=0.4)]
+
+    async def main():
+        batcher = await started(sessions, max_batch=1)
+        start = time.perf_counter()
+        await asyncio.gather(batcher.submit(image(1)), batcher.submit(image(2)))
+        elapsed = time.perf_counter() - start
+        await batcher.stop()
+        return elapsed
+
+    assert run(main()) < 0.75
+    assert all(len(s.calls) == 1 for s in sessions)
+    assert len(sessions[0].threads | sessions[1].threads) == 2
+
+
+def test_stop_finishes_pending_then_refuses() -> None:
+    session = FakeSession(delay=0.05)
+
+    async def main():
+        batcher = await started([session], max_batch=3)
+        pending = [asyncio.ensure_future(batcher.submit(image(v))) for v in range(7)]
+        await asyncio.sleep(0)  # let them enqueue
+        await batcher.stop()
+        assert all(p.done() for p in pending)
+        with pytest.raises(ApiError) as info:
+            await batcher.submit(image(0))
+        assert info.value.status == 503
+        return [p.result() for p in pending]
+
+    for v, pred in enumerate(run(main())):
+        check(pred, v)
+
+
+def test_queue_limit_gives_503() -> None:
+    gate = threading.Event()
+
+    async def main():
+        batcher = await started([FakeSession(gate=gate)], max_batch=1, max_queue=2)
+        first = asyncio.ensure_future(batcher.submit(image(0)))
+        await asyncio.sleep(0.05)  # the worker now holds image 0 and blocks on the gate
+        queued = [asyncio.ensure_future(batcher.submit(image(v))) for v in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ApiError) as info:
+            await batcher.submit(image(3))
+        gate.set()
+        preds = await asyncio.gather(first, *queued)
+        await batcher.stop()
+        return info.value, preds
+
+    err, preds = run(main())
+    assert err.status == 503 and err.code == "queue_full"
+    for v, pred in enumerate(preds):
+        check(pred, v)
+
+
+@pytest.mark.parametrize("kw", [dict(max_batch=0), dict(max_queue=0), dict(max_wait_ms=-1)])
+def test_bad_limits(kw) -> None:
+    with pytest.raises(ValueError, match="limits"):
+        DynamicBatcher([FakeSession()], **(dict(max_batch=1, max_wait_ms=0, max_queue=1) | kw))
+    with pytest.raises(ValueError, match="at least one session"):
+        DynamicBatcher([], 1, 0, 1)

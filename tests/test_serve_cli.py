@@ -1,0 +1,48 @@
+"""`gainx serve` command line: flags, and start-up refusals that happen before serving."""
+from __future__ import annotations
+
+import argparse
+import socket
+
+import pytest
+
+from gainx.serve.cli import listen, register, run
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="gainx")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["serve", *argv])
+
+
+def test_flags_and_defaults() -> None:
+    args = parse("m.onnx", "--host", "0.0.0.0", "--port", "9000", "--workers", "3", "--max-batch", "16",
+                 "--max-body-bytes", "1000", "--max-wait-ms", "2.5", "--topk", "2")
+    assert (args.model, args.host, args.port, args.workers, args.max_batch) == ("m.onnx", "0.0.0.0", 9000, 3, 16)
+    assert (args.max_body_bytes, args.max_wait_ms, args.topk, args.func) == (1000, 2.5, 2, run)
+    defaults = parse("m.onnx")
+    assert (defaults.host, defaults.port, defaults.workers, defaults.topk) == ("127.0.0.1", 8000, 1, None)
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--max-batch", "0"], "max_batch"),
+    (["--max-body-bytes", "0"], "max_body_bytes"),
+    (["--workers", "0"], "--workers"),
+    (["--max-wait-ms", "-1"], "max_wait_ms"),
+    (["--topk", "0"], "topk"),
+])
+def test_bad_settings_exit_2_before_loading(tmp_path, capsys, flags, needle) -> None:
+    # the model path does not exist: the settings must be refused first
+    assert run(parse(str(tmp_path / "absent.onnx"), *flags)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gainx serve: error:") and needle in err and "cannot load" not in err
+
+
+def test_listen_sets_up_a_tcp_socket() -> None:
+    sock = listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] > 0
+        with pytest.raises(OSError):
+            listen("127.0.0.1", sock.getsockname()[1])  # the port is taken
+    finally:
+        sock.close()

@@ -1,0 +1,155 @@
+"""Upload decoding and validation (gainx.serve.images): formats, header checks, corrupt data."""
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gainx.serve.errors import ApiError
+from gainx.serve.images import declared_size, decode_image, sniff_format
+
+LIMITS = dict(max_pixels=4_000_000, max_side=4096)
+
+
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def noise(size: tuple[int, int], mode: str = "RGB", seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    arr = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    return Image.fromarray(arr.squeeze(-1) if channels == 1 else arr, mode)
+
+
+def png_with_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose IHDR declares ``width`` x ``height`` (pixel data far too short)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def jpeg_with_header(width: int, height: int) -> bytes:
+    """A real 8x8 JPEG whose SOF0 segment is patched to declare ``width`` x ``height``."""
+    data = bytearray(encode(Image.new("RGB", (8, 8), (10, 200, 30)), "JPEG"))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def expect_error(data: bytes, status: int, codes: set[str], **limits) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        decode_image(data, **{**LIMITS, **limits}, label="file 'x'")
+    err = info.value
+    assert err.status == status and err.code in codes, (err.status, err.code, err.message)
+    assert "file 'x'" in err.message
+    return err
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P"])
+@pytest.mark.parametrize("size", [(1, 1), (37, 19), (64, 64)])
+def test_png_decodes_exactly(mode: str, size: tuple[int, int]) -> None:
+    source = noise(size, "RGB" if mode == "P" else mode, seed=size[0])
+    if mode == "P":
+        source = source.convert("P")
+    data = encode(source, "PNG")
+    got = decode_image(data, **LIMITS)
+    assert got.mode == "RGB" and got.size == size
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(source.convert("RGB")))
+
+
+def test_jpeg_decodes_like_pil() -> None:
+    data = encode(noise((45, 31)), "JPEG", quality=90)
+    got = decode_image(data, **LIMITS)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def test_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = encode(noise((40, 20)), "JPEG", exif=exif.tobytes())
+    assert decode_image(data, **LIMITS).size == (20, 40)
+
+
+@pytest.mark.parametrize(
+    "fmt,size", [("PNG", (123, 45)), ("JPEG", (77, 300)), ("JPEG", (4096, 1))]
+)
+def test_declared_size_reads_the_header(fmt: str, size: tuple[int, int]) -> None:
+    data = encode(Image.new("RGB", size), fmt)
+    assert declared_size(data, fmt) == size == Image.open(io.BytesIO(data)).size
+
+
+def test_declared_size_of_cut_headers_is_none() -> None:
+    assert declared_size(b"\x89PNG\r\n\x1a\n\0\0", "PNG") is None
+    jpeg = encode(Image.new("RGB", (9, 9)), "JPEG")
+    assert declared_size(jpeg[: jpeg.find(b"\xff\xc0") + 4], "JPEG") is None
+    assert declared_size(b"\xff\xd8\xff\xe0\x00", "JPEG") is None
+
+
+def test_sniff_format_ignores_declared_type() -> None:
+    assert sniff_format(encode(Image.new("RGB", (2, 2)), "PNG")) == "PNG"
+    assert sniff_format(encode(Image.new("RGB", (2, 2)), "JPEG")) == "JPEG"
+    assert sniff_format(b"GIF89a") is None and sniff_format(b"") is None
+
+
+def test_empty_bytes() -> None:
+    expect_error(b"", 400, {"empty_image"})
+
+
+@pytest.mark.parametrize("data", [b"hello world", b"\0" * 100, np.random.default_rng(1).bytes(5000), b"<html></html>"])
+def test_non_image_bytes(data: bytes) -> None:
+    expect_error(data, 400, {"not_an_image"})
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "WEBP", "ICO"])
+def test_other_image_formats_are_unsupported(fmt: str) -> None:
+    err = expect_error(encode(Image.new("RGB", (16, 16)), fmt), 415, {"unsupported_image_format"})
+    assert f"a {fmt} image" in err.message and "JPEG and PNG" in err.message
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.9])
+def test_truncated_images(fmt: str, keep: float) -> None:
+    data = encode(noise((64, 48), seed=3), fmt)
+    expect_error(data[: int(len(data) * keep)], 400, {"image_truncated", "corrupt_image"})
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_header_cut_short(fmt: str) -> None:
+    data = encode(noise((16, 16)), fmt)
+    cut = 20 if fmt == "PNG" else data.find(b"\xff\xc0") + 3
+    expect_error(data[:cut], 400, {"corrupt_image"})
+
+
+@pytest.mark.parametrize("make", [png_with_header, jpeg_with_header])
+@pytest.mark.parametrize("size", [(0, 10), (10, 0), (0, 0)])
+def test_zero_dimension(make, size: tuple[int, int]) -> None:
+    err = expect_error(make(*size), 422, {"image_empty"})
+    assert f"{size[0]}x{size[1]}" in err.message
+
+
+@pytest.mark.parametrize("make", [png_with_header, jpeg_with_header])
+def test_decompression_bomb_refused_from_header(make) -> None:
+    data = make(60_000, 60_000)
+    assert len(data) < 2000
+    start = time.perf_counter()
+    err = expect_error(data, 422, {"image_too_large"})
+    assert time.perf_counter() - start < 0.5, "the bomb must be refused before decoding"
+    assert "60000x60000" in err.message
+
+
+def test_pixel_and_side_limits() -> None:
+    data = encode(noise((50, 40)), "PNG")
+    assert decode_image(data, max_pixels=2000, max_side=50).size == (50, 40)
+    expect_error(data, 422, {"image_too_large"}, max_pixels=1999)
+    expect_error(data, 422, {"image_too_large"}, max_side=49)

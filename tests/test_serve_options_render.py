@@ -1,0 +1,166 @@
+"""Query options, rendering of maps, and the Prometheus exposition (gainx.serve)."""
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gainx.attention.erase import upsample
+from gainx.serve.errors import ApiError
+from gainx.serve.metrics import Metrics
+from gainx.serve.options import ModelLimits, parse_options
+from gainx.serve.render import heatmap_png, overlay_png, resize_maps
+from gainx.viz import heatmap, overlay
+
+LIMITS = ModelLimits(classes=["cat", "dog", "7", "bird"], topk=3, default_topk=2, image_size=(32, 48),
+                     max_raw_pixels=10_000, max_classes=3)
+
+
+def opts(**query: str | list[str]):
+    return parse_options({k: v if isinstance(v, list) else [v] for k, v in query.items()}, LIMITS)
+
+
+def test_defaults() -> None:
+    o = opts()
+    assert (o.topk, o.class_ids, o.raw_size, o.heatmap, o.overlay) == (2, None, None, True, False)
+
+
+@pytest.mark.parametrize("k", ["1", "2", "3"])
+def test_topk(k: str) -> None:
+    assert opts(topk=k).topk == int(k)
+
+
+@pytest.mark.parametrize("k", ["0", "4", "-1", "two", "1.5", ""])
+def test_bad_topk(k: str) -> None:
+    with pytest.raises(ApiError, match="topk") as info:
+        opts(topk=k)
+    assert info.value.status == 400
+
+
+def test_classes_by_name_and_id() -> None:
+    # "7" is a class *name* (index 2); a name wins over an id
+    assert opts(classes="dog,7").class_ids == (1, 2)
+    assert opts(classes="3, cat").class_ids == (3, 0)
+
+
+@pytest.mark.parametrize("value", ["fish", "4", "", "cat,,dog", "cat,dog,bird,cat"])
+def test_bad_classes(value: str) -> None:
+    with pytest.raises(ApiError, match="classes"):
+        opts(classes=value)
+
+
+@pytest.mark.parametrize(
+    "query,size",
+    [({"raw": "true"}, (32, 48)), ({"raw": "0"}, None), ({"raw": "5,7"}, (5, 7)), ({"raw_size": "100x100"}, (100, 100)),
+     ({"raw": " 3 , 4 "}, (3, 4))],
+)
+def test_raw(query: dict, size) -> None:
+    assert opts(**query).raw_size == size
+
+
+@pytest.mark.parametrize(
+    "query,needle",
+    [({"raw": "0,5"}, "raw"), ({"raw": "101,100"}, "raw"), ({"raw": "maybe"}, "raw"), ({"raw_size": "3"}, "raw_size"),
+     ({"raw": "1", "raw_size": "2,2"}, "not both"), ({"topk": "1", "classes": "cat"}, "not both"),
+     ({"overlay": "sure"}, "overlay"), ({"heatmap": "2"}, "heatmap"), ({"topK": "1"}, "unknown"),
+     ({"topk": ["1", "2"]}, "more than once")],
+)
+def test_bad_queries_name_the_problem(query: dict, needle: str) -> None:
+    with pytest.raises(ApiError, match=needle) as info:
+        opts(**query)
+    assert info.value.status == 400 and info.value.code == "bad_parameter"
+
+
+def test_flags() -> None:
+    o = opts(heatmap="false", overlay="YES")
+    assert (o.heatmap, o.overlay) == (False, True)
+
+
+@pytest.mark.parametrize("src,dst", [((7, 5), (32, 48)), ((32, 48), (7, 5)), ((1, 1), (3, 2)), ((9, 9), (9, 9)), ((4, 6), (13, 1))])
+def test_resize_maps_matches_upsample(src: tuple[int, int], dst: tuple[int, int]) -> None:
+    maps = np.random.default_rng(0).random((3, *src), dtype=np.float32)
+    want = upsample(torch.from_numpy(maps), dst).numpy()
+    got = resize_maps(maps, dst)
+    assert got.shape == (3, *dst) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
+
+
+def png_pixels(text: str) -> np.ndarray:
+    image = Image.open(io.BytesIO(base64.b64decode(text)), formats=("PNG",))
+    return np.asarray(image.convert("RGB"))
+
+
+def test_heatmap_png_is_the_viz_heatmap() -> None:
+    edges = np.arange(257, dtype=np.float32) / 256  # every bin boundary, 0 and 1
+    near = np.nextafter(edges, np.float32(0))  # just below each boundary
+    outside = np.array([-0.5, 1.5, 2.0], np.float32)  # clipped like viz.heatmap does
+    random = np.random.default_rng(1).random(257 * 4 - 514 - 3, dtype=np.float32)
+    att = np.concatenate([edges, near, outside, random]).reshape(4, 257)
+    np.testing.assert_array_equal(png_pixels(heatmap_png(att)), heatmap(att))
+
+
+def test_overlay_png_blends_on_the_model_input() -> None:
+    rng = np.random.default_rng(2)
+    image, att = rng.random((3, 9, 14), dtype=np.float32), rng.random((9, 14), dtype=np.float32)
+    rgb = np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(png_pixels(overlay_png(image, att)), overlay(rgb, att))
+    with pytest.raises(ValueError, match="differ in size"):
+        overlay_png(image, att[:, :5])
+
+
+SAMPLE = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"\n]*"(,[a-z_]+="[^"\n]*")*\})? (\d+(\.\d+)?(e[-+]\d+)?|\+Inf)$')
+
+
+def parse(text: str) -> dict[str, float]:
+    """Check every line's syntax and return {series: value}."""
+    assert text.endswith("\n")
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("# "):
+            assert re.match(r"^# (HELP|TYPE) [a-z_]+ .+$", line), line
+            continue
+        assert SAMPLE.match(line), line
+        name, value = line.rsplit(" ", 1)
+        samples[name] = float(value)
+    return samples
+
+
+def test_metrics_exposition() -> None:
+    m = Metrics(max_batch=12)
+    for status, seconds in [(200, 0.003), (200, 0.2), (400, 0.0004), (200, 99.0)]:
+        m.observe_request("/v1/predict", "POST", status, seconds)
+    m.observe_batch(12, 0.01)
+    m.observe_batch(3, 0.02)
+    depth = [7]
+    m.add_gauge("gainx_queue_depth", "Images waiting.", lambda: depth[0])
+    s = parse(m.render())
+    assert s['gainx_requests_total{endpoint="/v1/predict",method="POST",status="200"}'] == 3
+    assert s['gainx_requests_total{endpoint="/v1/predict",method="POST",status="400"}'] == 1
+    lat = 'gainx_request_duration_seconds_bucket{endpoint="/v1/predict",le="%s"}'
+    assert s[lat % "0.001"] == 1 and s[lat % "0.005"] == 2 and s[lat % "0.25"] == 3 and s[lat % "10"] == 3
+    assert s[lat % "+Inf"] == 4 == s['gainx_request_duration_seconds_count{endpoint="/v1/predict"}']
+    assert s['gainx_request_duration_seconds_sum{endpoint="/v1/predict"}'] == pytest.approx(99.2034)
+    assert s['gainx_batch_size_bucket{le="2"}'] == 0 and s['gainx_batch_size_bucket{le="4"}'] == 1
+    assert s['gainx_batch_size_bucket{le="8"}'] == 1 and s['gainx_batch_size_bucket{le="12"}'] == 2
+    assert s["gainx_batch_size_sum"] == 15 and s["gainx_images_total"] == 15
+    assert s["gainx_queue_depth"] == 7
+    depth[0] = 0
+    assert parse(m.render())["gainx_queue_depth"] == 0
+
+
+def test_unlabelled_histograms_start_at_zero() -> None:
+    s = parse(Metrics(max_batch=4).render())
+    assert s['gainx_batch_size_bucket{le="+Inf"}'] == 0 == s["gainx_batch_size_count"] == s["gainx_batch_size_sum"]
+    assert s["gainx_inference_duration_seconds_count"] == 0
+    assert not any(k.startswith("gainx_request_duration") for k in s)  # labelled: no series before a request
+
+
+def test_metrics_label_escaping() -> None:
+    m = Metrics(max_batch=1)
+    m.observe_request('a"b\\c\nd', "GET", 404, 0.1)
+    assert 'endpoint="a\\"b\\\\c\\nd"' in m.render()
