@@ -85,6 +85,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from gainx.data.cli import register as register_data
+    from gainx.export.cli import register as register_export
     from gainx.serve.cli import register as register_serve
 
     parser = argparse.ArgumentParser(prog="gainx", description="Guided Attention Inference Networks (GAIN / GAINext)")
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--classes", nargs="*", default=None, help="class names to explain instead of the top-k")
     att.set_defaults(func=_cmd_attention)
 
+    register_export(sub)
     register_serve(sub)
     return parser
 

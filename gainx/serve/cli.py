@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     try:
-        sessions = [AttentionSession(args.model) for _ in range(args.workers)]
+        threads = max(1, (os.cpu_count() or 1) // args.workers)
+        sessions = [AttentionSession(args.model, threads=threads, spinning=False) for _ in range(args.workers)]
     except Exception as exc:  # missing file, not ONNX, not a gainx model, ORT refusing it: all fatal
         return _fail(f"cannot load model {args.model}: {exc}")
     try:

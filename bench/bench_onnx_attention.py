@@ -1,0 +1,99 @@
+"""ONNX Runtime CPU latency: attention graph vs the same classifier exported without attention (issue 5).
+
+resnet18 (random weights, 1000 classes) at 224x224, batch 8, CPU provider.
+The baseline is the plain classifier (normalization inside, logits out)
+exported with the same exporter; the members are the gainx attention graph
+returning the top-1 and the top-5 maps. Targets: <= 1.2x (top-1),
+<= 1.5x (top-5). ``GAINX_BENCH_QUICK=1`` shrinks to 64x64, batch 2; or set
+``GAINX_BENCH_ONNX="size,batch"``, e.g.::
+
+    GAINX_BENCH_ONNX=64,2 python -m pytest bench/bench_onnx_attention.py --benchmark-only -q
+
+Extra info: ``ms_per_image``, ``onnx_mb`` (file size), ``threads`` (ORT intra-op), ``target``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pytest_benchmark.fixture import BenchmarkFixture
+from torch import nn
+
+from bench.conftest import QUICK
+from gainx.export import export_onnx
+from gainx.models import build_model, default_target_layer
+from gainx.runtime import AttentionSession
+
+SIZE, BATCH = (int(v) for v in os.environ.get("GAINX_BENCH_ONNX", "64,2" if QUICK else "224,8").split(","))
+ARCH, NUM_CLASSES, ROUNDS = "resnet18", 1000, 10
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TARGETS = {1: "attention top-1 <= 1.2x the plain classifier", 5: "attention top-5 <= 1.5x the plain classifier"}
+
+
+class _Normalized(nn.Module):
+    """The plain classifier with the same in-graph normalization as the attention graph."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("bench_onnx")
+    model = build_model(ARCH, NUM_CLASSES).eval()
+    plain = folder / "plain.onnx"
+    torch.onnx.export(_Normalized(model).eval(), (torch.rand(BATCH, 3, SIZE, SIZE),), str(plain), dynamo=True,
+                      input_names=["images"], output_names=["scores"],
+                      dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
+    paths = {"plain": plain}
+    for k in TARGETS:
+        paths[f"top{k}"] = export_onnx(model, folder / f"top{k}.onnx", target_layer=default_target_layer(ARCH),
+                                       topk=k, image_size=(SIZE, SIZE), mean=MEAN, std=STD, verify=False)
+    return paths
+
+
+def _images() -> np.ndarray:
+    return np.random.default_rng(0).random((BATCH, 3, SIZE, SIZE), dtype=np.float32)
+
+
+def _info(benchmark: BenchmarkFixture, path: Path, target: str) -> None:
+    import onnxruntime as ort
+
+    benchmark.extra_info.update({"arch": ARCH, "image_size": SIZE, "batch": BATCH, "provider": "CPUExecutionProvider",
+                                 "threads": ort.SessionOptions().intra_op_num_threads or os.cpu_count(),
+                                 "onnx_mb": round(path.stat().st_size / 2**20, 1), "target": target})
+
+
+@pytest.mark.benchmark(group="onnx_attention_resnet18")
+def test_plain_classifier(benchmark: BenchmarkFixture, models: dict[str, Path]) -> None:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(models["plain"]), providers=["CPUExecutionProvider"])
+    feeds = {"images": _images()}
+    session.run(None, feeds)  # warm-up
+    benchmark.pedantic(session.run, args=(None, feeds), rounds=ROUNDS, iterations=1)
+    _info(benchmark, models["plain"], "baseline")
+    benchmark.extra_info["baseline"] = True
+    benchmark.extra_info["ms_per_image"] = benchmark.stats.stats.mean * 1e3 / BATCH
+
+
+@pytest.mark.benchmark(group="onnx_attention_resnet18")
+@pytest.mark.parametrize("topk", sorted(TARGETS))
+def test_attention_graph(benchmark: BenchmarkFixture, models: dict[str, Path], topk: int) -> None:
+    session = AttentionSession(models[f"top{topk}"], providers=["CPUExecutionProvider"])
+    images = _images()
+    result = session.run(images)  # warm-up
+    assert result.attention.shape == (BATCH, topk, SIZE, SIZE)
+    benchmark.pedantic(session.run, args=(images,), rounds=ROUNDS, iterations=1)
+    _info(benchmark, models[f"top{topk}"], TARGETS[topk])
+    benchmark.extra_info["ms_per_image"] = benchmark.stats.stats.mean * 1e3 / BATCH

@@ -1,0 +1,143 @@
+"""The module that is exported to ONNX: scores, classes and attention in one graph.
+
+``AttentionGraph(images, class_ids) -> (scores, classes, attention)``:
+
+* ``x = (images - mean) / std`` (normalization inside the graph);
+* ``F = body(x)``, ``scores = head(F)`` (the model split at its target layer);
+* ``classes``: ``class_ids`` where ``>= 0``, else the class of that rank in the
+  top-k by score (``class_ids`` defaults to a ``(1, topk)`` row of ``-1``);
+* Grad-CAM weights ``w_ck = GAP_ij(d s_c / d F_k)`` (paper eq. 1), from
+  - the analytic form for a GAP + linear head: ``w_ck = W[c, k] / (h w)``;
+  - otherwise the head's vector-Jacobian product with one-hot cotangents,
+    traced with ``make_fx`` into ordinary ATen ops (no backward in ONNX needed);
+* ``A_c = ReLU(sum_k w_ck F_k)`` (eq. 2), min-max normalized by the range of its
+  bilinear upsampling to the image and upsampled (``gainx.attention.erase``).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gainx.attention.erase import normalize_cam, upsample
+from gainx.export.decomp import export_decompositions
+from gainx.export.split import split_at_layer
+
+
+def select_classes(scores: Tensor, class_ids: Tensor) -> Tensor:
+    """``class_ids`` (broadcast to ``(N, K)``) where ``>= 0``, else the top-k class of that rank."""
+    top = scores.topk(class_ids.shape[1], dim=1).indices
+    return torch.where(class_ids < 0, top, class_ids)
+
+
+def one_hot(classes: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """``(..., C)`` one-hot rows (comparison with ``arange``; exports without asserts)."""
+    return (classes.unsqueeze(-1) == torch.arange(num_classes, device=classes.device)).to(dtype)
+
+
+def head_vjp_attention(head: nn.Module, num_classes: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """``(F, class_ids) -> (scores, classes, w)`` with ``w[n, k] = GAP(d s_{c_nk} / d F_n)``.
+
+    F is repeated K times so that one head forward and one pullback with
+    ``(N K, C)`` one-hot cotangents give all K gradients (rows are independent
+    in eval mode); the scores are those of the first copy.
+    """
+
+    def attention(features: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n, k = features.shape[0], class_ids.shape[1]
+        rep = features.unsqueeze(1).expand(n, k, *features.shape[1:]).reshape(n * k, *features.shape[1:])
+        scores_rep, pullback = torch.func.vjp(head, rep)
+        scores = scores_rep.reshape(n, k, -1)[:, 0]
+        classes = select_classes(scores, class_ids)
+        (grads,) = pullback(one_hot(classes.reshape(-1), num_classes, scores_rep.dtype))
+        return scores, classes, grads.mean(dim=(2, 3)).reshape(n, k, -1)
+
+    return attention
+
+
+def trace_head_vjp(head: nn.Module, features: Tensor, num_classes: int) -> nn.Module:
+    """Trace :func:`head_vjp_attention` into a ``GraphModule`` of plain ATen ops.
+
+    Symbolic tracing without duck shaping keeps N, K, h and w independent
+    symbols, so the exported graph keeps dynamic batch and image sizes.
+    """
+    from torch.fx.experimental import _config as fx_config
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    example_ids = torch.full((features.shape[0], 2), -1, dtype=torch.long)
+    with fx_config.patch(use_duck_shape=False), torch.no_grad():
+        return make_fx(
+            head_vjp_attention(head, num_classes),
+            decomposition_table=export_decompositions(),
+            tracing_mode="symbolic",
+            _allow_non_fake_inputs=True,
+        )(features, example_ids)
+
+
+class LinearHeadAttention(nn.Module):
+    """Analytic Grad-CAM weights of a GAP + linear head: ``w_ck = W[c, k] / (h w)``."""
+
+    def __init__(self, head: nn.Module, weight: Tensor) -> None:
+        super().__init__()
+        self.head = head
+        self.register_buffer("weight", weight.detach().clone())
+
+    def forward(self, features: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        scores = self.head(features)
+        classes = select_classes(scores, class_ids)
+        area = features.shape[-2] * features.shape[-1]
+        return scores, classes, self.weight.to(features.dtype)[classes] / area
+
+
+class AttentionGraph(nn.Module):
+    """``(images, class_ids) -> (scores, classes, attention)``; see the module docstring."""
+
+    def __init__(self, body: nn.Module, head_attention: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.body = body
+        self.head_attention = head_attention
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.dtype = dtype
+
+    def forward(self, images: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x = ((images - self.mean) / self.std).to(self.dtype)
+        features = self.body(x)
+        scores, classes, weights = self.head_attention(features, class_ids)
+        cam = F.relu(torch.einsum("nkc,nchw->nkhw", weights, features)).float()
+        n, k, h, w = cam.shape
+        size = (images.shape[-2], images.shape[-1])
+        attention = upsample(normalize_cam(cam.reshape(n * k, h, w), size), size)
+        return scores.float(), classes, attention.reshape(n, k, *size)
+
+
+def _linear_head(model: nn.Module, target_layer: str) -> nn.Linear | None:
+    try:
+        from gainx.attention.head import find_linear_head
+    except ImportError:  # no head detection in this install: the VJP path is exact for every head
+        return None
+    return find_linear_head(model, target_layer)
+
+
+def build_attention_graph(model: nn.Module, target_layer: str, num_classes: int, mean: Sequence[float],
+                          std: Sequence[float], example_images: Tensor,
+                          dtype: torch.dtype = torch.float32) -> AttentionGraph:
+    """Split ``model`` (eval mode) at ``target_layer`` and assemble its :class:`AttentionGraph`.
+
+    ``example_images`` (N >= 2, normalized or not) only fix the feature shape
+    used to trace a non-linear head.
+    """
+    model = copy.deepcopy(model).eval().to(dtype)  # the caller's model keeps its mode and dtype
+    body, head = split_at_layer(model, target_layer)
+    linear = _linear_head(model, target_layer)
+    if linear is not None:
+        head_attention: nn.Module = LinearHeadAttention(head, linear.weight)
+    else:
+        with torch.no_grad():
+            features = body(example_images.to(dtype))
+        head_attention = trace_head_vjp(head, features, num_classes)
+    return AttentionGraph(body, head_attention, mean, std, dtype).eval()

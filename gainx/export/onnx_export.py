@@ -1,0 +1,164 @@
+"""``export_onnx``: a classifier (or a gainx checkpoint) -> a verified attention ONNX model.
+
+The graph contract is documented in export/README.md: inputs ``images``
+float32 (N, 3, H, W) in [0, 1] and optional ``class_ids`` int64 (N, K)
+(an overridable initializer holding a ``(1, topk)`` row of ``-1``: "the top-k
+classes"); outputs ``scores`` (N, C), ``classes`` int64 (N, K), ``attention``
+float32 (N, K, H, W) in [0, 1]; ``gainx.*`` metadata_props (JSON values).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from gainx.export.graph import AttentionGraph, build_attention_graph
+from gainx.export.verify import FP16_ATOL, FP32_ATOL, default_cases, other_size, verify_onnx
+from gainx.io import atomic_open
+
+INPUT_NAMES = ["images", "class_ids"]
+OUTPUT_NAMES = ["scores", "classes", "attention"]
+log = logging.getLogger(__name__)
+
+
+def _resolve(model_or_checkpoint: nn.Module | str | Path,
+             overrides: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and its metadata: checkpoint meta, overridden by non-None arguments."""
+    if isinstance(model_or_checkpoint, nn.Module):
+        model, meta = model_or_checkpoint, {"arch": None, "multilabel": False}
+    else:
+        from gainx.training.checkpoint import load_model
+
+        model, meta = load_model(model_or_checkpoint)
+    meta = {**meta, **{k: v for k, v in overrides.items() if v is not None}}
+    missing = [k for k in ("target_layer", "image_size", "mean", "std") if meta.get(k) is None]
+    if missing:
+        raise ValueError(f"export_onnx needs {missing} (given as arguments or stored in the checkpoint)")
+    return model, meta
+
+
+def _check_args(meta: dict[str, Any], num_classes: int, topk: int) -> None:
+    if len(meta["image_size"]) != 2 or min(meta["image_size"]) < 8:
+        raise ValueError(f"image_size must be (H, W) with H, W >= 8, got {meta['image_size']}")
+    for name in ("mean", "std"):
+        if len(meta[name]) != 3:
+            raise ValueError(f"{name} must have 3 values (RGB), got {meta[name]}")
+    if min(meta["std"]) <= 0:
+        raise ValueError(f"std must be positive, got {meta['std']}")
+    if len(meta["classes"]) != num_classes:
+        raise ValueError(f"{len(meta['classes'])} class names for a model with {num_classes} outputs")
+    if not 1 <= topk <= num_classes:
+        raise ValueError(f"topk must be in [1, {num_classes}], got {topk}")
+
+
+def _accepts_other_sizes(model: nn.Module, image_size: Sequence[int]) -> bool:
+    """Whether the model runs at another image size (no H, W baked in, e.g. by flatten -> linear)."""
+    try:
+        with torch.no_grad():
+            model(torch.rand(1, 3, *other_size(image_size)))
+    except Exception:  # noqa: BLE001 - any failure means: export for image_size only
+        return False
+    return True
+
+
+def _torch_export(graph: AttentionGraph, image_size: Sequence[int], num_classes: int, opset: int | None,
+                  dynamic_hw: bool) -> Any:
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1)
+    spatial = {2: Dim("height", min=8), 3: Dim("width", min=8)} if dynamic_hw else {}
+    images = torch.rand(3, 3, *image_size)
+    class_ids = torch.full((3, min(2, num_classes)), -1, dtype=torch.long)
+    dynamic_shapes = {"images": {0: batch, **spatial}, "class_ids": {0: batch, 1: Dim("k", min=1, max=num_classes)}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(graph, (images, class_ids), dynamo=True, dynamic_shapes=dynamic_shapes,
+                                 input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, opset_version=opset,
+                                 verbose=False)
+
+
+def _finalize(proto: Any, topk: int, metadata: dict[str, Any]) -> bytes:
+    """Make ``class_ids`` optional (default ``-1`` row) and attach the metadata."""
+    from onnx import numpy_helper
+
+    proto.graph.initializer.append(numpy_helper.from_array(np.full((1, topk), -1, dtype=np.int64), "class_ids"))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"gainx.{key}", json.dumps(value)
+    return proto.SerializeToString()
+
+
+def export_onnx(
+    model_or_checkpoint: nn.Module | str | Path,
+    out: str | Path,
+    *,
+    target_layer: str | None = None,
+    classes: Sequence[str] | None = None,
+    topk: int = 1,
+    image_size: Sequence[int] | None = None,
+    opset: int | None = None,
+    fp16: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    verify: bool = True,
+) -> Path:
+    """Export an attention-producing classifier to ``out`` (atomic) and return the path.
+
+    ``model_or_checkpoint``: an ``nn.Module`` (then ``target_layer``,
+    ``image_size``, ``mean`` and ``std`` are required) or a gainx checkpoint
+    path (its metadata fills what is not given). Batch size is dynamic; H, W
+    are dynamic when the model traces with symbolic sizes, else fixed to
+    ``image_size``. With ``verify`` (default) the model is checked against
+    PyTorch (see :mod:`gainx.export.verify`; fp32 maps and scores within 1e-4,
+    fp16 within 5e-2) and :class:`ExportVerificationError` is raised without
+    writing anything when it fails.
+    """
+    from gainx import __version__
+
+    overrides = {"target_layer": target_layer, "classes": list(classes) if classes is not None else None,
+                 "image_size": list(image_size) if image_size is not None else None,
+                 "mean": list(mean) if mean is not None else None, "std": list(std) if std is not None else None}
+    model, meta = _resolve(model_or_checkpoint, overrides)
+    model = copy.deepcopy(model).cpu().eval()  # the caller's module keeps its device and mode
+    size = [int(v) for v in meta["image_size"]]
+    example = torch.rand(3, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        scores = model(example)
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+        raise ValueError(f"the model must return (N, num_classes) scores, got {getattr(scores, 'shape', type(scores))}")
+    num_classes = scores.shape[1]
+    meta.setdefault("classes", [str(i) for i in range(num_classes)])
+    _check_args(meta, num_classes, topk)
+    dtype = torch.float16 if fp16 else torch.float32
+    graph = build_attention_graph(model, meta["target_layer"], num_classes, meta["mean"], meta["std"], example, dtype)
+    program = None
+    if _accepts_other_sizes(model, size):
+        try:
+            program = _torch_export(graph, size, num_classes, opset, dynamic_hw=True)
+        except Exception as exc:  # noqa: BLE001 - fall back to the fixed size below
+            log.info("dynamic H, W not exportable (%s); exporting for %s only", type(exc).__name__, size)
+    dynamic_hw = program is not None
+    if program is None:
+        program = _torch_export(graph, size, num_classes, opset, dynamic_hw=False)
+    metadata = {"classes": list(meta["classes"]), "mean": list(meta["mean"]), "std": list(meta["std"]),
+                "image_size": size, "topk": topk, "arch": meta.get("arch"), "target_layer": meta["target_layer"],
+                "multilabel": bool(meta.get("multilabel", False)), "version": __version__,
+                "fp16": fp16, "dynamic_hw": dynamic_hw}
+    data = _finalize(program.model_proto, topk, metadata)
+    if verify:
+        cases = default_cases(size, num_classes, topk, dynamic_hw)
+        errors = verify_onnx(data, model, meta["target_layer"], meta["mean"], meta["std"], cases,
+                             atol=FP16_ATOL if fp16 else FP32_ATOL, relative_scores=fp16)
+        log.info("verified %s: max |error| scores %.2g, attention %.2g", out, errors["scores"], errors["attention"])
+    out = Path(out)
+    with atomic_open(out, "wb") as fh:
+        fh.write(data)
+    return out

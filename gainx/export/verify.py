@@ -1,0 +1,119 @@
+"""Built-in verification of an exported attention model against PyTorch.
+
+The reference is :func:`gainx.attention_maps` (autograd Grad-CAM on the
+original, unsplit model, paper eq. 1-2) on the normalized images. Checked:
+``onnx.checker``; ONNX Runtime (CPU) on random images with the default top-k,
+on given ``class_ids``, and on a second image size when H, W are dynamic.
+Scores and maps must agree within ``atol`` (1e-4 in fp32); top-k classes may
+differ from PyTorch's only between scores tied within ``atol``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+FP32_ATOL = 1e-4
+# fp16 graphs: half-precision activations; scores are compared relative to their
+# largest magnitude, maps (values in [0, 1]) absolutely.
+FP16_ATOL = 5e-2
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported ONNX model does not reproduce PyTorch; nothing was written."""
+
+
+@dataclass(frozen=True)
+class VerifyCase:
+    name: str
+    images: Tensor  # (N, 3, H, W) in [0, 1]
+    class_ids: Tensor | None  # (N, K) or None for the default top-k
+
+
+def other_size(image_size: Sequence[int]) -> tuple[int, int]:
+    """``(H + 16, W + 8)``: where dynamic H, W are probed (export) and verified."""
+    return image_size[0] + 16, image_size[1] + 8
+
+
+def default_cases(image_size: Sequence[int], num_classes: int, topk: int, dynamic_hw: bool,
+                  seed: int = 0) -> list[VerifyCase]:
+    """Random images (top-k), given class ids, and another image size when allowed."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = image_size
+    k = min(num_classes, topk + 1)
+    cases = [
+        VerifyCase("random images, top-k", torch.rand(2, 3, h, w, generator=gen), None),
+        VerifyCase("given class_ids", torch.rand(3, 3, h, w, generator=gen),
+                   torch.randint(0, num_classes, (3, k), generator=gen)),
+    ]
+    if dynamic_hw:
+        cases.append(VerifyCase("another image size", torch.rand(1, 3, *other_size(image_size), generator=gen),
+                                torch.randint(0, num_classes, (1, k), generator=gen)))
+    return cases
+
+
+def _max_err(a: np.ndarray, b: Tensor) -> float:
+    return float(np.abs(a.astype(np.float64) - b.double().numpy()).max()) if a.size else 0.0
+
+
+def verify_onnx(model_bytes: bytes, model: nn.Module, target_layer: str, mean: Sequence[float], std: Sequence[float],
+                cases: Sequence[VerifyCase], atol: float = FP32_ATOL,
+                relative_scores: bool = False) -> dict[str, float]:
+    """Raise :class:`ExportVerificationError` unless ``model_bytes`` matches ``model``.
+
+    Returns the largest score and map errors seen (for logs and tests).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from gainx.attention.gradcam import attention_maps
+    from gainx.runtime import session_options
+
+    try:
+        onnx.checker.check_model(onnx.load_from_string(model_bytes))
+        session = ort.InferenceSession(model_bytes, session_options(), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ExportVerificationError(f"the exported graph is not valid ONNX: {exc}") from exc
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    worst = {"scores": 0.0, "attention": 0.0}
+    model = model.eval()
+    for case in cases:
+        feeds = {"images": case.images.numpy()}
+        if case.class_ids is not None:
+            feeds["class_ids"] = case.class_ids.numpy()
+        try:
+            scores, classes, attention = session.run(["scores", "classes", "attention"], feeds)
+        except Exception as exc:
+            raise ExportVerificationError(f"ONNX Runtime failed on {case.name}: {exc}") from exc
+        ids = torch.from_numpy(classes)
+        ref_scores, ref_maps = attention_maps(model, (case.images - m) / s, target_layer, classes=ids)
+        scale = float(ref_scores.abs().max()) if relative_scores else 1.0
+        tol = {"scores": atol * max(scale, 1.0), "attention": atol}
+        if case.class_ids is None:
+            k = ids.shape[1]
+            chosen = ref_scores.gather(1, ids)
+            best = ref_scores.topk(k, dim=1).values
+            if ids.shape != best.shape or float((chosen - best).abs().max()) > tol["scores"]:
+                raise ExportVerificationError(
+                    f"{case.name}: ONNX classes {classes.tolist()} are not the top-{k} of the PyTorch scores"
+                )
+        elif not torch.equal(ids, case.class_ids):
+            raise ExportVerificationError(
+                f"{case.name}: ONNX returned classes {classes.tolist()}, asked for {case.class_ids.tolist()}"
+            )
+        for name, got, ref in (("scores", scores, ref_scores), ("attention", attention, ref_maps)):
+            if got.shape != tuple(ref.shape):
+                raise ExportVerificationError(
+                    f"{case.name}: ONNX {name} has shape {got.shape}, PyTorch {tuple(ref.shape)}"
+                )
+            err = _max_err(got, ref)
+            worst[name] = max(worst[name], err)
+            if not err <= tol[name]:  # also catches NaN
+                raise ExportVerificationError(
+                    f"{case.name}: ONNX {name} differ from PyTorch by {err:.3g} (tolerance {tol[name]:.3g})"
+                )
+    return worst

@@ -1,0 +1,68 @@
+"""``gainx export`` end to end: checkpoint -> verified ONNX model + Triton repository."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gainx.attention.gradcam import attention_maps
+from gainx.export.cli import register
+from gainx.models import build_model
+from gainx.runtime import AttentionSession
+from gainx.training.checkpoint import save_checkpoint
+
+META = {"arch": "small_cnn", "num_classes": 3, "classes": ["x", "y", "z"], "target_layer": "features",
+        "image_size": [24, 32], "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.4], "multilabel": True}
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="gainx")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3).eval()
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"model": model.state_dict(), **META})
+    return path, model
+
+
+def test_cli_export_checkpoint_with_triton_repo(checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt, model = checkpoint
+    out = tmp_path / "out" / "model.onnx"
+    assert _run(["export", "--checkpoint", str(ckpt), "--out", str(out), "--topk", "2",
+                 "--triton-repo", str(tmp_path / "repo")]) == 0
+    assert f"onnx: {out}" in capsys.readouterr().out
+    session = AttentionSession(out)
+    assert session.classes == META["classes"] and session.image_size == (24, 32) and session.topk == 2
+    assert session.arch == "small_cnn" and session.multilabel is True and session.mean == META["mean"]
+    images = torch.rand(2, 3, 24, 32)
+    result = session.run(images)
+    normalized = (images - torch.tensor(META["mean"]).view(1, 3, 1, 1)) / torch.tensor(META["std"]).view(1, 3, 1, 1)
+    scores, maps = attention_maps(model, normalized, "features", classes=torch.from_numpy(result.classes))
+    np.testing.assert_allclose(result.scores, scores.numpy(), atol=1e-4)
+    np.testing.assert_allclose(result.attention, maps.numpy(), atol=1e-4)
+    repo_model = tmp_path / "repo" / "gainx_attention"
+    assert (repo_model / "1" / "model.onnx").read_bytes() == out.read_bytes()
+    assert (repo_model / "labels.txt").read_text().split() == META["classes"]
+
+
+def test_cli_image_size_override_without_verification(checkpoint, tmp_path: Path) -> None:
+    ckpt, _ = checkpoint
+    out = tmp_path / "m.onnx"
+    argv = ["export", "--checkpoint", str(ckpt), "--out", str(out), "--image-size", "40", "48", "--no-verify"]
+    assert _run(argv) == 0
+    assert AttentionSession(out).image_size == (40, 48)
+
+
+def test_cli_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        _run(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m.onnx")])
+    assert not (tmp_path / "m.onnx").exists()
