@@ -46,11 +46,12 @@ def reference_gradcam(model, layer, images, cls: int) -> np.ndarray:
     return np.stack(out)
 
 
+@pytest.mark.parametrize("analytic_head", [True, False], ids=["closed-form-head", "autograd"])
 @pytest.mark.parametrize("size", [(20, 28), (33, 17)])
-def test_matches_independent_reference(small_cnn, size):
+def test_matches_independent_reference(small_cnn, size, analytic_head):
     x = torch.randn(3, 3, *size)
     for cls in range(3):
-        _, maps = gainx.attention_maps(small_cnn, x, "features", classes=torch.full((3, 1), cls))
+        _, maps = gainx.attention_maps(small_cnn, x, "features", classes=torch.full((3, 1), cls), analytic_head=analytic_head)
         ref = reference_gradcam(small_cnn, small_cnn.features, x, cls)
         np.testing.assert_allclose(maps[:, 0].numpy(), ref, atol=1e-3)
 
@@ -154,3 +155,16 @@ def test_pairs_by_rank():
     index = torch.tensor([0, 0, 0, 2, 3, 3])
     assert pairs_by_rank(index).tolist() == [0, 1, 2, 0, 0, 1]
     assert pairs_by_rank(torch.tensor([], dtype=torch.long)).numel() == 0
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
+def test_closed_form_head_equals_autograd_path(arch):
+    model = gainx.models.build_model(arch, 6).eval()
+    layer = gainx.models.default_target_layer(arch)
+    x = torch.randn(2, 3, 64, 48)
+    s1, fast = gainx.attention_maps(model, x, layer, topk=3)
+    s2, slow = gainx.attention_maps(model, x, layer, topk=3, analytic_head=False)
+    torch.testing.assert_close(s1, s2)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    # resnet18 has a GAP + linear head (closed form); mobilenet_v3's MLP head takes the autograd path
+    assert (gainx.attention.head.find_linear_head(model, layer) is not None) == (arch == "resnet18")

@@ -6,11 +6,14 @@
 """
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
 import torch
 from torch import Tensor, nn
 
 from gainx.attention.capture import capture_output, resolve_layer
-from gainx.attention.erase import gradcam_raw, normalize_cam, upsample
+from gainx.attention.head import find_linear_head
+from gainx.ops.class_attention import class_attention, gradcam
 
 
 def pairs_by_rank(index: Tensor) -> Tensor:
@@ -73,6 +76,18 @@ def select_classes(scores: Tensor, classes: Tensor | list | None, topk: int) -> 
     return classes.long()
 
 
+_HEADS: "WeakKeyDictionary[nn.Module, dict[tuple[int, bool], nn.Linear | None]]" = WeakKeyDictionary()
+
+
+def _linear_head(model: nn.Module, layer: nn.Module) -> nn.Linear | None:
+    """:func:`find_linear_head`, cached per model, layer and train/eval mode (it traces the model)."""
+    cache = _HEADS.setdefault(model, {})
+    key = (id(layer), model.training)
+    if key not in cache:
+        cache[key] = find_linear_head(model, layer)
+    return cache[key]
+
+
 def attention_maps(
     model: nn.Module,
     images: Tensor,
@@ -81,6 +96,7 @@ def attention_maps(
     topk: int = 1,
     size: tuple[int, int] | None = None,
     create_graph: bool = False,
+    analytic_head: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Class scores and Grad-CAM maps of ``model`` at ``target_layer``.
 
@@ -94,27 +110,38 @@ def attention_maps(
             the ``topk`` highest-scoring classes of each image.
         create_graph: keep the graph (maps differentiable, also through the
             Grad-CAM weights); otherwise outputs are detached.
+        analytic_head: when the layer is followed by global average pooling
+            and one linear layer (:func:`gainx.attention.head.find_linear_head`),
+            use the closed form ``d s_c / d f = weight[c] / (h w)``: all maps
+            come from one batched product, no backward pass
+            (:func:`gainx.ops.class_attention`). Other heads, or ``False``,
+            take one backward pass per class rank.
 
     Returns:
         ``scores (B, C)`` and ``maps (B, K, H, W)`` in ``[0, 1]``.
 
-    The model's train/eval mode is left as it is; no hook outlives the call.
+    Maps are produced by the fused kernels of the ``gainx._C`` extension when
+    it is built (eager PyTorch otherwise). The model's train/eval mode is left
+    as it is; no hook outlives the call.
     """
     if images.dim() != 4:
         raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
     size = tuple(size) if size is not None else (images.shape[-2], images.shape[-1])
     layer = resolve_layer(model, target_layer)
-    with torch.enable_grad(), capture_output(layer) as captured:
+    head = _linear_head(model, layer) if analytic_head else None
+    with torch.set_grad_enabled(create_graph or head is None), capture_output(layer) as captured:
         scores = model(images)
         if scores.dim() != 2:
             raise ValueError(f"model must return (B, num_classes) scores, got shape {tuple(scores.shape)}")
         chosen = select_classes(scores, classes, topk)
-        num_images, k = chosen.shape
-        index = torch.arange(num_images, device=scores.device).repeat_interleave(k)
         features = captured.features
-        grads = class_gradients(scores, features, index, chosen.reshape(-1), create_graph)
-        cam = normalize_cam(gradcam_raw(features.index_select(0, index), grads), size)
-        maps = upsample(cam, size).reshape(num_images, k, *size)
+        if head is not None:
+            maps = class_attention(features, head.weight.to(features.dtype), chosen, size)
+        else:
+            num_images, k = chosen.shape
+            index = torch.arange(num_images, device=scores.device).repeat_interleave(k)
+            grads = class_gradients(scores, features, index, chosen.reshape(-1), create_graph)
+            maps = gradcam(features.index_select(0, index), grads, size).reshape(num_images, k, *size)
     if not create_graph:
         scores, maps = scores.detach(), maps.detach()
     return scores, maps

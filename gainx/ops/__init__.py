@@ -1,0 +1,6 @@
+"""Kernels behind one seam: fused Triton attention-mining step
+(:mod:`gainx.ops.attention_erase`, used through :mod:`gainx.backends`) and the
+C++/CUDA extension ops for batched attention (:mod:`gainx.ops.class_attention`)."""
+from gainx.ops.class_attention import class_attention, gradcam
+
+__all__ = ["class_attention", "gradcam"]

@@ -1,0 +1,312 @@
+"""gainx.ops.class_attention / gradcam: the extension against the eager
+references and an independent autograd Grad-CAM; gradients, opcheck, edge
+cases and input errors (both on the extension and on the eager fallback)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gainx.attention.erase import EPS
+from gainx.attention.head import find_linear_head
+from gainx.models import build_model, default_target_layer
+from gainx.ops import extension
+from gainx.ops.class_attention import class_attention, class_attention_eager, gradcam, gradcam_eager
+
+HAVE_EXT = extension.load() is not None
+needs_ext = pytest.mark.skipif(not HAVE_EXT, reason="gainx._C is not built (test_extension_is_built fails)")
+cuda = pytest.mark.cuda
+needs_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and HAVE_EXT and extension.supports(torch.device("cuda"))),
+    reason="needs a CUDA device and gainx._C built with CUDA",
+)
+
+# (B, C, h, w, K, num_classes, H, W): odd sizes, up- and down-sampling, 1x1.
+SHAPES = [
+    (3, 5, 7, 6, 4, 10, 31, 17),
+    (1, 1, 1, 1, 1, 1, 1, 1),
+    (2, 4, 5, 9, 3, 6, 5, 9),
+    (2, 3, 9, 8, 2, 4, 4, 3),
+    (1, 6, 3, 3, 7, 7, 33, 1),
+    (2, 16, 14, 14, 3, 20, 113, 97),
+    (2, 32, 7, 7, 5, 20, 224, 224),
+]
+# dtype -> absolute tolerance on maps in [0, 1] (reduced types: against fp32).
+ATOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def _inputs(shape, dtype=torch.float64, device="cpu", seed=0):
+    B, C, h, w, K, N, _, _ = shape
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(B, C, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(N, C, generator=g, dtype=torch.float64)
+    classes = torch.stack([torch.randperm(N, generator=g)[:K] for _ in range(B)]) if K <= N else None
+    if classes is None:
+        classes = torch.randint(0, N, (B, K), generator=g)
+    return features.to(device, dtype), weight.to(device, dtype), classes.to(device)
+
+
+@pytest.fixture(params=["ext", "eager"])
+def path(request, monkeypatch):
+    """Run the public functions on the extension, or force the eager fallback."""
+    if request.param == "ext" and not HAVE_EXT:
+        pytest.skip("gainx._C is not built")
+    if request.param == "eager":
+        monkeypatch.setattr(extension, "supports", lambda device: False)
+    return request.param
+
+
+def test_extension_is_built():
+    assert HAVE_EXT, "gainx._C failed to load; build it with `pip install .` (or build_ext --inplace)"
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", list(ATOL))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_class_attention_matches_eager(shape, dtype):
+    features, weight, classes = _inputs(shape, dtype)
+    size = shape[-2:]
+    got = class_attention(features, weight, classes, size)
+    ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    want = class_attention_eager(features.to(ref_dtype), weight.to(ref_dtype), classes, size)
+    assert got.dtype == dtype and got.shape == (shape[0], shape[4], *size)
+    torch.testing.assert_close(got.to(ref_dtype), want, atol=ATOL[dtype], rtol=0)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", list(ATOL))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_gradcam_matches_eager(shape, dtype):
+    features, _, _ = _inputs(shape, dtype)
+    grads = torch.randn(features.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    size = shape[-2:]
+    got = gradcam(features, grads, size)
+    ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    want = gradcam_eager(features.to(ref_dtype), grads.to(ref_dtype), size)
+    assert got.dtype == dtype and got.shape == (shape[0], *size)
+    torch.testing.assert_close(got.to(ref_dtype), want, atol=ATOL[dtype], rtol=0)
+
+
+def test_class_attention_is_gradcam_of_broadcast_rows(path):
+    """A GAP + linear head's gradient is weight[c] / (h w) everywhere (eq. 1)."""
+    B, C, h, w, K, N, H, W = SHAPES[0]
+    features, weight, classes = _inputs(SHAPES[0])
+    grads = (weight[classes] / (h * w))[..., None, None].expand(B, K, C, h, w)
+    via_grads = gradcam(features.unsqueeze(1).expand(B, K, C, h, w).reshape(B * K, C, h, w),
+                        grads.reshape(B * K, C, h, w), (H, W))
+    torch.testing.assert_close(class_attention(features, weight, classes, (H, W)), via_grads.view(B, K, H, W))
+
+
+def _autograd_gradcam(model, layer, images, classes, size):
+    """Grad-CAM from scratch: d score / d F by autograd, then eq. 1-2, upsampling, min-max."""
+    store = {}
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.update(F=o))
+    logits = model(images)
+    handle.remove()
+    feats, maps = store["F"], []
+    for k in range(classes.shape[1]):
+        (g,) = torch.autograd.grad(logits.gather(1, classes[:, k : k + 1]).sum(), feats, retain_graph=True)
+        raw = torch.relu((g.mean(dim=(2, 3), keepdim=True) * feats).sum(1, keepdim=True))
+        up = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)[:, 0]
+        lo, hi = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
+        maps.append((up - lo) / (hi - lo + EPS))
+    return feats.detach(), torch.stack(maps, 1)
+
+
+@pytest.mark.parametrize("arch,num_classes,image", [("small_cnn", 6, 40), ("resnet18", 7, 96)])
+def test_matches_autograd_gradcam_on_real_model(path, arch, num_classes, image):
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes).double().eval()
+    layer = default_target_layer(arch)
+    head = find_linear_head(model, layer)
+    assert head is not None
+    images = torch.randn(3, 3, image, image + 8, dtype=torch.float64)
+    classes = torch.tensor([[0, 5, 2], [1, 1, 4], [3, 2, 0]])
+    feats, want = _autograd_gradcam(model, layer, images, classes, (image, image + 8))
+    got = class_attention(feats, head.weight.detach(), classes, (image, image + 8))
+    torch.testing.assert_close(got, want, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (4, 5)])
+def test_constant_map_gives_zeros(path, h, w):
+    features = torch.ones(2, 3, h, w)
+    weight = torch.randn(4, 3)
+    out = class_attention(features, weight, torch.tensor([[0, 1], [2, 3]]), (9, 7))
+    assert out.shape == (2, 2, 9, 7) and torch.equal(out, torch.zeros_like(out))
+    out = gradcam(features, torch.zeros_like(features), (9, 7))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_empty_batch_and_no_classes(path):
+    features, weight, classes = _inputs(SHAPES[0], torch.float32)
+    assert class_attention(features[:0], weight, classes[:0], (8, 9)).shape == (0, 4, 8, 9)
+    assert class_attention(features, weight, classes[:, :0], (8, 9)).shape == (3, 0, 8, 9)
+    assert gradcam(features[:0], features[:0], (8, 9)).shape == (0, 8, 9)
+
+
+def test_non_contiguous_inputs(path):
+    features, weight, classes = _inputs(SHAPES[0])
+    want = class_attention_eager(features, weight, classes, (20, 21))
+    got = class_attention(
+        features.to(memory_format=torch.channels_last),
+        weight.t().contiguous().t(),
+        classes.t().contiguous().t(),
+        (20, 21),
+    )
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    wide = torch.randn(3, 10, 7, 12, dtype=torch.float64)[..., ::2]
+    torch.testing.assert_close(gradcam(wide, wide.flip(1), (9, 9)), gradcam_eager(wide, wide.flip(1), (9, 9)))
+
+
+@needs_ext
+@pytest.mark.parametrize(
+    "shape,fast", [((1, 2, 3, 3, 3, 3, 2, 2), False), ((2, 3, 4, 3, 2, 5, 7, 9), True)], ids=str
+)
+def test_gradcheck(shape, fast):
+    features, weight, classes = _inputs(shape)
+    # positive inputs: no ReLU kink, and generic values: distinct min / max.
+    features, weight = features.abs().requires_grad_(), weight.abs().requires_grad_()
+    size = shape[-2:]
+    fn = lambda f, w: class_attention(f, w, classes, size)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (features, weight), fast_mode=fast)
+    grads = features.detach().flip(1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda f, g: gradcam(f, g, size), (features, grads), fast_mode=fast)
+
+
+@needs_ext
+def test_gradients_match_eager():
+    features, weight, classes = _inputs(SHAPES[0])
+    upstream = torch.randn(3, 4, 11, 13, dtype=torch.float64)
+    grads = []
+    for fn in (class_attention, class_attention_eager):
+        f, w = features.clone().requires_grad_(), weight.clone().requires_grad_()
+        grads.append(torch.autograd.grad((fn(f, w, classes, (11, 13)) * upstream).sum(), (f, w)))
+    torch.testing.assert_close(grads[0], grads[1])
+    g_in = features.flip(0)
+    results = []
+    for fn in (gradcam, gradcam_eager):
+        f, g = features.clone().requires_grad_(), g_in.clone().requires_grad_()
+        results.append(torch.autograd.grad((fn(f, g, (11, 13)) * upstream[:, 0]).sum(), (f, g)))
+    torch.testing.assert_close(results[0], results[1])
+
+
+@needs_ext
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(requires_grad):
+    features, weight, classes = _inputs(SHAPES[0], torch.float32)
+    features.requires_grad_(requires_grad)
+    weight.requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.gainx.class_attention.default, (features, weight, classes, [13, 11], EPS))
+    torch.library.opcheck(torch.ops.gainx.gradcam.default, (features, features.detach().flip(1), [13, 11], EPS))
+
+
+def _bad_calls():
+    f, w, c = _inputs(SHAPES[0], torch.float32)
+    return [
+        ("weight dtype", lambda: class_attention(f, w.double(), c, (8, 8)), TypeError, "weight has dtype"),
+        ("classes dtype", lambda: class_attention(f, w, c.int(), (8, 8)), TypeError, "classes must be int64"),
+        ("features dtype", lambda: class_attention(f.long(), w, c, (8, 8)), TypeError, "floating-point"),
+        ("class < 0", lambda: class_attention(f, w, c - 10, (8, 8)), ValueError, r"classes must lie in \[0, 10\)"),
+        ("class >= N", lambda: class_attention(f, w, c + 1, (8, 8)), ValueError, r"classes must lie in \[0, 10\)"),
+        ("weight C", lambda: class_attention(f, w[:, :4], c, (8, 8)), ValueError, "weight must be"),
+        ("classes B", lambda: class_attention(f, w, c[:2], (8, 8)), ValueError, r"classes must be \(B, K\)"),
+        ("features 3-D", lambda: class_attention(f[0], w, c, (8, 8)), ValueError, "4-D"),
+        ("empty h", lambda: class_attention(f[:, :, :0], w, c, (8, 8)), ValueError, "non-empty spatial"),
+        ("out_size", lambda: class_attention(f, w, c, (0, 8)), ValueError, "out_size"),
+        ("grads shape", lambda: gradcam(f, f[:, :2], (8, 8)), ValueError, "grads must have the shape"),
+        ("grads dtype", lambda: gradcam(f, f.double(), (8, 8)), TypeError, "grads has dtype"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_calls())))
+def test_bad_input_errors(path, case):
+    name, call, exc, match = _bad_calls()[case]
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_device_mismatch_eager_message(monkeypatch):
+    monkeypatch.setattr(extension, "supports", lambda device: False)
+    f, w, c = _inputs(SHAPES[0], torch.float32)
+    with pytest.raises(ValueError, match="weight is on meta but features is on cpu"):
+        class_attention(f, w.to("meta"), c, (8, 8))
+
+
+def test_missing_extension_warns_once_and_falls_back():
+    code = textwrap.dedent(
+        """
+        import sys, warnings
+        sys.modules["gainx._C"] = None  # import of the extension fails
+        import torch
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from gainx.ops.class_attention import class_attention, class_attention_eager
+            from gainx.ops import extension
+            f, w, c = torch.randn(2, 3, 4, 4), torch.randn(5, 3), torch.tensor([[0, 4], [1, 2]])
+            for _ in range(2):
+                out = class_attention(f, w, c, (9, 9))
+            assert not extension.supports(torch.device("cpu"))
+        assert torch.equal(out, class_attention_eager(f, w, c, (9, 9)))
+        msgs = [str(x.message) for x in caught if "gainx._C" in str(x.message)]
+        assert len(msgs) == 1, msgs
+        print("ok")
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+@needs_ext
+def test_baseline_isa_build_matches_eager():
+    """ATEN_CPU_CAPABILITY=default selects the portable at::vec build of the write pass."""
+    code = textwrap.dedent(
+        """
+        import torch
+        from gainx.ops.class_attention import class_attention, class_attention_eager
+        g = torch.Generator().manual_seed(0)
+        f, w = torch.randn(3, 8, 7, 5, generator=g), torch.randn(6, 8, generator=g)
+        c = torch.tensor([[0, 5], [1, 2], [3, 4]])
+        for dtype, atol in ((torch.float32, 2e-6), (torch.float64, 1e-12), (torch.bfloat16, 2e-2)):
+            got = class_attention(f.to(dtype), w.to(dtype), c, (37, 45)).double()
+            want = class_attention_eager(f.double(), w.double(), c, (37, 45))
+            assert (got - want).abs().max() < atol, (dtype, (got - want).abs().max())
+        print("ok")
+        """
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+@cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_cuda_matches_eager(shape, dtype):
+    features, weight, classes = _inputs(shape, dtype, device="cuda")
+    size = shape[-2:]
+    ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    want = class_attention_eager(features.to(ref_dtype), weight.to(ref_dtype), classes, size)
+    got = class_attention(features, weight, classes, size)
+    # cuBLAS may use TF32-free fp32 but a different summation order than the CPU.
+    torch.testing.assert_close(got.to(ref_dtype), want, atol=max(ATOL[dtype], 1e-5), rtol=0)
+    grads = features.flip(1)
+    want = gradcam_eager(features.to(ref_dtype), grads.to(ref_dtype), size)
+    torch.testing.assert_close(gradcam(features, grads, size).to(ref_dtype), want, atol=max(ATOL[dtype], 1e-5), rtol=0)
+
+
+@cuda
+@needs_cuda
+def test_cuda_gradcheck_and_device_mismatch():
+    features, weight, classes = _inputs((2, 3, 4, 3, 2, 5, 7, 9), device="cuda")
+    features, weight = features.abs().requires_grad_(), weight.abs().requires_grad_()
+    assert torch.autograd.gradcheck(lambda f, w: class_attention(f, w, classes, (7, 9)), (features, weight))
+    with pytest.raises(ValueError, match="weight is on cpu but features is on cuda"):
+        class_attention(features.detach(), weight.detach().cpu(), classes, (7, 9))
+    with pytest.raises(ValueError, match="classes is on cpu but features is on cuda"):
+        class_attention(features.detach(), weight.detach(), classes.cpu(), (7, 9))
