@@ -1,13 +1,20 @@
 """Shared fixtures: tiny models and a tiny decoy data set (generated, never downloaded)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
 import torch
 
-from gainx.data import write_decoy
-from gainx.models import SmallCNN
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels run in Triton's interpreter. The flag is read when
+    # `triton` is imported (torchvision and gainx import it), so it is set before them.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from gainx.data import write_decoy  # noqa: E402
+from gainx.models import SmallCNN  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
