@@ -63,6 +63,20 @@ def normalize_cam(cam: Tensor, size: tuple[int, int], eps: float = EPS) -> Tenso
     return torch.where(flat, torch.zeros_like(cam), (cam - lo) / (span + eps))
 
 
+def weighted_maps(weights: Tensor, features: Tensor, size: tuple[int, int], eps: float = EPS) -> Tensor:
+    """Normalized maps of K weight vectors per image at resolution ``size``.
+
+    ``weights`` ``(N, K, C)`` (Grad-CAM weights, eq. 1), ``features``
+    ``(N, C, h, w)`` -> ``(N, K, H, W)``: ``ReLU(sum_k w_k F_k)`` (eq. 2),
+    normalized by the range of its upsampling (:func:`normalize_cam`) and
+    upsampled. Computed in fp32 at least (fp64 stays fp64).
+    """
+    cam = F.relu(torch.einsum("nkc,nchw->nkhw", weights, features))
+    cam = cam.to(torch.promote_types(cam.dtype, torch.float32))
+    n, k, h, w = cam.shape
+    return upsample(normalize_cam(cam.reshape(n * k, h, w), size, eps), size).reshape(n, k, *size)
+
+
 def soft_mask(maps: Tensor, sigma: float, omega: float) -> Tensor:
     """``T(A) = sigmoid(omega (A - sigma))`` (eq. 4)."""
     return torch.sigmoid(omega * (maps - sigma))

@@ -19,10 +19,10 @@ import copy
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gainx.attention.erase import normalize_cam, upsample
+from gainx.attention.erase import weighted_maps
+from gainx.attention.head import find_linear_head
 from gainx.export.decomp import export_decompositions
 from gainx.export.split import split_at_layer
 
@@ -108,19 +108,8 @@ class AttentionGraph(nn.Module):
         x = ((images - self.mean) / self.std).to(self.dtype)
         features = self.body(x)
         scores, classes, weights = self.head_attention(features, class_ids)
-        cam = F.relu(torch.einsum("nkc,nchw->nkhw", weights, features)).float()
-        n, k, h, w = cam.shape
-        size = (images.shape[-2], images.shape[-1])
-        attention = upsample(normalize_cam(cam.reshape(n * k, h, w), size), size)
-        return scores.float(), classes, attention.reshape(n, k, *size)
-
-
-def _linear_head(model: nn.Module, target_layer: str) -> nn.Linear | None:
-    try:
-        from gainx.attention.head import find_linear_head
-    except ImportError:  # no head detection in this install: the VJP path is exact for every head
-        return None
-    return find_linear_head(model, target_layer)
+        attention = weighted_maps(weights, features, (images.shape[-2], images.shape[-1]))
+        return scores.float(), classes, attention.float()
 
 
 def build_attention_graph(model: nn.Module, target_layer: str, num_classes: int, mean: Sequence[float],
@@ -133,7 +122,7 @@ def build_attention_graph(model: nn.Module, target_layer: str, num_classes: int,
     """
     model = copy.deepcopy(model).eval().to(dtype)  # the caller's model keeps its mode and dtype
     body, head = split_at_layer(model, target_layer)
-    linear = _linear_head(model, target_layer)
+    linear = find_linear_head(model, target_layer)
     if linear is not None:
         head_attention: nn.Module = LinearHeadAttention(head, linear.weight)
     else:

@@ -24,10 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from gainx.attention.erase import EPS, gradcam_raw, normalize_cam, upsample
+from gainx.attention.erase import EPS, gradcam_raw, normalize_cam, upsample, weighted_maps
 from gainx.ops import extension
 
 __all__ = ["class_attention", "class_attention_eager", "gradcam", "gradcam_eager"]
@@ -41,11 +40,9 @@ def class_attention_eager(
     Equals :func:`gradcam_eager` with the gradient ``G = weight[c] / (h w)``
     broadcast over the ``h x w`` positions, without materializing it.
     """
-    size = _size(out_size)
     h, w = features.shape[-2:]
     rows = weight.index_select(0, classes.reshape(-1)).reshape(*classes.shape, weight.shape[1]) / (h * w)
-    raw = F.relu(torch.einsum("bkc,bchw->bkhw", rows, features))
-    return upsample(normalize_cam(raw, size, eps), size)
+    return weighted_maps(rows, features, _size(out_size), eps).to(features.dtype)
 
 
 def gradcam_eager(features: Tensor, grads: Tensor, out_size: Sequence[int], eps: float = EPS) -> Tensor:
