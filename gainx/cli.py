@@ -24,6 +24,7 @@ TRAIN_HELP = {
     "am_score": "auto | sigmoid | softmax | logit: how s_c(I*) is read (eq. 5)",
     "am_warmup": "epochs of L_cl only before the attention streams start",
     "backend": "auto | eager | triton: where attention -> mask -> erase runs",
+    "guidance": "S_e loss of gainext: paper (eq. 7) | all_classes | signed | rrr (gainx.losses.guidance)",
     "weights": "local backbone weights file (state dict); nothing is downloaded",
     "resume": "continue from OUT/last.pt",
     "val_split": "split evaluated after every epoch",
@@ -54,6 +55,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.cues:
+        from gainx.experiments.cues import evaluate_cues
+
+        print(json.dumps({**evaluate_cues(args.cues, args.data, args.split), "split": args.split}, indent=2))
+        return 0
+    if not args.checkpoint:
+        raise ValueError("give --checkpoint (evaluate a model) or --cues (score a cue folder)")
     from gainx.data import load_dataset
     from gainx.evaluation import evaluate
     from gainx.training import load_model
@@ -85,6 +93,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from gainx.data.cli import register as register_data
+    from gainx.experiments.cli import register as register_experiments
     from gainx.export.cli import register as register_export
     from gainx.serve.cli import register as register_serve
 
@@ -98,13 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     register_data(sub)
+    register_experiments(sub)
 
     train = sub.add_parser("train", help="train baseline / GAIN / GAINext")
     _add_train_args(train)
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("eval", help="accuracy / mAP and attention localization, as JSON")
-    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--checkpoint", default=None, help="evaluate this model")
+    ev.add_argument("--cues", default=None, help="score a cue folder written by 'gainx cues' by mIoU against the split's masks")
     ev.add_argument("--data", required=True)
     ev.add_argument("--split", default="test")
     ev.add_argument("--batch-size", type=int, default=64)

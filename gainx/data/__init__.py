@@ -5,9 +5,11 @@ and returns a :class:`GainDataset` (see docs/data.md); ``write_decoy`` writes
 the decoy-digits benchmark.
 """
 
+from gainx.data.cooccur import write_cooccur
 from gainx.data.dataset import GainDataset
 from gainx.data.decoy import DECOY_COLORS, write_decoy
 from gainx.data.load import load_dataset
+from gainx.data.shapes import write_shapes
 from gainx.data.records import IGNORE, IMAGENET_MEAN, IMAGENET_STD, Box, DatasetError, Sample
 from gainx.data.voc import VOC_CLASSES
 
@@ -22,5 +24,7 @@ __all__ = [
     "GainDataset",
     "Sample",
     "load_dataset",
+    "write_cooccur",
     "write_decoy",
+    "write_shapes",
 ]

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from gainx.data.synth import check_sizes, masked_subset
 from gainx.io import atomic_open, atomic_write_text
 
 DECOY_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -77,12 +78,7 @@ def write_decoy(
     last (atomically), so a reader never sees a manifest of half-written files;
     image files of an earlier, larger run stay on disk but are not listed.
     """
-    if not isinstance(image_size, int) or image_size < 16:
-        raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
-    if not 0.0 <= mask_fraction <= 1.0:
-        raise ValueError(f"mask_fraction must be in [0, 1], got {mask_fraction!r}")
-    if train_size < 1 or test_size < 1:
-        raise ValueError(f"train_size and test_size must be >= 1, got {train_size}, {test_size}")
+    check_sizes(image_size, train_size, test_size, mask_fraction)
     from sklearn.datasets import load_digits
 
     out = Path(out)
@@ -98,7 +94,7 @@ def write_decoy(
 
     rows: list[tuple[str, str, str, str]] = []
     train = _draw(rng, pools["train"], train_size, digits.target, geo)
-    masked = set(rng.choice(train_size, size=round(mask_fraction * train_size), replace=False).tolist())
+    masked = masked_subset(rng, train_size, mask_fraction)
     rows += _write_split(out, "train", train, train["labels"], ink, geo, masked)
     test = _draw(rng, pools["test"], test_size, digits.target, geo)
     everything = set(range(test_size))

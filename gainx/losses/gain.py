@@ -26,6 +26,7 @@ from gainx.attention.erase import upsample
 from gainx.attention.gradcam import class_gradients
 from gainx.backends import attention_erase
 from gainx.losses.bn import frozen_bn_stats
+from gainx.losses.guidance import all_classes_loss, check_guidance, class_evidence, rrr_loss, signed_loss
 from gainx.losses.terms import AM_SCORES, attention_mining_loss, classification_loss, guidance_loss
 
 METHODS = ("baseline", "gain", "gainext")
@@ -71,6 +72,8 @@ class GAIN(nn.Module):
         am_score: how s_c(I*) is read off the scores, see
             :func:`gainx.losses.terms.am_class_score`.
         backend: where attention -> mask -> erase runs (:mod:`gainx.backends`).
+        guidance: the S_e loss of ``method="gainext"``: ``"paper"`` (eq. 7),
+            ``"all_classes"``, ``"signed"`` or ``"rrr"`` (:mod:`gainx.losses.guidance`).
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class GAIN(nn.Module):
         freeze_bn_am: bool = True,
         am_score: str = "auto",
         backend: str = "auto",
+        guidance: str = "paper",
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -103,6 +107,7 @@ class GAIN(nn.Module):
         self.freeze_bn_am = freeze_bn_am
         self.am_score = am_score
         self.backend = backend
+        self.guidance = check_guidance(guidance)
 
     def forward(
         self,
@@ -126,6 +131,8 @@ class GAIN(nn.Module):
             raise ValueError(f"labels must be (B, C) multi-hot with B = {images.shape[0]}, got {tuple(labels.shape)}")
         pair_index, pair_class = torch.nonzero(labels > 0.5, as_tuple=True)
         attend = mining and self.method != "baseline" and pair_index.numel() > 0
+        if attend and self.method == "gainext" and self.guidance == "rrr":
+            images = images.detach().requires_grad_(True)  # rrr differentiates the scores w.r.t. the input
         with capture_output(self.layer) as captured:
             scores = self.model(images)
         loss_cl = classification_loss(scores, labels, self.multilabel)
@@ -145,7 +152,10 @@ class GAIN(nn.Module):
         loss_am = attention_mining_loss(scores_am, pair_index, pair_class, num_images, self.am_score, self.multilabel)
         loss_e = zero
         if self.method == "gainext":
-            loss_e = self._guidance(pairs.cam, guide, has_guide, pair_index, pair_class, images.shape[-2:], num_images)
+            if self.guidance == "paper":
+                loss_e = self._guidance(pairs.cam, guide, has_guide, pair_index, pair_class, images.shape[-2:], num_images)
+            else:
+                loss_e = self._guidance_variant(images, labels, scores, features, guide, has_guide)
         loss = loss_cl + self.alpha * loss_am
         if self.method == "gainext":
             loss = loss + self.omega_e * loss_e
@@ -172,3 +182,21 @@ class GAIN(nn.Module):
         idx, cls = pair_index[guided], pair_class[guided]
         maps = upsample(cam.index_select(0, guided), (size[0], size[1]))
         return guidance_loss(maps, guide[idx, cls], idx, num_images)
+
+    def _guidance_variant(
+        self, images: Tensor, labels: Tensor, scores: Tensor, features: Tensor, guide: Tensor | None, has_guide: Tensor | None
+    ) -> Tensor:
+        """The non-paper guidance losses on the images that carry a guide (stream S_e)."""
+        if guide is None or has_guide is None:
+            raise ValueError("method='gainext' needs guide and has_guide")
+        if guide.dim() != 4 or guide.shape[-2:] != images.shape[-2:] or guide.shape[:2] != labels.shape:
+            raise ValueError(f"guide must be (B, C, H, W) = {(*labels.shape, *images.shape[-2:])}, got {tuple(guide.shape)}")
+        rows = torch.nonzero(has_guide.to(torch.bool)).squeeze(1)
+        if rows.numel() == 0:
+            return scores.new_zeros(())
+        rows_guide = guide.index_select(0, rows)
+        if self.guidance == "rrr":
+            return rrr_loss(images, scores, rows, rows_guide, self.multilabel)
+        evidence = class_evidence(scores, features, rows, create_graph=self.second_order)
+        loss = all_classes_loss if self.guidance == "all_classes" else signed_loss
+        return loss(evidence, rows_guide, labels.index_select(0, rows))

@@ -30,6 +30,7 @@ class TrainConfig:
     am_score: str = "auto"
     am_warmup: int = 0  # epochs of L_cl only before the attention streams start
     backend: str = "auto"
+    guidance: str = "paper"  # paper | all_classes | signed | rrr (gainx.losses.guidance)
     weights: str | None = None  # local backbone weights file
     seed: int = 0
     workers: int = 0

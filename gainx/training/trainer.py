@@ -79,6 +79,7 @@ class Trainer:
             self.model, self.target_layer, method=cfg.method, multilabel=self.dataset.multilabel,
             alpha=cfg.alpha, omega_e=cfg.omega_e, sigma=cfg.sigma, omega=cfg.omega,
             second_order=cfg.second_order, freeze_bn_am=cfg.freeze_bn_am, am_score=cfg.am_score, backend=cfg.backend,
+            guidance=cfg.guidance,
         )
         self.step_module: nn.Module = self.objective
         if self.dist.enabled:

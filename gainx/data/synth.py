@@ -1,0 +1,90 @@
+"""Building blocks of the synthetic benchmarks (shapes, co-occurrence).
+
+* :func:`shape_mask`: a filled shape of one of :data:`SHAPES` as a boolean
+  mask, with random size, aspect and (for some shapes) rotation;
+* :func:`write_manifest_dataset`: ``classes.txt``, ``dataset.json`` and, last
+  and atomically, ``manifest.csv`` (layout (b) of docs/data.md), so a reader
+  never sees a manifest of half-written files.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from gainx.io import atomic_open, atomic_write_text
+
+SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond")
+
+
+def shape_mask(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``(size, size)`` bool mask of a filled ``kind`` spanning most of the square."""
+    if kind not in SHAPES:
+        raise ValueError(f"unknown shape {kind!r}; shapes are {SHAPES}")
+    c = (size - 1) / 2.0
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    aspect = rng.uniform(0.8, 1.0)
+    angle = rng.uniform(-0.4, 0.4) if kind in ("square", "cross", "triangle") else 0.0
+    cos, sin = np.cos(angle), np.sin(angle)
+    u = ((xx - c) * cos + (yy - c) * sin) / (size / 2.0)
+    v = (-(xx - c) * sin + (yy - c) * cos) / (size / 2.0 * aspect)
+    if kind == "circle":
+        return u**2 + v**2 <= 0.95
+    if kind == "ring":
+        r2 = u**2 + v**2
+        return (r2 <= 0.95) & (r2 >= 0.35)
+    if kind == "square":
+        return (np.abs(u) <= 0.7) & (np.abs(v) <= 0.7)
+    if kind == "diamond":
+        return np.abs(u) + np.abs(v) <= 0.95
+    if kind == "cross":
+        return ((np.abs(u) <= 0.28) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.28) & (np.abs(u) <= 0.95))
+    return (v <= 0.75) & (v >= 1.7 * np.abs(u) - 0.95)  # triangle, apex up
+
+
+def bright_color(rng: np.random.Generator) -> np.ndarray:
+    """A saturated RGB colour in [0, 255] (random hue)."""
+    rgb = rng.uniform(0.0, 1.0, size=3)
+    rgb[rng.integers(3)] = 1.0
+    rgb[rng.integers(3)] = rng.uniform(0.0, 0.3)
+    return 90.0 + 165.0 * rgb
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    """Write a uint8 image (RGB or label map); rounded and clipped."""
+    Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8)).save(path, compress_level=1)
+
+
+def write_manifest_dataset(
+    out: Path, rows: Sequence[Sequence[str]], classes: Sequence[str], meta: dict[str, Any], columns: Sequence[str] = ("path", "labels", "split", "mask")
+) -> Path:
+    """Write ``classes.txt``, ``dataset.json`` and (last, atomically) ``manifest.csv``."""
+    atomic_write_text(out / "classes.txt", "".join(f"{c}\n" for c in classes))
+    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    with atomic_open(out / "manifest.csv", "w") as fh:
+        fh.write(text.getvalue())
+    return out
+
+
+def check_sizes(image_size: int, train_size: int, test_size: int, mask_fraction: float) -> None:
+    """Validate the common generator arguments."""
+    if not isinstance(image_size, int) or image_size < 16:
+        raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
+    if not 0.0 <= mask_fraction <= 1.0:
+        raise ValueError(f"mask_fraction must be in [0, 1], got {mask_fraction!r}")
+    if train_size < 1 or test_size < 1:
+        raise ValueError(f"train_size and test_size must be >= 1, got {train_size}, {test_size}")
+
+
+def masked_subset(rng: np.random.Generator, n: int, fraction: float) -> set[int]:
+    """Exactly ``round(fraction * n)`` distinct indices in ``[0, n)``."""
+    return set(rng.choice(n, size=round(fraction * n), replace=False).tolist())

@@ -1,0 +1,102 @@
+"""Run one configuration (train + evaluate) and a resumable matrix of them.
+
+Each run writes ``RUNS/<name>/result.json`` atomically when it is finished; a
+run whose ``result.json`` exists is skipped, and an interrupted run resumes
+from its last epoch checkpoint (``TrainConfig.resume``), so re-running an
+experiment command continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from gainx.data import load_dataset
+from gainx.evaluation import evaluate
+from gainx.experiments.specs import Benchmark, Profile, RunSpec
+from gainx.experiments.variants import write_variant
+from gainx.io import atomic_write_text
+from gainx.training import TrainConfig, load_model
+from gainx.training.trainer import train
+
+RESULT = "result.json"
+ARCH = "small_cnn"
+
+
+def base_data(bench: Benchmark, root: Path, seed: int, profile: Profile, unbiased: bool = False) -> Path:
+    """The fully annotated benchmark of ``seed`` (written once, reused afterwards);
+    ``unbiased``: its variant without the bias (``Benchmark.unbiased``)."""
+    if unbiased and bench.unbiased is None:
+        raise ValueError(f"benchmark {bench.name!r} has no unbiased variant")
+    out = root / "data" / (f"{bench.name}-seed{seed}" + ("-unbiased" if unbiased else ""))
+    if not (out / "manifest.csv").exists():
+        bench.write(out, image_size=profile.image_size, seed=seed, mask_fraction=1.0,
+                    train_size=profile.train_size, test_size=profile.test_size, **(bench.unbiased if unbiased else {}))
+    return out
+
+
+def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile) -> TrainConfig:
+    """The training configuration shared by every experiment run."""
+    return TrainConfig(
+        data=str(data), out=str(out), arch=ARCH, method=spec.method, guidance=spec.guidance,
+        epochs=profile.epochs, omega_e=profile.omega_e, second_order=profile.second_order, batch_size=profile.batch_size, optimizer="adamw", lr=profile.lr, weight_decay=1e-4,
+        augment=False, seed=spec.seed, am_warmup=min(profile.am_warmup, profile.epochs - 1), resume=True,
+        progress=False, device="cpu",
+    )
+
+
+def run_one(
+    spec: RunSpec,
+    bench: Benchmark,
+    base: Path,
+    out: Path,
+    profile: Profile,
+    extra: Callable[[Path, Path], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Train ``spec`` on its annotation variant of ``base`` and evaluate every test split.
+
+    ``extra(checkpoint, base)`` may add metrics (e.g. cue scores). Returns the
+    stored result (read back if the run had finished before).
+    """
+    done = out / RESULT
+    if done.exists():
+        return json.loads(done.read_text(encoding="utf-8"))
+    data = write_variant(base, spec.annotation, spec.budget, seed=spec.seed)
+    start = time.perf_counter()
+    checkpoint = train(train_config(spec, data, out, profile))
+    result: dict[str, Any] = {**spec.to_dict(), "benchmark": bench.name, "train_seconds": round(time.perf_counter() - start, 1)}
+    model, meta = load_model(checkpoint)
+    for split in bench.splits:
+        report = evaluate(model, load_dataset(base, split), meta["target_layer"])
+        metric = report["metric"]
+        result[split] = {metric: report[metric], **report["localization"]}
+    if extra is not None:
+        result.update(extra(checkpoint, base))
+    atomic_write_text(done, json.dumps(result, indent=2))
+    return result
+
+
+def run_matrix(
+    specs: list[RunSpec],
+    bench: Benchmark,
+    root: Path,
+    profile: Profile,
+    threads: int = 1,
+    extra: Callable[[Path, Path], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every spec (skipping finished ones) with ``threads`` intra-op threads."""
+    torch.set_num_threads(threads)
+    results = []
+    for i, spec in enumerate(specs, 1):
+        base = base_data(bench, root, spec.seed, profile, spec.unbiased)
+        t0 = time.perf_counter()
+        result = run_one(spec, bench, base, root / "runs" / bench.name / spec.name, profile, extra)
+        main = result[bench.main_split]
+        score = main.get("accuracy", main.get("mAP"))
+        print(f"[{i}/{len(specs)}] {bench.name} {spec.name}: {bench.main_split} {score:.3f} "
+              f"cue mIoU {main['miou']:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        results.append(result)
+    return results

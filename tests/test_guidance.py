@@ -1,0 +1,120 @@
+"""The selectable guidance losses (gainx.losses.guidance) on hand-computed cases and toys."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gainx.attention.capture import capture_output
+from gainx.losses import GAIN
+from gainx.losses.guidance import GUIDANCES, all_classes_loss, background, class_evidence, rrr_loss, signed_loss
+from gainx.models import SmallCNN
+
+# one image, two classes, a 1x2 "image": class 0 on the right pixel, class 1 absent
+EVIDENCE = torch.tensor([[[[-1.0, 2.0]], [[1.0, 0.5]]]])
+GUIDE = torch.tensor([[[[0, 1]], [[0, 0]]]], dtype=torch.uint8)
+LABELS = torch.tensor([[1.0, 0.0]])
+
+
+def test_all_classes_hand_values():
+    # ReLU -> class 0 [0, 2], class 1 [1, 0.5]; GT peak 2 -> [0, 1] and [0.5, 0.25]
+    expected = (0.0 + (0.25 + 0.0625) / 2) / 2
+    assert all_classes_loss(EVIDENCE, GUIDE, LABELS).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_signed_hand_values_and_ignore():
+    # background = left pixel; scale = max |E| of the GT class = 2 -> (-1/2)^2 and (1/2)^2
+    assert signed_loss(EVIDENCE, GUIDE, LABELS).item() == pytest.approx(0.25, rel=1e-5)
+    ignored = GUIDE.clone()
+    ignored[..., 0] = 255  # no supervision on the left pixel: no background left
+    assert signed_loss(EVIDENCE, ignored, LABELS).item() == 0.0
+    assert background(ignored).sum() == 0
+
+
+def test_losses_reject_mismatched_shapes():
+    with pytest.raises(ValueError, match="evidence"):
+        signed_loss(EVIDENCE, GUIDE[:, :1], LABELS)
+    with pytest.raises(ValueError, match="evidence"):
+        all_classes_loss(EVIDENCE, GUIDE, LABELS[:, :1])
+
+
+class SumModel(nn.Module):
+    """scores = (s, -s) with s = sum of the pixels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.flatten(1).sum(1)
+        return torch.stack([s, -s], dim=1)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_rrr_hand_values(multilabel):
+    images = torch.full((1, 3, 1, 2), 0.1, requires_grad=True)
+    scores = SumModel()(images)
+    s = 0.6
+    # d/ds sum_c log p_c: softmax -> -2 tanh(s); sigmoid -> sigma(-s) - sigma(s) = -tanh(s / 2)
+    g = -2 * math.tanh(s) if not multilabel else -math.tanh(s / 2)
+    guide = torch.tensor([[[[0, 1]], [[0, 0]]]], dtype=torch.uint8)  # one background pixel, 3 channels
+    got = rrr_loss(images, scores, torch.tensor([0]), guide, multilabel)
+    assert got.item() == pytest.approx(3 * g * g, rel=1e-5)
+    with pytest.raises(ValueError, match="require grad"):
+        rrr_loss(images.detach(), scores, torch.tensor([0]), guide, multilabel)
+
+
+def test_class_evidence_sums_to_the_logit_for_a_gap_linear_head():
+    # SmallCNN: s_c = sum_k W_ck mean(f_k) + b_c, so sum_xy E_c = s_c - b_c for every class
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=3, width=4).eval()
+    images = torch.randn(2, 3, 12, 12)
+    with capture_output(model.features) as cap:
+        scores = model(images)
+    ev = class_evidence(scores, cap.features, torch.tensor([1]), create_graph=False)
+    assert ev.shape == (1, 3, 3, 3)
+    torch.testing.assert_close(ev.sum(dim=(2, 3))[0], (scores[1] - model.fc.bias).detach(), rtol=1e-4, atol=1e-5)
+
+
+def _toy(guidance, multilabel=False, seed=0):
+    torch.manual_seed(seed)
+    model = SmallCNN(num_classes=3, width=6)
+    images = torch.randn(6, 3, 16, 16)
+    labels = torch.nn.functional.one_hot(torch.arange(6) % 3, 3).float()
+    guide = torch.zeros(6, 3, 16, 16, dtype=torch.uint8)
+    for i in range(6):  # the object is the top-left quadrant
+        guide[i, i % 3, :8, :8] = 1
+    has_guide = torch.tensor([True, True, True, True, False, False])
+    gain = GAIN(model, "features", method="gainext", guidance=guidance, multilabel=multilabel)
+    return model, gain, (images, labels, guide, has_guide)
+
+
+@pytest.mark.parametrize("guidance", GUIDANCES)
+def test_each_guidance_decreases_what_it_penalizes(guidance):
+    model, gain, batch = _toy(guidance)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = gain(*batch).loss_e.item()
+    for _ in range(12):
+        out = gain(*batch)
+        opt.zero_grad()
+        out.loss_e.backward()
+        opt.step()
+    last = gain(*batch).loss_e.item()
+    assert first > 0 and last < 0.7 * first, (guidance, first, last)
+
+
+def test_rrr_multilabel_and_no_guided_images():
+    _, gain, (images, labels, guide, has_guide) = _toy("rrr", multilabel=True)
+    assert gain(images, labels, guide, has_guide).loss_e.item() > 0
+    none = torch.zeros_like(has_guide)
+    for g in ("rrr", "signed"):
+        _, gain, _ = _toy(g)
+        assert gain(images, labels, guide, none).loss_e.item() == 0.0
+
+
+def test_guidance_default_and_bad_name():
+    model = SmallCNN(num_classes=3, width=4)
+    assert GAIN(model, "features").guidance == "paper"
+    with pytest.raises(ValueError, match="guidance must be one of"):
+        GAIN(model, "features", guidance="paperr")
+    _, gain, (images, labels, guide, has_guide) = _toy("signed")
+    with pytest.raises(ValueError, match="guide must be"):
+        gain(images, labels, guide[..., :8], has_guide)
