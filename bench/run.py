@@ -5,6 +5,8 @@
 Results go to ``bench/results/<device>/`` (``results.json``: pytest-benchmark's
 raw JSON; ``results.md``: one table per group with each member's mean time
 relative to the group's baseline member, measured side by side in this run).
+Ratios use the median time, which one slow round (first-touch page faults,
+allocator growth) does not move; mean and standard deviation are shown too.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def _fmt(value: object) -> str:
 
 
 def markdown(data: dict) -> str:
-    """One table per benchmark group; ratios against the member marked ``baseline``."""
+    """One table per benchmark group; median-time ratios against the member marked ``baseline``."""
     groups: dict[str, list[dict]] = {}
     for b in data["benchmarks"]:
         groups.setdefault(b["group"] or b["name"], []).append(b)
@@ -58,15 +60,16 @@ def markdown(data: dict) -> str:
              f"`python -m bench.run{' --quick' if data['quick'] else ''}`", ""]
     for group, members in groups.items():
         base = next((m for m in members if m["extra_info"].get("baseline")), None)
-        lines += [f"## {group}", "", "| benchmark | mean (ms) | stddev (ms) | rounds | time / baseline | speedup | details |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"## {group}", "",
+                  "| benchmark | median (ms) | mean (ms) | stddev (ms) | rounds | time / baseline | speedup | details |",
+                  "|---|---|---|---|---|---|---|---|"]
         for m in members:
             st = m["stats"]
             extra = {k: v for k, v in m["extra_info"].items() if k != "baseline"}
-            ratio = st["mean"] / base["stats"]["mean"] if base else float("nan")
+            ratio = st["median"] / base["stats"]["median"] if base else float("nan")
             details = ", ".join(f"{k}={_fmt(v)}" for k, v in extra.items())
             name = m["name"] + (" (baseline)" if m is base else "")
-            lines.append(f"| {name} | {st['mean'] * 1e3:.3f} | {st['stddev'] * 1e3:.3f} | {st['rounds']} "
+            lines.append(f"| {name} | {st['median'] * 1e3:.3f} | {st['mean'] * 1e3:.3f} | {st['stddev'] * 1e3:.3f} | {st['rounds']} "
                          f"| {_fmt(ratio)} | {_fmt(1 / ratio if ratio == ratio else ratio)} | {details} |")
         lines.append("")
     return "\n".join(lines)
@@ -84,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.json"
         cmd = [sys.executable, "-m", "pytest", str(ROOT / "bench"), "-o", "python_files=bench_*.py", "-p", "no:cacheprovider",
-               "--benchmark-only", f"--benchmark-json={raw}", "-q"]
+               "--benchmark-only", "--benchmark-warmup=on", "--benchmark-warmup-iterations=1",
+               f"--benchmark-json={raw}", "-q"]
         if args.select:
             cmd += ["-k", args.select]
         code = subprocess.call(cmd, cwd=ROOT, env=env)
