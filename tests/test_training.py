@@ -95,7 +95,7 @@ def test_gainext_without_guides_is_refused(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(decoy_dir, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "gainx", "train", "--data", str(decoy_dir), "--arch", "small_cnn", "--method", "gain",
            "--epochs", "1", "--batch-size", "16", "--out", str(out), "--no-progress", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
