@@ -152,46 +152,32 @@ class GAIN(nn.Module):
         loss_am = attention_mining_loss(scores_am, pair_index, pair_class, num_images, self.am_score, self.multilabel)
         loss_e = zero
         if self.method == "gainext":
+            guided = _guided_rows(guide, has_guide, labels, images)
             if self.guidance == "paper":
-                loss_e = self._guidance(pairs.cam, guide, has_guide, pair_index, pair_class, images.shape[-2:], num_images)
+                loss_e = self._paper_guidance(pairs.cam, guide, guided, pair_index, pair_class, num_images)
             else:
-                loss_e = self._guidance_variant(images, labels, scores, features, guide, has_guide)
+                loss_e = self._guidance_variant(images, labels, scores, features, guide, guided)
         loss = loss_cl + self.alpha * loss_am
         if self.method == "gainext":
             loss = loss + self.omega_e * loss_e
         return GAINOutput(loss, loss_cl, loss_am, loss_e, scores, pair_index, pair_class, pairs.cam, pairs.erased, scores_am)
 
-    def _guidance(
-        self,
-        cam: Tensor,
-        guide: Tensor | None,
-        has_guide: Tensor | None,
-        pair_index: Tensor,
-        pair_class: Tensor,
-        size: torch.Size,
-        num_images: int,
+    def _paper_guidance(
+        self, cam: Tensor, guide: Tensor, guided: Tensor, pair_index: Tensor, pair_class: Tensor, num_images: int
     ) -> Tensor:
-        """L_e on the pairs whose image carries a guide (stream S_e)."""
-        if guide is None or has_guide is None:
-            raise ValueError("method='gainext' needs guide and has_guide")
-        if guide.dim() != 4 or guide.shape[-2:] != size:
-            raise ValueError(f"guide must be (B, C, {size[0]}, {size[1]}), got {tuple(guide.shape)}")
-        guided = torch.nonzero(has_guide.to(torch.bool)[pair_index]).squeeze(1)
-        if guided.numel() == 0:
+        """L_e (eq. 7) on the pairs whose image carries a guide (stream S_e)."""
+        pairs = torch.nonzero(guided[pair_index]).squeeze(1)
+        if pairs.numel() == 0:
             return cam.new_zeros(())
-        idx, cls = pair_index[guided], pair_class[guided]
-        maps = upsample(cam.index_select(0, guided), (size[0], size[1]))
+        idx, cls = pair_index[pairs], pair_class[pairs]
+        maps = upsample(cam.index_select(0, pairs), (guide.shape[-2], guide.shape[-1]))
         return guidance_loss(maps, guide[idx, cls], idx, num_images)
 
     def _guidance_variant(
-        self, images: Tensor, labels: Tensor, scores: Tensor, features: Tensor, guide: Tensor | None, has_guide: Tensor | None
+        self, images: Tensor, labels: Tensor, scores: Tensor, features: Tensor, guide: Tensor, guided: Tensor
     ) -> Tensor:
         """The non-paper guidance losses on the images that carry a guide (stream S_e)."""
-        if guide is None or has_guide is None:
-            raise ValueError("method='gainext' needs guide and has_guide")
-        if guide.dim() != 4 or guide.shape[-2:] != images.shape[-2:] or guide.shape[:2] != labels.shape:
-            raise ValueError(f"guide must be (B, C, H, W) = {(*labels.shape, *images.shape[-2:])}, got {tuple(guide.shape)}")
-        rows = torch.nonzero(has_guide.to(torch.bool)).squeeze(1)
+        rows = torch.nonzero(guided).squeeze(1)
         if rows.numel() == 0:
             return scores.new_zeros(())
         rows_guide = guide.index_select(0, rows)
@@ -200,3 +186,13 @@ class GAIN(nn.Module):
         evidence = class_evidence(scores, features, rows, create_graph=self.second_order)
         loss = all_classes_loss if self.guidance == "all_classes" else signed_loss
         return loss(evidence, rows_guide, labels.index_select(0, rows))
+
+
+def _guided_rows(guide: Tensor | None, has_guide: Tensor | None, labels: Tensor, images: Tensor) -> Tensor:
+    """Validate the pixel guides of a batch; return the ``(B,)`` bool mask of guided samples."""
+    if guide is None or has_guide is None:
+        raise ValueError("method='gainext' needs guide and has_guide")
+    expected = (*labels.shape, *images.shape[-2:])
+    if tuple(guide.shape) != expected:
+        raise ValueError(f"guide must be (B, C, H, W) = {expected}, got {tuple(guide.shape)}")
+    return has_guide.to(torch.bool)
