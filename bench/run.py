@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", dest="select", default=None, help="pytest -k expression to run a subset")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
+    from gainx.ops import extension
+
+    if extension.load() is None:
+        print("note: gainx._C is not importable from this checkout, so the extension benchmarks will be skipped; "
+              "build it in place first: python setup.py build_ext --inplace", file=sys.stderr)
     env = dict(os.environ)
     if args.quick:
         env["GAINX_BENCH_QUICK"] = "1"
