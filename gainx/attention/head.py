@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["find_linear_head"]
+__all__ = ["LayerLeafTracer", "find_linear_head"]
 
 
 def find_linear_head(model: nn.Module, target_layer: str | nn.Module) -> nn.Linear | None:
@@ -43,7 +43,7 @@ def find_linear_head(model: nn.Module, target_layer: str | nn.Module) -> nn.Line
     except AttributeError:
         return None
     try:
-        graph = _LeafTracer(target_layer).trace(model)
+        graph = LayerLeafTracer(target_layer).trace(model)
     except Exception:  # noqa: BLE001 - untraceable models have no detectable head
         return None
     modules = dict(model.named_modules())
@@ -70,8 +70,9 @@ def find_linear_head(model: nn.Module, target_layer: str | nn.Module) -> nn.Line
     return linear
 
 
-class _LeafTracer(fx.Tracer):
-    """Keeps the target layer (and torch's leaf modules) as single nodes."""
+class LayerLeafTracer(fx.Tracer):
+    """Default :mod:`torch.fx` tracing, except that the module at ``target_layer``
+    is traced as one call (so its output F is a node of the graph)."""
 
     def __init__(self, target_layer: str) -> None:
         super().__init__()

@@ -14,22 +14,12 @@ import torch.fx as fx
 from torch import nn
 
 from gainx.attention.capture import resolve_layer
+from gainx.attention.head import LayerLeafTracer
 
 
 class SplitModel(NamedTuple):
     body: fx.GraphModule  # images (normalized) -> F (N, C_f, h, w)
     head: fx.GraphModule  # F -> scores (N, C)
-
-
-class _LeafTracer(fx.Tracer):
-    """Default fx tracing, except that ``target`` is traced as a single call."""
-
-    def __init__(self, target: str) -> None:
-        super().__init__()
-        self.target = target
-
-    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return qualified_name == self.target or super().is_leaf_module(module, qualified_name)
 
 
 def _ancestors(node: fx.Node) -> set[fx.Node]:
@@ -51,7 +41,7 @@ def split_at_layer(model: nn.Module, target_layer: str) -> SplitModel:
     the body other than F (e.g. a skip connection around the target layer).
     """
     resolve_layer(model, target_layer)  # clear error for a wrong path
-    tracer = _LeafTracer(target_layer)
+    tracer = LayerLeafTracer(target_layer)
     name = type(model).__name__
     try:
         graph = tracer.trace(model)
