@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gainx.data.synth import SHAPES, bright_color, check_sizes, masked_subset, save_png, shape_mask, write_manifest_dataset
+from gainx.data.synth import SHAPES, bright_color, masked_subset, save_png, shape_mask, start_dataset, write_manifest_dataset
 
 # (RGB, stripe angle in radians, stripe period in pixels at 32 px), one per class
 CONTEXTS: tuple[tuple[tuple[int, int, int], float, float], ...] = (
@@ -50,12 +50,9 @@ def write_cooccur(
     bias: float = 1.0,
 ) -> Path:
     """Write the co-occurrence benchmark to ``out`` and return ``out``."""
-    check_sizes(image_size, train_size, test_size, mask_fraction)
+    out = start_dataset(out, image_size, train_size, test_size, mask_fraction)
     if not 0.0 <= bias <= 1.0:
         raise ValueError(f"bias must be in [0, 1], got {bias!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.csv").unlink(missing_ok=True)
     rng = np.random.default_rng(seed)
     k = len(SHAPES)
     rows: list[tuple[str, str, str, str]] = []

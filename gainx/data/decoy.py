@@ -20,9 +20,6 @@ pixel mask of the digit (label map, value label+1); in ``train`` only a
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from gainx.data.synth import check_sizes, masked_subset
-from gainx.io import atomic_open, atomic_write_text
+from gainx.data.synth import masked_subset, start_dataset, write_manifest_dataset
 
 DECOY_COLORS: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -78,12 +74,9 @@ def write_decoy(
     last (atomically), so a reader never sees a manifest of half-written files;
     image files of an earlier, larger run stay on disk but are not listed.
     """
-    check_sizes(image_size, train_size, test_size, mask_fraction)
+    out = start_dataset(out, image_size, train_size, test_size, mask_fraction)
     from sklearn.datasets import load_digits
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.csv").unlink(missing_ok=True)
     geo = DecoyGeometry.for_size(image_size)
     digits = load_digits()
     rng = np.random.default_rng(seed)
@@ -102,7 +95,6 @@ def write_decoy(
     random_decoy = rng.integers(0, 10, size=test_size)
     rows += _write_split(out, "test_random", test, random_decoy, ink, geo, everything)
 
-    atomic_write_text(out / "classes.txt", "".join(f"{c}\n" for c in range(10)))
     meta = {
         "name": "decoy-digits",
         "image_size": image_size,
@@ -124,14 +116,7 @@ def write_decoy(
             },
         },
     }
-    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(("path", "labels", "split", "mask"))
-    writer.writerows(rows)
-    with atomic_open(out / "manifest.csv", "w") as fh:
-        fh.write(text.getvalue())
-    return out
+    return write_manifest_dataset(out, rows, [str(c) for c in range(10)], meta)
 
 
 def _upsample(images: np.ndarray, size: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gainx.data.synth import SHAPES, bright_color, check_sizes, masked_subset, save_png, shape_mask, write_manifest_dataset
+from gainx.data.synth import SHAPES, bright_color, masked_subset, save_png, shape_mask, start_dataset, write_manifest_dataset
 
 TWO_OBJECT_PROB = 0.35
 MIN_VISIBLE = 0.4  # an occluded object keeps at least this fraction of its pixels
@@ -33,10 +33,7 @@ def write_shapes(
     test_size: int = 300,
 ) -> Path:
     """Write the shapes-on-clutter benchmark to ``out`` and return ``out``."""
-    check_sizes(image_size, train_size, test_size, mask_fraction)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.csv").unlink(missing_ok=True)
+    out = start_dataset(out, image_size, train_size, test_size, mask_fraction)
     rng = np.random.default_rng(seed)
     rows: list[tuple[str, str, str, str]] = []
     masked = masked_subset(rng, train_size, mask_fraction)

@@ -75,14 +75,20 @@ def write_manifest_dataset(
     return out
 
 
-def check_sizes(image_size: int, train_size: int, test_size: int, mask_fraction: float) -> None:
-    """Validate the common generator arguments."""
+def start_dataset(out: str | Path, image_size: int, train_size: int, test_size: int, mask_fraction: float) -> Path:
+    """Validate the common generator arguments, create ``out`` and remove an old
+    ``manifest.csv`` (the new one is written last by :func:`write_manifest_dataset`,
+    so a reader never sees a manifest listing half-written files)."""
     if not isinstance(image_size, int) or image_size < 16:
         raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
     if not 0.0 <= mask_fraction <= 1.0:
         raise ValueError(f"mask_fraction must be in [0, 1], got {mask_fraction!r}")
     if train_size < 1 or test_size < 1:
         raise ValueError(f"train_size and test_size must be >= 1, got {train_size}, {test_size}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.csv").unlink(missing_ok=True)
+    return out
 
 
 def masked_subset(rng: np.random.Generator, n: int, fraction: float) -> set[int]:
