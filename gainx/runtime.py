@@ -175,11 +175,13 @@ class AttentionSession:
         return AttentionResult(scores, classes, attention)
 
     def preprocess(self, image: Any) -> np.ndarray:
-        """A PIL image -> ``(3, H, W)`` float32 RGB in ``[0, 1]`` at ``image_size`` (bilinear)."""
+        """A PIL image -> ``(3, H, W)`` float32 RGB in ``[0, 1]`` at ``image_size``
+        (the resize of the training data, :func:`gainx.data.transforms.resize_rgb`)."""
         from PIL import Image
+
+        from gainx.data.transforms import resize_rgb
 
         if not isinstance(image, Image.Image):
             raise TypeError(f"preprocess expects a PIL image, got {type(image).__name__}")
-        h, w = self.image_size
-        rgb = image.convert("RGB").resize((w, h), Image.BILINEAR)
-        return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+        rgb = resize_rgb(image, self.image_size)
+        return rgb.astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)
