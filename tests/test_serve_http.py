@@ -158,7 +158,7 @@ def test_model_health_and_metrics(client, session, model_path) -> None:
     assert re.search(r'gainx_requests_total\{endpoint="/v1/predict",method="POST",status="200"\} [1-9]', text)
     assert re.search(r'gainx_request_duration_seconds_count\{endpoint="/v1/predict"\} [1-9]', text)
     assert re.search(r"gainx_batch_size_count [1-9]", text)
-    client.request("BREW", "/no/such/path")  # unbounded label values are folded into "other"
+    client.request("PROPFIND", "/no/such/path")  # unbounded label values are folded into "other"
     assert 'gainx_requests_total{endpoint="other",method="other",status="404"} 1' in client.get("/metrics").text
 
 
