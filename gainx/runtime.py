@@ -184,4 +184,5 @@ class AttentionSession:
         if not isinstance(image, Image.Image):
             raise TypeError(f"preprocess expects a PIL image, got {type(image).__name__}")
         rgb = resize_rgb(image, self.image_size)
-        return rgb.astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)
+        out = np.empty((3, *rgb.shape[:2]), np.float32)
+        return np.divide(rgb.transpose(2, 0, 1), np.float32(255.0), out=out, dtype=np.float32)  # one pass, no temporaries

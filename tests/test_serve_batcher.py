@@ -22,9 +22,11 @@ class FakeSession:
     def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
         self.delay, self.gate = delay, gate
         self.calls: list[tuple[int, int | None]] = []  # (batch size, K of class_ids or None)
+        self.starts: list[float] = []  # perf_counter() at the start of each call
         self.threads: set[str] = set()
 
     def run(self, images: np.ndarray, class_ids: np.ndarray | None = None) -> AttentionResult:
+        self.starts.append(time.perf_counter())
         self.calls.append((len(images), None if class_ids is None else class_ids.shape[1]))
         self.threads.add(threading.current_thread().name)
         if self.gate is not None:
@@ -167,6 +169,32 @@ def test_workers_run_in_parallel_threads() -> None:
     assert run(main()) < 0.75
     assert all(len(s.calls) == 1 for s in sessions)
     assert len(sessions[0].threads | sessions[1].threads) == 2
+
+
+def test_full_batch_is_queued_on_a_busy_worker_partial_waits() -> None:
+    gate = threading.Event()
+    session = FakeSession(gate=gate)
+
+    async def main():
+        batcher = await started([session], max_batch=2, max_wait_ms=0)
+        running = [asyncio.ensure_future(batcher.submit(image(v))) for v in (0, 1)]
+        await asyncio.sleep(0.05)  # the only worker now runs [0, 1] and blocks on the gate
+        queued = [asyncio.ensure_future(batcher.submit(image(v))) for v in (2, 3, 4)]
+        await asyncio.sleep(0.05)
+        depth = batcher.queue_depth  # [2, 3] went to the busy worker's queue; [4] is partial and waits
+        gate.set()
+        time.sleep(0.3)  # block the event loop: the queued batch must start without it
+        unblocked = time.perf_counter()
+        preds = await asyncio.gather(*running, *queued)
+        await batcher.stop()
+        return depth, unblocked, preds
+
+    depth, unblocked, preds = run(main())
+    for v, pred in enumerate(preds):
+        check(pred, v)
+    assert depth == 1
+    assert session.calls == [(2, None), (2, None), (1, None)]
+    assert session.starts[1] < unblocked < session.starts[2]
 
 
 def test_stop_finishes_pending_then_refuses() -> None:

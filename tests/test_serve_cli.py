@@ -17,11 +17,12 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_flags_and_defaults() -> None:
     args = parse("m.onnx", "--host", "0.0.0.0", "--port", "9000", "--workers", "3", "--max-batch", "16",
-                 "--max-body-bytes", "1000", "--max-wait-ms", "2.5", "--topk", "2")
+                 "--max-body-bytes", "1000", "--max-wait-ms", "2.5", "--topk", "2", "--image-threads", "4")
     assert (args.model, args.host, args.port, args.workers, args.max_batch) == ("m.onnx", "0.0.0.0", 9000, 3, 16)
-    assert (args.max_body_bytes, args.max_wait_ms, args.topk, args.func) == (1000, 2.5, 2, run)
+    assert (args.max_body_bytes, args.max_wait_ms, args.topk, args.image_threads, args.func) == (1000, 2.5, 2, 4, run)
     defaults = parse("m.onnx")
     assert (defaults.host, defaults.port, defaults.workers, defaults.topk) == ("127.0.0.1", 8000, 1, None)
+    assert defaults.image_threads is None
 
 
 @pytest.mark.parametrize("flags,needle", [
@@ -30,6 +31,7 @@ def test_flags_and_defaults() -> None:
     (["--workers", "0"], "--workers"),
     (["--max-wait-ms", "-1"], "max_wait_ms"),
     (["--topk", "0"], "topk"),
+    (["--image-threads", "0"], "image_threads"),
 ])
 def test_bad_settings_exit_2_before_loading(tmp_path, capsys, flags, needle) -> None:
     # the model path does not exist: the settings must be refused first

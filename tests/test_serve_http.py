@@ -53,7 +53,7 @@ def session(model_path: Path) -> AttentionSession:
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     srv = Server(model_path, tmp_path_factory.mktemp("serve_log") / "server.log", "--workers", "2", "--max-batch", "8",
                  "--max-body-bytes", str(BODY_LIMIT), "--max-image-pixels", "1000000", "--body-timeout", "1.5",
-                 "--topk", "2")
+                 "--topk", "2", "--image-threads", "3")
     yield srv
     assert srv.stop() in GRACEFUL_EXIT, srv.output()
     assert "Traceback" not in srv.output(), srv.output()
@@ -151,6 +151,7 @@ def test_model_health_and_metrics(client, session, model_path) -> None:
     assert inputs == {"images": ("float32", False), "class_ids": ("int64", True)}
     assert [o["name"] for o in graph["outputs"]] == ["scores", "classes", "attention"]
     assert graph["metadata"]["gainx.classes"] and info["server"]["workers"] == 2
+    assert info["server"]["image_threads"] == 3
     client.post("/v1/predict", content=b"junk", headers={"content-type": "image/png"})
     client.post("/v1/predict", content=image_bytes(5), headers={"content-type": "image/png"})
     text = client.get("/metrics").text

@@ -104,6 +104,11 @@ def test_heatmap_png_is_the_viz_heatmap() -> None:
     np.testing.assert_array_equal(png_pixels(heatmap_png(att)), heatmap(att))
 
 
+def test_heatmap_png_non_finite_values() -> None:
+    att = np.array([[np.nan, np.inf, -np.inf, 0.5]], np.float32)  # NaN and -inf as 0, +inf as 1
+    np.testing.assert_array_equal(png_pixels(heatmap_png(att)), heatmap(np.array([[0.0, 1.0, 0.0, 0.5]])))
+
+
 def test_overlay_png_blends_on_the_model_input() -> None:
     rng = np.random.default_rng(2)
     image, att = rng.random((3, 9, 14), dtype=np.float32), rng.random((9, 14), dtype=np.float32)

@@ -9,7 +9,11 @@ from PIL import Image
 def resize_rgb(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """RGB ``image`` resized (bilinear, antialiased when shrinking) to ``size = (H, W)``, as ``(H, W, 3)`` uint8."""
     h, w = size
-    return np.asarray(image.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.uint8)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != (w, h):  # PIL would return a copy for the same size; skip it
+        image = image.resize((w, h), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def normalize(pixels: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

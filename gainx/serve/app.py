@@ -14,22 +14,26 @@ Endpoints (all answers JSON except ``/metrics``):
   limits), ``GET /metrics`` (Prometheus text).
 
 Every failure is ``{"error": {"status", "code", "message"}}`` with a 4xx for
-anything the client got wrong. Decoding, preprocessing and rendering run in
-worker threads; model calls go through :class:`DynamicBatcher`.
+anything the client got wrong. Decoding, preprocessing and rendering run on a
+thread pool with one thread per core (``ServeConfig.image_threads``), not on
+the event loop and not on anyio's 40-thread default pool: on a small machine
+more threads only fight over the GIL and over the cores the model needs.
+Model calls go through :class:`DynamicBatcher`.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -94,6 +98,7 @@ class _Service:
         if config.topk is not None and config.topk > first.topk:
             raise ValueError(f"--topk {config.topk} is more than the model ranks ({first.topk})")
         self.sessions, self.config, self.first = sessions, config, first
+        self.image_pool: ThreadPoolExecutor | None = None  # started with the app (lifespan)
         self.metrics = Metrics(config.max_batch)
         self.batcher = DynamicBatcher(sessions, config.max_batch, config.max_wait_ms, config.max_queue, self.metrics)
         self.metrics.add_gauge("gainx_queue_depth", "Images waiting for a worker.", lambda: self.batcher.queue_depth)
@@ -124,10 +129,27 @@ class _Service:
                 "max_image_pixels": config.max_image_pixels,
                 "max_image_side": config.max_image_side,
                 "max_files": config.max_files,
+                "image_threads": self.image_threads,
                 "default_topk": self.limits.default_topk,
                 "content_types": ["multipart/form-data", *SUPPORTED_CONTENT_TYPES],
             },
         }
+
+    @property
+    def image_threads(self) -> int:
+        return self.config.image_threads or os.cpu_count() or 1
+
+    async def start(self) -> None:
+        self.image_pool = ThreadPoolExecutor(self.image_threads, thread_name_prefix="gainx-image")
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        self.image_pool.shutdown(wait=True)
+
+    async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the image thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.image_pool, fn, *args)
 
     # -- simple endpoints ------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
@@ -151,10 +173,10 @@ class _Service:
         opts = parse_options(query, self.limits)
         with self.batcher.arriving():
             uploads = await self._uploads(request, batch)
-            prepared = await asyncio.gather(*(run_in_threadpool(self._prepare, *upload) for upload in uploads))
+            prepared = await asyncio.gather(*(self._in_pool(self._prepare, *upload) for upload in uploads))
         preds = await asyncio.gather(*(self.batcher.submit(image, opts.class_ids) for image, _ in prepared))
         results = await asyncio.gather(
-            *(run_in_threadpool(self._result, pred, image, size, name, opts)
+            *(self._in_pool(self._result, pred, image, size, name, opts)
               for pred, (image, size), (name, _) in zip(preds, prepared, uploads))
         )
         return _json({"results": list(results)} if batch else results[0])
@@ -251,13 +273,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await service.batcher.start()
+        await service.start()
         if on_ready is not None:
             on_ready()
         try:
             yield
         finally:
-            await service.batcher.stop()
+            await service.stop()
 
     app = Starlette(
         routes=[

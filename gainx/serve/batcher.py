@@ -1,15 +1,20 @@
 """Dynamic batching: concurrent requests share model calls.
 
 Each image is submitted on its own; a collector task groups pending images
-into batches of up to ``max_batch`` and hands each batch to a free inference
-worker (one ONNX Runtime session per worker, each run in its own thread so the
-event loop never blocks). A batch leaves as soon as it is full, or when
-``max_wait_ms`` has passed since the worker became free, or when no other
-request is on its way (the app announces requests that are still being
-read/decoded with :meth:`DynamicBatcher.arriving`), so a lone client never
-pays the wait. Images asking for explicit classes are only batched with
-images asking for the same number of classes (the ``class_ids`` input is a
-rectangular ``(N, K)`` array).
+into batches of up to ``max_batch`` and hands each batch to an inference
+worker (one ONNX Runtime session per worker, each with its own thread so the
+event loop never blocks). For an idle worker, a batch leaves as soon as it is
+full, or when ``max_wait_ms`` has passed since the worker became free, or when
+no other request is on its way (the app announces requests that are still
+being read/decoded with :meth:`DynamicBatcher.arriving`), so a lone client
+never pays the wait. Under load, a *full* batch is also queued on a busy
+worker (one batch ahead at most): its thread starts it the moment the current
+model call returns, without a round trip through the event loop, so the model
+does not sit idle while the loop is busy answering the previous batch.
+Partial batches only go to idle workers, so they keep collecting arrivals.
+Images asking for explicit classes are only batched with images asking for
+the same number of classes (the ``class_ids`` input is a rectangular
+``(N, K)`` array).
 """
 from __future__ import annotations
 
@@ -74,19 +79,16 @@ class DynamicBatcher:
         self._arriving = 0
         self._closing = False
         self._wakeup: asyncio.Event | None = None
-        self._free: asyncio.Queue | None = None
+        self._load = [0] * len(self.sessions)  # batches handed to each worker and not finished (0, 1 or 2)
         self._collector: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
-        self._executor: ThreadPoolExecutor | None = None
+        self._executors: list[ThreadPoolExecutor] = []
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
         """Start the collector on the running event loop."""
         self._wakeup = asyncio.Event()
-        self._free = asyncio.Queue()
-        for session in self.sessions:
-            self._free.put_nowait(session)
-        self._executor = ThreadPoolExecutor(len(self.sessions), thread_name_prefix="gainx-infer")
+        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"gainx-infer-{i}") for i in range(len(self.sessions))]
         self._collector = asyncio.create_task(self._collect(), name="gainx-batcher")
 
     async def stop(self) -> None:
@@ -98,7 +100,8 @@ class DynamicBatcher:
         await self._collector
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
         self._collector = None
 
     @property
@@ -150,37 +153,46 @@ class DynamicBatcher:
         except TimeoutError:
             pass
 
+    def _worker(self, load: int) -> int | None:
+        """The first worker holding exactly ``load`` batches (running or queued), or None."""
+        return next((w for w, n in enumerate(self._load) if n == load), None)
+
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            session = await self._free.get()
             while not self._pending:
                 if self._closing:
                     return
                 await self._wait(None)
             key = self._pending[0].key
-            deadline = loop.time() + self.max_wait
-            while (
-                self._count(key) < self.max_batch
-                and self._arriving > 0
-                and not self._closing
-                and (left := deadline - loop.time()) > 0
-            ):
-                await self._wait(left)
+            worker = self._worker(0)
+            if worker is None:  # every worker is busy: queue a full batch behind a running one, or wait
+                worker = self._worker(1)
+                if worker is None or self._count(key) < self.max_batch:
+                    await self._wait(None)  # woken by a submission or a finished batch
+                    continue
+            else:
+                deadline = loop.time() + self.max_wait
+                while (
+                    self._count(key) < self.max_batch
+                    and self._arriving > 0
+                    and not self._closing
+                    and (left := deadline - loop.time()) > 0
+                ):
+                    await self._wait(left)
             batch = self._take(key)
-            if not batch:  # everything pending was cancelled
-                self._free.put_nowait(session)
-                continue
-            task = asyncio.create_task(self._run(session, batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            if batch:  # empty when everything pending was cancelled
+                self._load[worker] += 1
+                task = asyncio.create_task(self._run(worker, batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
-    async def _run(self, session: Session, batch: list[_Item]) -> None:
+    async def _run(self, worker: int, batch: list[_Item]) -> None:
         images = np.stack([item.image for item in batch])
         class_ids = None if batch[0].class_ids is None else np.array([item.class_ids for item in batch], np.int64)
-        start = time.perf_counter()
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, session.run, images, class_ids)
+            result, seconds = await asyncio.get_running_loop().run_in_executor(
+                self._executors[worker], _timed, self.sessions[worker], images, class_ids)
         except Exception as exc:
             error = ApiError(500, "inference_failed", f"model call failed on a batch of {len(batch)}: {exc}")
             for item in batch:
@@ -188,10 +200,16 @@ class DynamicBatcher:
                     item.future.set_exception(error)
         else:
             if self.metrics is not None:
-                self.metrics.observe_batch(len(batch), time.perf_counter() - start)
+                self.metrics.observe_batch(len(batch), seconds)
             for i, item in enumerate(batch):
                 if not item.future.done():
                     item.future.set_result(Prediction(result.scores[i], result.classes[i], result.attention[i]))
         finally:
-            self._free.put_nowait(session)
+            self._load[worker] -= 1
             self._wakeup.set()
+
+
+def _timed(session: Session, images: np.ndarray, class_ids: np.ndarray | None) -> tuple[Any, float]:
+    """``session.run`` on the worker's thread, and how long the call took (not the wait of a queued batch)."""
+    start = time.perf_counter()
+    return session.run(images, class_ids), time.perf_counter() - start

@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest declared width*height accepted (checked before decoding)")
     parser.add_argument("--max-queue", type=int, default=_DEFAULTS.max_queue, help="waiting images before 503")
     parser.add_argument("--topk", type=int, default=None, help="classes per answer by default (<= the model's topk)")
+    parser.add_argument("--image-threads", type=int, default=None,
+                        help="threads decoding uploads and rendering heatmaps (default: one per CPU core)")
     parser.add_argument("--body-timeout", type=float, default=_DEFAULTS.body_timeout_s,
                         help="seconds a client may stall while sending a body (then 408)")
     parser.add_argument("--graceful-timeout", type=float, default=30.0,
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         config = ServeConfig(
             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
             max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
-            max_image_pixels=args.max_image_pixels, topk=args.topk,
+            max_image_pixels=args.max_image_pixels, topk=args.topk, image_threads=args.image_threads,
         )
     except ValueError as exc:
         return _fail(str(exc))

@@ -17,6 +17,7 @@ class ServeConfig:
     max_raw_pixels: int = 1024 * 1024  # per raw map (raw=H,W)
     max_classes: int = 16  # per image with classes=
     topk: int | None = None  # default classes per answer (None: the model's topk)
+    image_threads: int | None = None  # threads decoding uploads and rendering answers (None: one per core)
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_body_bytes", "max_image_pixels", "max_image_side", "max_files",
@@ -25,5 +26,6 @@ class ServeConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.body_timeout_s <= 0:
             raise ValueError(f"need max_wait_ms >= 0 and body_timeout_s > 0, got {self.max_wait_ms}, {self.body_timeout_s}")
-        if self.topk is not None and self.topk < 1:
-            raise ValueError(f"topk must be >= 1, got {self.topk}")
+        for name in ("topk", "image_threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

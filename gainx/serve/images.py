@@ -97,10 +97,10 @@ def decode_image(data: bytes, max_pixels: int, max_side: int, label: str = "imag
         code = "image_truncated" if "truncated" in str(exc).lower() else "corrupt_image"
         raise ApiError(400, code, f"{label}: cannot decode {fmt} data ({exc})") from exc
     try:
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
     except Exception:  # a corrupt EXIF block does not make the pixels unusable
         pass
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _check_size(size: tuple[int, int], max_pixels: int, max_side: int, label: str) -> None:
