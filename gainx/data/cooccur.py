@@ -37,7 +37,6 @@ CONTEXTS: tuple[tuple[tuple[int, int, int], float, float], ...] = (
     ((180, 170, 60), 2.0, 4.5),
 )
 SIZE_RANGE = (0.4, 0.65)
-SPLITS = ("train", "test_consistent", "test_conflicting")
 
 
 def write_cooccur(

@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from gainx.data.synth import masked_subset, start_dataset, write_manifest_dataset
+from gainx.data.synth import masked_subset, save_png, start_dataset, write_manifest_dataset
 
 DECOY_COLORS: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -36,7 +35,6 @@ DECOY_COLORS: tuple[tuple[int, int, int], ...] = (
 )  # fmt: skip
 TEST_SOURCE_FRACTION = 0.3
 MASK_THRESHOLD = 0.3  # digit ink (0..1 after upsampling) above this is "digit" in the mask
-SPLITS = ("train", "test_consistent", "test_random")
 
 
 @dataclass(frozen=True)
@@ -173,12 +171,12 @@ def _write_split(
         cy, cx = corners[draw["corner"][i]]
         canvas[cy : cy + s, cx : cx + s] = DECOY_COLORS[decoy[i]]
         name = f"{split}/{i:06d}"
-        Image.fromarray(canvas.round().astype(np.uint8)).save(out / f"{name}.png", compress_level=1)
+        save_png(canvas, out / f"{name}.png")
         mask = ""
         if i in masked:
             label_map = np.zeros((n, n), dtype=np.uint8)
             label_map[y : y + d, x : x + d][digit > MASK_THRESHOLD] = draw["labels"][i] + 1
             mask = f"{name}_mask.png"
-            Image.fromarray(label_map).save(out / mask, compress_level=1)
+            save_png(label_map, out / mask)
         rows.append((f"{name}.png", str(draw["labels"][i]), split, mask))
     return rows

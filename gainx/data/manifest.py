@@ -30,8 +30,8 @@ def load_manifest(
     """Build the ``split`` of the manifest dataset in ``root``."""
     manifest = root / MANIFEST
     meta = _read_meta(root / META)
-    rows = _read_rows(manifest)
-    fixed = _read_classes(root / CLASSES) if (root / CLASSES).exists() else None
+    rows = read_rows(manifest)
+    fixed = read_classes(root / CLASSES) if (root / CLASSES).exists() else None
     names = {line: _split_labels(row["labels"], manifest, line) for line, row in rows}
     if fixed is not None:
         for line, labels in names.items():
@@ -92,7 +92,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_classes(path: Path) -> list[str]:
+def read_classes(path: Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -109,7 +109,7 @@ def _read_classes(path: Path) -> list[str]:
     return classes
 
 
-def _read_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
+def read_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
     """``(line number, row)`` for every data row; checks the header."""
     try:
         with manifest.open(newline="", encoding="utf-8-sig") as fh:

@@ -10,15 +10,14 @@ annotated, never in which images.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from gainx.data.manifest import CLASSES, MANIFEST, META
+from gainx.data.decode import read_mask
+from gainx.data.manifest import CLASSES, MANIFEST, META, read_classes, read_rows
 from gainx.data.synth import write_manifest_dataset
 
 KINDS = ("none", "masks", "boxes")
@@ -41,21 +40,20 @@ def write_variant(base: str | Path, kind: str, budget: float, seed: int, split: 
     out = base / "variants" / (kind if kind == "none" else f"{kind}-{budget:g}")
     if (out / MANIFEST).exists():
         return out
-    with (base / MANIFEST).open(newline="", encoding="utf-8") as fh:
-        everything = list(csv.DictReader(fh))
+    everything = [row for _, row in read_rows(base / MANIFEST)]
     rows = [r for r in everything if r["split"] == split]
     unmasked = [r["path"] for r in rows if not r.get("mask")]
     if kind != "none" and unmasked:
         raise ValueError(f"{base / MANIFEST}: {len(unmasked)} {split} images have no mask (e.g. {unmasked[0]}); "
                          "budget variants need a fully annotated base")
-    classes = (base / CLASSES).read_text(encoding="utf-8").split()
+    classes = read_classes(base / CLASSES)
     order = np.random.default_rng(seed).permutation(len(rows))
     keep = set(order[: round(budget * len(rows))].tolist()) if kind != "none" else set()
     out.mkdir(parents=True, exist_ok=True)
     table = []
     for i, r in enumerate(rows):
         mask = _relative(base, r["mask"], out) if i in keep and kind == "masks" else ""
-        boxes = boxes_from_label_map(np.asarray(Image.open(base / r["mask"])), classes) if i in keep and kind == "boxes" else ""
+        boxes = boxes_from_label_map(read_mask(base / r["mask"], str(base / MANIFEST)), classes) if i in keep and kind == "boxes" else ""
         table.append((_relative(base, r["path"], out), r["labels"], r["split"], mask, boxes))
     # the other splits, unannotated: they keep the manifest's multi-label status that of the base
     table += [(_relative(base, r["path"], out), r["labels"], r["split"], "", "") for r in everything if r["split"] != split]
