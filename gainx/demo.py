@@ -16,17 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from gainx.attention import attention_maps
 from gainx.data import load_dataset
 from gainx.data.decoy import write_decoy
 from gainx.evaluation import evaluate
+from gainx.experiments.figures import attention_figure
 from gainx.io import atomic_write_text
 from gainx.losses import METHODS
 from gainx.training import TrainConfig, load_model
 from gainx.training.trainer import train
-from gainx.viz import attention_grid, denormalize, overlay
 
 SPLITS = ("test_consistent", "test_random")
 
@@ -76,7 +73,7 @@ def run_demo(out: str | Path = "gainx_demo", quick: bool = False, seed: int = 0,
     print(table)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out / "results.md", table + "\n")
-    attention_figure(checkpoints, data, out / "attention.png")
+    attention_figure(checkpoints, data, "test_random", out / "attention.png", row_prefix="digit ")
     print(f"figure: {out / 'attention.png'}; results: {out / 'results.json'} ({results['seconds']:.0f}s in all)")
     return results
 
@@ -92,19 +89,3 @@ def results_table(results: dict[str, Any]) -> str:
         lines.append(f"| {method} | {row['test_consistent']['accuracy']:.3f} | {rnd['accuracy']:.3f} "
                      f"| {rnd['miou']:.3f} | {rnd['pointing_game']:.3f} |")
     return "\n".join(lines)
-
-
-def attention_figure(checkpoints: dict[str, Path], data: Path, path: Path, count: int = 6) -> None:
-    """Ground-truth-class maps of each method on the first ``count`` decoy-random test images."""
-    dataset = load_dataset(data, "test_random")
-    batch = [dataset[i] for i in range(min(count, len(dataset)))]
-    images = torch.stack([b["image"] for b in batch])
-    labels = torch.stack([b["labels"] for b in batch]).argmax(1)
-    rows = [[denormalize(img, dataset.mean, dataset.std)] for img in images]
-    for method, ckpt in checkpoints.items():
-        model, meta = load_model(ckpt)
-        _, maps = attention_maps(model, images, meta["target_layer"], classes=labels.unsqueeze(1))
-        for r, img in enumerate(images):
-            rows[r].append(overlay(denormalize(img, dataset.mean, dataset.std), maps[r, 0]))
-    titles = [f"digit {dataset.classes[int(c)]}" for c in labels]
-    attention_grid(rows, titles, ["image", *checkpoints], path)

@@ -46,8 +46,10 @@ def budget_figure(rows: list[dict[str, Any]], column: str, ylabel: str, title: s
     plt.close(fig)
 
 
-def attention_figure(checkpoints: dict[str, Path], data: Path, split: str, path: Path, count: int = 6) -> None:
-    """Maps of each image's ground-truth classes (first one) for each run, on the first ``count`` images."""
+def attention_figure(checkpoints: dict[str, Path], data: Path, split: str, path: Path, count: int = 6,
+                     row_prefix: str = "") -> None:
+    """Maps of each image's ground-truth classes (first one) for each run, on the first ``count`` images
+    of ``split``; rows are titled ``row_prefix`` + the class name."""
     dataset = load_dataset(data, split)
     batch = [dataset[i] for i in range(min(count, len(dataset)))]
     images = torch.stack([b["image"] for b in batch])
@@ -59,7 +61,7 @@ def attention_figure(checkpoints: dict[str, Path], data: Path, split: str, path:
         _, maps = attention_maps(model, images, meta["target_layer"], classes=labels.unsqueeze(1))
         for r, im in enumerate(rgb):
             rows[r].append(overlay(im, maps[r, 0]))
-    titles = [str(dataset.classes[int(c)]) for c in labels]
+    titles = [f"{row_prefix}{dataset.classes[int(c)]}" for c in labels]
     attention_grid(rows, titles, ["image", *(column_title(k) for k in checkpoints)], path)
 
 
