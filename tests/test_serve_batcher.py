@@ -237,6 +237,33 @@ def test_queue_limit_gives_503() -> None:
         check(pred, v)
 
 
+def test_enqueue_is_all_or_nothing() -> None:
+    gate = threading.Event()
+    session = FakeSession(gate=gate)
+
+    async def main():
+        batcher = await started([session], max_batch=1, max_queue=3)
+        first = batcher.enqueue([image(0)])
+        await asyncio.sleep(0.05)  # the worker holds image 0, blocked on the gate
+        second = batcher.enqueue([image(1), image(2), image(3)])  # 1 is queued on the worker; 2, 3 wait
+        await asyncio.sleep(0.05)
+        depth = batcher.queue_depth
+        with pytest.raises(ApiError) as info:
+            batcher.enqueue([image(4), image(5)])  # 2 waiting + 2 > 3: nothing is queued
+        refused_depth = batcher.queue_depth
+        gate.set()
+        preds = await asyncio.gather(*first, *second)
+        await batcher.stop()
+        return depth, info.value, refused_depth, preds
+
+    depth, err, refused_depth, preds = run(main())
+    assert err.status == 503 and err.code == "queue_full" and "adds 2" in err.message
+    assert depth == refused_depth == 2
+    for v, pred in enumerate(preds):
+        check(pred, v)
+    assert sum(n for n, _ in session.calls) == 4
+
+
 @pytest.mark.parametrize("kw", [dict(max_batch=0), dict(max_queue=0), dict(max_wait_ms=-1)])
 def test_bad_limits(kw) -> None:
     with pytest.raises(ValueError, match="limits"):

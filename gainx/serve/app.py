@@ -171,10 +171,11 @@ class _Service:
     async def _predict(self, request: Request, batch: bool) -> Response:
         query = {key: request.query_params.getlist(key) for key in request.query_params.keys()}
         opts = parse_options(query, self.limits)
-        with self.batcher.arriving():
+        with self.batcher.arriving():  # queue the images before leaving: the collector may be waiting for them
             uploads = await self._uploads(request, batch)
             prepared = await asyncio.gather(*(self._in_pool(self._prepare, *upload) for upload in uploads))
-        preds = await asyncio.gather(*(self.batcher.submit(image, opts.class_ids) for image, _ in prepared))
+            queued = self.batcher.enqueue([image for image, _ in prepared], opts.class_ids)
+        preds = await asyncio.gather(*queued)
         results = await asyncio.gather(
             *(self._in_pool(self._result, pred, image, size, name, opts)
               for pred, (image, size), (name, _) in zip(preds, prepared, uploads))

@@ -120,16 +120,29 @@ class DynamicBatcher:
                 self._wakeup.set()
 
     # -- submission ----------------------------------------------------------
-    async def submit(self, image: np.ndarray, class_ids: Sequence[int] | None = None) -> Prediction:
-        """Queue one ``(3, H, W)`` float32 image; resolves to its :class:`Prediction`."""
+    def enqueue(self, images: Sequence[np.ndarray], class_ids: Sequence[int] | None = None) -> list[asyncio.Future]:
+        """Queue ``(3, H, W)`` float32 images, all or none; their futures resolve to :class:`Prediction`.
+
+        Synchronous, so a request can queue its images before it leaves
+        :meth:`arriving` (the collector then sees them in the batch it is
+        filling). Refused whole (503) when they do not all fit in the queue,
+        so an overloaded server spends no model time on a refused request.
+        """
         if self._collector is None or self._closing:
             raise ApiError(503, "shutting_down", "the server is shutting down")
-        if len(self._pending) >= self.max_queue:
-            raise ApiError(503, "queue_full", f"{len(self._pending)} images are waiting; try again shortly")
-        item = _Item(image, None if class_ids is None else tuple(class_ids), asyncio.get_running_loop().create_future())
-        self._pending.append(item)
+        if len(self._pending) + len(images) > self.max_queue:
+            raise ApiError(503, "queue_full", f"{len(self._pending)} images are waiting and this request adds "
+                                              f"{len(images)} (queue limit {self.max_queue}); try again shortly")
+        loop = asyncio.get_running_loop()
+        ids = None if class_ids is None else tuple(class_ids)
+        items = [_Item(image, ids, loop.create_future()) for image in images]
+        self._pending.extend(items)
         self._wakeup.set()
-        return await item.future
+        return [item.future for item in items]
+
+    async def submit(self, image: np.ndarray, class_ids: Sequence[int] | None = None) -> Prediction:
+        """Queue one image (:meth:`enqueue`) and wait for its :class:`Prediction`."""
+        return await self.enqueue([image], class_ids)[0]
 
     # -- internals -----------------------------------------------------------
     def _count(self, key: int | None) -> int:
@@ -150,7 +163,7 @@ class DynamicBatcher:
         self._wakeup.clear()
         try:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             pass
 
     def _worker(self, load: int) -> int | None:

@@ -38,7 +38,7 @@ async def limited_stream(request: Request, limit: int, timeout: float) -> AsyncI
             chunk = await asyncio.wait_for(chunks.__anext__(), timeout)
         except StopAsyncIteration:
             return
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             raise ApiError(408, "body_timeout", f"no request body bytes for {timeout:g} s; giving up") from None
         except ClientDisconnect:
             raise ApiError(400, "client_disconnected", "the client went away before sending the whole body") from None
