@@ -212,12 +212,12 @@ def test_large_maps_are_refused(device: str) -> None:
 
 
 @pytest.mark.skipif(CUDA, reason="checks the CPU error without the interpreter")
-def test_cpu_without_interpreter_says_what_to_do() -> None:
+def test_cpu_without_interpreter_says_what_to_do(tmp_path) -> None:
     code = ("import torch; from gainx.ops.attention_erase import attention_erase_triton as f; "
             "x = torch.zeros(1, 2, 3, 3); f(x, x, torch.zeros(1, 3, 8, 8), torch.zeros(1, dtype=torch.int64))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          cwd=tmp_path)
     assert done.returncode != 0
     assert "TRITON_INTERPRET=1" in done.stderr and "backend='eager'" in done.stderr, done.stderr[-2000:]
 

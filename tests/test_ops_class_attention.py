@@ -262,12 +262,14 @@ def test_missing_extension_warns_once_and_falls_back():
 
 
 @needs_ext
-def test_baseline_isa_build_matches_eager():
+def test_baseline_isa_build_matches_eager(tmp_path):
     """ATEN_CPU_CAPABILITY=default selects the portable at::vec build of the write pass."""
     code = textwrap.dedent(
         """
         import torch
+        from gainx.ops import extension
         from gainx.ops.class_attention import class_attention, class_attention_eager
+        assert extension.load() is not None, "the child process must run the built extension"
         g = torch.Generator().manual_seed(0)
         f, w = torch.randn(3, 8, 7, 5, generator=g), torch.randn(6, 8, generator=g)
         c = torch.tensor([[0, 5], [1, 2], [3, 4]])
@@ -279,7 +281,9 @@ def test_baseline_isa_build_matches_eager():
         """
     )
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    # cwd outside the checkout: the child imports the package this test runs (with gainx._C), not ./gainx
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=tmp_path)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 

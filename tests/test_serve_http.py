@@ -352,7 +352,7 @@ def plain_onnx(tmp: Path) -> Path:
 def test_model_that_fails_to_load_stops_startup(tmp_path, make, needle) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-m", "gainx.serve", str(make(tmp_path)), "--port", "0"],
-                          capture_output=True, text=True, timeout=120, env=env)
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode != 0
     assert "gainx serve: error: cannot load model" in proc.stderr and needle in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr

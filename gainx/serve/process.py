@@ -18,6 +18,10 @@ REPO = Path(gainx.__file__).resolve().parents[1]
 class ServerProcess:
     """A server on a free loopback port (``--port 0``); its output goes to ``log``, never to a pipe.
 
+    The child runs the gainx this process imported: ``PYTHONPATH`` points at
+    it and the working directory is the log's folder, so a checkout in the
+    current directory cannot shadow an installed package.
+
     Attributes: ``url``, ``port``, ``proc`` (the :class:`subprocess.Popen`).
     """
 
@@ -27,7 +31,7 @@ class ServerProcess:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gainx.serve", str(model), "--host", "127.0.0.1", "--port", "0", *flags],
-                stdout=out, stderr=subprocess.STDOUT, env=env,
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.log.parent,
             )
         deadline = time.monotonic() + start_timeout
         while (match := _READY.search(self.output())) is None:
