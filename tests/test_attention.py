@@ -168,3 +168,14 @@ def test_closed_form_head_equals_autograd_path(arch):
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
     # resnet18 has a GAP + linear head (closed form); mobilenet_v3's MLP head takes the autograd path
     assert (gainx.attention.head.find_linear_head(model, layer) is not None) == (arch == "resnet18")
+
+
+def test_replaced_head_is_traced_again():
+    model = gainx.models.build_model("resnet18", 6).eval()
+    x = torch.randn(2, 3, 64, 48)
+    gainx.attention_maps(model, x, "layer4", topk=2)  # caches the head found by tracing
+    model.fc = torch.nn.Linear(model.fc.in_features, 4)  # fine-tuning swaps the head
+    scores, fast = gainx.attention_maps(model, x, "layer4", topk=2)
+    _, slow = gainx.attention_maps(model, x, "layer4", topk=2, analytic_head=False)
+    assert scores.shape == (2, 4)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)

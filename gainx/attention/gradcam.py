@@ -76,16 +76,23 @@ def select_classes(scores: Tensor, classes: Tensor | list | None, topk: int) -> 
     return classes.long()
 
 
-_HEADS: "WeakKeyDictionary[nn.Module, dict[tuple[int, bool], nn.Linear | None]]" = WeakKeyDictionary()
+_HEADS: "WeakKeyDictionary[nn.Module, dict[tuple[int, bool], tuple[tuple[int, ...], nn.Linear | None]]]" = (
+    WeakKeyDictionary()
+)
 
 
 def _linear_head(model: nn.Module, layer: nn.Module) -> nn.Linear | None:
-    """:func:`find_linear_head`, cached per model, layer and train/eval mode (it traces the model)."""
+    """:func:`find_linear_head`, cached per model, layer and train/eval mode (it traces the model).
+
+    A hit also needs the same submodules as when it was traced: replacing one
+    (``model.fc = nn.Linear(...)`` when fine-tuning, another pooling) traces again.
+    """
     cache = _HEADS.setdefault(model, {})
     key = (id(layer), model.training)
-    if key not in cache:
-        cache[key] = find_linear_head(model, layer)
-    return cache[key]
+    modules = tuple(id(m) for m in model.modules())
+    if key not in cache or cache[key][0] != modules:
+        cache[key] = (modules, find_linear_head(model, layer))
+    return cache[key][1]
 
 
 def attention_maps(
