@@ -67,9 +67,9 @@ def class_evidence(scores: Tensor, features: Tensor, rows: Tensor, create_graph:
     index = rows.repeat_interleave(num_classes)
     classes = torch.arange(num_classes, device=rows.device).repeat(rows.numel())
     grads = class_gradients(scores, features, index, classes, create_graph=create_graph)
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    evidence = (weights * features.index_select(0, index)).sum(dim=1)
-    return evidence.reshape(rows.numel(), num_classes, *evidence.shape[-2:])
+    weights = grads.mean(dim=(2, 3)).view(rows.numel(), num_classes, -1)  # (G, C, channels)
+    # contracted per image: no copy of the features per class
+    return torch.einsum("gkc,gchw->gkhw", weights, features.index_select(0, rows))
 
 
 def _gt_peak(values: Tensor, labels: Tensor) -> Tensor:
