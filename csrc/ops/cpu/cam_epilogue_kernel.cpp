@@ -172,11 +172,8 @@ void cam_epilogue_cpu_impl(const at::Tensor& scores, at::Tensor& out, double eps
         }
       }
       opmath_t lo = std::numeric_limits<opmath_t>::infinity(), hi = -lo;
-      for (const int64_t y : ay.run_ends) {
-        opmath_t rlo = lo, rhi = hi;
-        lerp_minmax(rows.data() + ay.i0[y] * W, rows.data() + ay.i1[y] * W, ay.l0[y], ay.l1[y], W, rlo, rhi);
-        lo = nan_min(lo, rlo);
-        hi = nan_max(hi, rhi);
+      for (const int64_t y : ay.run_ends) {  // lerp_minmax folds each run's rows into lo / hi
+        lerp_minmax(rows.data() + ay.i0[y] * W, rows.data() + ay.i1[y] * W, ay.l0[y], ay.l1[y], W, lo, hi);
       }
       const opmath_t denom = hi - lo + static_cast<opmath_t>(eps);
       for (opmath_t& v : rows) {
