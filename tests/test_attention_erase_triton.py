@@ -159,6 +159,19 @@ def test_positive_constant_map_is_finite(device: str) -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_nearly_constant_map_is_flat_like_eager(dtype: torch.dtype, device: str) -> None:
+    """A map whose range is rounding noise (<= FLAT of its max) gives cam = 0 and zero map gradients, as eager."""
+    def near_constant(f: torch.Tensor, g: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return 3.7 + 1e-7 * f, torch.ones_like(g), i
+
+    _compare(SHAPES["odd_7x5_to_33x29"], dtype, device, near_constant)
+    features, grads, images, index = _inputs(SHAPES["odd_7x5_to_33x29"], dtype, device)
+    out = ops.attention_erase_triton(*near_constant(features, grads, images), index)
+    assert torch.equal(out.cam, torch.zeros_like(out.cam))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("wrt", [0, 1, 2], ids=["features", "grads", "images"])
 def test_gradient_of_one_input_only(wrt: int, device: str) -> None:
     """One input requires grad (e.g. detached grads = first-order GAIN); only ``erased`` is used."""

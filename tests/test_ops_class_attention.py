@@ -142,6 +142,20 @@ def test_constant_map_gives_zeros(path, h, w):
     assert torch.equal(out, torch.zeros_like(out))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nearly_constant_map_gives_zeros_like_eager(path, dtype):
+    """A map whose range is rounding noise (<= FLAT of its max) is zeros, not noise stretched to [0, 1]."""
+    g = torch.Generator().manual_seed(0)
+    features = (3.7 + 1e-7 * torch.randn(2, 3, 7, 5, generator=g, dtype=torch.float64)).to(dtype)
+    weight = torch.tensor([[1.1, 2.3, 0.7], [0.5, 0.2, 0.9]], dtype=dtype)
+    classes = torch.tensor([[0, 1], [1, 0]])
+    want = class_attention_eager(features, weight, classes, (37, 45))
+    assert torch.equal(want, torch.zeros_like(want))  # the reference's flat-map rule applies
+    assert torch.equal(class_attention(features, weight, classes, (37, 45)), want)
+    grads = features[:, :1].expand_as(features).contiguous()
+    assert torch.equal(gradcam(features, grads, (37, 45)), gradcam_eager(features, grads, (37, 45)))
+
+
 def test_empty_batch_and_no_classes(path):
     features, weight, classes = _inputs(SHAPES[0], torch.float32)
     assert class_attention(features[:0], weight, classes[:0], (8, 9)).shape == (0, 4, 8, 9)

@@ -5,7 +5,9 @@
 // paper eq. 1) followed by the epilogue of eq. 2 plus normalization:
 //   A = ReLU(S) at feature resolution,
 //   U = bilinear_upsample(A, out_size)   (align_corners = false),
-//   Y = (U - min U) / (max U - min U + eps)   per map.
+//   Y = (U - min U) / (max U - min U + eps)   per map,
+// and Y = 0 for a map whose range is at most kFlat times its maximum (constant
+// up to the interpolation's rounding noise), as the eager reference does.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -14,6 +16,14 @@
 
 namespace gainx {
 namespace ops {
+
+// gainx.attention.erase.FLAT: a map with max U - min U <= kFlat * |max U| becomes zeros.
+constexpr double kFlat = 1e-5;
+
+template <typename T>
+C10_HOST_DEVICE inline bool is_flat(T lo, T hi) {
+  return hi - lo <= static_cast<T>(kFlat) * (hi < T(0) ? -hi : hi);  // false for NaN, as in eager
+}
 
 // (N, h, w) pre-ReLU scores -> (N, H, W) normalized maps.
 at::Tensor cam_epilogue_cpu(const at::Tensor& scores, int64_t H, int64_t W, double eps);

@@ -7,7 +7,8 @@ gradients ``G`` (``(P, C, h, w)``) and images ``I`` (``(B, K, H, W)``, K = 3),
 * ``w_c = (1 / hw) sum_s G_cs``                                     (eq. 1)
 * ``A = ReLU(sum_c w_c F_c)``                                       (eq. 2)
 * ``lo, hi = min, max of up(A)`` (bilinear, align_corners=False, to H x W)
-* ``cam = (A - lo) / (hi - lo + eps)``; ``N = up(cam)``
+* ``cam = (A - lo) / (hi - lo + eps)``, or 0 for a flat map
+  (``hi - lo <= FLAT |hi|``, the reference's rule); ``N = up(cam)``
 * ``T = sigmoid(omega (N - sigma))``                                (eq. 4)
 * ``I* = I[index] - T * I[index]``, computed as ``I[index] (1 - T)``  (eq. 3)
 
@@ -54,7 +55,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 from triton.runtime.interpreter import InterpretedFunction
 
-from gainx.attention.erase import EPS, ErasedPairs
+from gainx.attention.erase import EPS, FLAT, ErasedPairs
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MAX_MAP_SIDE = 64  # larger h, w: (HP, WP) tiles spill and exceed shared memory (ptxas, sm_90)
@@ -64,6 +65,7 @@ _BLOCK_H = 16  # output rows per tile (>= 16: tl.dot operand size)
 _MAX_BLOCK_W = 32
 _MAX_BLOCK_ELEMS = 4096  # BLOCK_C * BLOCK_S in the channel kernels
 _CHANNEL_WARPS = 8  # num_warps of the channel kernels
+_FLAT = tl.constexpr(FLAT)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -123,13 +125,25 @@ def _low_res_offsets(h, w, HP: tl.constexpr, WP: tl.constexpr):
 
 
 @triton.jit
+def _is_flat(lo, hi):
+    """A map whose upsampled range is at most FLAT of its maximum (rounding noise) normalizes to zeros."""
+    return hi - lo <= tl.abs(hi) * _FLAT
+
+
+@triton.jit
+def _normalize(raw, lo, hi, eps):
+    """``(raw - lo) / (hi - lo + eps)``, or zeros for a flat map."""
+    return tl.where(_is_flat(lo, hi), 0.0, (raw - lo) / (hi - lo + eps))
+
+
+@triton.jit
 def _load_cam(s_ptr, stats_ptr, p, h, w, eps, HP: tl.constexpr, WP: tl.constexpr):
-    """``cam = (ReLU(S) - lo) / (hi - lo + eps)`` of pair ``p`` as a zero-padded ``(HP, WP)`` tile."""
+    """``cam`` (:func:`_normalize` of ``ReLU(S)``) of pair ``p`` as a zero-padded ``(HP, WP)`` tile."""
     off, inside = _low_res_offsets(h, w, HP, WP)
     raw = tl.maximum(tl.load(s_ptr + p * h * w + off, mask=inside, other=0.0), 0.0)
     lo = tl.load(stats_ptr + 2 * p)
     hi = tl.load(stats_ptr + 2 * p + 1)
-    return tl.where(inside, (raw - lo) / (hi - lo + eps), 0.0)
+    return tl.where(inside, _normalize(raw, lo, hi, eps), 0.0)
 
 
 @triton.jit
@@ -177,7 +191,7 @@ def _map_stats_kernel(part_ptr, s_ptr, stats_ptr, cam_ptr, n_blocks, h, w, H, W,
     hi = tl.max(tl.max(hi_t, axis=1), axis=0)
     tl.store(stats_ptr + 2 * p, lo)
     tl.store(stats_ptr + 2 * p + 1, hi)
-    cam = (raw - lo) / (hi - lo + eps)
+    cam = _normalize(raw, lo, hi, eps)
     tl.store(cam_ptr + p * hw + off, cam.to(cam_ptr.dtype.element_ty), mask=inside)
 
 
@@ -249,7 +263,7 @@ def _map_backward_kernel(s_ptr, stats_ptr, gcam_ptr, part_ptr, ds_ptr, n_tiles, 
 
     With ``d = hi - lo + eps``: ``dcam/dA = 1/d``, ``dcam/dlo = (cam - 1)/d``,
     ``dcam/dhi = -cam/d``; ``dlo/dA = R^T 1[up(A) = lo] / #ties`` (same for hi);
-    ``dA/dS = 1[S > 0]``.
+    ``dA/dS = 1[S > 0]``. A flat map's ``cam`` is constant zero: ``dL/dS = 0``.
     """
     p = tl.program_id(0).to(tl.int64)
     off, inside = _low_res_offsets(h, w, HP, WP)
@@ -285,6 +299,7 @@ def _map_backward_kernel(s_ptr, stats_ptr, gcam_ptr, part_ptr, ds_ptr, n_tiles, 
     d_lo = d_lo / tl.sum(tl.sum(n_lo, axis=1), axis=0)
     d_hi = d_hi / tl.sum(tl.sum(n_hi, axis=1), axis=0)
     draw = gc / d + d_lo * tie_lo + d_hi * tie_hi
+    draw = tl.where(_is_flat(lo, hi), 0.0, draw)
     tl.store(ds_ptr + p * h * w + off, tl.where(s > 0.0, draw, 0.0), mask=inside)
 
 

@@ -1,6 +1,7 @@
 // CPU kernels of gainx::class_attention and gainx::gradcam: the product runs
 // through ATen (bmm, see cam_common.h); this file holds the fused epilogue
 //   Y = (U - min U) / (max U - min U + eps),  U = bilinear_up(ReLU(S))
+// (zeros for a flat map, see cam_common.h),
 // parallelized over maps with at::parallel_for and vectorized with at::vec.
 //
 // Bilinear upsampling (align_corners = false) is separable: each map is first
@@ -175,11 +176,15 @@ void cam_epilogue_cpu_impl(const at::Tensor& scores, at::Tensor& out, double eps
       for (const int64_t y : ay.run_ends) {  // lerp_minmax folds each run's rows into lo / hi
         lerp_minmax(rows.data() + ay.i0[y] * W, rows.data() + ay.i1[y] * W, ay.l0[y], ay.l1[y], W, lo, hi);
       }
+      scalar_t* o = dst + n * H * W;
+      if (is_flat(lo, hi)) {
+        std::fill(o, o + H * W, scalar_t(0));
+        continue;
+      }
       const opmath_t denom = hi - lo + static_cast<opmath_t>(eps);
       for (opmath_t& v : rows) {
         v = (v - lo) / denom;
       }
-      scalar_t* o = dst + n * H * W;
       for (int64_t y = 0; y < H; ++y) {
         const opmath_t* r0 = rows.data() + ay.i0[y] * W;
         const opmath_t* r1 = rows.data() + ay.i1[y] * W;
