@@ -12,10 +12,11 @@ of H x W per image (default: 32, 512, 7 x 7 -> 224 x 224, K = 5 and 20):
                  forward + backward per class batch (K of them), so its time is
                  the whole map production for the same classes.
 
-Every member is checked to produce the same maps before it is timed.
-Environment overrides for quick runs: GAINX_BENCH_BATCH, GAINX_BENCH_CHANNELS,
-GAINX_BENCH_FEAT, GAINX_BENCH_OUT, GAINX_BENCH_CLASSES ("5,20"),
-GAINX_BENCH_DEVICE (cpu), GAINX_BENCH_GRADCAM_ROUNDS (1).
+Every member is checked to produce the same maps before it is timed. Runs on
+CUDA when available (``bench_device``). ``GAINX_BENCH_QUICK=1`` shrinks to
+B 4, C 64 (7 x 7 -> 224 x 224). Environment overrides: GAINX_BENCH_BATCH,
+GAINX_BENCH_CHANNELS, GAINX_BENCH_FEAT, GAINX_BENCH_OUT, GAINX_BENCH_CLASSES
+("5,20"), GAINX_BENCH_DEVICE (e.g. cpu on a GPU machine), GAINX_BENCH_GRADCAM_ROUNDS (1).
 """
 from __future__ import annotations
 
@@ -24,23 +25,19 @@ import os
 import pytest
 import torch
 
+from bench.conftest import QUICK, bench_device, peak_memory_mb, sync
 from gainx.ops import extension
 from gainx.ops.class_attention import class_attention_eager
 
-B = int(os.environ.get("GAINX_BENCH_BATCH", 32))
-C = int(os.environ.get("GAINX_BENCH_CHANNELS", 512))
+B = int(os.environ.get("GAINX_BENCH_BATCH", 4 if QUICK else 32))
+C = int(os.environ.get("GAINX_BENCH_CHANNELS", 64 if QUICK else 512))
 FEAT = int(os.environ.get("GAINX_BENCH_FEAT", 7))
-OUT = int(os.environ.get("GAINX_BENCH_OUT", 224))
+OUT = int(os.environ.get("GAINX_BENCH_OUT", 224))  # grad_cam maps come at the image size, FEAT x 32
 KS = [int(k) for k in os.environ.get("GAINX_BENCH_CLASSES", "5,20").split(",")]
-DEVICE = torch.device(os.environ.get("GAINX_BENCH_DEVICE", "cpu"))
+DEVICE = torch.device(os.environ["GAINX_BENCH_DEVICE"]) if "GAINX_BENCH_DEVICE" in os.environ else bench_device()
 GRADCAM_ROUNDS = int(os.environ.get("GAINX_BENCH_GRADCAM_ROUNDS", 1))
 NUM_CLASSES = 20
 TARGET = "CPU: >= 3x eager and >= 20x pytorch-grad-cam; GPU: >= 5x eager and >= 100x pytorch-grad-cam"
-
-
-def _sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _inputs(k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,20 +62,17 @@ def _bandwidth(benchmark, k: int) -> None:
     out_bytes = B * k * OUT * OUT * 4
     best = benchmark.stats.stats.min
     benchmark.extra_info["bandwidth_gbs"] = out_bytes / best / 1e9
-    if DEVICE.type == "cuda":
-        benchmark.extra_info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
 
 
 def _run(benchmark, fn, k: int) -> torch.Tensor:
     def call() -> torch.Tensor:
         out = fn()
-        _sync()
+        sync(DEVICE)
         return out
 
-    if DEVICE.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     out = benchmark.pedantic(call, rounds=10, warmup_rounds=2, iterations=1)
     _bandwidth(benchmark, k)
+    benchmark.extra_info["peak_mem_mb"] = peak_memory_mb(fn, DEVICE)
     return out
 
 

@@ -3,7 +3,7 @@
     python -m bench.run [--quick] [-k EXPR] [--out bench/results]
 
 Results go to ``bench/results/<device>/`` (``results.json``: pytest-benchmark's
-raw JSON; ``results.md``: one table per group with each member's mean time
+raw JSON; ``results.md``: one table per group with each member's median time
 relative to the group's baseline member, measured side by side in this run).
 Ratios use the median time, which one slow round (first-touch page faults,
 allocator growth) does not move; mean and standard deviation are shown too.
