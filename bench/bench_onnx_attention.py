@@ -22,14 +22,12 @@ import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 from torch import nn
 
-from bench.conftest import QUICK
-from gainx.export import export_onnx
-from gainx.models import build_model, default_target_layer
+from bench.conftest import QUICK, seeded_resnet18
+from gainx.data.records import IMAGENET_MEAN, IMAGENET_STD
 from gainx.runtime import AttentionSession
 
 SIZE, BATCH = (int(v) for v in os.environ.get("GAINX_BENCH_ONNX", "64,2" if QUICK else "224,8").split(","))
-ARCH, NUM_CLASSES, ROUNDS = "resnet18", 1000, 10
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+ARCH, ROUNDS = "resnet18", 10
 TARGETS = {1: "attention top-1 <= 1.2x the plain classifier", 5: "attention top-5 <= 1.5x the plain classifier"}
 
 
@@ -39,27 +37,21 @@ class _Normalized(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model((images - self.mean) / self.std)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("bench_onnx")
-    model = build_model(ARCH, NUM_CLASSES).eval()
-    plain = folder / "plain.onnx"
+def models(tmp_path_factory: pytest.TempPathFactory, attention_onnx) -> dict[str, Path]:
+    model = seeded_resnet18()  # the weights attention_onnx exports
+    plain = tmp_path_factory.mktemp("bench_onnx") / "plain.onnx"
     torch.onnx.export(_Normalized(model).eval(), (torch.rand(BATCH, 3, SIZE, SIZE),), str(plain), dynamo=True,
                       input_names=["images"], output_names=["scores"],
                       dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
-    paths = {"plain": plain}
-    for k in TARGETS:
-        paths[f"top{k}"] = export_onnx(model, folder / f"top{k}.onnx", target_layer=default_target_layer(ARCH),
-                                       topk=k, image_size=(SIZE, SIZE), mean=MEAN, std=STD, verify=False)
-    return paths
+    return {"plain": plain, **{f"top{k}": attention_onnx(SIZE, k) for k in TARGETS}}
 
 
 def _images() -> np.ndarray:

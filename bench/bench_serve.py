@@ -9,18 +9,19 @@ the top-1 class and its PNG heatmap. Every round sends ``REQUESTS`` images, so
 time / baseline is the inverse of relative throughput. Target: at 32 clients
 the server reaches >= 0.8x the bare loop's throughput (time ratio <= 1.25).
 
-The speed of a shared 2-core machine drifts by 10 % over a minute, more than
-the margins measured here, so each server round is also paired with a bare
+The speed of a shared 2-core machine drifts from one minute to the next (the
+bare loop alone ranged 123-130 images/s across runs), by more than the
+margins measured here, so each server round is also paired with a bare
 round run just before it (as pytest-benchmark's untimed ``setup``):
 ``throughput_vs_bare`` is the median over rounds of bare seconds / server
 seconds. The table's "time / baseline" column compares the separate baseline
 member instead, a minute earlier.
 
 The load generator shares the machine with the server, so it must be cheap:
-it is aiohttp (C-accelerated HTTP/1.1, keep-alive, about 0.2 ms of CPU per
-request here), not httpx (pure Python, 1.3-2.5 ms per request, which on 2
-cores takes a tenth of the CPU away from the server it is measuring). Every
-response's status, and that it carries a heatmap, is checked.
+it is aiohttp (C-accelerated HTTP/1.1 parsing, keep-alive connections), not
+httpx, whose pure-Python client cost several times more CPU per request and
+took that CPU from the server it was measuring. Every response's status, and
+that it carries a heatmap, is checked.
 
 Extra info: ``images_per_s`` (from the median round), ``p50_ms`` / ``p99_ms``
 (per request for the server, per batch for the baseline), ``mean_batch``
@@ -39,18 +40,14 @@ import io
 import os
 import re
 import time
-
 import urllib.request
 
 import aiohttp
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from bench.conftest import QUICK
-from gainx.export import export_onnx
-from gainx.models import build_model, default_target_layer
 from gainx.runtime import AttentionSession
 from gainx.serve.process import ServerProcess
 
@@ -60,11 +57,8 @@ TARGET = "server throughput at 32 clients >= 0.8x the bare batched ONNX Runtime 
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("bench_serve") / f"{ARCH}.onnx"
-    return export_onnx(build_model(ARCH, 1000), out, target_layer=default_target_layer(ARCH), topk=1,
-                       image_size=(SIZE, SIZE), mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], verify=False)
+def model(attention_onnx):
+    return attention_onnx(SIZE, 1)
 
 
 @pytest.fixture(scope="module")
