@@ -6,7 +6,6 @@ answers are compared with gainx.runtime.AttentionSession on the same image.
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import os
 import re
@@ -28,7 +27,7 @@ from gainx.models import build_model
 from gainx.runtime import AttentionSession
 from gainx.serve.process import REPO, ServerProcess as Server
 from gainx.viz import heatmap
-from test_serve_images import png_with_header  # tests/ is on sys.path under pytest
+from image_helpers import image_bytes, png_pixels, png_with_header  # tests/ is on sys.path under pytest
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 BODY_LIMIT = 300_000
@@ -65,20 +64,9 @@ def client(server: Server):
         yield c
 
 
-def image_bytes(seed: int, size=(40, 28), fmt="PNG") -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt)
-    return buf.getvalue()
-
-
 def reference(session: AttentionSession, data: bytes, class_ids=None):
     x = session.preprocess(Image.open(io.BytesIO(data)))[None]
     return session.run(x, None if class_ids is None else np.array([class_ids], np.int64))
-
-
-def png_pixels(text: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text)), formats=("PNG",)).convert("RGB"))
 
 
 def assert_matches(result: dict, ref, k: int, session: AttentionSession) -> None:

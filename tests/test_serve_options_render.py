@@ -1,14 +1,11 @@
 """Query options, rendering of maps, and the Prometheus exposition (gainx.serve)."""
 from __future__ import annotations
 
-import base64
-import io
 import re
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from gainx.attention.erase import upsample
 from gainx.serve.errors import ApiError
@@ -16,6 +13,7 @@ from gainx.serve.metrics import Metrics
 from gainx.serve.options import ModelLimits, parse_options
 from gainx.serve.render import heatmap_png, overlay_png, resize_maps
 from gainx.viz import heatmap, overlay
+from image_helpers import png_pixels  # tests/ is on sys.path under pytest
 
 LIMITS = ModelLimits(classes=["cat", "dog", "7", "bird"], topk=3, default_topk=2, image_size=(32, 48),
                      max_raw_pixels=10_000, max_classes=3)
@@ -88,11 +86,6 @@ def test_resize_maps_matches_upsample(src: tuple[int, int], dst: tuple[int, int]
     got = resize_maps(maps, dst)
     assert got.shape == (3, *dst) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
-
-
-def png_pixels(text: str) -> np.ndarray:
-    image = Image.open(io.BytesIO(base64.b64decode(text)), formats=("PNG",))
-    return np.asarray(image.convert("RGB"))
 
 
 def test_heatmap_png_is_the_viz_heatmap() -> None:
