@@ -15,7 +15,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from gainx.io import atomic_open, atomic_write_text
 
@@ -44,13 +44,14 @@ def _tensor_block(specs: list[tuple[str, str, list[int]]], labels_for: str | Non
     return ",\n".join(entries)
 
 
-def triton_config(onnx_path: str | Path, model_name: str, max_batch_size: int = 32,
+def triton_config(model: str | Path | Any, model_name: str, max_batch_size: int = 32,
                   preferred_batch_sizes: Sequence[int] = (4, 8, 16), max_queue_delay_us: int = 2000,
                   instance_count: int = 1) -> str:
-    """The ``config.pbtxt`` text for the exported model at ``onnx_path``."""
-    import onnx
+    """The ``config.pbtxt`` text for an exported model: its path, or the loaded ``onnx.ModelProto``."""
+    if isinstance(model, (str, Path)):
+        import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+        model = onnx.load(str(model), load_external_data=False)
     graph = model.graph
     skip = {init.name for init in graph.initializer}
     if max_batch_size < 1 or any(not 1 <= b <= max_batch_size for b in preferred_batch_sizes):
@@ -80,10 +81,11 @@ def write_triton_repo(onnx_path: str | Path, repo: str | Path, model_name: str =
     onnx_path = Path(onnx_path)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_name):
         raise ValueError(f"model name {model_name!r} must use letters, digits, '_', '.', '-' only")
-    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    model = onnx.load(str(onnx_path), load_external_data=False)  # parsed once, for the metadata and the config
+    props = {p.key: p.value for p in model.metadata_props}
     if "gainx.classes" not in props:
         raise ValueError(f"{onnx_path} has no gainx.classes metadata; export it with gainx.export.export_onnx")
-    config = triton_config(onnx_path, model_name, max_batch_size, preferred_batch_sizes, max_queue_delay_us,
+    config = triton_config(model, model_name, max_batch_size, preferred_batch_sizes, max_queue_delay_us,
                            instance_count)
     folder = Path(repo) / model_name
     atomic_write_text(folder / "labels.txt", "".join(f"{name}\n" for name in json.loads(props["gainx.classes"])))
