@@ -17,8 +17,8 @@ from typing import Any
 
 from gainx.experiments.evidence import evidence_split
 from gainx.experiments.figures import attention_figure, budget_figure
-from gainx.experiments.runner import RESULT, base_data, run_matrix
-from gainx.experiments.specs import BENCHMARKS, FULL, QUICK, Benchmark, Profile, RunSpec, bias_matrix
+from gainx.experiments.runner import base_data, data_dir, finished_checkpoints, run_dir, run_matrix
+from gainx.experiments.specs import BENCHMARKS, FULL, QUICK, Benchmark, Profile, bias_matrix
 from gainx.experiments.tables import aggregate, markdown
 from gainx.io import atomic_write_text
 from gainx.losses.guidance import GUIDANCES
@@ -79,19 +79,16 @@ def run_bias(
     seed = seeds[0]
     figure_keys = ["baseline", "gain", f"gainext-masks-{guidance_budget:g}"]
     figure_keys += [f"gainext-masks-{guidance_budget:g}-{g}" for g in guidances if g != "paper"]
-    runs = out / "runs" / benchmark
-    checkpoints = {k: runs / f"{k}-seed{seed}" / "last.pt" for k in figure_keys if (runs / f"{k}-seed{seed}" / RESULT).exists()}
-    attention_figure(checkpoints, out / "data" / f"{benchmark}-seed{seed}", bench.main_split, out / f"{benchmark}_attention.png")
+    attention_figure(finished_checkpoints(out, benchmark, figure_keys, seed), data_dir(out, benchmark, seed),
+                     bench.main_split, out / f"{benchmark}_attention.png")
     print(table)
     return report
 
 
 def _evidence(result: dict[str, Any], bench: Benchmark, out: Path, profile: Profile) -> dict[str, Any]:
     """The run's :func:`evidence_split` on the bias-conflicting split (cached in its run folder)."""
-    spec = RunSpec(result["method"], result["seed"], result["annotation"], result["budget"], result["guidance"],
-                   bool(result.get("unbiased", False)))
-    path = out / "runs" / bench.name / spec.name / EVIDENCE
+    path = run_dir(out, bench.name, result["key"], result["seed"]) / EVIDENCE
     if not path.exists():
-        data = base_data(bench, out, spec.seed, profile, spec.unbiased)
+        data = base_data(bench, out, result["seed"], profile, bool(result.get("unbiased", False)))
         atomic_write_text(path, json.dumps(evidence_split(path.parent / "last.pt", data, bench.main_split), indent=2))
     return json.loads(path.read_text(encoding="utf-8"))

@@ -18,7 +18,7 @@ from typing import Any
 from gainx.experiments.cues import evaluate_cues, write_cues
 from gainx.experiments.evidence import blank_map_fraction
 from gainx.experiments.figures import attention_figure
-from gainx.experiments.runner import RESULT, run_matrix
+from gainx.experiments.runner import data_dir, finished_checkpoints, run_dir, run_matrix
 from gainx.experiments.specs import BENCHMARKS, FULL, QUICK, Profile, localization_matrix
 from gainx.experiments.tables import aggregate, markdown
 from gainx.io import atomic_write_text
@@ -48,7 +48,7 @@ def run_localization(
     out = Path(out)
     results = run_matrix(localization_matrix(list(seeds), list(budgets)), bench, out, profile, threads, extra=cue_scores)
     for r in results:
-        r["blank_maps"] = _blank(out / "runs" / "shapes" / f"{r['key']}-seed{r['seed']}", out / "data" / f"shapes-seed{r['seed']}")
+        r["blank_maps"] = _blank(run_dir(out, "shapes", r["key"], r["seed"]), data_dir(out, "shapes", r["seed"]))
     metrics = {"blank_maps": ("", "blank_maps"), "mAP": (SPLIT, "mAP"), "miou": (SPLIT, "miou"), "pointing_game": (SPLIT, "pointing_game"),
                "cue_map_miou": ("cues", "miou")}
     rows = aggregate(results, metrics)
@@ -60,10 +60,8 @@ def run_localization(
     atomic_write_text(out / "results.json", json.dumps(report, indent=2))
     atomic_write_text(out / "results.md", f"{bench.description}; mean ± std over seeds {list(seeds)}\n\n{table}\n")
     seed = seeds[0]
-    runs = out / "runs" / "shapes"
-    keys = [r["key"] for r in rows]
-    checkpoints = {k: runs / f"{k}-seed{seed}" / "last.pt" for k in keys if (runs / f"{k}-seed{seed}" / RESULT).exists()}
-    attention_figure(checkpoints, out / "data" / f"shapes-seed{seed}", SPLIT, out / "shapes_attention.png")
+    attention_figure(finished_checkpoints(out, "shapes", [r["key"] for r in rows], seed), data_dir(out, "shapes", seed),
+                     SPLIT, out / "shapes_attention.png")
     print(table)
     return report
 

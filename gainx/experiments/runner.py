@@ -26,12 +26,28 @@ RESULT = "result.json"
 ARCH = "small_cnn"
 
 
+def data_dir(root: Path, bench_name: str, seed: int, unbiased: bool = False) -> Path:
+    """``root/data/<bench>-seed<seed>[-unbiased]``: where :func:`base_data` writes a benchmark."""
+    return root / "data" / (f"{bench_name}-seed{seed}" + ("-unbiased" if unbiased else ""))
+
+
+def run_dir(root: Path, bench_name: str, key: str, seed: int) -> Path:
+    """``root/runs/<bench>/<key>-seed<seed>`` (:attr:`RunSpec.name`): one run's checkpoints and results."""
+    return root / "runs" / bench_name / f"{key}-seed{seed}"
+
+
+def finished_checkpoints(root: Path, bench_name: str, keys: list[str], seed: int) -> dict[str, Path]:
+    """``key -> last.pt`` of the runs among ``keys`` at ``seed`` that have finished (hold their result)."""
+    runs = {key: run_dir(root, bench_name, key, seed) for key in keys}
+    return {key: run / "last.pt" for key, run in runs.items() if (run / RESULT).exists()}
+
+
 def base_data(bench: Benchmark, root: Path, seed: int, profile: Profile, unbiased: bool = False) -> Path:
     """The fully annotated benchmark of ``seed`` (written once, reused afterwards);
     ``unbiased``: its variant without the bias (``Benchmark.unbiased``)."""
     if unbiased and bench.unbiased is None:
         raise ValueError(f"benchmark {bench.name!r} has no unbiased variant")
-    out = root / "data" / (f"{bench.name}-seed{seed}" + ("-unbiased" if unbiased else ""))
+    out = data_dir(root, bench.name, seed, unbiased)
     if not (out / "manifest.csv").exists():
         bench.write(out, image_size=profile.image_size, seed=seed, mask_fraction=1.0,
                     train_size=profile.train_size, test_size=profile.test_size, **(bench.unbiased if unbiased else {}))
@@ -93,7 +109,7 @@ def run_matrix(
     for i, spec in enumerate(specs, 1):
         base = base_data(bench, root, spec.seed, profile, spec.unbiased)
         t0 = time.perf_counter()
-        result = run_one(spec, bench, base, root / "runs" / bench.name / spec.name, profile, extra)
+        result = run_one(spec, bench, base, run_dir(root, bench.name, spec.key, spec.seed), profile, extra)
         main = result[bench.main_split]
         score = main.get("accuracy", main.get("mAP"))
         print(f"[{i}/{len(specs)}] {bench.name} {spec.name}: {bench.main_split} {score:.3f} "
