@@ -95,13 +95,19 @@ def server(model, tmp_path_factory):
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def bare_inputs(model, jpegs) -> tuple[AttentionSession, np.ndarray]:
+    """The baseline's session and its REQUESTS preprocessed images (built once for every member)."""
+    session = AttentionSession(model)
+    images = np.stack([session.preprocess(Image.open(io.BytesIO(jpegs[i % len(jpegs)]))) for i in range(REQUESTS)])
+    return session, images
+
+
 class BareLoop:
     """The baseline: ``AttentionSession.run`` over REQUESTS preprocessed images, MAX_BATCH at a time."""
 
-    def __init__(self, model, jpegs: list[bytes]) -> None:
-        self.session = AttentionSession(model)
-        self.images = np.stack([self.session.preprocess(Image.open(io.BytesIO(jpegs[i % len(jpegs)])))
-                                for i in range(REQUESTS)])
+    def __init__(self, inputs: tuple[AttentionSession, np.ndarray]) -> None:
+        self.session, self.images = inputs
         self.rounds: list[list[float]] = []  # per-batch seconds of every round
 
     def __call__(self) -> None:
@@ -122,8 +128,8 @@ def _percentiles(samples: list[list[float]]) -> dict[str, float]:
 
 
 @pytest.mark.benchmark(group="serve_resnet18")
-def test_bare_batched_ort_loop(benchmark, model, jpegs):
-    bare = BareLoop(model, jpegs)
+def test_bare_batched_ort_loop(benchmark, bare_inputs):
+    bare = BareLoop(bare_inputs)
     benchmark.pedantic(bare, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(baseline=True, arch=ARCH, image_size=SIZE, requests=REQUESTS, batch=MAX_BATCH,
                                 images_per_s=REQUESTS / benchmark.stats.stats.median, **_percentiles(bare.rounds),
@@ -157,9 +163,9 @@ async def _send_all(url: str, jpegs: list[bytes], clients: int) -> list[float]:
 
 @pytest.mark.benchmark(group="serve_resnet18")
 @pytest.mark.parametrize("clients", [1, 8, 32])
-def test_server_concurrent_clients(benchmark, server, model, jpegs, clients):
+def test_server_concurrent_clients(benchmark, server, bare_inputs, jpegs, clients):
     rounds: list[list[float]] = []
-    bare = BareLoop(model, jpegs)  # one bare round right before each server round (untimed setup)
+    bare = BareLoop(bare_inputs)  # one bare round right before each server round (untimed setup)
     before = _batch_totals(server.url)
     benchmark.pedantic(lambda: rounds.append(asyncio.run(_send_all(server.url, jpegs, clients))), setup=bare,
                        rounds=ROUNDS, iterations=1, warmup_rounds=1)
