@@ -26,7 +26,7 @@ import pytest
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from bench.conftest import QUICK, bench_device, peak_memory_mb, sync
+from bench.common import QUICK, bench_device, peak_memory_mb, sync
 from gainx.attention.erase import attention_erase_eager
 
 DEVICE = bench_device()

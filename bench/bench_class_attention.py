@@ -25,7 +25,7 @@ import os
 import pytest
 import torch
 
-from bench.conftest import QUICK, bench_device, peak_memory_mb, sync
+from bench.common import QUICK, bench_device, peak_memory_mb, sync
 from gainx.ops import extension
 from gainx.ops.class_attention import class_attention_eager
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from bench.conftest import QUICK, bench_device, peak_memory_mb, sync
+from bench.common import QUICK, bench_device, peak_memory_mb, sync
 from gainx.losses import GAIN
 
 BATCH, SIZE, CLASSES = (4, 112, 20) if QUICK else (16, 224, 20)

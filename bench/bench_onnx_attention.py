@@ -22,7 +22,7 @@ import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 from torch import nn
 
-from bench.conftest import QUICK, seeded_resnet18
+from bench.common import QUICK, seeded_resnet18
 from gainx.data.records import IMAGENET_MEAN, IMAGENET_STD
 from gainx.runtime import AttentionSession
 

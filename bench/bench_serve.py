@@ -47,9 +47,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.conftest import QUICK
+from bench.common import QUICK
 from gainx.runtime import AttentionSession
-from gainx.serve.process import ServerProcess
+from gainx.serve.testing import ServerProcess
 
 SIZE, REQUESTS = (int(v) for v in os.environ.get("GAINX_BENCH_SERVE", "64,32" if QUICK else "224,96").split(","))
 MAX_BATCH, ROUNDS, ARCH = 8, 5, "resnet18"

@@ -1,25 +1,15 @@
-"""Shared benchmark helpers: device choice, quick mode, CUDA peak memory, the exported resnet18."""
+"""Benchmark fixtures (helpers shared by the benchmark modules live in :mod:`bench.common`)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
 import pytest
-import torch
-from torch import nn
 
+from bench.common import seeded_resnet18
 from gainx.data.records import IMAGENET_MEAN, IMAGENET_STD
 from gainx.export import export_onnx
-from gainx.models import build_model, default_target_layer
-
-QUICK = os.environ.get("GAINX_BENCH_QUICK", "0") == "1"
-
-
-def seeded_resnet18() -> nn.Module:
-    """The benchmarks' resnet18: 1000 classes, random weights from seed 0, eval mode."""
-    torch.manual_seed(0)
-    return build_model("resnet18", 1000).eval()
+from gainx.models import default_target_layer
 
 
 @pytest.fixture(scope="session")
@@ -37,29 +27,3 @@ def attention_onnx(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, i
         return made[size, topk]
 
     return get
-
-
-def bench_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak extra memory (MiB) allocated during one call of ``fn``.
-
-    Measured with the CUDA caching allocator's peak counter; torch exposes no
-    such counter for CPU tensors, so on CPU this returns NaN (reported as
-    "n/a"), never a made-up number.
-    """
-    if device.type != "cuda":
-        return float("nan")
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    start = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - start) / 2**20

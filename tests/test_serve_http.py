@@ -25,7 +25,7 @@ from PIL import Image
 from gainx.export import export_onnx
 from gainx.models import build_model
 from gainx.runtime import AttentionSession
-from gainx.serve.process import REPO, ServerProcess as Server
+from gainx.serve.testing import REPO, ServerProcess as Server
 from gainx.viz import heatmap
 from image_helpers import image_bytes, png_pixels, png_with_header  # tests/ is on sys.path under pytest
 

@@ -1,4 +1,9 @@
-"""Run ``python -m gainx.serve`` as a child process and wait until it serves (tests, benchmarks)."""
+"""Run ``python -m gainx.serve`` as a child process and wait until it serves.
+
+For integration tests and benchmarks of a deployment (gainx's own tests and
+``bench/`` use it): ``with ServerProcess("model.onnx", "server.log") as server:
+...`` gives a server on a free loopback port, stopped on exit.
+"""
 from __future__ import annotations
 
 import os
@@ -55,3 +60,9 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait()
             raise
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
