@@ -27,7 +27,7 @@ import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.common import QUICK, bench_device, peak_memory_mb, sync
-from gainx.attention.erase import attention_erase_eager
+from gainx.ops import attention_erase_eager
 
 DEVICE = bench_device()
 CUDA = DEVICE.type == "cuda"
@@ -58,7 +58,7 @@ def _impl(name: str) -> Callable:
         return attention_erase_eager
     if name == "compile":
         return _compiled()
-    from gainx.ops.attention_erase import attention_erase_triton
+    from gainx.ops.attention_erase_triton import attention_erase_triton
 
     return attention_erase_triton
 

@@ -7,8 +7,8 @@ import torch
 import torchvision
 
 import gainx
-from gainx.attention.erase import normalize_cam, upsample
-from gainx.attention.gradcam import pairs_by_rank
+from gainx.ops import normalize_cam, upsample
+from gainx.attention.maps import pairs_by_rank
 
 
 def bilinear_np(m: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Without a CUDA device the kernels run in Triton's interpreter: ``TRITON_INTERPRET``
 is read when ``@triton.jit`` decorates a kernel, i.e. when
-``gainx.ops.attention_erase`` is first imported in the process, so this module sets
+``gainx.ops.attention_erase_triton`` is first imported in the process, so this module sets
 it before that import. If some earlier module imported the kernels without it,
 the module fails at collection with instructions (run this file in its own
 process, or the whole CPU suite with ``TRITON_INTERPRET=1``).
@@ -21,12 +21,11 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from gainx.attention.erase import EPS, ErasedPairs, attention_erase_eager  # noqa: E402
-from gainx.backends import attention_erase  # noqa: E402
-from gainx.ops import attention_erase as ops  # noqa: E402
+from gainx.ops import EPS, ErasedPairs, attention_erase, attention_erase_eager  # noqa: E402
+from gainx.ops import attention_erase_triton as ops  # noqa: E402
 
 if not CUDA and not ops._INTERPRETED:
-    pytest.fail("gainx.ops.attention_erase was imported before TRITON_INTERPRET=1 was set and there is no CUDA "
+    pytest.fail("gainx.ops.attention_erase_triton was imported before TRITON_INTERPRET=1 was set and there is no CUDA "
                 "device: run `TRITON_INTERPRET=1 pytest tests/test_attention_erase_triton.py`", pytrace=False)
 
 DEVICES = ["cpu"] if not CUDA else [pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -226,7 +225,7 @@ def test_large_maps_are_refused(device: str) -> None:
 
 @pytest.mark.skipif(CUDA, reason="checks the CPU error without the interpreter")
 def test_cpu_without_interpreter_says_what_to_do(tmp_path) -> None:
-    code = ("import torch; from gainx.ops.attention_erase import attention_erase_triton as f; "
+    code = ("import torch; from gainx.ops.attention_erase_triton import attention_erase_triton as f; "
             "x = torch.zeros(1, 2, 3, 3); f(x, x, torch.zeros(1, 3, 8, 8), torch.zeros(1, dtype=torch.int64))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
@@ -263,7 +262,7 @@ def test_gain_loss_triton_equals_eager(device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_am_loss_through_backends_on_small_cnn(device: str) -> None:
-    """L_am-like loss through ``gainx.backends.attention_erase``: features and second-order
+    """L_am-like loss through ``gainx.ops.attention_erase``: features and second-order
     grads from autograd on a real model, the erased image's class score back through the model."""
     from gainx.models import SmallCNN
 

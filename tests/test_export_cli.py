@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gainx.attention.gradcam import attention_maps
+from gainx.attention import attention_maps
 from gainx.export.cli import register
 from gainx.models import build_model
 from gainx.runtime import AttentionSession

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gainx.attention.gradcam import attention_maps
+from gainx.attention import attention_maps
 from gainx.attention.head import find_linear_head
 from gainx.export import ExportVerificationError, export_onnx
 from gainx.export import onnx_export

@@ -9,7 +9,8 @@ from torch import nn
 
 from gainx.attention.capture import capture_output
 from gainx.losses import GAIN
-from gainx.losses.guidance import GUIDANCES, all_classes_loss, background, class_evidence, rrr_loss, signed_loss
+from gainx.attention import class_evidence
+from gainx.losses.guidance import GUIDANCES, all_classes_loss, background, rrr_loss, signed_loss
 from gainx.models import SmallCNN
 
 # one image, two classes, a 1x2 "image": class 0 on the right pixel, class 1 absent

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from gainx.attention.erase import attention_erase_eager, soft_mask
+from gainx.ops import attention_erase_eager, soft_mask
 from gainx.losses import GAIN, attention_mining_loss, classification_loss, guidance_loss
 from gainx.losses.bn import frozen_bn_stats
 from gainx.losses.terms import am_class_score, per_image_mean

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gainx.attention.erase import EPS
+from gainx.ops import EPS
 from gainx.attention.head import find_linear_head
 from gainx.models import build_model, default_target_layer
 from gainx.ops import extension

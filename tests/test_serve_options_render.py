@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gainx.attention.erase import upsample
+from gainx.ops import upsample
 from gainx.serve.errors import ApiError
 from gainx.serve.metrics import Metrics
 from gainx.serve.options import ModelLimits, parse_options

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gainx.attention.gradcam import attention_maps
+from gainx.attention import attention_maps
 from gainx.evaluation.metrics import LocalizationMeter, mean_average_precision
 
 

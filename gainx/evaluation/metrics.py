@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-IGNORE = 255
+from gainx.data.records import IGNORE
+
 CUE_THRESHOLD = 0.2
 
 

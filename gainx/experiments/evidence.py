@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from gainx.attention import attention_maps
+from gainx.attention import attention_maps, class_evidence
 from gainx.attention.capture import capture_output, resolve_layer
-from gainx.attention.erase import upsample
+from gainx.ops import upsample
 from gainx.data import load_dataset
-from gainx.losses.guidance import background, class_evidence
+from gainx.losses.guidance import background
 from gainx.training import load_model
 
 FIELDS = ("gt_object", "gt_background", "other_object", "other_background")

@@ -11,7 +11,7 @@
   - otherwise the head's vector-Jacobian product with one-hot cotangents,
     traced with ``make_fx`` into ordinary ATen ops (no backward in ONNX needed);
 * ``A_c = ReLU(sum_k w_ck F_k)`` (eq. 2), min-max normalized by the range of its
-  bilinear upsampling to the image and upsampled (``gainx.attention.erase``).
+  bilinear upsampling to the image and upsampled (:mod:`gainx.ops.cam`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from gainx.attention.erase import weighted_maps
+from gainx.ops import weighted_maps
 from gainx.attention.head import find_linear_head
 from gainx.export.decomp import export_decompositions
 from gainx.export.split import split_at_layer

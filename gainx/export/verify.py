@@ -69,7 +69,7 @@ def verify_onnx(model_bytes: bytes, model: nn.Module, target_layer: str, mean: S
     import onnx
     import onnxruntime as ort
 
-    from gainx.attention.gradcam import attention_maps
+    from gainx.attention import attention_maps
     from gainx.runtime import session_options
 
     try:

@@ -21,13 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gainx.attention.capture import capture_output, resolve_layer
-from gainx.attention.erase import upsample
-from gainx.attention.gradcam import class_gradients
-from gainx.backends import attention_erase
+from gainx.attention import capture_output, class_evidence, class_gradients, resolve_layer
 from gainx.losses.bn import frozen_bn_stats
-from gainx.losses.guidance import all_classes_loss, check_guidance, class_evidence, rrr_loss, signed_loss
+from gainx.losses.guidance import all_classes_loss, check_guidance, rrr_loss, signed_loss
 from gainx.losses.terms import AM_SCORES, attention_mining_loss, classification_loss, guidance_loss
+from gainx.ops import attention_erase, upsample
 
 METHODS = ("baseline", "gain", "gainext")
 
@@ -71,7 +69,7 @@ class GAIN(nn.Module):
             erased images of the attention-mining stream.
         am_score: how s_c(I*) is read off the scores, see
             :func:`gainx.losses.terms.am_class_score`.
-        backend: where attention -> mask -> erase runs (:mod:`gainx.backends`).
+        backend: where attention -> mask -> erase runs (:mod:`gainx.ops.attention_erase`).
         guidance: the S_e loss of ``method="gainext"``: ``"paper"`` (eq. 7),
             ``"all_classes"``, ``"signed"`` or ``"rrr"`` (:mod:`gainx.losses.guidance`).
     """

@@ -38,9 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gainx.attention.erase import EPS, upsample
-from gainx.attention.gradcam import class_gradients
-from gainx.losses.terms import IGNORE
+from gainx.losses.terms import masked_squared_error
+from gainx.ops.cam import EPS, upsample
 
 GUIDANCES = ("paper", "all_classes", "signed", "rrr")
 
@@ -57,21 +56,6 @@ def background(guide: Tensor) -> Tensor:
     return (guide == 0).all(dim=1)
 
 
-def class_evidence(scores: Tensor, features: Tensor, rows: Tensor, create_graph: bool) -> Tensor:
-    """Signed Grad-CAM evidence ``E_c = sum_k GAP(d s_c / d f_k) f_k`` of every class.
-
-    Returns ``(G, C, h, w)`` for the images ``rows`` (sorted, unique), at the
-    target layer's resolution; one backward pass per class.
-    """
-    num_classes = scores.shape[1]
-    index = rows.repeat_interleave(num_classes)
-    classes = torch.arange(num_classes, device=rows.device).repeat(rows.numel())
-    grads = class_gradients(scores, features, index, classes, create_graph=create_graph)
-    weights = grads.mean(dim=(2, 3)).view(rows.numel(), num_classes, -1)  # (G, C, channels)
-    # contracted per image: no copy of the features per class
-    return torch.einsum("gkc,gchw->gkhw", weights, features.index_select(0, rows))
-
-
 def _gt_peak(values: Tensor, labels: Tensor) -> Tensor:
     """``(G, 1, 1, 1)`` maximum of ``values (G, C, H, W)`` over each image's ground-truth classes."""
     peaks = values.flatten(2).amax(dim=2)
@@ -83,17 +67,14 @@ def all_classes_loss(evidence: Tensor, guide: Tensor, labels: Tensor) -> Tensor:
     """Every class's ReLU'd map, scaled by the ground-truth peak, against its guide channel.
 
     Args:
-        evidence: ``(G, C, h, w)`` signed evidence (:func:`class_evidence`).
+        evidence: ``(G, C, h, w)`` signed evidence (:func:`gainx.attention.class_evidence`).
         guide: ``(G, C, H, W)`` uint8 guides of the same images.
         labels: ``(G, C)`` multi-hot ground truth.
     """
     _check(evidence, guide, labels)
     maps = upsample(F.relu(evidence), (guide.shape[-2], guide.shape[-1]))
     maps = maps / (_gt_peak(maps, labels).detach() + EPS)
-    valid = (guide != IGNORE).to(maps.dtype)
-    sq = (maps - guide.to(maps.dtype) * valid).pow(2) * valid
-    per_map = sq.flatten(2).sum(2) / valid.flatten(2).sum(2).clamp_min(1.0)
-    return per_map.mean(dim=1).mean()
+    return masked_squared_error(maps, guide).mean(dim=1).mean()
 
 
 def signed_loss(evidence: Tensor, guide: Tensor, labels: Tensor) -> Tensor:

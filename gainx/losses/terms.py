@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gainx.data.records import IGNORE
+
 AM_SCORES = ("auto", "sigmoid", "softmax", "logit")
-IGNORE = 255
 
 
 def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool) -> Tensor:
@@ -55,6 +56,20 @@ def attention_mining_loss(scores_am: Tensor, index: Tensor, classes: Tensor, num
     return per_image_mean(am_class_score(scores_am, classes, kind, multilabel).float(), index, num_images)
 
 
+def masked_squared_error(maps: Tensor, targets: Tensor) -> Tensor:
+    """``mean_valid (A - H)^2`` per map: ``(..., H, W)`` maps and uint8 guides -> ``(...)``.
+
+    Guides hold 1 (object), 0 (background) or :data:`~gainx.data.records.IGNORE`
+    (no supervision); ignored pixels count neither in the sum nor in the mean
+    (a map with no valid pixel gives 0).
+    """
+    if maps.shape != targets.shape:
+        raise ValueError(f"attention maps {tuple(maps.shape)} and guides {tuple(targets.shape)} differ in shape")
+    valid = (targets != IGNORE).to(maps.dtype)
+    sq = (maps - targets.to(maps.dtype) * valid).pow(2) * valid
+    return sq.flatten(-2).sum(-1) / valid.flatten(-2).sum(-1).clamp_min(1.0)
+
+
 def guidance_loss(maps: Tensor, targets: Tensor, index: Tensor, num_images: int) -> Tensor:
     """L_e = 1/n sum_c mean_pixels (A_c - H_c)^2 (eq. 7) over guided pairs.
 
@@ -62,9 +77,4 @@ def guidance_loss(maps: Tensor, targets: Tensor, index: Tensor, num_images: int)
         maps: ``(P, H, W)`` normalized attention of the guided pairs.
         targets: ``(P, H, W)`` uint8 guides: 1 object, 0 background, 255 ignore.
     """
-    if maps.shape != targets.shape:
-        raise ValueError(f"attention maps {tuple(maps.shape)} and guides {tuple(targets.shape)} differ in shape")
-    valid = (targets != IGNORE).to(maps.dtype)
-    sq = (maps - targets.to(maps.dtype) * valid).pow(2) * valid
-    per_pair = sq.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1.0)
-    return per_image_mean(per_pair.float(), index, num_images)
+    return per_image_mean(masked_squared_error(maps, targets).float(), index, num_images)

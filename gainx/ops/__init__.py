@@ -1,6 +1,40 @@
-"""Kernels behind one seam: fused Triton attention-mining step
-(:mod:`gainx.ops.attention_erase`, used through :mod:`gainx.backends`) and the
-C++/CUDA extension ops for batched attention (:mod:`gainx.ops.class_attention`)."""
+"""The ground floor: Grad-CAM map math and its kernels, behind one seam each.
+
+* :mod:`gainx.ops.cam`: the eager Grad-CAM map math (eq. 1-2, min-max
+  normalization, bilinear upsampling), the reference of every kernel.
+* :mod:`gainx.ops.attention_erase`: the attention-mining step (eq. 1-4), its
+  eager reference and the ``backend=`` dispatch; fused Triton kernels in
+  :mod:`gainx.ops.attention_erase_triton` (imported only when that backend runs).
+* :mod:`gainx.ops.class_attention`: batched maps of many classes (``class_attention``,
+  ``gradcam``) through the C++/CUDA extension ``gainx._C`` (:mod:`gainx.ops.extension`),
+  with eager fallbacks.
+
+Nothing here imports the rest of gainx.
+"""
+from gainx.ops.attention_erase import (
+    ErasedPairs,
+    attention_erase,
+    attention_erase_eager,
+    available_backends,
+    register_backend,
+    soft_mask,
+)
+from gainx.ops.cam import EPS, FLAT, gradcam_raw, normalize_cam, upsample, weighted_maps
 from gainx.ops.class_attention import class_attention, gradcam
 
-__all__ = ["class_attention", "gradcam"]
+__all__ = [
+    "EPS",
+    "FLAT",
+    "ErasedPairs",
+    "attention_erase",
+    "attention_erase_eager",
+    "available_backends",
+    "class_attention",
+    "gradcam",
+    "gradcam_raw",
+    "normalize_cam",
+    "register_backend",
+    "soft_mask",
+    "upsample",
+    "weighted_maps",
+]

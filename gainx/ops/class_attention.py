@@ -1,7 +1,7 @@
 """Batched Grad-CAM maps (paper eq. 1-2) with fused C++/CUDA kernels.
 
 Both ops produce, per map, the normalized attention of
-:mod:`gainx.attention.erase` at the requested resolution ``(H, W)``:
+:mod:`gainx.ops.cam` at the requested resolution ``(H, W)``:
 
 * ``A = ReLU(sum_k w_k F_k)`` at feature resolution (eq. 2), with Grad-CAM
   weights ``w = GAP(G)`` (eq. 1);
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gainx.attention.erase import EPS, gradcam_raw, normalize_cam, upsample, weighted_maps
+from gainx.ops.cam import EPS, gradcam_raw, normalize_cam, upsample, weighted_maps
 from gainx.ops import extension
 
 __all__ = ["class_attention", "class_attention_eager", "gradcam", "gradcam_eager"]

@@ -3,7 +3,7 @@
 Attention values are in [0, 1] (the normalized Grad-CAM map of eq. 1-2, as
 the exported graph returns it). Heatmaps and overlays are those of
 :mod:`gainx.viz` (jet colours, 50 % blend); raw maps are resized with
-:func:`gainx.attention.erase.upsample` (bilinear, ``align_corners=False``),
+:func:`gainx.ops.upsample` (bilinear, ``align_corners=False``),
 the resampling used everywhere else in gainx.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gainx.attention.erase import upsample
+from gainx.ops import upsample
 from gainx.viz import heatmap, overlay
 
 

@@ -1,8 +1,9 @@
 """Grad-CAM attention for any classifier, differentiable (paper eq. 1-2).
 
-``class_gradients`` is the one piece of code behind both the public
-:func:`attention_maps` and the GAIN training objective: it returns, for P
-(image, class) pairs, the target-layer features and d s_c / d features.
+``class_gradients`` is the one piece of code behind the public
+:func:`attention_maps`, the GAIN training objective and the guidance losses:
+it returns, for P (image, class) pairs, d s_c / d features at the target layer.
+:func:`class_evidence` builds the signed (pre-ReLU) evidence of every class on it.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from gainx.attention.capture import capture_output, resolve_layer
 from gainx.attention.head import find_linear_head
-from gainx.ops.class_attention import class_attention, gradcam
+from gainx.ops import class_attention, gradcam
 
 
 def pairs_by_rank(index: Tensor) -> Tensor:
@@ -55,6 +56,21 @@ def class_gradients(scores: Tensor, features: Tensor, index: Tensor, classes: Te
         rows = g.index_select(0, index[sel])
         grads = grads.index_copy(0, sel, rows) if create_graph else grads.index_copy_(0, sel, rows.detach())
     return grads
+
+
+def class_evidence(scores: Tensor, features: Tensor, rows: Tensor, create_graph: bool) -> Tensor:
+    """Signed Grad-CAM evidence ``E_c = sum_k GAP(d s_c / d f_k) f_k`` of every class (eq. 1-2 without the ReLU).
+
+    Returns ``(G, C, h, w)`` for the images ``rows`` (sorted, unique), at the
+    target layer's resolution; one backward pass per class.
+    """
+    num_classes = scores.shape[1]
+    index = rows.repeat_interleave(num_classes)
+    classes = torch.arange(num_classes, device=rows.device).repeat(rows.numel())
+    grads = class_gradients(scores, features, index, classes, create_graph=create_graph)
+    weights = grads.mean(dim=(2, 3)).view(rows.numel(), num_classes, -1)  # (G, C, channels)
+    # contracted per image: no copy of the features per class
+    return torch.einsum("gkc,gchw->gkhw", weights, features.index_select(0, rows))
 
 
 def select_classes(scores: Tensor, classes: Tensor | list | None, topk: int) -> Tensor:

@@ -1,7 +1,9 @@
-"""Eager reference of the attention -> soft mask -> erase step (paper eq. 1-4).
+"""Eager Grad-CAM map math (paper eq. 1-2), the reference every kernel matches.
 
-This is the plain-PyTorch definition every backend must match; it is also the
-CPU path. One row ("pair") per (image, class):
+Plain PyTorch, any device; the Triton kernels (:mod:`gainx.ops.attention_erase_triton`)
+and the C++/CUDA extension (:mod:`gainx.ops.class_attention`) compute the same
+quantities and are tested against these functions. One row ("pair") per
+(image, class):
 
 * weights      ``w_k = GAP(G_k)``                                  (eq. 1)
 * attention    ``A = ReLU(sum_k w_k F_k)`` at feature resolution   (eq. 2)
@@ -9,18 +11,17 @@ CPU path. One row ("pair") per (image, class):
   and min-max normalized per pair with the statistics of the *upsampled* map:
   ``N = (up(A) - min) / (max - min + eps)``; a map whose range is below
   ``FLAT = 1e-5`` of its maximum (constant up to rounding noise of the
-  interpolation) gives zeros, never NaN or amplified noise;
-* soft mask    ``T = sigmoid(omega (N - sigma))``                  (eq. 4)
-* erased image ``I* = I - T * I``                                  (eq. 3)
+  interpolation) gives zeros, never NaN or amplified noise.
+
+The soft mask and erase step built on these maps (eq. 3-4) are in
+:mod:`gainx.ops.attention_erase`.
 
 Because bilinear upsampling is linear and preserves constants, the normalized
 low-resolution map ``cam = (A - min) / (max - min + eps)`` satisfies
-``up(cam) == N`` exactly; backends return ``cam`` (small) and callers upsample
-it only where a full-resolution map is needed (L_e, display).
+``up(cam) == N`` exactly; the attention-mining step returns ``cam`` (small) and
+callers upsample it only where a full-resolution map is needed (L_e, display).
 """
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +29,6 @@ from torch import Tensor
 
 EPS = 1e-7
 FLAT = 1e-5
-
-
-class ErasedPairs(NamedTuple):
-    """What the attention-mining step produces for P (image, class) pairs."""
-
-    cam: Tensor  # (P, h, w) normalized low-resolution attention, up(cam) in [0, 1]
-    erased: Tensor  # (P, 3, H, W) erased images I*
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -75,34 +69,3 @@ def weighted_maps(weights: Tensor, features: Tensor, size: tuple[int, int], eps:
     cam = cam.to(torch.promote_types(cam.dtype, torch.float32))
     n, k, h, w = cam.shape
     return upsample(normalize_cam(cam.reshape(n * k, h, w), size, eps), size).reshape(n, k, *size)
-
-
-def soft_mask(maps: Tensor, sigma: float, omega: float) -> Tensor:
-    """``T(A) = sigmoid(omega (A - sigma))`` (eq. 4)."""
-    return torch.sigmoid(omega * (maps - sigma))
-
-
-def attention_erase_eager(
-    features: Tensor,
-    grads: Tensor,
-    images: Tensor,
-    index: Tensor,
-    sigma: float = 0.5,
-    omega: float = 10.0,
-    eps: float = EPS,
-) -> ErasedPairs:
-    """Reference implementation (see module docstring).
-
-    Args:
-        features: ``(P, C, h, w)`` target-layer activations, one row per pair.
-        grads: ``(P, C, h, w)`` d score_c / d features for that pair's class;
-            carry a graph (``create_graph=True``) for second-order GAIN.
-        images: ``(B, 3, H, W)`` network inputs.
-        index: ``(P,)`` int64, the image of each pair (several classes of one
-            image share it; the image is never copied by the caller).
-    """
-    size = (images.shape[-2], images.shape[-1])
-    cam = normalize_cam(gradcam_raw(features, grads), size, eps)
-    mask = soft_mask(upsample(cam, size), sigma, omega).unsqueeze(1)
-    source = images.index_select(0, index)
-    return ErasedPairs(cam=cam, erased=source - mask.to(source.dtype) * source)
