@@ -6,6 +6,7 @@ is usable (``torch.cuda.is_available()`` and a CUDA toolkit, ``CUDA_HOME``) or
 when ``FORCE_CUDA=1`` (target GPUs from ``TORCH_CUDA_ARCH_LIST``). ``MAX_JOBS``
 sets the number of parallel compile jobs (ninja).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,7 +1,7 @@
 """Attention-mining step (eq. 1-4): eager vs torch.compile(eager) vs fused Triton.
 
 Groups ``attention_erase_{forward,backward,full}``; the eager reference is the
-baseline of each. Shapes default to ResNet-50 (issue 3): B = 32 images x 2
+baseline of each. Shapes default to ResNet-50: B = 32 images x 2
 classes = 64 pairs, C = 2048, 7x7 -> 224x224, fp32; ``GAINX_BENCH_QUICK=1``
 shrinks to 2 x 2 pairs, C = 64, 7x7 -> 64x64. Override with
 ``GAINX_BENCH_ATTN="B,classes,C,h,w,H,W"`` and ``GAINX_BENCH_DTYPE`` (float32,
@@ -16,11 +16,12 @@ must move: every input read once, every output written once),
 ``bandwidth_gbs`` and ``bandwidth_frac_of_peak`` (peak from
 :data:`PEAK_BANDWIDTH` by device name), ``target``.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cache
-from typing import Callable
 
 import pytest
 import torch
@@ -107,9 +108,15 @@ def _peak_bandwidth() -> float | None:
 
 def _record(benchmark: BenchmarkFixture, phase: str, name: str, step: Callable[[], object]) -> None:
     info = benchmark.extra_info
-    info.update(variant=name, phase=phase, shape="B,classes,C,h,w,H,W=" + ",".join(map(str, SHAPE)),
-                dtype=str(DTYPE), device=torch.cuda.get_device_name() if CUDA else "cpu", target=TARGET,
-                bytes_moved_mb=_bytes_moved(phase) / 2**20)
+    info.update(
+        variant=name,
+        phase=phase,
+        shape="B,classes,C,h,w,H,W=" + ",".join(map(str, SHAPE)),
+        dtype=str(DTYPE),
+        device=torch.cuda.get_device_name() if CUDA else "cpu",
+        target=TARGET,
+        bytes_moved_mb=_bytes_moved(phase) / 2**20,
+    )
     if name == "eager":
         info["baseline"] = True
     info["peak_mem_mb"] = peak_memory_mb(step, DEVICE)
@@ -124,8 +131,12 @@ def _record(benchmark: BenchmarkFixture, phase: str, name: str, step: Callable[[
 VARIANTS = [
     "eager",
     "compile",
-    pytest.param("triton", marks=pytest.mark.skipif(not CUDA, reason="Triton kernels are timed on CUDA only; "
-                                                                      "the CPU interpreter is for correctness")),
+    pytest.param(
+        "triton",
+        marks=pytest.mark.skipif(
+            not CUDA, reason="Triton kernels are timed on CUDA only; the CPU interpreter is for correctness"
+        ),
+    ),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Batched Grad-CAM maps for a GAP + linear head (issue 4).
+"""Batched Grad-CAM maps for a GAP + linear head.
 
 Group ``class_attention-k{K}``: B images, C channels, h x w features -> K maps
 of H x W per image (default: 32, 512, 7 x 7 -> 224 x 224, K = 5 and 20):
@@ -18,6 +18,7 @@ B 4, C 64 (7 x 7 -> 224 x 224). Environment overrides: GAINX_BENCH_BATCH,
 GAINX_BENCH_CHANNELS, GAINX_BENCH_FEAT, GAINX_BENCH_OUT, GAINX_BENCH_CLASSES
 ("5,20"), GAINX_BENCH_DEVICE (e.g. cpu on a GPU machine), GAINX_BENCH_GRADCAM_ROUNDS (1).
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,12 @@ def _inputs(k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def _record(benchmark, k: int, baseline: bool = False) -> None:
     benchmark.extra_info.update(
-        {"target": TARGET, "maps": B * k, "shape": f"B={B} C={C} {FEAT}x{FEAT}->{OUT}x{OUT} K={k}",
-         "device": str(DEVICE)}
+        {
+            "target": TARGET,
+            "maps": B * k,
+            "shape": f"B={B} C={C} {FEAT}x{FEAT}->{OUT}x{OUT} K={k}",
+            "device": str(DEVICE),
+        }
     )
     if baseline:
         benchmark.extra_info["baseline"] = True

@@ -1,10 +1,11 @@
-"""A GAIN training step against a plain classification step (issue: <= 2.5x).
+"""A GAIN training step against a plain classification step (target: <= 2.5x).
 
 resnet18, batch 16, 224x224, one ground-truth class per image, SGD. The plain
 step is forward + cross-entropy + backward + update; the GAIN step adds the
 Grad-CAM gradient pass, the erase step and the attention-mining forward
 (eq. 1-6). ``GAINX_BENCH_QUICK=1`` shrinks to batch 4 at 112x112.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -40,8 +41,9 @@ def _setup(method: str | None, second_order: bool = False):
 
 
 def _run(benchmark, step, device, **info) -> None:
-    benchmark.extra_info.update(batch=BATCH, image_size=SIZE, device=str(device),
-                                peak_mem_mb=peak_memory_mb(step, device), **info)
+    benchmark.extra_info.update(
+        batch=BATCH, image_size=SIZE, device=str(device), peak_mem_mb=peak_memory_mb(step, device), **info
+    )
     benchmark.pedantic(step, rounds=3 if device.type == "cpu" else 20, warmup_rounds=1)
 
 

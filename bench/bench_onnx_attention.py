@@ -1,4 +1,4 @@
-"""ONNX Runtime CPU latency: attention graph vs the same classifier exported without attention (issue 5).
+"""ONNX Runtime CPU latency: attention graph vs the same classifier exported without attention.
 
 resnet18 (random weights, 1000 classes) at 224x224, batch 8, CPU provider.
 The baseline is the plain classifier (normalization inside, logits out)
@@ -11,6 +11,7 @@ returning the top-1 and the top-5 maps. Targets: <= 1.2x (top-1),
 
 Extra info: ``ms_per_image``, ``onnx_mb`` (file size), ``threads`` (ORT intra-op), ``target``.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,9 +49,15 @@ class _Normalized(nn.Module):
 def models(tmp_path_factory: pytest.TempPathFactory, attention_onnx) -> dict[str, Path]:
     model = seeded_resnet18()  # the weights attention_onnx exports
     plain = tmp_path_factory.mktemp("bench_onnx") / "plain.onnx"
-    torch.onnx.export(_Normalized(model).eval(), (torch.rand(BATCH, 3, SIZE, SIZE),), str(plain), dynamo=True,
-                      input_names=["images"], output_names=["scores"],
-                      dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
+    torch.onnx.export(
+        _Normalized(model).eval(),
+        (torch.rand(BATCH, 3, SIZE, SIZE),),
+        str(plain),
+        dynamo=True,
+        input_names=["images"],
+        output_names=["scores"],
+        dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+    )
     return {"plain": plain, **{f"top{k}": attention_onnx(SIZE, k) for k in TARGETS}}
 
 
@@ -61,9 +68,17 @@ def _images() -> np.ndarray:
 def _info(benchmark: BenchmarkFixture, path: Path, target: str) -> None:
     import onnxruntime as ort
 
-    benchmark.extra_info.update({"arch": ARCH, "image_size": SIZE, "batch": BATCH, "provider": "CPUExecutionProvider",
-                                 "threads": ort.SessionOptions().intra_op_num_threads or os.cpu_count(),
-                                 "onnx_mb": round(path.stat().st_size / 2**20, 1), "target": target})
+    benchmark.extra_info.update(
+        {
+            "arch": ARCH,
+            "image_size": SIZE,
+            "batch": BATCH,
+            "provider": "CPUExecutionProvider",
+            "threads": ort.SessionOptions().intra_op_num_threads or os.cpu_count(),
+            "onnx_mb": round(path.stat().st_size / 2**20, 1),
+            "target": target,
+        }
+    )
 
 
 @pytest.mark.benchmark(group="onnx_attention_resnet18")

@@ -1,4 +1,4 @@
-"""`gainx serve` throughput and latency against a bare batched ONNX Runtime loop (issue 6).
+"""`gainx serve` throughput and latency against a bare batched ONNX Runtime loop.
 
 resnet18 (random weights, 1000 classes, top-1 attention map) exported at
 224x224. The baseline runs ``AttentionSession.run`` on preprocessed batches of
@@ -32,6 +32,7 @@ Extra info: ``images_per_s`` (from the median round), ``p50_ms`` / ``p99_ms``
 
     GAINX_BENCH_SERVE=64,32 python -m pytest bench/bench_serve.py --benchmark-only -q
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -89,8 +90,16 @@ def frozen_heap():
 
 @pytest.fixture(scope="module")
 def server(model, tmp_path_factory):
-    srv = ServerProcess(model, tmp_path_factory.mktemp("bench_serve_log") / "server.log",
-                        "--workers", "1", "--max-batch", str(MAX_BATCH), "--max-wait-ms", "5")
+    srv = ServerProcess(
+        model,
+        tmp_path_factory.mktemp("bench_serve_log") / "server.log",
+        "--workers",
+        "1",
+        "--max-batch",
+        str(MAX_BATCH),
+        "--max-wait-ms",
+        "5",
+    )
     yield srv
     srv.stop()
 
@@ -131,9 +140,16 @@ def _percentiles(samples: list[list[float]]) -> dict[str, float]:
 def test_bare_batched_ort_loop(benchmark, bare_inputs):
     bare = BareLoop(bare_inputs)
     benchmark.pedantic(bare, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    benchmark.extra_info.update(baseline=True, arch=ARCH, image_size=SIZE, requests=REQUESTS, batch=MAX_BATCH,
-                                images_per_s=REQUESTS / benchmark.stats.stats.median, **_percentiles(bare.rounds),
-                                target=TARGET)
+    benchmark.extra_info.update(
+        baseline=True,
+        arch=ARCH,
+        image_size=SIZE,
+        requests=REQUESTS,
+        batch=MAX_BATCH,
+        images_per_s=REQUESTS / benchmark.stats.stats.median,
+        **_percentiles(bare.rounds),
+        target=TARGET,
+    )
 
 
 def _batch_totals(url: str) -> tuple[float, float]:
@@ -146,12 +162,14 @@ async def _send_all(url: str, jpegs: list[bytes], clients: int) -> list[float]:
     todo, latencies = list(range(REQUESTS)), []
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=clients), timeout=timeout) as client:
+
         async def worker() -> None:
             while todo:
                 i = todo.pop()
                 t0 = time.perf_counter()
-                async with client.post("/v1/predict", data=jpegs[i % len(jpegs)],
-                                       headers={"content-type": "image/jpeg"}) as r:
+                async with client.post(
+                    "/v1/predict", data=jpegs[i % len(jpegs)], headers={"content-type": "image/jpeg"}
+                ) as r:
                     body = await r.read()
                 latencies.append(time.perf_counter() - t0)
                 if r.status != 200 or b'"heatmap_png"' not in body:  # the full answer, heatmap included
@@ -167,14 +185,25 @@ def test_server_concurrent_clients(benchmark, server, bare_inputs, jpegs, client
     rounds: list[list[float]] = []
     bare = BareLoop(bare_inputs)  # one bare round right before each server round (untimed setup)
     before = _batch_totals(server.url)
-    benchmark.pedantic(lambda: rounds.append(asyncio.run(_send_all(server.url, jpegs, clients))), setup=bare,
-                       rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        lambda: rounds.append(asyncio.run(_send_all(server.url, jpegs, clients))),
+        setup=bare,
+        rounds=ROUNDS,
+        iterations=1,
+        warmup_rounds=1,
+    )
     after = _batch_totals(server.url)
     server_s = benchmark.stats.stats.data  # the measured rounds; the warm-up pair is dropped below
     paired = [b / s for b, s in zip(bare.round_seconds()[1:], server_s, strict=True)]
     benchmark.extra_info.update(
-        arch=ARCH, image_size=SIZE, requests=REQUESTS, clients=clients, max_batch=MAX_BATCH,
+        arch=ARCH,
+        image_size=SIZE,
+        requests=REQUESTS,
+        clients=clients,
+        max_batch=MAX_BATCH,
         images_per_s=REQUESTS / benchmark.stats.stats.median,
-        mean_batch=(after[0] - before[0]) / max(after[1] - before[1], 1), **_percentiles(rounds),
-        throughput_vs_bare=float(np.median(paired)), target=TARGET,
+        mean_batch=(after[0] - before[0]) / max(after[1] - before[1], 1),
+        **_percentiles(rounds),
+        throughput_vs_bare=float(np.median(paired)),
+        target=TARGET,
     )

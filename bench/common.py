@@ -1,8 +1,9 @@
 """Shared benchmark helpers: device choice, quick mode, CUDA peak memory, the benchmarks' resnet18."""
+
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -1,8 +1,9 @@
 """Benchmark fixtures (helpers shared by the benchmark modules live in :mod:`bench.common`)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -21,9 +22,16 @@ def attention_onnx(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, i
     def get(size: int, topk: int) -> Path:
         if (size, topk) not in made:
             out = tmp_path_factory.mktemp("attention_onnx") / f"resnet18-{size}-top{topk}.onnx"
-            made[size, topk] = export_onnx(seeded_resnet18(), out, target_layer=default_target_layer("resnet18"),
-                                           topk=topk, image_size=(size, size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                                           verify=False)
+            made[size, topk] = export_onnx(
+                seeded_resnet18(),
+                out,
+                target_layer=default_target_layer("resnet18"),
+                topk=topk,
+                image_size=(size, size),
+                mean=IMAGENET_MEAN,
+                std=IMAGENET_STD,
+                verify=False,
+            )
         return made[size, topk]
 
     return get

@@ -8,6 +8,7 @@ relative to the group's baseline member, measured side by side in this run).
 Ratios use the median time, which one slow round (first-touch page faults,
 allocator growth) does not move; mean and standard deviation are shown too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,22 +56,31 @@ def markdown(data: dict) -> str:
     for b in data["benchmarks"]:
         groups.setdefault(b["group"] or b["name"], []).append(b)
     info = data.get("machine_info", {})
-    lines = [f"# gainx benchmarks on {data['device']}", "",
-             f"python {info.get('python_version', '?')}, {info.get('cpu', {}).get('brand_raw', '')}; "
-             f"`python -m bench.run{' --quick' if data['quick'] else ''}`", ""]
+    lines = [
+        f"# gainx benchmarks on {data['device']}",
+        "",
+        f"python {info.get('python_version', '?')}, {info.get('cpu', {}).get('brand_raw', '')}; "
+        f"`python -m bench.run{' --quick' if data['quick'] else ''}`",
+        "",
+    ]
     for group, members in groups.items():
         base = next((m for m in members if m["extra_info"].get("baseline")), None)
-        lines += [f"## {group}", "",
-                  "| benchmark | median (ms) | mean (ms) | stddev (ms) | rounds | time / baseline | speedup | details |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {group}",
+            "",
+            "| benchmark | median (ms) | mean (ms) | stddev (ms) | rounds | time / baseline | speedup | details |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for m in members:
             st = m["stats"]
             extra = {k: v for k, v in m["extra_info"].items() if k != "baseline"}
             ratio = st["median"] / base["stats"]["median"] if base else float("nan")
             details = ", ".join(f"{k}={_fmt(v)}" for k, v in extra.items())
             name = m["name"] + (" (baseline)" if m is base else "")
-            lines.append(f"| {name} | {st['median'] * 1e3:.3f} | {st['mean'] * 1e3:.3f} | {st['stddev'] * 1e3:.3f} | {st['rounds']} "
-                         f"| {_fmt(ratio)} | {_fmt(1 / ratio if ratio == ratio else ratio)} | {details} |")
+            lines.append(
+                f"| {name} | {st['median'] * 1e3:.3f} | {st['mean'] * 1e3:.3f} | {st['stddev'] * 1e3:.3f} "
+                f"| {st['rounds']} | {_fmt(ratio)} | {_fmt(1 / ratio if ratio == ratio else ratio)} | {details} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -84,16 +94,31 @@ def main(argv: list[str] | None = None) -> int:
     from gainx.ops import extension
 
     if extension.load() is None:
-        print("note: gainx._C is not importable from this checkout, so the extension benchmarks will be skipped; "
-              "build it in place first: python setup.py build_ext --inplace", file=sys.stderr)
+        print(
+            "note: gainx._C is not importable from this checkout, so the extension benchmarks will be skipped; "
+            "build it in place first: python setup.py build_ext --inplace",
+            file=sys.stderr,
+        )
     env = dict(os.environ)
     if args.quick:
         env["GAINX_BENCH_QUICK"] = "1"
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.json"
-        cmd = [sys.executable, "-m", "pytest", str(ROOT / "bench"), "-o", "python_files=bench_*.py", "-p", "no:cacheprovider",
-               "--benchmark-only", "--benchmark-warmup=on", "--benchmark-warmup-iterations=1",
-               f"--benchmark-json={raw}", "-q"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(ROOT / "bench"),
+            "-o",
+            "python_files=bench_*.py",
+            "-p",
+            "no:cacheprovider",
+            "--benchmark-only",
+            "--benchmark-warmup=on",
+            "--benchmark-warmup-iterations=1",
+            f"--benchmark-json={raw}",
+            "-q",
+        ]
         if args.select:
             cmd += ["-k", args.select]
         code = subprocess.call(cmd, cwd=ROOT, env=env)

@@ -7,6 +7,7 @@ Quick use::
     objective = gainx.GAIN(model, "layer4", method="gainext")
     out = objective(images, labels, guide, has_guide); out.loss.backward()
 """
+
 from gainx.attention import attention_maps
 from gainx.losses import GAIN, GAINOutput
 

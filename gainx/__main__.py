@@ -1,4 +1,5 @@
 """``python -m gainx`` (also what ``torchrun -m gainx train ...`` runs)."""
+
 import sys
 
 from gainx.cli import main

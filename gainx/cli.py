@@ -1,11 +1,12 @@
 """The ``gainx`` command line: data, train, eval, attention, demo, export, serve."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import MISSING, fields
-from typing import Sequence
 
 from gainx.training.config import TrainConfig
 
@@ -39,7 +40,9 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
         if f.default is MISSING:
             parser.add_argument(flag, dest=f.name, required=True, help=help_text)
         elif isinstance(f.default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+            )
         else:
             kind = {"int | None": int, "float": float, "int": int}.get(str(f.type), str)
             parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text)
@@ -64,13 +67,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("give --checkpoint (evaluate a model) or --cues (score a cue folder)")
     from gainx.data import load_dataset
     from gainx.evaluation import evaluate
-    from gainx.training import load_model
+    from gainx.models import load_model
 
     model, meta = load_model(args.checkpoint)
     dataset = load_dataset(args.data, args.split, image_size=tuple(meta["image_size"]))
     if list(dataset.classes) != list(meta["classes"]):
         raise ValueError(f"{args.data}: classes {dataset.classes} differ from the checkpoint's {meta['classes']}")
-    report = evaluate(model, dataset, meta["target_layer"], batch_size=args.batch_size, localization=not args.no_localization)
+    report = evaluate(
+        model, dataset, meta["target_layer"], batch_size=args.batch_size, localization=not args.no_localization
+    )
     report["split"] = args.split
     print(json.dumps(report, indent=2))
     return 0
@@ -115,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="accuracy / mAP and attention localization, as JSON")
     ev.add_argument("--checkpoint", default=None, help="evaluate this model")
-    ev.add_argument("--cues", default=None, help="score a cue folder written by 'gainx cues' by mIoU against the split's masks")
+    ev.add_argument(
+        "--cues", default=None, help="score a cue folder written by 'gainx cues' by mIoU against the split's masks"
+    )
     ev.add_argument("--data", required=True)
     ev.add_argument("--split", default="test")
     ev.add_argument("--batch-size", type=int, default=64)

@@ -1,6 +1,6 @@
 """``gainx demo``: the decoy benchmark, baseline vs GAIN vs GAINext, end to end.
 
-1. writes the decoy-digits benchmark (:mod:`gainx.data.decoy`): a colour swatch
+1. writes the decoy-digits benchmark (:mod:`gainx.data.synthetic.decoy`): a colour swatch
    that predicts the label in training and is random in ``test_random``;
 2. trains the small built-in CNN three times: baseline (L_cl), GAIN (eq. 6)
    and GAINext (eq. 8, pixel masks on a few training images);
@@ -8,6 +8,7 @@
    the attention cue mIoU / pointing game against the digit masks, and saves
    ``results.json``, ``results.md`` and ``attention.png`` (maps side by side).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from gainx.data import load_dataset
-from gainx.data.decoy import write_decoy
+from gainx.data.synthetic import write_decoy
 from gainx.evaluation import evaluate
-from gainx.experiments.figures import attention_figure
+from gainx.explain import attention_figure
 from gainx.io import atomic_write_text
 from gainx.losses import METHODS
-from gainx.training import TrainConfig, load_model
+from gainx.models import load_model
+from gainx.training import TrainConfig
 from gainx.training.trainer import train
 
 SPLITS = ("test_consistent", "test_random")
@@ -41,7 +43,9 @@ FULL = DemoProfile(image_size=32, train_size=2400, test_size=500, epochs=6, mask
 QUICK = DemoProfile(image_size=32, train_size=1000, test_size=300, epochs=3, mask_fraction=0.05)
 
 
-def run_demo(out: str | Path = "gainx_demo", quick: bool = False, seed: int = 0, profile: DemoProfile | None = None) -> dict[str, Any]:
+def run_demo(
+    out: str | Path = "gainx_demo", quick: bool = False, seed: int = 0, profile: DemoProfile | None = None
+) -> dict[str, Any]:
     """Run the whole comparison; returns the results table as a dict.
 
     ``profile`` overrides the sizes of ``quick`` / full runs (tests use a tiny one).
@@ -49,16 +53,34 @@ def run_demo(out: str | Path = "gainx_demo", quick: bool = False, seed: int = 0,
     profile = profile or (QUICK if quick else FULL)
     out = Path(out)
     start = time.perf_counter()
-    data = write_decoy(out / "data", image_size=profile.image_size, seed=seed, mask_fraction=profile.mask_fraction,
-                       train_size=profile.train_size, test_size=profile.test_size)
-    print(f"decoy benchmark written to {data} ({profile.train_size} train images, "
-          f"{profile.mask_fraction:.0%} with masks)")
+    data = write_decoy(
+        out / "data",
+        image_size=profile.image_size,
+        seed=seed,
+        mask_fraction=profile.mask_fraction,
+        train_size=profile.train_size,
+        test_size=profile.test_size,
+    )
+    print(
+        f"decoy benchmark written to {data} ({profile.train_size} train images, {profile.mask_fraction:.0%} with masks)"
+    )
     results: dict[str, Any] = {"profile": profile.__dict__, "seed": seed, "methods": {}}
     checkpoints = {}
     for method in METHODS:
-        cfg = TrainConfig(data=str(data), out=str(out / method), arch="small_cnn", method=method,
-                          epochs=profile.epochs, batch_size=64, optimizer="adamw", lr=3e-3, weight_decay=1e-4,
-                          augment=False, seed=seed, am_warmup=min(1, profile.epochs - 1))
+        cfg = TrainConfig(
+            data=str(data),
+            out=str(out / method),
+            arch="small_cnn",
+            method=method,
+            epochs=profile.epochs,
+            batch_size=64,
+            optimizer="adamw",
+            lr=3e-3,
+            weight_decay=1e-4,
+            augment=False,
+            seed=seed,
+            am_warmup=min(1, profile.epochs - 1),
+        )
         t0 = time.perf_counter()
         checkpoints[method] = train(cfg)
         row: dict[str, Any] = {"train_seconds": round(time.perf_counter() - t0, 1)}
@@ -86,6 +108,8 @@ def results_table(results: dict[str, Any]) -> str:
     ]
     for method, row in results["methods"].items():
         rnd = row["test_random"]
-        lines.append(f"| {method} | {row['test_consistent']['accuracy']:.3f} | {rnd['accuracy']:.3f} "
-                     f"| {rnd['miou']:.3f} | {rnd['pointing_game']:.3f} |")
+        lines.append(
+            f"| {method} | {row['test_consistent']['accuracy']:.3f} | {rnd['accuracy']:.3f} "
+            f"| {rnd['miou']:.3f} | {rnd['pointing_game']:.3f} |"
+        )
     return "\n".join(lines)

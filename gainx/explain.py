@@ -1,17 +1,20 @@
-"""``gainx attention``: heatmap overlays of a trained checkpoint's attention for image files."""
+"""Attention of trained checkpoints as pictures: overlays for image files (``gainx attention``) and
+side-by-side figures of several checkpoints on a data set split."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from gainx.attention import attention_maps
+from gainx.data import load_dataset
 from gainx.data.decode import read_image
 from gainx.data.transforms import normalize, resize_rgb
-from gainx.training import load_model
-from gainx.viz import overlay, save_png
+from gainx.models import load_model
+from gainx.viz import attention_grid, denormalize, overlay, save_png
 
 
 def _safe(name: str) -> str:
@@ -51,3 +54,23 @@ def explain_files(
             save_png(overlay(rgb, maps[0, k]), target)
             written.append(target)
     return written
+
+
+def attention_figure(
+    checkpoints: dict[str, Path], data: Path, split: str, path: Path, count: int = 6, row_prefix: str = ""
+) -> None:
+    """Maps of each image's ground-truth classes (first one) for each run, on the first ``count`` images
+    of ``split``; one column per checkpoint, titled by its key; rows are titled ``row_prefix`` + the class name."""
+    dataset = load_dataset(data, split)
+    batch = [dataset[i] for i in range(min(count, len(dataset)))]
+    images = torch.stack([b["image"] for b in batch])
+    labels = torch.stack([b["labels"] for b in batch]).argmax(1)
+    rgb = [denormalize(img, dataset.mean, dataset.std) for img in images]
+    rows = [[im] for im in rgb]
+    for ckpt in checkpoints.values():
+        model, meta = load_model(ckpt)
+        _, maps = attention_maps(model, images, meta["target_layer"], classes=labels.unsqueeze(1))
+        for r, im in enumerate(rgb):
+            rows[r].append(overlay(im, maps[r, 0]))
+    titles = [f"{row_prefix}{dataset.classes[int(c)]}" for c in labels]
+    attention_grid(rows, titles, ["image", *checkpoints], path)

@@ -1,11 +1,13 @@
 """Atomic file writes: a temporary file in the same folder, fsync, then rename."""
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 
 @contextmanager

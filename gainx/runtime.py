@@ -1,4 +1,4 @@
-"""Run an exported gainx attention model (see export/README.md) with ONNX Runtime.
+"""Run an exported gainx attention model (see docs/export.md) with ONNX Runtime.
 
 The graph takes ``images`` float32 ``(N, 3, H, W)`` RGB in ``[0, 1]`` (the
 mean/std normalization is inside the graph) and optionally ``class_ids`` int64
@@ -11,11 +11,13 @@ the image and min-max normalized.
 :class:`AttentionSession` validates inputs (rank, channel count, dtype, NaN,
 class ids) before they reach ONNX Runtime, so errors name the problem.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -64,7 +66,7 @@ def read_metadata(meta_map: dict[str, str], path: Path) -> dict[str, Any]:
     for key, value in meta_map.items():
         if key.startswith(META_PREFIX):
             try:
-                out[key[len(META_PREFIX):]] = json.loads(value)
+                out[key[len(META_PREFIX) :]] = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: metadata {key!r} is not JSON: {value!r}") from exc
     missing = [k for k in ("classes", "image_size", "topk", "mean", "std") if k not in out]
@@ -93,7 +95,11 @@ class AttentionSession:
     """
 
     def __init__(
-        self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None, spinning: bool = True
+        self,
+        path: str | Path,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        spinning: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -185,4 +191,6 @@ class AttentionSession:
             raise TypeError(f"preprocess expects a PIL image, got {type(image).__name__}")
         rgb = resize_rgb(image, self.image_size)
         out = np.empty((3, *rgb.shape[:2]), np.float32)
-        return np.divide(rgb.transpose(2, 0, 1), np.float32(255.0), out=out, dtype=np.float32)  # one pass, no temporaries
+        return np.divide(
+            rgb.transpose(2, 0, 1), np.float32(255.0), out=out, dtype=np.float32
+        )  # one pass, no temporaries

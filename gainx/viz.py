@@ -1,8 +1,9 @@
 """Heatmap overlays and side-by-side attention figures."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -24,7 +25,9 @@ def heatmap(attention: Tensor | np.ndarray) -> np.ndarray:
     """``(H, W)`` map in [0, 1] -> ``(H, W, 3)`` uint8 jet colours."""
     from matplotlib import colormaps
 
-    values = np.clip(np.asarray(attention.detach().cpu() if isinstance(attention, Tensor) else attention, dtype=np.float32), 0, 1)
+    values = np.clip(
+        np.asarray(attention.detach().cpu() if isinstance(attention, Tensor) else attention, dtype=np.float32), 0, 1
+    )
     return (colormaps["jet"](values)[..., :3] * 255).round().astype(np.uint8)
 
 
@@ -40,7 +43,9 @@ def save_png(array: np.ndarray, path: str | Path) -> None:
         Image.fromarray(array).save(fh, format="PNG")
 
 
-def attention_grid(rows: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str], col_titles: Sequence[str], path: str | Path) -> None:
+def attention_grid(
+    rows: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str], col_titles: Sequence[str], path: str | Path
+) -> None:
     """Save a figure whose cells are RGB arrays: one row per image, one column per method."""
     import matplotlib
 

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny models and a tiny decoy data set (generated, never downloaded)."""
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from gainx.data import write_decoy  # noqa: E402
+from gainx.data.synthetic import write_decoy  # noqa: E402
 from gainx.models import SmallCNN  # noqa: E402
 
 
@@ -30,4 +31,6 @@ def small_cnn() -> SmallCNN:
 @pytest.fixture(scope="session")
 def decoy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small decoy benchmark (24x24 images, masks on a quarter of the train split)."""
-    return write_decoy(tmp_path_factory.mktemp("decoy"), image_size=24, seed=1, mask_fraction=0.25, train_size=96, test_size=32)
+    return write_decoy(
+        tmp_path_factory.mktemp("decoy"), image_size=24, seed=1, mask_fraction=0.25, train_size=96, test_size=32
+    )

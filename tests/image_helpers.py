@@ -1,4 +1,5 @@
 """Image bytes for the serve tests: encoded noise, PNG/JPEG headers that lie about their size, PNG decoding."""
+
 from __future__ import annotations
 
 import base64

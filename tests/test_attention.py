@@ -1,4 +1,5 @@
 """gainx.attention_maps against an independent Grad-CAM and pytorch-grad-cam (eq. 1-2)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,8 @@ import torch
 import torchvision
 
 import gainx
-from gainx.ops import normalize_cam, upsample
 from gainx.attention.maps import pairs_by_rank
+from gainx.ops import normalize_cam, upsample
 
 
 def bilinear_np(m: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -51,7 +52,9 @@ def reference_gradcam(model, layer, images, cls: int) -> np.ndarray:
 def test_matches_independent_reference(small_cnn, size, analytic_head):
     x = torch.randn(3, 3, *size)
     for cls in range(3):
-        _, maps = gainx.attention_maps(small_cnn, x, "features", classes=torch.full((3, 1), cls), analytic_head=analytic_head)
+        _, maps = gainx.attention_maps(
+            small_cnn, x, "features", classes=torch.full((3, 1), cls), analytic_head=analytic_head
+        )
         ref = reference_gradcam(small_cnn, small_cnn.features, x, cls)
         np.testing.assert_allclose(maps[:, 0].numpy(), ref, atol=1e-3)
 

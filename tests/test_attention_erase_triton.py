@@ -7,12 +7,13 @@ it before that import. If some earlier module imported the kernels without it,
 the module fails at collection with instructions (run this file in its own
 process, or the whole CPU suite with ``TRITON_INTERPRET=1``).
 """
+
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -25,8 +26,11 @@ from gainx.ops import EPS, ErasedPairs, attention_erase, attention_erase_eager  
 from gainx.ops import attention_erase_triton as ops  # noqa: E402
 
 if not CUDA and not ops._INTERPRETED:
-    pytest.fail("gainx.ops.attention_erase_triton was imported before TRITON_INTERPRET=1 was set and there is no CUDA "
-                "device: run `TRITON_INTERPRET=1 pytest tests/test_attention_erase_triton.py`", pytrace=False)
+    pytest.fail(
+        "gainx.ops.attention_erase_triton was imported before TRITON_INTERPRET=1 was set and there is no CUDA "
+        "device: run `TRITON_INTERPRET=1 pytest tests/test_attention_erase_triton.py`",
+        pytrace=False,
+    )
 
 DEVICES = ["cpu"] if not CUDA else [pytest.param("cuda", marks=pytest.mark.cuda)]
 # max |triton - reference| / max |reference| allowed, per input dtype (reference: eager in fp64)
@@ -51,8 +55,14 @@ def _inputs(shape: tuple, dtype: torch.dtype, device: str, seed: int = 0) -> tup
     return features, grads, images, torch.tensor(index, dtype=torch.int64, device=device)
 
 
-def _run(fn: Callable[..., ErasedPairs], features: torch.Tensor, grads: torch.Tensor, images: torch.Tensor,
-         index: torch.Tensor, weights: list[torch.Tensor] | None = None) -> tuple[list, list, list]:
+def _run(
+    fn: Callable[..., ErasedPairs],
+    features: torch.Tensor,
+    grads: torch.Tensor,
+    images: torch.Tensor,
+    index: torch.Tensor,
+    weights: list[torch.Tensor] | None = None,
+) -> tuple[list, list, list]:
     """Outputs of ``fn`` and the gradients of a random weighted sum of them w.r.t. the leaves."""
     leaves = [t.detach().requires_grad_(True) for t in (features, grads, images)]
     out = fn(*leaves, index)
@@ -76,8 +86,7 @@ def _compare(shape: tuple, dtype: torch.dtype, device: str, make: Callable | Non
     features, grads, images, index = _inputs(shape, dtype, device)
     if make is not None:
         features, grads, images = make(features, grads, images)
-    ref_out, ref_grads, weights = _run(attention_erase_eager, features.double(), grads.double(), images.double(),
-                                       index)
+    ref_out, ref_grads, weights = _run(attention_erase_eager, features.double(), grads.double(), images.double(), index)
     out, grads_, _ = _run(ops.attention_erase_triton, features, grads, images, index, weights)
     assert out[0].dtype == dtype and out[1].dtype == dtype
     for name, a, e in zip(("cam", "erased"), out, ref_out):
@@ -161,6 +170,7 @@ def test_positive_constant_map_is_finite(device: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_nearly_constant_map_is_flat_like_eager(dtype: torch.dtype, device: str) -> None:
     """A map whose range is rounding noise (<= FLAT of its max) gives cam = 0 and zero map gradients, as eager."""
+
     def near_constant(f: torch.Tensor, g: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return 3.7 + 1e-7 * f, torch.ones_like(g), i
 
@@ -208,8 +218,10 @@ def test_bad_inputs_raise_clear_errors(device: str) -> None:
         ((features, grads, images, index.int()), TypeError, "index must be int64"),
     ]
     if device == "cpu":  # on CUDA a bad index is an asynchronous device-side assert
-        cases += [((features, grads, images, index + 5), IndexError, r"\[0, 2\)"),
-                  ((features, grads, images, -index - 1), IndexError, r"\[0, 2\)")]
+        cases += [
+            ((features, grads, images, index + 5), IndexError, r"\[0, 2\)"),
+            ((features, grads, images, -index - 1), IndexError, r"\[0, 2\)"),
+        ]
     for args, exc, message in cases:
         with pytest.raises(exc, match=message):
             ops.attention_erase_triton(*args)
@@ -225,11 +237,14 @@ def test_large_maps_are_refused(device: str) -> None:
 
 @pytest.mark.skipif(CUDA, reason="checks the CPU error without the interpreter")
 def test_cpu_without_interpreter_says_what_to_do(tmp_path) -> None:
-    code = ("import torch; from gainx.ops.attention_erase_triton import attention_erase_triton as f; "
-            "x = torch.zeros(1, 2, 3, 3); f(x, x, torch.zeros(1, 3, 8, 8), torch.zeros(1, dtype=torch.int64))")
+    code = (
+        "import torch; from gainx.ops.attention_erase_triton import attention_erase_triton as f; "
+        "x = torch.zeros(1, 2, 3, 3); f(x, x, torch.zeros(1, 3, 8, 8), torch.zeros(1, dtype=torch.int64))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert done.returncode != 0
     assert "TRITON_INTERPRET=1" in done.stderr and "backend='eager'" in done.stderr, done.stderr[-2000:]
 
@@ -276,8 +291,12 @@ def test_am_loss_through_backends_on_small_cnn(device: str) -> None:
         features = model.features(images)
         scores = model.fc(model.pool(features).flatten(1))
         rows = features.index_select(0, index)
-        grads = torch.stack([torch.autograd.grad(scores[b, c], features, create_graph=True)[0][b]
-                             for b, c in zip(index.tolist(), classes.tolist())])
+        grads = torch.stack(
+            [
+                torch.autograd.grad(scores[b, c], features, create_graph=True)[0][b]
+                for b, c in zip(index.tolist(), classes.tolist())
+            ]
+        )
         pairs = attention_erase(rows, grads, images, index, backend=backend)
         loss = model(pairs.erased).sigmoid().gather(1, classes[:, None]).mean() + pairs.cam.mean()
         return loss.detach(), [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]

@@ -1,4 +1,5 @@
 """The command line end to end on a tiny data set: data, train, eval, attention, demo."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ from gainx.cli import main
 from gainx.demo import DemoProfile, run_demo
 
 
-
 def gainx_cmd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     # cwd outside the checkout: `python -m` must import the installed package, not the source tree
     return subprocess.run([sys.executable, "-m", "gainx", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
@@ -21,16 +21,46 @@ def gainx_cmd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_data_train_eval_attention(tmp_path):
     data = tmp_path / "data"
-    proc = gainx_cmd("data", "decoy", "--out", str(data), "--size", "20", "--train-size", "64", "--test-size", "16",
-                     "--mask-fraction", "0.25", cwd=tmp_path)
+    proc = gainx_cmd(
+        "data",
+        "decoy",
+        "--out",
+        str(data),
+        "--size",
+        "20",
+        "--train-size",
+        "64",
+        "--test-size",
+        "16",
+        "--mask-fraction",
+        "0.25",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
-    proc = gainx_cmd("train", "--data", str(data), "--arch", "small_cnn", "--method", "gainext", "--epochs", "1",
-                     "--batch-size", "32", "--out", str(run), "--no-progress", cwd=tmp_path)
+    proc = gainx_cmd(
+        "train",
+        "--data",
+        str(data),
+        "--arch",
+        "small_cnn",
+        "--method",
+        "gainext",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--out",
+        str(run),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (run / "last.pt").is_file() and (run / "metrics.csv").is_file() and (run / "config.json").is_file()
 
-    proc = gainx_cmd("eval", "--checkpoint", str(run / "last.pt"), "--data", str(data), "--split", "test_random", cwd=tmp_path)
+    proc = gainx_cmd(
+        "eval", "--checkpoint", str(run / "last.pt"), "--data", str(data), "--split", "test_random", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["num_images"] == 16 and 0 <= report["accuracy"] <= 1
@@ -43,7 +73,9 @@ def test_data_train_eval_attention(tmp_path):
     assert main(["attention", str(image), "--checkpoint", str(run / "last.pt"), "--out", str(out), "--topk", "2"]) == 0
     written = sorted(out.glob("digit_*.png"))
     assert len(written) == 2 and Image.open(written[0]).size == (20, 20)
-    assert main(["attention", str(image), "--checkpoint", str(run / "last.pt"), "--out", str(out), "--classes", "7"]) == 0
+    assert (
+        main(["attention", str(image), "--checkpoint", str(run / "last.pt"), "--out", str(out), "--classes", "7"]) == 0
+    )
     assert (out / "digit_7.png").is_file()
 
 
@@ -55,11 +87,28 @@ def test_errors_name_the_problem(tmp_path, capsys):
     run = tmp_path / "run"
     data = tmp_path / "data"
     assert main(["data", "decoy", "--out", str(data), "--size", "16", "--train-size", "8", "--test-size", "2"]) == 0
-    assert main(["train", "--data", str(data), "--arch", "small_cnn", "--epochs", "1", "--out", str(run), "--no-progress"]) == 0
+    assert (
+        main(["train", "--data", str(data), "--arch", "small_cnn", "--epochs", "1", "--out", str(run), "--no-progress"])
+        == 0
+    )
     capsys.readouterr()
     assert main(["attention", str(bad), "--checkpoint", str(run / "last.pt"), "--out", str(tmp_path / "o")]) == 2
     assert "broken.png" in capsys.readouterr().err
-    assert main(["attention", str(bad), "--checkpoint", str(run / "last.pt"), "--out", str(tmp_path / "o"), "--classes", "cat"]) == 2
+    assert (
+        main(
+            [
+                "attention",
+                str(bad),
+                "--checkpoint",
+                str(run / "last.pt"),
+                "--out",
+                str(tmp_path / "o"),
+                "--classes",
+                "cat",
+            ]
+        )
+        == 2
+    )
     assert "unknown class names ['cat']" in capsys.readouterr().err
 
 

@@ -1,6 +1,7 @@
 """Compile the CUDA sources (csrc/ops/cuda/*.cu) with nvcc against torch's
 headers, so CI catches CUDA compile errors on machines without a GPU. Skipped
 only when nvcc is not on PATH. GAINX_NVCC_ARCH picks the target (sm_80)."""
+
 from __future__ import annotations
 
 import os

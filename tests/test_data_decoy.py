@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gainx.data import DECOY_COLORS, load_dataset, write_decoy
+from gainx.data import load_dataset
 from gainx.data.cli import register
+from gainx.data.synthetic import DECOY_COLORS, write_decoy
 
 SIZE, TRAIN, TEST = 32, 300, 200
 

@@ -1,4 +1,5 @@
-"""Benchmark generators, budget variants, cue label maps and their scoring (issue 7)."""
+"""Benchmark generators, budget variants, cue label maps and their scoring."""
+
 from __future__ import annotations
 
 import csv
@@ -10,9 +11,9 @@ import torch
 from PIL import Image
 
 from gainx.data import load_dataset
-from gainx.data.cooccur import CONTEXTS, write_cooccur
-from gainx.data.shapes import write_shapes
-from gainx.data.synth import SHAPES, shape_mask
+from gainx.data.synthetic import SHAPES, write_cooccur, write_shapes
+from gainx.data.synthetic.cooccur import CONTEXTS
+from gainx.data.synthetic.generator import shape_mask
 from gainx.experiments.cues import cue_label_map, evaluate_cues, label_map_of
 from gainx.experiments.specs import RunSpec, bias_matrix
 from gainx.experiments.tables import aggregate, mean_std
@@ -132,14 +133,24 @@ def test_evaluate_cues_perfect_empty_and_conflict(tmp_path):
 def test_run_matrix_and_aggregate():
     specs = bias_matrix([0, 1], [0.01, 0.05], 0.05, ["paper", "signed", "rrr"])
     keys = [s.key for s in specs if s.seed == 0]
-    assert keys == ["baseline", "gain", "gainext-masks-0.01", "gainext-masks-0.05", "gainext-boxes-0.01",
-                    "gainext-boxes-0.05", "gainext-masks-0.05-signed", "gainext-masks-0.05-rrr"]
+    assert keys == [
+        "baseline",
+        "gain",
+        "gainext-masks-0.01",
+        "gainext-masks-0.05",
+        "gainext-boxes-0.01",
+        "gainext-boxes-0.05",
+        "gainext-masks-0.05-signed",
+        "gainext-masks-0.05-rrr",
+    ]
     assert len(specs) == 16 and RunSpec("gain", 3).name == "gain-seed3"
     with pytest.raises(ValueError, match="budgets"):
         bias_matrix([0], [0.0], 0.05, ["paper"])
     with pytest.raises(ValueError, match="guidance"):
         bias_matrix([0], [0.05], 0.05, ["ross"])
-    runs = [{**RunSpec("gain", s).to_dict(), "train_seconds": 1.0, "test": {"accuracy": a}} for s, a in ((0, 0.5), (1, 0.7))]
+    runs = [
+        {**RunSpec("gain", s).to_dict(), "train_seconds": 1.0, "test": {"accuracy": a}} for s, a in ((0, 0.5), (1, 0.7))
+    ]
     row = aggregate(runs, {"acc": ("test", "accuracy")})[0]
     assert row["acc"]["mean"] == pytest.approx(0.6) and row["acc"]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     assert row["seeds"] == [0, 1] and mean_std([1.0])["std"] == 0.0
@@ -166,8 +177,17 @@ def test_evidence_split_decomposes_the_ground_truth_logit(tmp_path):
     model = build_model("small_cnn", len(ds.classes)).eval()
     with torch.no_grad():  # a few BN statistics so that the evidence is not degenerate
         model.features[0][1].running_mean.uniform_(-0.5, 0.5)
-    state = {"model": model.state_dict(), "arch": "small_cnn", "num_classes": len(ds.classes), "classes": ds.classes,
-             "target_layer": "features", "image_size": [16, 16], "mean": list(ds.mean), "std": list(ds.std), "multilabel": False}
+    state = {
+        "model": model.state_dict(),
+        "arch": "small_cnn",
+        "num_classes": len(ds.classes),
+        "classes": ds.classes,
+        "target_layer": "features",
+        "image_size": [16, 16],
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "multilabel": False,
+    }
     save_checkpoint(tmp_path / "m.pt", state)
     report = evidence_split(tmp_path / "m.pt", data, "test_conflicting")
     images = torch.stack([ds[i]["image"] for i in range(len(ds))])

@@ -1,13 +1,14 @@
 """The experiment commands end to end on tiny profiles: results, resumability, cues CLI."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from gainx.cli import main as _cli
 from gainx.data import load_dataset
 from gainx.experiments import run_bias, run_localization
-from gainx.cli import main as _cli
 from gainx.experiments.specs import Profile
 
 TINY = Profile(image_size=16, train_size=40, test_size=12, epochs=2, batch_size=16)
@@ -41,14 +42,45 @@ def test_cues_cli_writes_a_readable_label_map_dataset(localization, tmp_path, ca
     out, _ = localization
     ckpt = out / "runs" / "shapes" / "gain-seed0" / "last.pt"
     data = out / "data" / "shapes-seed0"
-    assert _cli(["cues", "--checkpoint", str(ckpt), "--data", str(data), "--split", "test", "--out", str(tmp_path / "c"), "--score"]) == 0
+    assert (
+        _cli(
+            [
+                "cues",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--split",
+                "test",
+                "--out",
+                str(tmp_path / "c"),
+                "--score",
+            ]
+        )
+        == 0
+    )
     scores = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert scores["num_images"] == 12 and 0.0 <= scores["miou"] <= 1.0
     cues = load_dataset(tmp_path / "c", "test")
     assert len(cues) == 12 and cues.num_guided == 12 and cues.classes == load_dataset(data, "test").classes
     assert _cli(["eval", "--cues", str(tmp_path / "c"), "--data", str(data), "--split", "test"]) == 0
     assert json.loads(capsys.readouterr().out)["miou"] == scores["miou"]
-    assert _cli(["cues", "--checkpoint", str(tmp_path / "nope.pt"), "--data", str(data), "--split", "test", "--out", str(tmp_path / "d")]) == 2
+    assert (
+        _cli(
+            [
+                "cues",
+                "--checkpoint",
+                str(tmp_path / "nope.pt"),
+                "--data",
+                str(data),
+                "--split",
+                "test",
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 2
+    )
     assert "checkpoint not found" in capsys.readouterr().err
 
 
@@ -65,8 +97,14 @@ def test_bias_experiment_decoy(tmp_path):
 def test_bias_experiment_cooccur_with_guidance_variant_and_oracle(tmp_path):
     report = run_bias("cooccur", tmp_path, seeds=[0], budgets=[0.1], guidances=["paper", "rrr"], profile=TINY)
     keys = [r["key"] for r in report["table"]]
-    assert keys == ["baseline", "gain", "gainext-masks-0.1", "gainext-boxes-0.1", "gainext-masks-0.05-rrr",
-                    "baseline-unbiased-data"]
+    assert keys == [
+        "baseline",
+        "gain",
+        "gainext-masks-0.1",
+        "gainext-boxes-0.1",
+        "gainext-masks-0.05-rrr",
+        "baseline-unbiased-data",
+    ]
     assert set(report["table"][0]) >= {"acc_conflicting", "acc_consistent", "miou", "pointing_game"}
     assert report["splits"] == {"conflicting": "test_conflicting", "consistent": "test_consistent"}
     oracle = json.loads((tmp_path / "data" / "cooccur-seed0-unbiased" / "dataset.json").read_text())

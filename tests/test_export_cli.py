@@ -1,4 +1,5 @@
 """``gainx export`` end to end: checkpoint -> verified ONNX model + Triton repository."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,16 @@ from gainx.models import build_model
 from gainx.runtime import AttentionSession
 from gainx.training.checkpoint import save_checkpoint
 
-META = {"arch": "small_cnn", "num_classes": 3, "classes": ["x", "y", "z"], "target_layer": "features",
-        "image_size": [24, 32], "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.4], "multilabel": True}
+META = {
+    "arch": "small_cnn",
+    "num_classes": 3,
+    "classes": ["x", "y", "z"],
+    "target_layer": "features",
+    "image_size": [24, 32],
+    "mean": [0.4, 0.5, 0.6],
+    "std": [0.2, 0.3, 0.4],
+    "multilabel": True,
+}
 
 
 def _run(argv: list[str]) -> int:
@@ -37,8 +46,22 @@ def checkpoint(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
 def test_cli_export_checkpoint_with_triton_repo(checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ckpt, model = checkpoint
     out = tmp_path / "out" / "model.onnx"
-    assert _run(["export", "--checkpoint", str(ckpt), "--out", str(out), "--topk", "2",
-                 "--triton-repo", str(tmp_path / "repo")]) == 0
+    assert (
+        _run(
+            [
+                "export",
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--topk",
+                "2",
+                "--triton-repo",
+                str(tmp_path / "repo"),
+            ]
+        )
+        == 0
+    )
     assert f"onnx: {out}" in capsys.readouterr().out
     session = AttentionSession(out)
     assert session.classes == META["classes"] and session.image_size == (24, 32) and session.topk == 2

@@ -1,4 +1,5 @@
 """ONNX export parity with PyTorch for six classifiers (linear and non-linear heads)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,11 +12,10 @@ from torch import nn
 
 from gainx.attention import attention_maps
 from gainx.attention.head import find_linear_head
-from gainx.export import ExportVerificationError, export_onnx
-from gainx.export import onnx_export
+from gainx.export import ExportVerificationError, export_onnx, onnx_export
 from gainx.export.graph import LinearHeadAttention, build_attention_graph
-from gainx.export.verify import FP16_ATOL
 from gainx.export.split import split_at_layer
+from gainx.export.verify import FP16_ATOL
 from gainx.models import SmallCNN, build_model, default_target_layer
 from gainx.runtime import AttentionSession
 
@@ -57,9 +57,17 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     torch.manual_seed(0)
     arch = request.param
     model = calibrated(arch)
-    path = export_onnx(model, tmp_path_factory.mktemp(arch) / f"{arch}.onnx", target_layer=default_target_layer(arch),
-                       classes=[f"class{i}" for i in range(NUM_CLASSES)], topk=TOPK, image_size=(SIZE, SIZE),
-                       mean=MEAN, std=STD, verify=False)  # the tests below are the verification
+    path = export_onnx(
+        model,
+        tmp_path_factory.mktemp(arch) / f"{arch}.onnx",
+        target_layer=default_target_layer(arch),
+        classes=[f"class{i}" for i in range(NUM_CLASSES)],
+        topk=TOPK,
+        image_size=(SIZE, SIZE),
+        mean=MEAN,
+        std=STD,
+        verify=False,
+    )  # the tests below are the verification
     return arch, model, AttentionSession(path)
 
 
@@ -145,9 +153,17 @@ class _MixedHead(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
-        self.head = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.Hardswish(), nn.AdaptiveAvgPool2d((3, 2)),
-                                  nn.Flatten(), nn.Linear(48, 16), nn.Hardswish(), nn.Dropout(0.3),
-                                  nn.Linear(16, NUM_CLASSES))
+        self.head = nn.Sequential(
+            nn.Conv2d(8, 8, 1),
+            nn.BatchNorm2d(8),
+            nn.Hardswish(),
+            nn.AdaptiveAvgPool2d((3, 2)),
+            nn.Flatten(),
+            nn.Linear(48, 16),
+            nn.Hardswish(),
+            nn.Dropout(0.3),
+            nn.Linear(16, NUM_CLASSES),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
@@ -198,8 +214,9 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="topk must be in \\[1, 3\\]"):
         export_onnx(model, "unused.onnx", target_layer="features", image_size=(32, 32), mean=MEAN, std=STD, topk=4)
     with pytest.raises(ValueError, match="2 class names for a model with 3 outputs"):
-        export_onnx(model, "unused.onnx", target_layer="features", image_size=(32, 32), mean=MEAN, std=STD,
-                    classes=["a", "b"])
+        export_onnx(
+            model, "unused.onnx", target_layer="features", image_size=(32, 32), mean=MEAN, std=STD, classes=["a", "b"]
+        )
 
 
 class _FlattenHead(nn.Module):
@@ -235,8 +252,9 @@ def test_fp16_export(tmp_path: Path, kind: str) -> None:
         model, layer, size = SmallCNN(4, width=8).eval(), "features", (32, 24)
     else:
         model, layer, size = _FlattenHead().eval(), "conv", (16, 12)
-    path = export_onnx(model, tmp_path / "half.onnx", target_layer=layer, image_size=size, mean=MEAN, std=STD,
-                       fp16=True)  # built-in verification at FP16_ATOL
+    path = export_onnx(
+        model, tmp_path / "half.onnx", target_layer=layer, image_size=size, mean=MEAN, std=STD, fp16=True
+    )  # built-in verification at FP16_ATOL
     proto = onnx.load(str(path))
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer)
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

@@ -1,4 +1,5 @@
 """Splitting errors and the pooling-backward decomposition (parity per arch: test_export_onnx.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -47,8 +48,9 @@ def test_pooling_matrix_matches_adaptive_avg_pool(n_in: int, n_out: int) -> None
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("size", "out"), [((2, 3), (7, 7)), ((9, 5), (4, 2)), ((4, 4), (1, 1))])
-def test_adaptive_avg_pool2d_backward_matches_autograd(size: tuple[int, int], out: tuple[int, int],
-                                                       dtype: torch.dtype) -> None:
+def test_adaptive_avg_pool2d_backward_matches_autograd(
+    size: tuple[int, int], out: tuple[int, int], dtype: torch.dtype
+) -> None:
     x = torch.randn(2, 3, *size, dtype=dtype, requires_grad=True)
     y = F.adaptive_avg_pool2d(x, out)
     g = torch.randn_like(y)

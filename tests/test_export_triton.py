@@ -1,4 +1,5 @@
 """Triton model repository: config.pbtxt parsed with tritonclient's protobuf, checked against the ONNX model."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,17 @@ CLASSES = ["a", "b", "c"]
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    return export_onnx(SmallCNN(3, width=8), tmp_path_factory.mktemp("triton") / "m.onnx", target_layer="features",
-                       classes=CLASSES, topk=2, image_size=(32, 32), mean=[0.5] * 3, std=[0.25] * 3, verify=False)
+    return export_onnx(
+        SmallCNN(3, width=8),
+        tmp_path_factory.mktemp("triton") / "m.onnx",
+        target_layer="features",
+        classes=CLASSES,
+        topk=2,
+        image_size=(32, 32),
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        verify=False,
+    )
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int]:
@@ -30,8 +40,14 @@ def _dims(value: onnx.ValueInfoProto) -> list[int]:
 
 
 def test_repository_layout_and_config(onnx_path: Path, tmp_path: Path) -> None:
-    folder = write_triton_repo(onnx_path, tmp_path / "repo", model_name="gain", max_batch_size=16,
-                               preferred_batch_sizes=(8, 4), max_queue_delay_us=500)
+    folder = write_triton_repo(
+        onnx_path,
+        tmp_path / "repo",
+        model_name="gain",
+        max_batch_size=16,
+        preferred_batch_sizes=(8, 4),
+        max_queue_delay_us=500,
+    )
     assert folder == tmp_path / "repo" / "gain"
     assert (folder / "1" / "model.onnx").read_bytes() == onnx_path.read_bytes()
     assert (folder / "labels.txt").read_text().splitlines() == CLASSES

@@ -1,4 +1,5 @@
 """The selectable guidance losses (gainx.losses.guidance) on hand-computed cases and toys."""
+
 from __future__ import annotations
 
 import math
@@ -7,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from gainx.attention import class_evidence
 from gainx.attention.capture import capture_output
 from gainx.losses import GAIN
-from gainx.attention import class_evidence
 from gainx.losses.guidance import GUIDANCES, all_classes_loss, background, rrr_loss, signed_loss
 from gainx.models import SmallCNN
 

@@ -1,5 +1,6 @@
 """gainx.attention.head.find_linear_head: GAP + linear heads are found, anything
 else is refused; and the found head gives the autograd Grad-CAM weights."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Each GAIN / GAINext loss term on tiny hand-computed cases (eq. 3-8)."""
+
 from __future__ import annotations
 
 import math
@@ -6,11 +7,11 @@ import math
 import pytest
 import torch
 
-from gainx.ops import attention_erase_eager, soft_mask
 from gainx.losses import GAIN, attention_mining_loss, classification_loss, guidance_loss
 from gainx.losses.bn import frozen_bn_stats
 from gainx.losses.terms import am_class_score, per_image_mean
 from gainx.models import SmallCNN
+from gainx.ops import attention_erase_eager, soft_mask
 
 
 def test_classification_loss_hand_values():
@@ -90,7 +91,11 @@ def test_gain_totals_follow_eq6_and_eq8():
     for method in ("baseline", "gain", "gainext"):
         torch.manual_seed(0)
         out = GAIN(model, "features", method=method, alpha=0.7, omega_e=3.0)(images, labels, guide, has)
-        expected = out.loss_cl + (0 if method == "baseline" else 0.7 * out.loss_am) + (3.0 * out.loss_e if method == "gainext" else 0)
+        expected = (
+            out.loss_cl
+            + (0 if method == "baseline" else 0.7 * out.loss_am)
+            + (3.0 * out.loss_e if method == "gainext" else 0)
+        )
         torch.testing.assert_close(out.loss, expected)
         assert (out.loss_am > 0) == (method != "baseline")
         assert (out.loss_e > 0) == (method == "gainext")

@@ -1,4 +1,5 @@
 """Classification and localization metrics on hand-computed cases."""
+
 from __future__ import annotations
 
 import numpy as np

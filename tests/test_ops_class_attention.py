@@ -1,6 +1,7 @@
 """gainx.ops.class_attention / gradcam: the extension against the eager
 references and an independent autograd Grad-CAM; gradients, opcheck, edge
 cases and input errors (both on the extension and on the eager fallback)."""
+
 from __future__ import annotations
 
 import os
@@ -12,10 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gainx.ops import EPS
 from gainx.attention.head import find_linear_head
 from gainx.models import build_model, default_target_layer
-from gainx.ops import extension
+from gainx.ops import EPS, extension
 from gainx.ops.class_attention import class_attention, class_attention_eager, gradcam, gradcam_eager
 
 HAVE_EXT = extension.load() is not None
@@ -97,8 +97,9 @@ def test_class_attention_is_gradcam_of_broadcast_rows(path):
     B, C, h, w, K, N, H, W = SHAPES[0]
     features, weight, classes = _inputs(SHAPES[0])
     grads = (weight[classes] / (h * w))[..., None, None].expand(B, K, C, h, w)
-    via_grads = gradcam(features.unsqueeze(1).expand(B, K, C, h, w).reshape(B * K, C, h, w),
-                        grads.reshape(B * K, C, h, w), (H, W))
+    via_grads = gradcam(
+        features.unsqueeze(1).expand(B, K, C, h, w).reshape(B * K, C, h, w), grads.reshape(B * K, C, h, w), (H, W)
+    )
     torch.testing.assert_close(class_attention(features, weight, classes, (H, W)), via_grads.view(B, K, H, W))
 
 
@@ -178,9 +179,7 @@ def test_non_contiguous_inputs(path):
 
 
 @needs_ext
-@pytest.mark.parametrize(
-    "shape,fast", [((1, 2, 3, 3, 3, 3, 2, 2), False), ((2, 3, 4, 3, 2, 5, 7, 9), True)], ids=str
-)
+@pytest.mark.parametrize("shape,fast", [((1, 2, 3, 3, 3, 3, 2, 2), False), ((2, 3, 4, 3, 2, 5, 7, 9), True)], ids=str)
 def test_gradcheck(shape, fast):
     features, weight, classes = _inputs(shape)
     # positive inputs: no ReLU kink, and generic values: distinct min / max.
@@ -296,8 +295,9 @@ def test_baseline_isa_build_matches_eager(tmp_path):
     )
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
     # cwd outside the checkout: the child imports the package this test runs (with gainx._C), not ./gainx
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
-                         cwd=tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+    )
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 

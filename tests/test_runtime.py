@@ -1,4 +1,5 @@
 """AttentionSession: metadata, numpy/torch in and out, preprocessing, clear errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,9 +21,17 @@ CLASSES = ["cat", "dog", "bird", "fish"]
 def session(tmp_path_factory: pytest.TempPathFactory) -> AttentionSession:
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("rt") / "m.onnx"
-    path = export_onnx(SmallCNN(len(CLASSES), width=8), out, target_layer="features",
-                       classes=CLASSES, topk=2, image_size=SIZE, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3],
-                       verify=False)  # parity: test_export_onnx.py
+    path = export_onnx(
+        SmallCNN(len(CLASSES), width=8),
+        out,
+        target_layer="features",
+        classes=CLASSES,
+        topk=2,
+        image_size=SIZE,
+        mean=[0.5, 0.4, 0.3],
+        std=[0.2, 0.25, 0.3],
+        verify=False,
+    )  # parity: test_export_onnx.py
     return AttentionSession(path)
 
 

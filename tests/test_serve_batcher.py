@@ -1,4 +1,5 @@
 """Dynamic batching (gainx.serve.batcher) against a fake session with AttentionSession's interface."""
+
 from __future__ import annotations
 
 import asyncio

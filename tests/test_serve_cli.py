@@ -1,4 +1,5 @@
 """`gainx serve` command line: flags, and start-up refusals that happen before serving."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,25 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_flags_and_defaults() -> None:
-    args = parse("m.onnx", "--host", "0.0.0.0", "--port", "9000", "--workers", "3", "--max-batch", "16",
-                 "--max-body-bytes", "1000", "--max-wait-ms", "2.5", "--topk", "2", "--image-threads", "4")
+    args = parse(
+        "m.onnx",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "9000",
+        "--workers",
+        "3",
+        "--max-batch",
+        "16",
+        "--max-body-bytes",
+        "1000",
+        "--max-wait-ms",
+        "2.5",
+        "--topk",
+        "2",
+        "--image-threads",
+        "4",
+    )
     assert (args.model, args.host, args.port, args.workers, args.max_batch) == ("m.onnx", "0.0.0.0", 9000, 3, 16)
     assert (args.max_body_bytes, args.max_wait_ms, args.topk, args.image_threads, args.func) == (1000, 2.5, 2, 4, run)
     defaults = parse("m.onnx")
@@ -25,14 +43,17 @@ def test_flags_and_defaults() -> None:
     assert defaults.image_threads is None
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (["--max-batch", "0"], "max_batch"),
-    (["--max-body-bytes", "0"], "max_body_bytes"),
-    (["--workers", "0"], "--workers"),
-    (["--max-wait-ms", "-1"], "max_wait_ms"),
-    (["--topk", "0"], "topk"),
-    (["--image-threads", "0"], "image_threads"),
-])
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--max-batch", "0"], "max_batch"),
+        (["--max-body-bytes", "0"], "max_body_bytes"),
+        (["--workers", "0"], "--workers"),
+        (["--max-wait-ms", "-1"], "max_wait_ms"),
+        (["--topk", "0"], "topk"),
+        (["--image-threads", "0"], "image_threads"),
+    ],
+)
 def test_bad_settings_exit_2_before_loading(tmp_path, capsys, flags, needle) -> None:
     # the model path does not exist: the settings must be refused first
     assert run(parse(str(tmp_path / "absent.onnx"), *flags)) == 2

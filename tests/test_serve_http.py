@@ -3,6 +3,7 @@
 The model is a SmallCNN exported with gainx.export (random weights, 32x32);
 answers are compared with gainx.runtime.AttentionSession on the same image.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,14 +21,15 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from image_helpers import image_bytes, png_pixels, png_with_header  # tests/ is on sys.path under pytest
 from PIL import Image
 
 from gainx.export import export_onnx
 from gainx.models import build_model
 from gainx.runtime import AttentionSession
-from gainx.serve.testing import REPO, ServerProcess as Server
+from gainx.serve.testing import REPO
+from gainx.serve.testing import ServerProcess as Server
 from gainx.viz import heatmap
-from image_helpers import image_bytes, png_pixels, png_with_header  # tests/ is on sys.path under pytest
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 BODY_LIMIT = 300_000
@@ -39,8 +41,16 @@ GRACEFUL_EXIT = (0, -signal.SIGTERM)
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("serve_model") / "small.onnx"
-    return export_onnx(build_model("small_cnn", len(CLASSES)), out, target_layer="features", classes=CLASSES, topk=3,
-                       image_size=(32, 32), mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    return export_onnx(
+        build_model("small_cnn", len(CLASSES)),
+        out,
+        target_layer="features",
+        classes=CLASSES,
+        topk=3,
+        image_size=(32, 32),
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +60,24 @@ def session(model_path: Path) -> AttentionSession:
 
 @pytest.fixture(scope="module")
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    srv = Server(model_path, tmp_path_factory.mktemp("serve_log") / "server.log", "--workers", "2", "--max-batch", "8",
-                 "--max-body-bytes", str(BODY_LIMIT), "--max-image-pixels", "1000000", "--body-timeout", "1.5",
-                 "--topk", "2", "--image-threads", "3")
+    srv = Server(
+        model_path,
+        tmp_path_factory.mktemp("serve_log") / "server.log",
+        "--workers",
+        "2",
+        "--max-batch",
+        "8",
+        "--max-body-bytes",
+        str(BODY_LIMIT),
+        "--max-image-pixels",
+        "1000000",
+        "--body-timeout",
+        "1.5",
+        "--topk",
+        "2",
+        "--image-threads",
+        "3",
+    )
     yield srv
     assert srv.stop() in GRACEFUL_EXIT, srv.output()
     assert "Traceback" not in srv.output(), srv.output()
@@ -101,8 +126,9 @@ def test_multipart_topk_overlay_and_raw_size(client, session) -> None:
     assert body["source"] == "file 'a.png'" and body["attention_size"] == [9, 13]
     assert [p["class_id"] for p in body["predictions"]] == ref.classes[0].tolist()
     for j, p in enumerate(body["predictions"]):
-        want = torch.nn.functional.interpolate(torch.from_numpy(ref.attention[:, j : j + 1]), size=(9, 13),
-                                               mode="bilinear", align_corners=False)[0, 0].numpy()
+        want = torch.nn.functional.interpolate(
+            torch.from_numpy(ref.attention[:, j : j + 1]), size=(9, 13), mode="bilinear", align_corners=False
+        )[0, 0].numpy()
         np.testing.assert_allclose(np.asarray(p["attention"], np.float32), want, atol=1e-5)
         assert png_pixels(p["overlay_png"]).shape == (32, 32, 3)
 
@@ -165,25 +191,103 @@ def gif() -> bytes:
 
 BAD = [
     # (name, path, kwargs for httpx, status, code)
-    ("non-image", "/v1/predict", dict(content=b"not an image at all", headers={"content-type": "image/jpeg"}), 400, "not_an_image"),
-    ("truncated", "/v1/predict", dict(content=truncated(), headers={"content-type": "image/jpeg"}), 400, "image_truncated"),
-    ("zero width", "/v1/predict", dict(content=png_with_header(0, 30), headers={"content-type": "image/png"}), 422, "image_empty"),
-    ("bomb", "/v1/predict", dict(content=png_with_header(50_000, 50_000), headers={"content-type": "image/png"}), 422, "image_too_large"),
+    (
+        "non-image",
+        "/v1/predict",
+        dict(content=b"not an image at all", headers={"content-type": "image/jpeg"}),
+        400,
+        "not_an_image",
+    ),
+    (
+        "truncated",
+        "/v1/predict",
+        dict(content=truncated(), headers={"content-type": "image/jpeg"}),
+        400,
+        "image_truncated",
+    ),
+    (
+        "zero width",
+        "/v1/predict",
+        dict(content=png_with_header(0, 30), headers={"content-type": "image/png"}),
+        422,
+        "image_empty",
+    ),
+    (
+        "bomb",
+        "/v1/predict",
+        dict(content=png_with_header(50_000, 50_000), headers={"content-type": "image/png"}),
+        422,
+        "image_too_large",
+    ),
     ("gif", "/v1/predict", dict(content=gif(), headers={"content-type": "image/png"}), 415, "unsupported_image_format"),
     ("empty body", "/v1/predict", dict(content=b"", headers={"content-type": "image/png"}), 400, "empty_image"),
-    ("text/plain", "/v1/predict", dict(content=image_bytes(7), headers={"content-type": "text/plain"}), 415, "unsupported_media_type"),
+    (
+        "text/plain",
+        "/v1/predict",
+        dict(content=image_bytes(7), headers={"content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    ),
     ("no content type", "/v1/predict", dict(content=image_bytes(7)), 415, "unsupported_media_type"),
     ("json", "/v1/predict", dict(json={"file": "x"}), 415, "unsupported_media_type"),
     ("wrong field", "/v1/predict", dict(files={"image": ("a.png", image_bytes(8))}), 400, "unexpected_field"),
     ("text field", "/v1/predict", dict(files={"file": (None, "hello")}), 400, "unexpected_field"),
-    ("two files", "/v1/predict", dict(files=[("file", ("a", image_bytes(8))), ("file", ("b", image_bytes(9)))]), 400, "too_many_files"),
-    ("no boundary", "/v1/predict", dict(content=b"--x\r\n", headers={"content-type": "multipart/form-data"}), 400, "bad_multipart"),
-    ("no file", "/v1/predict/batch", dict(content=b"--xx--\r\n", headers={"content-type": "multipart/form-data; boundary=xx"}), 400, "missing_file"),
-    ("bad file in batch", "/v1/predict/batch", dict(files=[("file", ("ok", image_bytes(8))), ("file", ("bad", b"junk"))]), 400, "not_an_image"),
-    ("unknown param", "/v1/predict?top_k=2", dict(content=image_bytes(7), headers={"content-type": "image/png"}), 400, "bad_parameter"),
-    ("topk too big", "/v1/predict?topk=4", dict(content=image_bytes(7), headers={"content-type": "image/png"}), 400, "bad_parameter"),
-    ("unknown class", "/v1/predict?classes=horse", dict(content=image_bytes(7), headers={"content-type": "image/png"}), 400, "bad_parameter"),
-    ("over the limit", "/v1/predict", dict(content=b"\xff\xd8\xff" + bytes(BODY_LIMIT), headers={"content-type": "image/jpeg"}), 413, "body_too_large"),
+    (
+        "two files",
+        "/v1/predict",
+        dict(files=[("file", ("a", image_bytes(8))), ("file", ("b", image_bytes(9)))]),
+        400,
+        "too_many_files",
+    ),
+    (
+        "no boundary",
+        "/v1/predict",
+        dict(content=b"--x\r\n", headers={"content-type": "multipart/form-data"}),
+        400,
+        "bad_multipart",
+    ),
+    (
+        "no file",
+        "/v1/predict/batch",
+        dict(content=b"--xx--\r\n", headers={"content-type": "multipart/form-data; boundary=xx"}),
+        400,
+        "missing_file",
+    ),
+    (
+        "bad file in batch",
+        "/v1/predict/batch",
+        dict(files=[("file", ("ok", image_bytes(8))), ("file", ("bad", b"junk"))]),
+        400,
+        "not_an_image",
+    ),
+    (
+        "unknown param",
+        "/v1/predict?top_k=2",
+        dict(content=image_bytes(7), headers={"content-type": "image/png"}),
+        400,
+        "bad_parameter",
+    ),
+    (
+        "topk too big",
+        "/v1/predict?topk=4",
+        dict(content=image_bytes(7), headers={"content-type": "image/png"}),
+        400,
+        "bad_parameter",
+    ),
+    (
+        "unknown class",
+        "/v1/predict?classes=horse",
+        dict(content=image_bytes(7), headers={"content-type": "image/png"}),
+        400,
+        "bad_parameter",
+    ),
+    (
+        "over the limit",
+        "/v1/predict",
+        dict(content=b"\xff\xd8\xff" + bytes(BODY_LIMIT), headers={"content-type": "image/jpeg"}),
+        413,
+        "body_too_large",
+    ),
     ("GET predict", "/v1/predict", dict(method="GET"), 405, "method_not_allowed"),
     ("unknown path", "/v2/predict", dict(content=b""), 404, "not_found"),
 ]
@@ -216,8 +320,7 @@ def raw_exchange(port: int, head: bytes, chunks=(), read_timeout: float = 10) ->
 
 
 def test_declared_oversized_body_refused_before_reading(server) -> None:
-    head = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-            b"Content-Length: 1000000000\r\n\r\n")
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000000000\r\n\r\n"
     status, response, seconds = raw_exchange(server.port, head, [b"\xff\xd8\xff" + bytes(1000)])
     assert status == 413 and b"body_too_large" in response and seconds < 5
 
@@ -259,6 +362,7 @@ def test_1000_mixed_requests_from_32_clients(server, session) -> None:
         queue = list(enumerate(plan))
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
         async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+
             async def worker() -> None:
                 while queue:
                     i, (make, path, _) = queue.pop()
@@ -294,10 +398,17 @@ def test_sigterm_finishes_in_flight_requests(model_path, session, tmp_path) -> N
             yield data[100:]
 
         async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
-            slow = asyncio.create_task(client.post("/v1/predict", content=slow_body(),
-                                                   headers={"content-type": "image/png", "content-length": str(len(data))}))
-            quick = [asyncio.create_task(client.post("/v1/predict", content=data, headers={"content-type": "image/png"}))
-                     for _ in range(6)]
+            slow = asyncio.create_task(
+                client.post(
+                    "/v1/predict",
+                    content=slow_body(),
+                    headers={"content-type": "image/png", "content-length": str(len(data))},
+                )
+            )
+            quick = [
+                asyncio.create_task(client.post("/v1/predict", content=data, headers={"content-type": "image/png"}))
+                for _ in range(6)
+            ]
             await asyncio.sleep(0.5)  # all requests are in flight; the slow one is mid-body
             srv.proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.5)
@@ -332,15 +443,24 @@ def plain_onnx(tmp: Path) -> Path:
     return tmp / "plain.onnx"
 
 
-@pytest.mark.parametrize("make,needle", [
-    (lambda tmp: tmp / "missing.onnx", "not found"),
-    (garbage_file, "cannot load"),
-    (plain_onnx, "not a gainx attention model"),
-])
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda tmp: tmp / "missing.onnx", "not found"),
+        (garbage_file, "cannot load"),
+        (plain_onnx, "not a gainx attention model"),
+    ],
+)
 def test_model_that_fails_to_load_stops_startup(tmp_path, make, needle) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "gainx.serve", str(make(tmp_path)), "--port", "0"],
-                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gainx.serve", str(make(tmp_path)), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert "gainx serve: error: cannot load model" in proc.stderr and needle in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr

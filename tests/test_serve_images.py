@@ -1,4 +1,5 @@
 """Upload decoding and validation (gainx.serve.images): formats, header checks, corrupt data."""
+
 from __future__ import annotations
 
 import io
@@ -6,11 +7,11 @@ import time
 
 import numpy as np
 import pytest
+from image_helpers import encode, jpeg_with_header, noise, png_with_header  # tests/ is on sys.path under pytest
 from PIL import Image
 
 from gainx.serve.errors import ApiError
 from gainx.serve.images import declared_size, decode_image, sniff_format
-from image_helpers import encode, jpeg_with_header, noise, png_with_header  # tests/ is on sys.path under pytest
 
 LIMITS = dict(max_pixels=4_000_000, max_side=4096)
 
@@ -49,9 +50,7 @@ def test_exif_orientation_is_applied() -> None:
     assert decode_image(data, **LIMITS).size == (20, 40)
 
 
-@pytest.mark.parametrize(
-    "fmt,size", [("PNG", (123, 45)), ("JPEG", (77, 300)), ("JPEG", (4096, 1))]
-)
+@pytest.mark.parametrize("fmt,size", [("PNG", (123, 45)), ("JPEG", (77, 300)), ("JPEG", (4096, 1))])
 def test_declared_size_reads_the_header(fmt: str, size: tuple[int, int]) -> None:
     data = encode(Image.new("RGB", size), fmt)
     assert declared_size(data, fmt) == size == Image.open(io.BytesIO(data)).size

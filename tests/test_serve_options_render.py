@@ -1,4 +1,5 @@
 """Query options, rendering of maps, and the Prometheus exposition (gainx.serve)."""
+
 from __future__ import annotations
 
 import re
@@ -6,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from image_helpers import png_pixels  # tests/ is on sys.path under pytest
 
 from gainx.ops import upsample
 from gainx.serve.errors import ApiError
@@ -13,10 +15,15 @@ from gainx.serve.metrics import Metrics
 from gainx.serve.options import ModelLimits, parse_options
 from gainx.serve.render import heatmap_png, overlay_png, resize_maps
 from gainx.viz import heatmap, overlay
-from image_helpers import png_pixels  # tests/ is on sys.path under pytest
 
-LIMITS = ModelLimits(classes=["cat", "dog", "7", "bird"], topk=3, default_topk=2, image_size=(32, 48),
-                     max_raw_pixels=10_000, max_classes=3)
+LIMITS = ModelLimits(
+    classes=["cat", "dog", "7", "bird"],
+    topk=3,
+    default_topk=2,
+    image_size=(32, 48),
+    max_raw_pixels=10_000,
+    max_classes=3,
+)
 
 
 def opts(**query: str | list[str]):
@@ -54,8 +61,13 @@ def test_bad_classes(value: str) -> None:
 
 @pytest.mark.parametrize(
     "query,size",
-    [({"raw": "true"}, (32, 48)), ({"raw": "0"}, None), ({"raw": "5,7"}, (5, 7)), ({"raw_size": "100x100"}, (100, 100)),
-     ({"raw": " 3 , 4 "}, (3, 4))],
+    [
+        ({"raw": "true"}, (32, 48)),
+        ({"raw": "0"}, None),
+        ({"raw": "5,7"}, (5, 7)),
+        ({"raw_size": "100x100"}, (100, 100)),
+        ({"raw": " 3 , 4 "}, (3, 4)),
+    ],
 )
 def test_raw(query: dict, size) -> None:
     assert opts(**query).raw_size == size
@@ -63,10 +75,18 @@ def test_raw(query: dict, size) -> None:
 
 @pytest.mark.parametrize(
     "query,needle",
-    [({"raw": "0,5"}, "raw"), ({"raw": "101,100"}, "raw"), ({"raw": "maybe"}, "raw"), ({"raw_size": "3"}, "raw_size"),
-     ({"raw": "1", "raw_size": "2,2"}, "not both"), ({"topk": "1", "classes": "cat"}, "not both"),
-     ({"overlay": "sure"}, "overlay"), ({"heatmap": "2"}, "heatmap"), ({"topK": "1"}, "unknown"),
-     ({"topk": ["1", "2"]}, "more than once")],
+    [
+        ({"raw": "0,5"}, "raw"),
+        ({"raw": "101,100"}, "raw"),
+        ({"raw": "maybe"}, "raw"),
+        ({"raw_size": "3"}, "raw_size"),
+        ({"raw": "1", "raw_size": "2,2"}, "not both"),
+        ({"topk": "1", "classes": "cat"}, "not both"),
+        ({"overlay": "sure"}, "overlay"),
+        ({"heatmap": "2"}, "heatmap"),
+        ({"topK": "1"}, "unknown"),
+        ({"topk": ["1", "2"]}, "more than once"),
+    ],
 )
 def test_bad_queries_name_the_problem(query: dict, needle: str) -> None:
     with pytest.raises(ApiError, match=needle) as info:
@@ -79,7 +99,9 @@ def test_flags() -> None:
     assert (o.heatmap, o.overlay) == (False, True)
 
 
-@pytest.mark.parametrize("src,dst", [((7, 5), (32, 48)), ((32, 48), (7, 5)), ((1, 1), (3, 2)), ((9, 9), (9, 9)), ((4, 6), (13, 1))])
+@pytest.mark.parametrize(
+    "src,dst", [((7, 5), (32, 48)), ((32, 48), (7, 5)), ((1, 1), (3, 2)), ((9, 9), (9, 9)), ((4, 6), (13, 1))]
+)
 def test_resize_maps_matches_upsample(src: tuple[int, int], dst: tuple[int, int]) -> None:
     maps = np.random.default_rng(0).random((3, *src), dtype=np.float32)
     want = upsample(torch.from_numpy(maps), dst).numpy()

@@ -1,8 +1,9 @@
 """Find a layer by module path and capture its output during one forward pass."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from torch import Tensor, nn
 
@@ -16,8 +17,7 @@ def resolve_layer(model: nn.Module, target_layer: str | nn.Module) -> nn.Module:
     except AttributeError:
         names = [n for n, m in model.named_modules() if n and len(list(m.children())) > 0][-8:]
         raise ValueError(
-            f"target layer {target_layer!r} not found in {type(model).__name__}; "
-            f"module paths look like {names}"
+            f"target layer {target_layer!r} not found in {type(model).__name__}; module paths look like {names}"
         ) from None
 
 

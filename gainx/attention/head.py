@@ -16,6 +16,7 @@ dropout in training mode with ``p > 0`` is refused), then one ``nn.Linear``
 whose output is the model output. Anything else (MLP heads, activations after
 the pool, extra uses of ``F``, untraceable models) gives ``None``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -94,7 +95,9 @@ def _is_gap(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
         return size in (1, (1, 1))
-    if (node.op == "call_method" and node.target == "mean") or (node.op == "call_function" and node.target is torch.mean):
+    if (node.op == "call_method" and node.target == "mean") or (
+        node.op == "call_function" and node.target is torch.mean
+    ):
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         return isinstance(dims, (tuple, list)) and sorted(d % 4 for d in dims) == [2, 3]
     return False

@@ -5,6 +5,7 @@
 it returns, for P (image, class) pairs, d s_c / d features at the target layer.
 :func:`class_evidence` builds the signed (pre-ReLU) evidence of every class on it.
 """
+
 from __future__ import annotations
 
 from weakref import WeakKeyDictionary
@@ -88,11 +89,13 @@ def select_classes(scores: Tensor, classes: Tensor | list | None, topk: int) -> 
     if classes.dim() != 2 or classes.shape[0] != num_images:
         raise ValueError(f"classes must have shape ({num_images}, K), got {tuple(classes.shape)}")
     if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
-        raise ValueError(f"class ids must be in [0, {num_classes}), got range [{int(classes.min())}, {int(classes.max())}]")
+        raise ValueError(
+            f"class ids must be in [0, {num_classes}), got range [{int(classes.min())}, {int(classes.max())}]"
+        )
     return classes.long()
 
 
-_HEADS: "WeakKeyDictionary[nn.Module, dict[tuple[int, bool], tuple[tuple[int, ...], nn.Linear | None]]]" = (
+_HEADS: WeakKeyDictionary[nn.Module, dict[tuple[int, bool], tuple[tuple[int, ...], nn.Linear | None]]] = (
     WeakKeyDictionary()
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gainx.data.decoy import write_decoy
+from gainx.data.synthetic import write_decoy
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -11,8 +11,8 @@ from torch.utils.data import Dataset
 
 from gainx.data.decode import read_image, read_mask
 from gainx.data.guides import label_map_to_guide, rasterize_boxes
-from gainx.data.transforms import normalize, resize_rgb
 from gainx.data.records import IGNORE, IMAGENET_MEAN, IMAGENET_STD, DatasetError, Sample, as_size
+from gainx.data.transforms import normalize, resize_rgb
 
 
 class GainDataset(Dataset):

@@ -1,4 +1,4 @@
-"""Layout (b): a CSV manifest (see docs/data.md for the format).
+"""Layout (b): a CSV manifest (see docs/data.md for the format): its reader and its writer.
 
 ``root/manifest.csv`` with header ``path,labels,split`` and optional ``mask`` and
 ``boxes`` columns; optional ``root/classes.txt`` (class list and order) and
@@ -9,12 +9,15 @@ validated when the dataset is built; pixels are decoded lazily.
 from __future__ import annotations
 
 import csv
+import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gainx.data.dataset import GainDataset
 from gainx.data.records import IMAGENET_MEAN, IMAGENET_STD, Box, DatasetError, Sample, as_size
+from gainx.io import atomic_open, atomic_write_text
 
 MANIFEST = "manifest.csv"
 CLASSES = "classes.txt"
@@ -181,3 +184,23 @@ def _parse_boxes(text: str, where: str, labels: tuple[int, ...], index: dict[str
             raise DatasetError(f"{where}: box {item!r} needs 0 <= x0 < x1 and 0 <= y0 < y1")
         boxes.append(Box(index[name], x0, y0, x1, y1))
     return tuple(boxes)
+
+
+def write_manifest(
+    out: Path,
+    rows: Sequence[Sequence[str]],
+    classes: Sequence[str],
+    meta: dict[str, Any],
+    columns: Sequence[str] = ("path", "labels", "split", "mask"),
+) -> Path:
+    """Write a manifest data set's ``classes.txt``, ``dataset.json`` and, last and atomically,
+    ``manifest.csv`` (so a reader never sees a manifest listing half-written files)."""
+    atomic_write_text(out / CLASSES, "".join(f"{c}\n" for c in classes))
+    atomic_write_text(out / META, json.dumps(meta, indent=2) + "\n")
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    with atomic_open(out / MANIFEST, "w") as fh:
+        fh.write(text.getvalue())
+    return out

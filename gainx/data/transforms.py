@@ -1,4 +1,5 @@
 """The image preprocessing shared by training data, ``gainx attention`` and export checks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,5 +18,8 @@ def resize_rgb(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 
 def normalize(pixels: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 -> float32 ``(3, H, W)`` as ``(x / 255 - mean) / std`` (``mean``/``std`` shaped ``(3, 1, 1)``)."""
+    """``(H, W, 3)`` uint8 -> float32 ``(3, H, W)`` as ``(x / 255 - mean) / std``.
+
+    ``mean`` and ``std`` are shaped ``(3, 1, 1)``.
+    """
     return (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255 - mean) / std

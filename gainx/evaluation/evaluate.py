@@ -1,4 +1,5 @@
 """Evaluate a classifier and its attention on a data split."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -7,6 +7,7 @@
   mask are accumulated per class over the data set and averaged over classes;
 * pointing game: a hit when the map's maximum falls on the class's mask.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,4 +71,8 @@ class LocalizationMeter:
     def result(self) -> dict[str, float]:
         seen = self.union > 0
         miou = (self.inter[seen] / self.union[seen]).mean().item() if seen.any() else float("nan")
-        return {"miou": miou, "pointing_game": self.hits / self.count if self.count else float("nan"), "num_maps": self.count}
+        return {
+            "miou": miou,
+            "pointing_game": self.hits / self.count if self.count else float("nan"),
+            "num_maps": self.count,
+        }

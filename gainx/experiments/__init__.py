@@ -1,4 +1,4 @@
-"""Reproduction experiments of the paper's claims (issue 7).
+"""Reproduction experiments of the paper's claims.
 
 * :func:`run_bias`: baseline, GAIN, GAINext with masks / boxes at several
   annotation budgets and the guidance variants, on the decoy and co-occurrence
@@ -8,6 +8,7 @@
 * :func:`write_cues` / :func:`evaluate_cues`: localization cues as PNG label
   maps and their mIoU against masks.
 """
+
 from gainx.experiments.bias import run_bias
 from gainx.experiments.cues import cue_label_map, evaluate_cues, write_cues
 from gainx.experiments.localization import run_localization

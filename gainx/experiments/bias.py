@@ -9,6 +9,7 @@ budget. Writes ``results.json`` (every run and the aggregate), ``results.md``
 cue mIoU and pointing game on the bias-conflicting set; and where the logits
 come from, :mod:`gainx.experiments.evidence`) and figures.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,18 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from gainx.experiments.evidence import evidence_split
-from gainx.experiments.figures import attention_figure, budget_figure
+from gainx.experiments.figures import budget_figure, titled
 from gainx.experiments.runner import base_data, data_dir, finished_checkpoints, run_dir, run_matrix
 from gainx.experiments.specs import BENCHMARKS, FULL, QUICK, Benchmark, Profile, bias_matrix
 from gainx.experiments.tables import aggregate, markdown
+from gainx.explain import attention_figure
 from gainx.io import atomic_write_text
 from gainx.losses.guidance import GUIDANCES
 
 BIAS_BENCHMARKS = ("decoy", "cooccur")
 EVIDENCE = "evidence.json"
 EVIDENCE_HEADERS = {
-    "gt_object": "GT logit from object", "gt_background": "GT logit from background",
-    "other_object": "top other logit from object", "other_background": "top other logit from background",
+    "gt_object": "GT logit from object",
+    "gt_background": "GT logit from background",
+    "other_object": "top other logit from object",
+    "other_background": "top other logit from background",
     "background_favours_other": "images where background favours the other class",
 }
 
@@ -59,28 +63,53 @@ def run_bias(
         "pointing_game": (bench.main_split, "pointing_game"),
     }
     rows = aggregate(results, metrics)
-    report = {"benchmark": benchmark, "description": bench.description, "profile": profile.__dict__,
-              "splits": {"conflicting": bench.main_split, "consistent": consistent},
-              "seeds": list(seeds), "budgets": list(budgets), "table": rows, "runs": results}
-    headers = {"acc_conflicting": f"acc. bias-conflicting ({bench.main_split})", "acc_consistent": f"acc. bias-consistent ({consistent})",
-               "miou": "cue mIoU (conflicting)", "pointing_game": "pointing game (conflicting)"}
+    report = {
+        "benchmark": benchmark,
+        "description": bench.description,
+        "profile": profile.__dict__,
+        "splits": {"conflicting": bench.main_split, "consistent": consistent},
+        "seeds": list(seeds),
+        "budgets": list(budgets),
+        "table": rows,
+        "runs": results,
+    }
+    headers = {
+        "acc_conflicting": f"acc. bias-conflicting ({bench.main_split})",
+        "acc_consistent": f"acc. bias-consistent ({consistent})",
+        "miou": "cue mIoU (conflicting)",
+        "pointing_game": "pointing game (conflicting)",
+    }
     table = markdown(rows, headers)
     for r in results:
         r["evidence"] = _evidence(r, bench, out, profile)
     report["evidence_table"] = aggregate(results, {k: ("evidence", k) for k in EVIDENCE_HEADERS})
     evidence_table = markdown(report["evidence_table"], EVIDENCE_HEADERS)
     atomic_write_text(out / "results.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "results.md", f"{bench.description}; mean ± std over seeds {list(seeds)}\n\n{table}\n\n"
-                      f"Signed evidence (contribution to the logit) on {bench.main_split}, from the object mask and "
-                      f"from the rest of the image:\n\n{evidence_table}\n")
-    budget_figure(rows, "acc_conflicting", f"accuracy on {bench.main_split}", f"{benchmark}: bias-conflicting accuracy",
-                  out / f"{benchmark}_accuracy.png")
-    budget_figure(rows, "miou", "cue mIoU", f"{benchmark}: attention cue mIoU (bias-conflicting)", out / f"{benchmark}_miou.png")
+    atomic_write_text(
+        out / "results.md",
+        f"{bench.description}; mean ± std over seeds {list(seeds)}\n\n{table}\n\n"
+        f"Signed evidence (contribution to the logit) on {bench.main_split}, from the object mask and "
+        f"from the rest of the image:\n\n{evidence_table}\n",
+    )
+    budget_figure(
+        rows,
+        "acc_conflicting",
+        f"accuracy on {bench.main_split}",
+        f"{benchmark}: bias-conflicting accuracy",
+        out / f"{benchmark}_accuracy.png",
+    )
+    budget_figure(
+        rows, "miou", "cue mIoU", f"{benchmark}: attention cue mIoU (bias-conflicting)", out / f"{benchmark}_miou.png"
+    )
     seed = seeds[0]
     figure_keys = ["baseline", "gain", f"gainext-masks-{guidance_budget:g}"]
     figure_keys += [f"gainext-masks-{guidance_budget:g}-{g}" for g in guidances if g != "paper"]
-    attention_figure(finished_checkpoints(out, benchmark, figure_keys, seed), data_dir(out, benchmark, seed),
-                     bench.main_split, out / f"{benchmark}_attention.png")
+    attention_figure(
+        titled(finished_checkpoints(out, benchmark, figure_keys, seed)),
+        data_dir(out, benchmark, seed),
+        bench.main_split,
+        out / f"{benchmark}_attention.png",
+    )
     print(table)
     return report
 

@@ -1,4 +1,5 @@
 """``gainx experiment bias|localization`` and ``gainx cues`` (wired by ``register``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,16 +12,30 @@ def _profile(args: argparse.Namespace):
     from gainx.experiments.specs import FULL, QUICK
 
     base = QUICK if args.quick else FULL
-    return base.with_overrides(epochs=args.epochs, train_size=args.train_size, test_size=args.test_size,
-                               image_size=args.image_size, omega_e=args.omega_e, am_warmup=args.am_warmup,
-                               second_order=args.second_order or None)
+    return base.with_overrides(
+        epochs=args.epochs,
+        train_size=args.train_size,
+        test_size=args.test_size,
+        image_size=args.image_size,
+        omega_e=args.omega_e,
+        am_warmup=args.am_warmup,
+        second_order=args.second_order or None,
+    )
 
 
 def _cmd_bias(args: argparse.Namespace) -> int:
     from gainx.experiments.bias import run_bias
 
-    run_bias(args.benchmark, args.out, seeds=args.seeds, budgets=args.budgets, guidance_budget=args.guidance_budget,
-             guidances=args.guidances, profile=_profile(args), threads=args.threads)
+    run_bias(
+        args.benchmark,
+        args.out,
+        seeds=args.seeds,
+        budgets=args.budgets,
+        guidance_budget=args.guidance_budget,
+        guidances=args.guidances,
+        profile=_profile(args),
+        threads=args.threads,
+    )
     return 0
 
 
@@ -44,7 +59,9 @@ def _cmd_cues(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
     p.add_argument("--out", required=True, help="experiment folder: data/, runs/, results.json, results.md, figures")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--budgets", type=float, nargs="+", default=budgets, help="fractions of training images with annotation")
+    p.add_argument(
+        "--budgets", type=float, nargs="+", default=budgets, help="fractions of training images with annotation"
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes (tests, smoke runs)")
     p.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
     p.add_argument("--train-size", type=int, default=None, help="override the profile's training images")
@@ -52,7 +69,9 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
     p.add_argument("--image-size", type=int, default=None, help="override the profile's image size")
     p.add_argument("--omega-e", type=float, default=None, help="override the weight of the guidance loss (eq. 8)")
     p.add_argument("--am-warmup", type=int, default=None, help="override the epochs of L_cl only before GAIN starts")
-    p.add_argument("--second-order", action="store_true", help="differentiate through the Grad-CAM weights (create_graph)")
+    p.add_argument(
+        "--second-order", action="store_true", help="differentiate through the Grad-CAM weights (create_graph)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a busy CPU)")
 
 
@@ -60,13 +79,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``experiment bias``, ``experiment localization`` and ``cues`` to the gainx CLI."""
     exp = subparsers.add_parser("experiment", help="reproduce the paper's claims (bias removal, localization)")
     which = exp.add_subparsers(dest="experiment", required=True)
-    bias = which.add_parser("bias", help="baseline / GAIN / GAINext (masks, boxes, budgets, guidance losses) on a bias benchmark")
+    bias = which.add_parser(
+        "bias", help="baseline / GAIN / GAINext (masks, boxes, budgets, guidance losses) on a bias benchmark"
+    )
     bias.add_argument("--benchmark", choices=("decoy", "cooccur"), required=True)
     _common(bias, [0.01, 0.02, 0.05, 0.10])
-    bias.add_argument("--guidance-budget", type=float, default=0.05, help="budget (masks) of the guidance-loss variants")
-    bias.add_argument("--guidances", nargs="+", choices=GUIDANCES, default=list(GUIDANCES), help="guidance losses compared")
+    bias.add_argument(
+        "--guidance-budget", type=float, default=0.05, help="budget (masks) of the guidance-loss variants"
+    )
+    bias.add_argument(
+        "--guidances", nargs="+", choices=GUIDANCES, default=list(GUIDANCES), help="guidance losses compared"
+    )
     bias.set_defaults(func=_cmd_bias)
-    loc = which.add_parser("localization", help="cue mIoU and pointing game of Grad-CAM, GAIN, GAINext on shapes-on-clutter")
+    loc = which.add_parser(
+        "localization", help="cue mIoU and pointing game of Grad-CAM, GAIN, GAINext on shapes-on-clutter"
+    )
     _common(loc, [0.05])
     loc.set_defaults(func=_cmd_localization)
 

@@ -9,6 +9,7 @@ ground-truth class's does, ``0`` (background) where none does, and ``255``
 cue folder is itself a data set for a weakly supervised segmentation trainer
 (``load_dataset(cue_dir, split)``).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,17 +24,19 @@ from torch import Tensor
 
 from gainx.attention import attention_maps
 from gainx.data import load_dataset
+from gainx.data.manifest import write_manifest
 from gainx.data.records import IGNORE
-from gainx.data.synth import write_manifest_dataset
 from gainx.evaluation import cue_mask
 from gainx.io import atomic_open
-from gainx.training import load_model
+from gainx.models import load_model
 
 
 def cue_label_map(maps: Tensor, classes: Tensor) -> np.ndarray:
     """``(K, H, W)`` maps of the classes ``classes (K,)`` -> ``(H, W)`` uint8 cue label map."""
     if maps.dim() != 3 or classes.shape != (maps.shape[0],):
-        raise ValueError(f"maps must be (K, H, W) with one class id each, got {tuple(maps.shape)} and {tuple(classes.shape)}")
+        raise ValueError(
+            f"maps must be (K, H, W) with one class id each, got {tuple(maps.shape)} and {tuple(classes.shape)}"
+        )
     passes = cue_mask(maps)
     count = passes.sum(0)
     winner = classes.to(torch.long)[passes.to(torch.uint8).argmax(0)] + 1
@@ -59,7 +62,11 @@ def write_cues(checkpoint: str | Path, data: str | Path, split: str, out: str | 
         images = torch.stack([b["image"] for b in items])
         labels = torch.stack([b["labels"] for b in items])
         pair_img, pair_cls = torch.nonzero(labels > 0.5, as_tuple=True)
-        maps = attention_maps(model, images[pair_img], meta["target_layer"], classes=pair_cls.unsqueeze(1))[1][:, 0] if pair_img.numel() else None
+        maps = (
+            attention_maps(model, images[pair_img], meta["target_layer"], classes=pair_cls.unsqueeze(1))[1][:, 0]
+            if pair_img.numel()
+            else None
+        )
         for j, item in enumerate(items):
             sample = dataset.samples[item["index"]]
             with Image.open(sample.image) as im:
@@ -68,21 +75,28 @@ def write_cues(checkpoint: str | Path, data: str | Path, split: str, out: str | 
             if maps is None or sel.numel() == 0:
                 label_map = np.zeros((height, width), dtype=np.uint8)
             else:
-                own = F.interpolate(maps[sel].unsqueeze(0), size=(height, width), mode="bilinear", align_corners=False)[0]
+                own = F.interpolate(maps[sel].unsqueeze(0), size=(height, width), mode="bilinear", align_corners=False)[
+                    0
+                ]
                 label_map = cue_label_map(own, pair_cls[sel])
             name = f"{split}/{Path(sample.image).stem}.png"
             with atomic_open(out / name, "wb") as fh:
                 Image.fromarray(label_map, mode="L").save(fh, format="PNG")
             names = ";".join(dataset.classes[c] for c in sample.labels)
             rows.append((os.path.relpath(sample.image, out), names, split, name))
-    meta_out = {"image_size": list(meta["image_size"]), "cues": {"checkpoint": str(checkpoint), "data": str(data), "split": split}}
-    return write_manifest_dataset(out, rows, dataset.classes, meta_out)
+    meta_out = {
+        "image_size": list(meta["image_size"]),
+        "cues": {"checkpoint": str(checkpoint), "data": str(data), "split": split},
+    }
+    return write_manifest(out, rows, dataset.classes, meta_out)
 
 
 def label_map_of(guide: Tensor) -> Tensor:
     """``(K, H, W)`` uint8 guide -> ``(H, W)`` label map (k+1 class, 0 background, 255 ignore)."""
     is_class = guide == 1
-    lm = torch.where(is_class.any(0), is_class.to(torch.uint8).argmax(0) + 1, torch.zeros_like(guide[0], dtype=torch.long))
+    lm = torch.where(
+        is_class.any(0), is_class.to(torch.uint8).argmax(0) + 1, torch.zeros_like(guide[0], dtype=torch.long)
+    )
     return torch.where((guide == IGNORE).all(0), torch.full_like(lm, IGNORE), lm).to(torch.uint8)
 
 
@@ -112,7 +126,9 @@ def evaluate_cues(cues: str | Path, data: str | Path, split: str) -> dict[str, A
             cue = np.asarray(im.resize(gt.shape[::-1], Image.NEAREST))
         bad = set(np.unique(cue).tolist()) - set(range(k + 1)) - {IGNORE}
         if cue.ndim != 2 or bad:
-            raise ValueError(f"cue {path} is not a label map over {k} classes (shape {cue.shape}, values {sorted(bad)})")
+            raise ValueError(
+                f"cue {path} is not a label map over {k} classes (shape {cue.shape}, values {sorted(bad)})"
+            )
         valid = gt != IGNORE
         cols = np.where(cue == IGNORE, k + 1, cue)[valid].astype(np.int64)
         np.add.at(conf, (gt[valid].astype(np.int64), cols), 1)
@@ -131,4 +147,3 @@ def evaluate_cues(cues: str | Path, data: str | Path, split: str) -> dict[str, A
         "conflict_fraction": float(conf[:, k + 1].sum() / max(conf.sum(), 1)),
         "num_images": scored,
     }
-

@@ -10,6 +10,7 @@ background contribute,
 border). Grad-CAM shows only ``ReLU(E_gt)``: a background that *lowers* the
 ground-truth logit or *raises* another class's is invisible in its map.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,10 +21,10 @@ from torch.utils.data import DataLoader
 
 from gainx.attention import attention_maps, class_evidence
 from gainx.attention.capture import capture_output, resolve_layer
-from gainx.ops import upsample
 from gainx.data import load_dataset
 from gainx.losses.guidance import background
-from gainx.training import load_model
+from gainx.models import load_model
+from gainx.ops import upsample
 
 FIELDS = ("gt_object", "gt_background", "other_object", "other_background")
 
@@ -52,8 +53,8 @@ def evidence_split(checkpoint: str | Path, data: str | Path, split: str, batch_s
         other = scores.detach().masked_fill(labels > 0.5, float("-inf")).argmax(1)
         bg = background(guide).to(up.dtype)
         obj = (guide == 1).any(1).to(up.dtype)
-        pick = lambda c: up[rows, c]  # noqa: E731
-        parts = [(pick(gt) * obj), (pick(gt) * bg), (pick(other) * obj), (pick(other) * bg)]
+        at_gt, at_other = up[rows, gt], up[rows, other]
+        parts = [at_gt * obj, at_gt * bg, at_other * obj, at_other * bg]
         values = torch.stack([p.flatten(1).sum(1) for p in parts], dim=1).double()
         sums += values.sum(0)
         favours_other += int((values[:, 3] > values[:, 1]).sum())

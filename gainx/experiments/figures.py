@@ -1,16 +1,12 @@
-"""Figures of the experiments: a metric against the annotation budget, and attention maps side by side."""
+"""Figures of the experiments: a metric against the annotation budget; column titles of the attention figures
+(drawn by :func:`gainx.explain.attention_figure`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from gainx.attention import attention_maps
-from gainx.data import load_dataset
 from gainx.io import atomic_open
-from gainx.training import load_model
-from gainx.viz import attention_grid, denormalize, overlay
 
 
 def budget_figure(rows: list[dict[str, Any]], column: str, ylabel: str, title: str, path: Path) -> None:
@@ -23,18 +19,37 @@ def budget_figure(rows: list[dict[str, Any]], column: str, ylabel: str, title: s
 
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for annotation, marker in (("masks", "o"), ("boxes", "s")):
-        pts = sorted((r["budget"], r[column]) for r in rows if r["annotation"] == annotation and r["guidance"] == "paper")
+        pts = sorted(
+            (r["budget"], r[column]) for r in rows if r["annotation"] == annotation and r["guidance"] == "paper"
+        )
         if pts:
-            ax.errorbar([100 * b for b, _ in pts], [s["mean"] for _, s in pts], yerr=[s["std"] for _, s in pts],
-                        marker=marker, capsize=3, label=f"GAINext, {annotation} (paper L_e)")
+            ax.errorbar(
+                [100 * b for b, _ in pts],
+                [s["mean"] for _, s in pts],
+                yerr=[s["std"] for _, s in pts],
+                marker=marker,
+                capsize=3,
+                label=f"GAINext, {annotation} (paper L_e)",
+            )
     for r in rows:
         if r["annotation"] == "none":
             style = ":" if r["unbiased"] else "--"
-            ax.axhline(r[column]["mean"], linestyle=style, color="gray" if r["method"] == "baseline" else "black",
-                       label=r["key"] if r["unbiased"] else f"{r['method']} (no annotation)")
+            ax.axhline(
+                r[column]["mean"],
+                linestyle=style,
+                color="gray" if r["method"] == "baseline" else "black",
+                label=r["key"] if r["unbiased"] else f"{r['method']} (no annotation)",
+            )
         elif r["guidance"] != "paper":
-            ax.errorbar([100 * r["budget"]], [r[column]["mean"]], yerr=[r[column]["std"]], marker="^", capsize=3,
-                        linestyle="none", label=f"GAINext, {r['annotation']}, {r['guidance']}")
+            ax.errorbar(
+                [100 * r["budget"]],
+                [r[column]["mean"]],
+                yerr=[r[column]["std"]],
+                marker="^",
+                capsize=3,
+                linestyle="none",
+                label=f"GAINext, {r['annotation']}, {r['guidance']}",
+            )
     ax.set_xscale("log")
     ax.set_xlabel("training images with annotation (%)")
     ax.set_ylabel(ylabel)
@@ -46,25 +61,6 @@ def budget_figure(rows: list[dict[str, Any]], column: str, ylabel: str, title: s
     plt.close(fig)
 
 
-def attention_figure(checkpoints: dict[str, Path], data: Path, split: str, path: Path, count: int = 6,
-                     row_prefix: str = "") -> None:
-    """Maps of each image's ground-truth classes (first one) for each run, on the first ``count`` images
-    of ``split``; rows are titled ``row_prefix`` + the class name."""
-    dataset = load_dataset(data, split)
-    batch = [dataset[i] for i in range(min(count, len(dataset)))]
-    images = torch.stack([b["image"] for b in batch])
-    labels = torch.stack([b["labels"] for b in batch]).argmax(1)
-    rgb = [denormalize(img, dataset.mean, dataset.std) for img in images]
-    rows = [[im] for im in rgb]
-    for ckpt in checkpoints.values():
-        model, meta = load_model(ckpt)
-        _, maps = attention_maps(model, images, meta["target_layer"], classes=labels.unsqueeze(1))
-        for r, im in enumerate(rgb):
-            rows[r].append(overlay(im, maps[r, 0]))
-    titles = [f"{row_prefix}{dataset.classes[int(c)]}" for c in labels]
-    attention_grid(rows, titles, ["image", *(column_title(k) for k in checkpoints)], path)
-
-
 def column_title(key: str) -> str:
     """``"gainext-masks-0.05-signed"`` -> ``"GAINext masks 5%\nsigned"``; other keys unchanged."""
     parts = key.split("-")
@@ -72,3 +68,8 @@ def column_title(key: str) -> str:
         return key
     title = f"GAINext {parts[1]} {float(parts[2]):.0%}"
     return title + (f"\n{parts[3]}" if len(parts) > 3 else "")
+
+
+def titled(checkpoints: dict[str, Path]) -> dict[str, Path]:
+    """The same checkpoints keyed by their :func:`column_title` (the columns of an attention figure)."""
+    return {column_title(key): path for key, path in checkpoints.items()}

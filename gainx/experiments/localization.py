@@ -9,6 +9,7 @@ mIoU (background + classes) of the cue label maps that ``gainx cues`` writes,
 and the fraction of ground-truth maps that are zero everywhere (no positive
 evidence for the class; cached as ``blank.json`` in the run folder).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,11 @@ from typing import Any
 
 from gainx.experiments.cues import evaluate_cues, write_cues
 from gainx.experiments.evidence import blank_map_fraction
-from gainx.experiments.figures import attention_figure
+from gainx.experiments.figures import titled
 from gainx.experiments.runner import data_dir, finished_checkpoints, run_dir, run_matrix
 from gainx.experiments.specs import BENCHMARKS, FULL, QUICK, Profile, localization_matrix
 from gainx.experiments.tables import aggregate, markdown
+from gainx.explain import attention_figure
 from gainx.io import atomic_write_text
 
 SPLIT = "test"
@@ -31,7 +33,9 @@ def cue_scores(checkpoint: Path, base: Path) -> dict[str, Any]:
     """Write the run's cue label maps next to its checkpoint and score them against the masks."""
     cues = write_cues(checkpoint, base, SPLIT, checkpoint.parent / "cues")
     scores = evaluate_cues(cues, base, SPLIT)
-    return {"cues": {"miou": scores["miou"], "miou_fg": scores["miou_fg"], "conflict_fraction": scores["conflict_fraction"]}}
+    return {
+        "cues": {"miou": scores["miou"], "miou_fg": scores["miou_fg"], "conflict_fraction": scores["conflict_fraction"]}
+    }
 
 
 def run_localization(
@@ -46,22 +50,45 @@ def run_localization(
     bench = BENCHMARKS["shapes"]
     profile = profile or (QUICK if quick else FULL)
     out = Path(out)
-    results = run_matrix(localization_matrix(list(seeds), list(budgets)), bench, out, profile, threads, extra=cue_scores)
+    results = run_matrix(
+        localization_matrix(list(seeds), list(budgets)), bench, out, profile, threads, extra=cue_scores
+    )
     for r in results:
         r["blank_maps"] = _blank(run_dir(out, "shapes", r["key"], r["seed"]), data_dir(out, "shapes", r["seed"]))
-    metrics = {"blank_maps": ("", "blank_maps"), "mAP": (SPLIT, "mAP"), "miou": (SPLIT, "miou"), "pointing_game": (SPLIT, "pointing_game"),
-               "cue_map_miou": ("cues", "miou")}
+    metrics = {
+        "blank_maps": ("", "blank_maps"),
+        "mAP": (SPLIT, "mAP"),
+        "miou": (SPLIT, "miou"),
+        "pointing_game": (SPLIT, "pointing_game"),
+        "cue_map_miou": ("cues", "miou"),
+    }
     rows = aggregate(results, metrics)
-    headers = {"blank_maps": "blank GT maps", "mAP": "mAP", "miou": "cue mIoU (per GT map)", "pointing_game": "pointing game",
-               "cue_map_miou": "cue label-map mIoU (bg + classes)"}
+    headers = {
+        "blank_maps": "blank GT maps",
+        "mAP": "mAP",
+        "miou": "cue mIoU (per GT map)",
+        "pointing_game": "pointing game",
+        "cue_map_miou": "cue label-map mIoU (bg + classes)",
+    }
     table = markdown(rows, headers)
-    report = {"benchmark": "shapes", "description": bench.description, "profile": profile.__dict__,
-              "seeds": list(seeds), "budgets": list(budgets), "table": rows, "runs": results}
+    report = {
+        "benchmark": "shapes",
+        "description": bench.description,
+        "profile": profile.__dict__,
+        "seeds": list(seeds),
+        "budgets": list(budgets),
+        "table": rows,
+        "runs": results,
+    }
     atomic_write_text(out / "results.json", json.dumps(report, indent=2))
     atomic_write_text(out / "results.md", f"{bench.description}; mean ± std over seeds {list(seeds)}\n\n{table}\n")
     seed = seeds[0]
-    attention_figure(finished_checkpoints(out, "shapes", [r["key"] for r in rows], seed), data_dir(out, "shapes", seed),
-                     SPLIT, out / "shapes_attention.png")
+    attention_figure(
+        titled(finished_checkpoints(out, "shapes", [r["key"] for r in rows], seed)),
+        data_dir(out, "shapes", seed),
+        SPLIT,
+        out / "shapes_attention.png",
+    )
     print(table)
     return report
 

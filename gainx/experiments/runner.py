@@ -5,12 +5,14 @@ run whose ``result.json`` exists is skipped, and an interrupted run resumes
 from its last epoch checkpoint (``TrainConfig.resume``), so re-running an
 experiment command continues where it stopped.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -19,7 +21,8 @@ from gainx.evaluation import evaluate
 from gainx.experiments.specs import Benchmark, Profile, RunSpec
 from gainx.experiments.variants import write_variant
 from gainx.io import atomic_write_text
-from gainx.training import TrainConfig, load_model
+from gainx.models import load_model
+from gainx.training import TrainConfig
 from gainx.training.trainer import train
 
 RESULT = "result.json"
@@ -49,18 +52,39 @@ def base_data(bench: Benchmark, root: Path, seed: int, profile: Profile, unbiase
         raise ValueError(f"benchmark {bench.name!r} has no unbiased variant")
     out = data_dir(root, bench.name, seed, unbiased)
     if not (out / "manifest.csv").exists():
-        bench.write(out, image_size=profile.image_size, seed=seed, mask_fraction=1.0,
-                    train_size=profile.train_size, test_size=profile.test_size, **(bench.unbiased if unbiased else {}))
+        bench.write(
+            out,
+            image_size=profile.image_size,
+            seed=seed,
+            mask_fraction=1.0,
+            train_size=profile.train_size,
+            test_size=profile.test_size,
+            **(bench.unbiased if unbiased else {}),
+        )
     return out
 
 
 def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile) -> TrainConfig:
     """The training configuration shared by every experiment run."""
     return TrainConfig(
-        data=str(data), out=str(out), arch=ARCH, method=spec.method, guidance=spec.guidance,
-        epochs=profile.epochs, omega_e=profile.omega_e, second_order=profile.second_order, batch_size=profile.batch_size, optimizer="adamw", lr=profile.lr, weight_decay=1e-4,
-        augment=False, seed=spec.seed, am_warmup=min(profile.am_warmup, profile.epochs - 1), resume=True,
-        progress=False, device="cpu",
+        data=str(data),
+        out=str(out),
+        arch=ARCH,
+        method=spec.method,
+        guidance=spec.guidance,
+        epochs=profile.epochs,
+        omega_e=profile.omega_e,
+        second_order=profile.second_order,
+        batch_size=profile.batch_size,
+        optimizer="adamw",
+        lr=profile.lr,
+        weight_decay=1e-4,
+        augment=False,
+        seed=spec.seed,
+        am_warmup=min(profile.am_warmup, profile.epochs - 1),
+        resume=True,
+        progress=False,
+        device="cpu",
     )
 
 
@@ -83,7 +107,11 @@ def run_one(
     data = write_variant(base, spec.annotation, spec.budget, seed=spec.seed)
     start = time.perf_counter()
     checkpoint = train(train_config(spec, data, out, profile))
-    result: dict[str, Any] = {**spec.to_dict(), "benchmark": bench.name, "train_seconds": round(time.perf_counter() - start, 1)}
+    result: dict[str, Any] = {
+        **spec.to_dict(),
+        "benchmark": bench.name,
+        "train_seconds": round(time.perf_counter() - start, 1),
+    }
     model, meta = load_model(checkpoint)
     for split in bench.splits:
         report = evaluate(model, load_dataset(base, split), meta["target_layer"])
@@ -112,7 +140,10 @@ def run_matrix(
         result = run_one(spec, bench, base, run_dir(root, bench.name, spec.key, spec.seed), profile, extra)
         main = result[bench.main_split]
         score = main.get("accuracy", main.get("mAP"))
-        print(f"[{i}/{len(specs)}] {bench.name} {spec.name}: {bench.main_split} {score:.3f} "
-              f"cue mIoU {main['miou']:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        print(
+            f"[{i}/{len(specs)}] {bench.name} {spec.name}: {bench.main_split} {score:.3f} "
+            f"cue mIoU {main['miou']:.3f} ({time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
         results.append(result)
     return results

@@ -1,14 +1,13 @@
 """What the experiments run: benchmarks, size profiles and the run matrix."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from gainx.data.cooccur import write_cooccur
-from gainx.data.decoy import write_decoy
-from gainx.data.shapes import write_shapes
-from gainx.data.synth import SHAPES
+from gainx.data.synthetic import SHAPES, write_cooccur, write_decoy, write_shapes
 from gainx.losses.guidance import GUIDANCES
 
 
@@ -25,13 +24,28 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "decoy": Benchmark("decoy", write_decoy, ("test_consistent", "test_random"), "test_random",
-                       "decoy digits: a corner colour swatch encodes the label in train, random in test_random"),
-    "cooccur": Benchmark("cooccur", write_cooccur, ("test_consistent", "test_conflicting"), "test_conflicting",
-                         "shapes on a class-specific textured band (boats on water); another class's band in test_conflicting",
-                         unbiased={"bias": 1.0 / len(SHAPES)}),
-    "shapes": Benchmark("shapes", write_shapes, ("test",), "test",
-                        "one or two shapes of varied size on clutter; masks for evaluation only"),
+    "decoy": Benchmark(
+        "decoy",
+        write_decoy,
+        ("test_consistent", "test_random"),
+        "test_random",
+        "decoy digits: a corner colour swatch encodes the label in train, random in test_random",
+    ),
+    "cooccur": Benchmark(
+        "cooccur",
+        write_cooccur,
+        ("test_consistent", "test_conflicting"),
+        "test_conflicting",
+        "shapes on a class-specific textured band (boats on water); another class's band in test_conflicting",
+        unbiased={"bias": 1.0 / len(SHAPES)},
+    ),
+    "shapes": Benchmark(
+        "shapes",
+        write_shapes,
+        ("test",),
+        "test",
+        "one or two shapes of varied size on clutter; masks for evaluation only",
+    ),
 }
 
 
@@ -49,7 +63,7 @@ class Profile:
     omega_e: float = 10.0  # weight of the guidance loss (eq. 8)
     second_order: bool = False  # train through the Grad-CAM weights too
 
-    def with_overrides(self, **values: Any) -> "Profile":
+    def with_overrides(self, **values: Any) -> Profile:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
 

@@ -1,8 +1,10 @@
 """Aggregate per-seed results into mean +- std and render markdown tables."""
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +26,7 @@ def aggregate(results: list[dict[str, Any]], metrics: dict[str, tuple[str, str]]
     for r in results:
         keys.setdefault(r["key"], []).append(r)
     rows = []
-    for key, runs in keys.items():
+    for runs in keys.values():
         first = runs[0]
         row = {k: first[k] for k in ("key", "method", "annotation", "budget", "guidance")}
         row["unbiased"] = bool(first.get("unbiased", False))

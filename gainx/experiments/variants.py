@@ -8,6 +8,7 @@ a mask or as the boxes around each class's mask pixels. The subsets are
 nested (1% is inside 2% is inside 5%), so budgets differ only in how much is
 annotated, never in which images.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from gainx.data.decode import read_mask
-from gainx.data.manifest import CLASSES, MANIFEST, META, read_classes, read_rows
-from gainx.data.synth import write_manifest_dataset
+from gainx.data.manifest import CLASSES, MANIFEST, META, read_classes, read_rows, write_manifest
 
 KINDS = ("none", "masks", "boxes")
 
@@ -44,8 +44,10 @@ def write_variant(base: str | Path, kind: str, budget: float, seed: int, split: 
     rows = [r for r in everything if r["split"] == split]
     unmasked = [r["path"] for r in rows if not r.get("mask")]
     if kind != "none" and unmasked:
-        raise ValueError(f"{base / MANIFEST}: {len(unmasked)} {split} images have no mask (e.g. {unmasked[0]}); "
-                         "budget variants need a fully annotated base")
+        raise ValueError(
+            f"{base / MANIFEST}: {len(unmasked)} {split} images have no mask (e.g. {unmasked[0]}); "
+            "budget variants need a fully annotated base"
+        )
     classes = read_classes(base / CLASSES)
     order = np.random.default_rng(seed).permutation(len(rows))
     keep = set(order[: round(budget * len(rows))].tolist()) if kind != "none" else set()
@@ -53,13 +55,19 @@ def write_variant(base: str | Path, kind: str, budget: float, seed: int, split: 
     table = []
     for i, r in enumerate(rows):
         mask = _relative(base, r["mask"], out) if i in keep and kind == "masks" else ""
-        boxes = boxes_from_label_map(read_mask(base / r["mask"], str(base / MANIFEST)), classes) if i in keep and kind == "boxes" else ""
+        boxes = (
+            boxes_from_label_map(read_mask(base / r["mask"], str(base / MANIFEST)), classes)
+            if i in keep and kind == "boxes"
+            else ""
+        )
         table.append((_relative(base, r["path"], out), r["labels"], r["split"], mask, boxes))
     # the other splits, unannotated: they keep the manifest's multi-label status that of the base
-    table += [(_relative(base, r["path"], out), r["labels"], r["split"], "", "") for r in everything if r["split"] != split]
+    table += [
+        (_relative(base, r["path"], out), r["labels"], r["split"], "", "") for r in everything if r["split"] != split
+    ]
     meta = json.loads((base / META).read_text(encoding="utf-8"))
     meta["variant"] = {"kind": kind, "budget": budget, "annotated": len(keep), "of": len(rows)}
-    return write_manifest_dataset(out, table, classes, meta, columns=("path", "labels", "split", "mask", "boxes"))
+    return write_manifest(out, table, classes, meta, columns=("path", "labels", "split", "mask", "boxes"))
 
 
 def _relative(base: Path, path: str, out: Path) -> str:

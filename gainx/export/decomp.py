@@ -7,6 +7,7 @@ pooling is linear: with the pooling matrices ``P_h`` (out_h, h) and ``P_w``
 vector-Jacobian product is ``dx = P_h^T dy P_w``: matmuls built from ``arange``,
 valid for symbolic sizes (dynamic H, W).
 """
+
 from __future__ import annotations
 
 import torch

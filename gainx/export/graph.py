@@ -13,21 +13,22 @@
 * ``A_c = ReLU(sum_k w_ck F_k)`` (eq. 2), min-max normalized by the range of its
   bilinear upsampling to the image and upsampled (:mod:`gainx.ops.cam`).
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from gainx.ops import weighted_maps
 from gainx.attention.head import find_linear_head
 from gainx.export.decomp import export_decompositions
 from gainx.export.split import split_at_layer
+from gainx.ops import weighted_maps
 
 
-def select_classes(scores: Tensor, class_ids: Tensor) -> Tensor:
+def requested_or_topk(scores: Tensor, class_ids: Tensor) -> Tensor:
     """``class_ids`` (broadcast to ``(N, K)``) where ``>= 0``, else the top-k class of that rank."""
     top = scores.topk(class_ids.shape[1], dim=1).indices
     return torch.where(class_ids < 0, top, class_ids)
@@ -51,7 +52,7 @@ def head_vjp_attention(head: nn.Module, num_classes: int) -> Callable[[Tensor, T
         rep = features.unsqueeze(1).expand(n, k, *features.shape[1:]).reshape(n * k, *features.shape[1:])
         scores_rep, pullback = torch.func.vjp(head, rep)
         scores = scores_rep.reshape(n, k, -1)[:, 0]
-        classes = select_classes(scores, class_ids)
+        classes = requested_or_topk(scores, class_ids)
         (grads,) = pullback(one_hot(classes.reshape(-1), num_classes, scores_rep.dtype))
         return scores, classes, grads.mean(dim=(2, 3)).reshape(n, k, -1)
 
@@ -87,7 +88,7 @@ class LinearHeadAttention(nn.Module):
 
     def forward(self, features: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         scores = self.head(features)
-        classes = select_classes(scores, class_ids)
+        classes = requested_or_topk(scores, class_ids)
         area = features.shape[-2] * features.shape[-1]
         return scores, classes, self.weight.to(features.dtype)[classes] / area
 
@@ -95,8 +96,14 @@ class LinearHeadAttention(nn.Module):
 class AttentionGraph(nn.Module):
     """``(images, class_ids) -> (scores, classes, attention)``; see the module docstring."""
 
-    def __init__(self, body: nn.Module, head_attention: nn.Module, mean: Sequence[float], std: Sequence[float],
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        body: nn.Module,
+        head_attention: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.body = body
         self.head_attention = head_attention
@@ -112,9 +119,15 @@ class AttentionGraph(nn.Module):
         return scores.float(), classes, attention.float()
 
 
-def build_attention_graph(model: nn.Module, target_layer: str, num_classes: int, mean: Sequence[float],
-                          std: Sequence[float], example_images: Tensor,
-                          dtype: torch.dtype = torch.float32) -> AttentionGraph:
+def build_attention_graph(
+    model: nn.Module,
+    target_layer: str,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    example_images: Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> AttentionGraph:
     """Split ``model`` (eval mode) at ``target_layer`` and assemble its :class:`AttentionGraph`.
 
     ``example_images`` (N >= 2, normalized or not) only fix the feature shape

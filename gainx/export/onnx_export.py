@@ -1,19 +1,21 @@
 """``export_onnx``: a classifier (or a gainx checkpoint) -> a verified attention ONNX model.
 
-The graph contract is documented in export/README.md: inputs ``images``
+The graph contract is documented in docs/export.md: inputs ``images``
 float32 (N, 3, H, W) in [0, 1] and optional ``class_ids`` int64 (N, K)
 (an overridable initializer holding a ``(1, topk)`` row of ``-1``: "the top-k
 classes"); outputs ``scores`` (N, C), ``classes`` int64 (N, K), ``attention``
 float32 (N, K, H, W) in [0, 1]; ``gainx.*`` metadata_props (JSON values).
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,13 +30,14 @@ OUTPUT_NAMES = ["scores", "classes", "attention"]
 log = logging.getLogger(__name__)
 
 
-def _resolve(model_or_checkpoint: nn.Module | str | Path,
-             overrides: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+def _resolve(
+    model_or_checkpoint: nn.Module | str | Path, overrides: dict[str, Any]
+) -> tuple[nn.Module, dict[str, Any]]:
     """The model and its metadata: checkpoint meta, overridden by non-None arguments."""
     if isinstance(model_or_checkpoint, nn.Module):
         model, meta = model_or_checkpoint, {"arch": None, "multilabel": False}
     else:
-        from gainx.training.checkpoint import load_model
+        from gainx.models import load_model
 
         model, meta = load_model(model_or_checkpoint)
     meta = {**meta, **{k: v for k, v in overrides.items() if v is not None}}
@@ -68,8 +71,9 @@ def _accepts_other_sizes(model: nn.Module, image_size: Sequence[int]) -> bool:
     return True
 
 
-def _torch_export(graph: AttentionGraph, image_size: Sequence[int], num_classes: int, opset: int | None,
-                  dynamic_hw: bool) -> Any:
+def _torch_export(
+    graph: AttentionGraph, image_size: Sequence[int], num_classes: int, opset: int | None, dynamic_hw: bool
+) -> Any:
     from torch.export import Dim
 
     batch = Dim("batch", min=1)
@@ -79,9 +83,16 @@ def _torch_export(graph: AttentionGraph, image_size: Sequence[int], num_classes:
     dynamic_shapes = {"images": {0: batch, **spatial}, "class_ids": {0: batch, 1: Dim("k", min=1, max=num_classes)}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.onnx.export(graph, (images, class_ids), dynamo=True, dynamic_shapes=dynamic_shapes,
-                                 input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, opset_version=opset,
-                                 verbose=False)
+        return torch.onnx.export(
+            graph,
+            (images, class_ids),
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            opset_version=opset,
+            verbose=False,
+        )
 
 
 def _finalize(proto: Any, topk: int, metadata: dict[str, Any]) -> bytes:
@@ -123,9 +134,13 @@ def export_onnx(
     """
     from gainx import __version__
 
-    overrides = {"target_layer": target_layer, "classes": list(classes) if classes is not None else None,
-                 "image_size": list(image_size) if image_size is not None else None,
-                 "mean": list(mean) if mean is not None else None, "std": list(std) if std is not None else None}
+    overrides = {
+        "target_layer": target_layer,
+        "classes": list(classes) if classes is not None else None,
+        "image_size": list(image_size) if image_size is not None else None,
+        "mean": list(mean) if mean is not None else None,
+        "std": list(std) if std is not None else None,
+    }
     model, meta = _resolve(model_or_checkpoint, overrides)
     model = copy.deepcopy(model).cpu().eval()  # the caller's module keeps its device and mode
     size = [int(v) for v in meta["image_size"]]
@@ -148,15 +163,32 @@ def export_onnx(
     dynamic_hw = program is not None
     if program is None:
         program = _torch_export(graph, size, num_classes, opset, dynamic_hw=False)
-    metadata = {"classes": list(meta["classes"]), "mean": list(meta["mean"]), "std": list(meta["std"]),
-                "image_size": size, "topk": topk, "arch": meta.get("arch"), "target_layer": meta["target_layer"],
-                "multilabel": bool(meta.get("multilabel", False)), "version": __version__,
-                "fp16": fp16, "dynamic_hw": dynamic_hw}
+    metadata = {
+        "classes": list(meta["classes"]),
+        "mean": list(meta["mean"]),
+        "std": list(meta["std"]),
+        "image_size": size,
+        "topk": topk,
+        "arch": meta.get("arch"),
+        "target_layer": meta["target_layer"],
+        "multilabel": bool(meta.get("multilabel", False)),
+        "version": __version__,
+        "fp16": fp16,
+        "dynamic_hw": dynamic_hw,
+    }
     data = _finalize(program.model_proto, topk, metadata)
     if verify:
         cases = default_cases(size, num_classes, topk, dynamic_hw)
-        errors = verify_onnx(data, model, meta["target_layer"], meta["mean"], meta["std"], cases,
-                             atol=FP16_ATOL if fp16 else FP32_ATOL, relative_scores=fp16)
+        errors = verify_onnx(
+            data,
+            model,
+            meta["target_layer"],
+            meta["mean"],
+            meta["std"],
+            cases,
+            atol=FP16_ATOL if fp16 else FP32_ATOL,
+            relative_scores=fp16,
+        )
         log.info("verified %s: max |error| scores %.2g, attention %.2g", out, errors["scores"], errors["attention"])
     out = Path(out)
     with atomic_open(out, "wb") as fh:

@@ -6,6 +6,7 @@ product gives d s_c / d F, paper eq. 1). The model is traced with
 ``torch.fx`` keeping the target module as one leaf call; the body is that call
 and its ancestors, the head is every other node, fed by F alone.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

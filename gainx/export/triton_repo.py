@@ -9,13 +9,15 @@ optional ``class_ids`` is an ONNX overridable initializer, and Triton's ONNX
 Runtime backend accepts such inputs only with ``max_batch_size: 0`` (no
 batching), so served requests get the exported top-k classes.
 """
+
 from __future__ import annotations
 
 import json
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from gainx.io import atomic_open, atomic_write_text
 
@@ -44,9 +46,14 @@ def _tensor_block(specs: list[tuple[str, str, list[int]]], labels_for: str | Non
     return ",\n".join(entries)
 
 
-def triton_config(model: str | Path | Any, model_name: str, max_batch_size: int = 32,
-                  preferred_batch_sizes: Sequence[int] = (4, 8, 16), max_queue_delay_us: int = 2000,
-                  instance_count: int = 1) -> str:
+def triton_config(
+    model: str | Path | Any,
+    model_name: str,
+    max_batch_size: int = 32,
+    preferred_batch_sizes: Sequence[int] = (4, 8, 16),
+    max_queue_delay_us: int = 2000,
+    instance_count: int = 1,
+) -> str:
     """The ``config.pbtxt`` text for an exported model: its path, or the loaded ``onnx.ModelProto``."""
     if isinstance(model, (str, Path)):
         import onnx
@@ -55,8 +62,10 @@ def triton_config(model: str | Path | Any, model_name: str, max_batch_size: int 
     graph = model.graph
     skip = {init.name for init in graph.initializer}
     if max_batch_size < 1 or any(not 1 <= b <= max_batch_size for b in preferred_batch_sizes):
-        raise ValueError(f"need max_batch_size >= 1 and preferred sizes in [1, {max_batch_size}], got "
-                         f"{max_batch_size}, {list(preferred_batch_sizes)}")
+        raise ValueError(
+            f"need max_batch_size >= 1 and preferred sizes in [1, {max_batch_size}], got "
+            f"{max_batch_size}, {list(preferred_batch_sizes)}"
+        )
     return (
         f'name: "{model_name}"\n'
         f'platform: "onnxruntime_onnx"\n'
@@ -69,9 +78,15 @@ def triton_config(model: str | Path | Any, model_name: str, max_batch_size: int 
     )
 
 
-def write_triton_repo(onnx_path: str | Path, repo: str | Path, model_name: str = "gainx_attention",
-                      max_batch_size: int = 32, preferred_batch_sizes: Sequence[int] = (4, 8, 16),
-                      max_queue_delay_us: int = 2000, instance_count: int = 1) -> Path:
+def write_triton_repo(
+    onnx_path: str | Path,
+    repo: str | Path,
+    model_name: str = "gainx_attention",
+    max_batch_size: int = 32,
+    preferred_batch_sizes: Sequence[int] = (4, 8, 16),
+    max_queue_delay_us: int = 2000,
+    instance_count: int = 1,
+) -> Path:
     """Write ``<repo>/<model_name>/{config.pbtxt, labels.txt, 1/model.onnx}``; return the model folder.
 
     The class names come from the model's ``gainx.classes`` metadata.
@@ -85,8 +100,7 @@ def write_triton_repo(onnx_path: str | Path, repo: str | Path, model_name: str =
     props = {p.key: p.value for p in model.metadata_props}
     if "gainx.classes" not in props:
         raise ValueError(f"{onnx_path} has no gainx.classes metadata; export it with gainx.export.export_onnx")
-    config = triton_config(model, model_name, max_batch_size, preferred_batch_sizes, max_queue_delay_us,
-                           instance_count)
+    config = triton_config(model, model_name, max_batch_size, preferred_batch_sizes, max_queue_delay_us, instance_count)
     folder = Path(repo) / model_name
     atomic_write_text(folder / "labels.txt", "".join(f"{name}\n" for name in json.loads(props["gainx.classes"])))
     with onnx_path.open("rb") as src, atomic_open(folder / "1" / "model.onnx", "wb") as dst:

@@ -7,10 +7,11 @@ on given ``class_ids``, and on a second image size when H, W are dynamic.
 Scores and maps must agree within ``atol`` (1e-4 in fp32); top-k classes may
 differ from PyTorch's only between scores tied within ``atol``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -38,20 +39,29 @@ def other_size(image_size: Sequence[int]) -> tuple[int, int]:
     return image_size[0] + 16, image_size[1] + 8
 
 
-def default_cases(image_size: Sequence[int], num_classes: int, topk: int, dynamic_hw: bool,
-                  seed: int = 0) -> list[VerifyCase]:
+def default_cases(
+    image_size: Sequence[int], num_classes: int, topk: int, dynamic_hw: bool, seed: int = 0
+) -> list[VerifyCase]:
     """Random images (top-k), given class ids, and another image size when allowed."""
     gen = torch.Generator().manual_seed(seed)
     h, w = image_size
     k = min(num_classes, topk + 1)
     cases = [
         VerifyCase("random images, top-k", torch.rand(2, 3, h, w, generator=gen), None),
-        VerifyCase("given class_ids", torch.rand(3, 3, h, w, generator=gen),
-                   torch.randint(0, num_classes, (3, k), generator=gen)),
+        VerifyCase(
+            "given class_ids",
+            torch.rand(3, 3, h, w, generator=gen),
+            torch.randint(0, num_classes, (3, k), generator=gen),
+        ),
     ]
     if dynamic_hw:
-        cases.append(VerifyCase("another image size", torch.rand(1, 3, *other_size(image_size), generator=gen),
-                                torch.randint(0, num_classes, (1, k), generator=gen)))
+        cases.append(
+            VerifyCase(
+                "another image size",
+                torch.rand(1, 3, *other_size(image_size), generator=gen),
+                torch.randint(0, num_classes, (1, k), generator=gen),
+            )
+        )
     return cases
 
 
@@ -59,9 +69,16 @@ def _max_err(a: np.ndarray, b: Tensor) -> float:
     return float(np.abs(a.astype(np.float64) - b.double().numpy()).max()) if a.size else 0.0
 
 
-def verify_onnx(model_bytes: bytes, model: nn.Module, target_layer: str, mean: Sequence[float], std: Sequence[float],
-                cases: Sequence[VerifyCase], atol: float = FP32_ATOL,
-                relative_scores: bool = False) -> dict[str, float]:
+def verify_onnx(
+    model_bytes: bytes,
+    model: nn.Module,
+    target_layer: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    cases: Sequence[VerifyCase],
+    atol: float = FP32_ATOL,
+    relative_scores: bool = False,
+) -> dict[str, float]:
     """Raise :class:`ExportVerificationError` unless ``model_bytes`` matches ``model``.
 
     Returns the largest score and map errors seen (for logs and tests).

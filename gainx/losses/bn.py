@@ -1,8 +1,9 @@
 """Keep batch-norm running statistics unchanged during a forward pass."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from torch import nn
 

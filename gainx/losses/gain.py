@@ -14,6 +14,7 @@ Totals: ``L_self = L_cl + alpha L_am`` (eq. 6), ``L_ext = L_cl + alpha L_am +
 omega_e L_e`` (eq. 8). Being a module, it can be wrapped in
 DistributedDataParallel as a whole (one forward, one backward per step).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -141,8 +142,13 @@ class GAIN(nn.Module):
         features = captured.features
         grads = class_gradients(scores, features, pair_index, pair_class, create_graph=self.second_order)
         pairs = attention_erase(
-            features.index_select(0, pair_index), grads, images, pair_index,
-            sigma=self.sigma, omega=self.omega, backend=self.backend,
+            features.index_select(0, pair_index),
+            grads,
+            images,
+            pair_index,
+            sigma=self.sigma,
+            omega=self.omega,
+            backend=self.backend,
         )
         with frozen_bn_stats(self.model, self.freeze_bn_am):
             scores_am = self.model(pairs.erased)
@@ -158,7 +164,9 @@ class GAIN(nn.Module):
         loss = loss_cl + self.alpha * loss_am
         if self.method == "gainext":
             loss = loss + self.omega_e * loss_e
-        return GAINOutput(loss, loss_cl, loss_am, loss_e, scores, pair_index, pair_class, pairs.cam, pairs.erased, scores_am)
+        return GAINOutput(
+            loss, loss_cl, loss_am, loss_e, scores, pair_index, pair_class, pairs.cam, pairs.erased, scores_am
+        )
 
     def _paper_guidance(
         self, cam: Tensor, guide: Tensor, guided: Tensor, pair_index: Tensor, pair_class: Tensor, num_images: int

@@ -32,6 +32,7 @@ ReLU), bilinearly upsampled to the image size.
   (log-softmax for single-label, log-sigmoid for multi-label models); it needs
   ``create_graph`` through the whole network.
 """
+
 from __future__ import annotations
 
 import torch
@@ -96,7 +97,9 @@ def rrr_loss(images: Tensor, scores: Tensor, rows: Tensor, guide: Tensor, multil
     if not images.requires_grad:
         raise ValueError("rrr guidance needs images that require grad (set before the forward pass)")
     if guide.shape[0] != rows.numel() or guide.shape[-2:] != images.shape[-2:]:
-        raise ValueError(f"guide {tuple(guide.shape)} does not match {rows.numel()} images of size {tuple(images.shape[-2:])}")
+        raise ValueError(
+            f"guide {tuple(guide.shape)} does not match {rows.numel()} images of size {tuple(images.shape[-2:])}"
+        )
     logp = F.logsigmoid(scores) if multilabel else F.log_softmax(scores, dim=1)
     (grad,) = torch.autograd.grad(logp.index_select(0, rows).sum(), images, create_graph=True)
     bg = background(guide).to(grad.dtype)
@@ -104,7 +107,12 @@ def rrr_loss(images: Tensor, scores: Tensor, rows: Tensor, guide: Tensor, multil
 
 
 def _check(evidence: Tensor, guide: Tensor, labels: Tensor) -> None:
-    if evidence.dim() != 4 or guide.dim() != 4 or evidence.shape[:2] != guide.shape[:2] or labels.shape != evidence.shape[:2]:
+    if (
+        evidence.dim() != 4
+        or guide.dim() != 4
+        or evidence.shape[:2] != guide.shape[:2]
+        or labels.shape != evidence.shape[:2]
+    ):
         raise ValueError(
             f"evidence {tuple(evidence.shape)}, guide {tuple(guide.shape)} and labels {tuple(labels.shape)} "
             "must be (G, C, h, w), (G, C, H, W) and (G, C)"

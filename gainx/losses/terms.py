@@ -1,4 +1,5 @@
 """The loss terms of GAIN and GAINext, each on its own (paper eq. 5-8)."""
+
 from __future__ import annotations
 
 import torch
@@ -51,7 +52,9 @@ def am_class_score(scores_am: Tensor, classes: Tensor, kind: str, multilabel: bo
     return probs.gather(1, classes.unsqueeze(1)).squeeze(1)
 
 
-def attention_mining_loss(scores_am: Tensor, index: Tensor, classes: Tensor, num_images: int, kind: str, multilabel: bool) -> Tensor:
+def attention_mining_loss(
+    scores_am: Tensor, index: Tensor, classes: Tensor, num_images: int, kind: str, multilabel: bool
+) -> Tensor:
     """L_am = 1/n sum_c s_c(I*_c) (eq. 5), averaged over the images of the batch."""
     return per_image_mean(am_class_score(scores_am, classes, kind, multilabel).float(), index, num_images)
 

@@ -4,10 +4,11 @@ No weights are ever downloaded: ``weights`` is a path to a local file holding a
 state dict (e.g. torchvision's ImageNet file copied by hand); a classifier head
 whose shape differs from ``num_classes`` is re-initialized.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn

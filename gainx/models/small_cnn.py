@@ -1,4 +1,5 @@
 """A small CNN with a GAP + linear head, for the demo and the tests."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn

@@ -11,6 +11,7 @@
 
 Nothing here imports the rest of gainx.
 """
+
 from gainx.ops.attention_erase import (
     ErasedPairs,
     attention_erase,

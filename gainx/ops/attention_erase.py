@@ -16,9 +16,11 @@ Triton kernels, :mod:`gainx.ops.attention_erase_triton`, on CUDA or under
 imported, eager otherwise). Every backend has the reference's signature and
 semantics and returns :class:`ErasedPairs`.
 """
+
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor

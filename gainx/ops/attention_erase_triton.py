@@ -44,6 +44,7 @@ Public entry point: :func:`attention_erase_triton`; the op is
 Kernels run on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``
 (which Triton reads when this module is imported, at ``@triton.jit`` time).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -90,8 +91,9 @@ def _interp_weights(dst, n_in, n_out, N_PAD: tl.constexpr, like):
 
 
 @triton.jit
-def _upsample_tile(low, y0, x0, h, w, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-                   HP: tl.constexpr, WP: tl.constexpr):
+def _upsample_tile(
+    low, y0, x0, h, w, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr
+):
     """Rows ``y0..y0+BLOCK_H`` x cols ``x0..x0+BLOCK_W`` of ``up(low)``; also the
     interpolation matrices and the in-image mask of the tile."""
     ys = y0 + tl.arange(0, BLOCK_H)
@@ -148,9 +150,25 @@ def _load_cam(s_ptr, stats_ptr, p, h, w, eps, HP: tl.constexpr, WP: tl.constexpr
 
 
 @triton.jit
-def _gradcam_partial_kernel(f_ptr, g_ptr, w_ptr, part_ptr, C, h, w,
-                            sf_p, sf_c, sf_h, sf_w, sg_p, sg_c, sg_h, sg_w,
-                            BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+def _gradcam_partial_kernel(
+    f_ptr,
+    g_ptr,
+    w_ptr,
+    part_ptr,
+    C,
+    h,
+    w,
+    sf_p,
+    sf_c,
+    sf_h,
+    sf_w,
+    sg_p,
+    sg_c,
+    sg_h,
+    sg_w,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     """``w[p, c] = mean_s G[p, c, s]``; ``part[p, cb, s] = sum_{c in block cb} w[p, c] F[p, c, s]``."""
     p = tl.program_id(0).to(tl.int64)
     cb = tl.program_id(1)
@@ -170,8 +188,22 @@ def _gradcam_partial_kernel(f_ptr, g_ptr, w_ptr, part_ptr, C, h, w,
 
 
 @triton.jit
-def _map_stats_kernel(part_ptr, s_ptr, stats_ptr, cam_ptr, n_blocks, h, w, H, W, eps,
-                      BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr):
+def _map_stats_kernel(
+    part_ptr,
+    s_ptr,
+    stats_ptr,
+    cam_ptr,
+    n_blocks,
+    h,
+    w,
+    H,
+    W,
+    eps,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    HP: tl.constexpr,
+    WP: tl.constexpr,
+):
     """``S = sum of partials``; ``lo, hi`` = min, max of ``up(ReLU(S))``; ``cam``."""
     p = tl.program_id(0).to(tl.int64)
     off, inside = _low_res_offsets(h, w, HP, WP)
@@ -197,10 +229,30 @@ def _map_stats_kernel(part_ptr, s_ptr, stats_ptr, cam_ptr, n_blocks, h, w, H, W,
 
 
 @triton.jit
-def _erase_kernel(s_ptr, stats_ptr, img_ptr, index_ptr, out_ptr, K, h, w, H, W, eps, sigma, omega,
-                  si_b, si_k, si_h, si_w,
-                  BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr,
-                  KP: tl.constexpr):
+def _erase_kernel(
+    s_ptr,
+    stats_ptr,
+    img_ptr,
+    index_ptr,
+    out_ptr,
+    K,
+    h,
+    w,
+    H,
+    W,
+    eps,
+    sigma,
+    omega,
+    si_b,
+    si_k,
+    si_h,
+    si_w,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    HP: tl.constexpr,
+    WP: tl.constexpr,
+    KP: tl.constexpr,
+):
     """``I*[p] = I[index[p]] (1 - T)`` on one (BLOCK_H, BLOCK_W) tile of pair ``p``."""
     p = tl.program_id(0).to(tl.int64)
     y0 = tl.program_id(1) * BLOCK_H
@@ -219,11 +271,38 @@ def _erase_kernel(s_ptr, stats_ptr, img_ptr, index_ptr, out_ptr, K, h, w, H, W, 
 
 
 @triton.jit
-def _erase_backward_kernel(s_ptr, stats_ptr, img_ptr, order_ptr, offsets_ptr, ge_ptr, di_ptr, part_ptr,
-                           K, h, w, H, W, eps, sigma, omega,
-                           si_b, si_k, si_h, si_w, sg_p, sg_k, sg_h, sg_w,
-                           BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr,
-                           KP: tl.constexpr, NEED_IMAGES: tl.constexpr):
+def _erase_backward_kernel(
+    s_ptr,
+    stats_ptr,
+    img_ptr,
+    order_ptr,
+    offsets_ptr,
+    ge_ptr,
+    di_ptr,
+    part_ptr,
+    K,
+    h,
+    w,
+    H,
+    W,
+    eps,
+    sigma,
+    omega,
+    si_b,
+    si_k,
+    si_h,
+    si_w,
+    sg_p,
+    sg_k,
+    sg_h,
+    sg_w,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    HP: tl.constexpr,
+    WP: tl.constexpr,
+    KP: tl.constexpr,
+    NEED_IMAGES: tl.constexpr,
+):
     """For image ``b`` and one tile: ``dI = sum_{p of b} dI*_p (1 - T_p)`` and, per pair,
     ``part[p, tile] = R_h^T (dL/dN) R_w`` with ``dL/dN = -omega T (1 - T) sum_k dI*_pk I_k``."""
     b = tl.program_id(0).to(tl.int64)
@@ -257,9 +336,26 @@ def _erase_backward_kernel(s_ptr, stats_ptr, img_ptr, order_ptr, offsets_ptr, ge
 
 
 @triton.jit
-def _map_backward_kernel(s_ptr, stats_ptr, gcam_ptr, part_ptr, ds_ptr, n_tiles, h, w, H, W, eps,
-                         sc_p, sc_h, sc_w,
-                         BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr):
+def _map_backward_kernel(
+    s_ptr,
+    stats_ptr,
+    gcam_ptr,
+    part_ptr,
+    ds_ptr,
+    n_tiles,
+    h,
+    w,
+    H,
+    W,
+    eps,
+    sc_p,
+    sc_h,
+    sc_w,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    HP: tl.constexpr,
+    WP: tl.constexpr,
+):
     """``dL/dS`` of pair ``p`` from ``dL/dcam`` (output gradient + upsampled partials).
 
     With ``d = hi - lo + eps``: ``dcam/dA = 1/d``, ``dcam/dlo = (cam - 1)/d``,
@@ -305,9 +401,24 @@ def _map_backward_kernel(s_ptr, stats_ptr, gcam_ptr, part_ptr, ds_ptr, n_tiles, 
 
 
 @triton.jit
-def _gradcam_backward_kernel(f_ptr, w_ptr, ds_ptr, df_ptr, dg_ptr, C, h, w, sf_p, sf_c, sf_h, sf_w,
-                             BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
-                             NEED_FEATURES: tl.constexpr, NEED_GRADS: tl.constexpr):
+def _gradcam_backward_kernel(
+    f_ptr,
+    w_ptr,
+    ds_ptr,
+    df_ptr,
+    dg_ptr,
+    C,
+    h,
+    w,
+    sf_p,
+    sf_c,
+    sf_h,
+    sf_w,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    NEED_FEATURES: tl.constexpr,
+    NEED_GRADS: tl.constexpr,
+):
     """``dF[p, c, s] = w[p, c] dS[p, s]``; ``dG[p, c, s] = (1 / hw) sum_s' dS[p, s'] F[p, c, s']``."""
     p = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -320,8 +431,11 @@ def _gradcam_backward_kernel(f_ptr, w_ptr, ds_ptr, df_ptr, dg_ptr, C, h, w, sf_p
         wc = tl.load(w_ptr + p * C + c, mask=c < C, other=0.0)
         tl.store(df_ptr + out, (wc[:, None] * ds[None, :]).to(df_ptr.dtype.element_ty), mask=inside)
     if NEED_GRADS:
-        f = tl.load(f_ptr + p * sf_p + c[:, None] * sf_c + (s // w)[None, :] * sf_h + (s % w)[None, :] * sf_w,
-                    mask=inside, other=0.0)
+        f = tl.load(
+            f_ptr + p * sf_p + c[:, None] * sf_c + (s // w)[None, :] * sf_h + (s % w)[None, :] * sf_w,
+            mask=inside,
+            other=0.0,
+        )
         dw = tl.sum(f.to(ds.dtype) * ds[None, :], axis=1) / hw
         dg = tl.zeros((BLOCK_C, BLOCK_S), dtype=ds.dtype) + dw[:, None]
         tl.store(dg_ptr + out, dg.to(dg_ptr.dtype.element_ty), mask=inside)
@@ -338,8 +452,12 @@ def _pow2_at_least(n: int, floor: int) -> int:
 
 def _map_tiles(h: int, w: int, H: int, W: int) -> tuple[dict[str, int], int, int]:
     """Tile sizes for the map kernels and the number of (row, col) output tiles."""
-    cfg = {"BLOCK_H": _BLOCK_H, "BLOCK_W": min(_MAX_BLOCK_W, _pow2_at_least(W, 16)),
-           "HP": _pow2_at_least(h, 16), "WP": _pow2_at_least(w, 16)}
+    cfg = {
+        "BLOCK_H": _BLOCK_H,
+        "BLOCK_W": min(_MAX_BLOCK_W, _pow2_at_least(W, 16)),
+        "HP": _pow2_at_least(h, 16),
+        "WP": _pow2_at_least(w, 16),
+    }
     return cfg, triton.cdiv(H, cfg["BLOCK_H"]), triton.cdiv(W, cfg["BLOCK_W"])
 
 
@@ -357,16 +475,19 @@ def _forward_outputs(features: Tensor, images: Tensor) -> tuple[Tensor, ...]:
     P, C, h, w = features.shape
     acc = _acc_dtype(features, images)
     dev = features.device
-    return (features.new_empty((P, h, w)),
-            images.new_empty((P, images.shape[1], images.shape[2], images.shape[3])),
-            torch.empty((P, C), dtype=acc, device=dev),
-            torch.empty((P, h * w), dtype=acc, device=dev),
-            torch.empty((P, 2), dtype=acc, device=dev))
+    return (
+        features.new_empty((P, h, w)),
+        images.new_empty((P, images.shape[1], images.shape[2], images.shape[3])),
+        torch.empty((P, C), dtype=acc, device=dev),
+        torch.empty((P, h * w), dtype=acc, device=dev),
+        torch.empty((P, 2), dtype=acc, device=dev),
+    )
 
 
 @triton_op("gainx::attention_erase", mutates_args=())
-def _attention_erase_op(features: Tensor, grads: Tensor, images: Tensor, index: Tensor,
-                        sigma: float, omega: float, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _attention_erase_op(
+    features: Tensor, grads: Tensor, images: Tensor, index: Tensor, sigma: float, omega: float, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``cam, erased`` and, for backward, ``w`` (P, C), ``S`` (P, h*w), ``[lo, hi]`` (P, 2)."""
     cam, erased, wts, s, stats = _forward_outputs(features, images)
     P, C, h, w = features.shape
@@ -377,19 +498,46 @@ def _attention_erase_op(features: Tensor, grads: Tensor, images: Tensor, index: 
     n_blocks = triton.cdiv(C, block_c)
     part = torch.empty((P, n_blocks, h * w), dtype=s.dtype, device=s.device)
     wrap_triton(_gradcam_partial_kernel)[(P, n_blocks)](
-        features, grads, wts, part, C, h, w, *features.stride(), *grads.stride(),
-        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_CHANNEL_WARPS)
+        features,
+        grads,
+        wts,
+        part,
+        C,
+        h,
+        w,
+        *features.stride(),
+        *grads.stride(),
+        BLOCK_C=block_c,
+        BLOCK_S=block_s,
+        num_warps=_CHANNEL_WARPS,
+    )
     cfg, n_ty, n_tx = _map_tiles(h, w, H, W)
     wrap_triton(_map_stats_kernel)[(P,)](part, s, stats, cam, n_blocks, h, w, H, W, eps, **cfg)
     wrap_triton(_erase_kernel)[(P, n_ty, n_tx)](
-        s, stats, images, index, erased, K, h, w, H, W, eps, sigma, omega, *images.stride(),
-        KP=triton.next_power_of_2(K), **cfg)
+        s,
+        stats,
+        images,
+        index,
+        erased,
+        K,
+        h,
+        w,
+        H,
+        W,
+        eps,
+        sigma,
+        omega,
+        *images.stride(),
+        KP=triton.next_power_of_2(K),
+        **cfg,
+    )
     return cam, erased, wts, s, stats
 
 
 @_attention_erase_op.register_fake
-def _attention_erase_fake(features: Tensor, grads: Tensor, images: Tensor, index: Tensor,
-                          sigma: float, omega: float, eps: float) -> tuple[Tensor, ...]:
+def _attention_erase_fake(
+    features: Tensor, grads: Tensor, images: Tensor, index: Tensor, sigma: float, omega: float, eps: float
+) -> tuple[Tensor, ...]:
     return _forward_outputs(features, images)
 
 
@@ -401,19 +549,34 @@ def _pairs_by_image(index: Tensor, n_images: int) -> tuple[Tensor, Tensor]:
     return order, torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
-def _backward_outputs(features: Tensor, images: Tensor, need_features: bool, need_grads: bool,
-                      need_images: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _backward_outputs(
+    features: Tensor, images: Tensor, need_features: bool, need_grads: bool, need_images: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """Empty ``dF, dG, dI`` (0-element where not needed; shared by the op and its fake)."""
-    return (features.new_empty(features.shape if need_features else (0,)),
-            features.new_empty(features.shape if need_grads else (0,)),
-            images.new_empty(images.shape if need_images else (0,)))
+    return (
+        features.new_empty(features.shape if need_features else (0,)),
+        features.new_empty(features.shape if need_grads else (0,)),
+        images.new_empty(images.shape if need_images else (0,)),
+    )
 
 
 @triton_op("gainx::attention_erase_backward", mutates_args=())
-def _attention_erase_backward_op(grad_cam: Tensor, grad_erased: Tensor, features: Tensor, images: Tensor,
-                                 index: Tensor, wts: Tensor, s: Tensor, stats: Tensor, sigma: float,
-                                 omega: float, eps: float, need_features: bool, need_grads: bool,
-                                 need_images: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _attention_erase_backward_op(
+    grad_cam: Tensor,
+    grad_erased: Tensor,
+    features: Tensor,
+    images: Tensor,
+    index: Tensor,
+    wts: Tensor,
+    s: Tensor,
+    stats: Tensor,
+    sigma: float,
+    omega: float,
+    eps: float,
+    need_features: bool,
+    need_grads: bool,
+    need_images: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """``dF, dG, dI`` of the attention-mining step (0-element tensors where not needed)."""
     df, dg, di = _backward_outputs(features, images, need_features, need_grads, need_images)
     P, C, h, w = features.shape
@@ -424,23 +587,69 @@ def _attention_erase_backward_op(grad_cam: Tensor, grad_erased: Tensor, features
     part = torch.empty((P, n_ty * n_tx, h * w), dtype=s.dtype, device=s.device)
     order, offsets = _pairs_by_image(index, B)
     wrap_triton(_erase_backward_kernel)[(B, n_ty, n_tx)](
-        s, stats, images, order, offsets, grad_erased, di, part, K, h, w, H, W, eps, sigma, omega,
-        *images.stride(), *grad_erased.stride(), KP=triton.next_power_of_2(K), NEED_IMAGES=need_images, **cfg)
+        s,
+        stats,
+        images,
+        order,
+        offsets,
+        grad_erased,
+        di,
+        part,
+        K,
+        h,
+        w,
+        H,
+        W,
+        eps,
+        sigma,
+        omega,
+        *images.stride(),
+        *grad_erased.stride(),
+        KP=triton.next_power_of_2(K),
+        NEED_IMAGES=need_images,
+        **cfg,
+    )
     ds = torch.empty_like(s)
     wrap_triton(_map_backward_kernel)[(P,)](
-        s, stats, grad_cam, part, ds, n_ty * n_tx, h, w, H, W, eps, *grad_cam.stride(), **cfg)
+        s, stats, grad_cam, part, ds, n_ty * n_tx, h, w, H, W, eps, *grad_cam.stride(), **cfg
+    )
     block_c, block_s = _channel_tiles(C, h * w)
     wrap_triton(_gradcam_backward_kernel)[(P, triton.cdiv(C, block_c))](
-        features, wts, ds, df, dg, C, h, w, *features.stride(), BLOCK_C=block_c, BLOCK_S=block_s,
-        NEED_FEATURES=need_features, NEED_GRADS=need_grads, num_warps=_CHANNEL_WARPS)
+        features,
+        wts,
+        ds,
+        df,
+        dg,
+        C,
+        h,
+        w,
+        *features.stride(),
+        BLOCK_C=block_c,
+        BLOCK_S=block_s,
+        NEED_FEATURES=need_features,
+        NEED_GRADS=need_grads,
+        num_warps=_CHANNEL_WARPS,
+    )
     return df, dg, di
 
 
 @_attention_erase_backward_op.register_fake
-def _attention_erase_backward_fake(grad_cam: Tensor, grad_erased: Tensor, features: Tensor, images: Tensor,
-                                   index: Tensor, wts: Tensor, s: Tensor, stats: Tensor, sigma: float,
-                                   omega: float, eps: float, need_features: bool, need_grads: bool,
-                                   need_images: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _attention_erase_backward_fake(
+    grad_cam: Tensor,
+    grad_erased: Tensor,
+    features: Tensor,
+    images: Tensor,
+    index: Tensor,
+    wts: Tensor,
+    s: Tensor,
+    stats: Tensor,
+    sigma: float,
+    omega: float,
+    eps: float,
+    need_features: bool,
+    need_grads: bool,
+    need_images: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     return _backward_outputs(features, images, need_features, need_grads, need_images)
 
 
@@ -452,8 +661,9 @@ def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
     ctx.hyper = (sigma, omega, eps)
 
 
-def _backward(ctx: Any, grad_cam: Tensor | None, grad_erased: Tensor | None,
-              *_internal: Tensor | None) -> tuple[Tensor | None, ...]:
+def _backward(
+    ctx: Any, grad_cam: Tensor | None, grad_erased: Tensor | None, *_internal: Tensor | None
+) -> tuple[Tensor | None, ...]:
     features, images, index, wts, s, stats = ctx.saved_tensors
     need_f, need_g, need_i = ctx.needs_input_grad[:3]
     P, _, h, w = features.shape
@@ -462,8 +672,19 @@ def _backward(ctx: Any, grad_cam: Tensor | None, grad_erased: Tensor | None,
     if grad_erased is None:
         grad_erased = images.new_zeros(()).expand(P, *images.shape[1:])
     df, dg, di = torch.ops.gainx.attention_erase_backward(
-        grad_cam, grad_erased, features, images, index, wts, s, stats, *ctx.hyper,
-        bool(need_f), bool(need_g), bool(need_i))
+        grad_cam,
+        grad_erased,
+        features,
+        images,
+        index,
+        wts,
+        s,
+        stats,
+        *ctx.hyper,
+        bool(need_f),
+        bool(need_g),
+        bool(need_i),
+    )
     return (df if need_f else None, dg if need_g else None, di if need_i else None, None, None, None, None)
 
 
@@ -473,13 +694,16 @@ _attention_erase_op.register_autograd(_backward, setup_context=_setup_context)
 def _check_inputs(features: Tensor, grads: Tensor, images: Tensor, index: Tensor) -> None:
     """Clear errors for inputs the kernels cannot take (shape, dtype, device, index range)."""
     if features.dim() != 4 or grads.shape != features.shape:
-        raise ValueError(f"features and grads must both be (P, C, h, w); got features {tuple(features.shape)}, "
-                         f"grads {tuple(grads.shape)}")
+        raise ValueError(
+            f"features and grads must both be (P, C, h, w); got features {tuple(features.shape)}, "
+            f"grads {tuple(grads.shape)}"
+        )
     if images.dim() != 4:
         raise ValueError(f"images must be (B, 3, H, W); got {tuple(images.shape)}")
     if index.dim() != 1 or index.shape[0] != features.shape[0]:
-        raise ValueError(f"index must be (P,) with P = features.shape[0] = {features.shape[0]}; "
-                         f"got {tuple(index.shape)}")
+        raise ValueError(
+            f"index must be (P,) with P = features.shape[0] = {features.shape[0]}; got {tuple(index.shape)}"
+        )
     for name, t in (("features", features), ("grads", grads), ("images", images)):
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {t.dtype}")
@@ -491,14 +715,18 @@ def _check_inputs(features: Tensor, grads: Tensor, images: Tensor, index: Tensor
     if len(devices) != 1:
         raise ValueError(f"features, grads, images and index must be on one device; got {sorted(map(str, devices))}")
     if features.device.type != "cuda" and not _INTERPRETED:
-        raise RuntimeError(f"the triton backend needs CUDA tensors (got {features.device}) or TRITON_INTERPRET=1 "
-                           "set before gainx.ops.attention_erase_triton is imported; use backend='eager' on CPU")
+        raise RuntimeError(
+            f"the triton backend needs CUDA tensors (got {features.device}) or TRITON_INTERPRET=1 "
+            "set before gainx.ops.attention_erase_triton is imported; use backend='eager' on CPU"
+        )
     P, C, h, w = features.shape
     if C == 0 or h == 0 or w == 0 or images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
         raise ValueError(f"empty dimension: features {tuple(features.shape)}, images {tuple(images.shape)}")
     if h > _MAX_MAP_SIDE or w > _MAX_MAP_SIDE:
-        raise ValueError(f"feature maps up to {_MAX_MAP_SIDE}x{_MAX_MAP_SIDE} are supported by the triton backend; "
-                         f"got {h}x{w} (use backend='eager')")
+        raise ValueError(
+            f"feature maps up to {_MAX_MAP_SIDE}x{_MAX_MAP_SIDE} are supported by the triton backend; "
+            f"got {h}x{w} (use backend='eager')"
+        )
     if P and not torch.compiler.is_compiling():
         _check_index_range(index, images.shape[0])
 
@@ -530,6 +758,7 @@ def attention_erase_triton(
     ``erased`` that of ``images``; all arithmetic is fp32 (fp64 for fp64 inputs).
     """
     _check_inputs(features, grads, images, index)
-    cam, erased, *_ = torch.ops.gainx.attention_erase(features, grads, images, index, float(sigma), float(omega),
-                                                      float(eps))
+    cam, erased, *_ = torch.ops.gainx.attention_erase(
+        features, grads, images, index, float(sigma), float(omega), float(eps)
+    )
     return ErasedPairs(cam=cam, erased=erased)

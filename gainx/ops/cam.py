@@ -21,6 +21,7 @@ low-resolution map ``cam = (A - min) / (max - min + eps)`` satisfies
 ``up(cam) == N`` exactly; the attention-mining step returns ``cam`` (small) and
 callers upsample it only where a full-resolution map is needed (L_e, display).
 """
+
 from __future__ import annotations
 
 import torch

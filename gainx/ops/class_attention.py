@@ -19,6 +19,7 @@ loaded and has kernels for the device, the eager references otherwise.
 Gradients (w.r.t. features and weight / grads) are those of the eager
 references; the fake kernels make the ops traceable (torch.compile, export).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,8 +27,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gainx.ops.cam import EPS, gradcam_raw, normalize_cam, upsample, weighted_maps
 from gainx.ops import extension
+from gainx.ops.cam import EPS, gradcam_raw, normalize_cam, upsample, weighted_maps
 
 __all__ = ["class_attention", "class_attention_eager", "gradcam", "gradcam_eager"]
 
@@ -138,9 +139,7 @@ def _check_gradcam(features: Tensor, grads: Tensor) -> None:
     op = "gainx.gradcam"
     _check_features(op, features)
     if grads.shape != features.shape:
-        raise ValueError(
-            f"{op}: grads must have the shape of features {list(features.shape)}, got {list(grads.shape)}"
-        )
+        raise ValueError(f"{op}: grads must have the shape of features {list(features.shape)}, got {list(grads.shape)}")
     _check_same(op, "grads", grads, features)
 
 

@@ -3,6 +3,7 @@
 torch), :func:`load` warns once and returns ``None``; callers then use the
 eager references.
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """``gainx serve``: an HTTP inference server (Starlette + uvicorn) for exported attention models."""
+
 from gainx.serve.app import create_app
 from gainx.serve.batcher import DynamicBatcher, Prediction
 from gainx.serve.config import ServeConfig

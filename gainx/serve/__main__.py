@@ -1,4 +1,5 @@
 """``python -m gainx.serve MODEL.onnx ...``: the server without the rest of the CLI."""
+
 import argparse
 import sys
 

@@ -20,6 +20,7 @@ the event loop and not on anyio's 40-thread default pool: on a small machine
 more threads only fight over the GIL and over the cores the model needs.
 Model calls go through :class:`DynamicBatcher`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,10 +28,11 @@ import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
@@ -177,8 +179,10 @@ class _Service:
             queued = self.batcher.enqueue([image for image, _ in prepared], opts.class_ids)
         preds = await asyncio.gather(*queued)
         results = await asyncio.gather(
-            *(self._in_pool(self._result, pred, image, size, name, opts)
-              for pred, (image, size), (name, _) in zip(preds, prepared, uploads))
+            *(
+                self._in_pool(self._result, pred, image, size, name, opts)
+                for pred, (image, size), (name, _) in zip(preds, prepared, uploads)
+            )
         )
         return _json({"results": list(results)} if batch else results[0])
 
@@ -191,20 +195,25 @@ class _Service:
         if media_type != "multipart/form-data":
             given = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
             raise ApiError(
-                415, "unsupported_media_type",
+                415,
+                "unsupported_media_type",
                 f"{given}: send multipart/form-data with the image in field 'file', or an image/jpeg or image/png body",
             )
         files = await read_files(request, cfg.max_body_bytes, cfg.body_timeout_s, cfg.max_files)
         fields = ("file", "files") if batch else ("file",)
         wrong = sorted({name for name, _, _ in files if name not in fields})
         if wrong:
-            raise ApiError(400, "unexpected_field", f"unexpected multipart field(s) {wrong}; send images in {list(fields)}")
+            raise ApiError(
+                400, "unexpected_field", f"unexpected multipart field(s) {wrong}; send images in {list(fields)}"
+            )
         if not files:
             raise ApiError(400, "missing_file", f"the multipart body has no file in field {fields[0]!r}")
         if not batch and len(files) > 1:
             raise ApiError(400, "too_many_files", f"{len(files)} files sent to /v1/predict; use /v1/predict/batch")
-        return [(f"file #{i} {filename!r}" if batch else f"file {filename!r}", data)
-                for i, (_, filename, data) in enumerate(files)]
+        return [
+            (f"file #{i} {filename!r}" if batch else f"file {filename!r}", data)
+            for i, (_, filename, data) in enumerate(files)
+        ]
 
     def _prepare(self, label: str, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
         """Decode and validate, then the session's own preprocessing; returns (image, (width, height))."""
@@ -212,16 +221,20 @@ class _Service:
         image = decode_image(data, cfg.max_image_pixels, cfg.max_image_side, label)
         return self.first.preprocess(image), image.size
 
-    def _result(self, pred: Prediction, image: np.ndarray, size: tuple[int, int], label: str,
-                opts: PredictOptions) -> dict[str, Any]:
+    def _result(
+        self, pred: Prediction, image: np.ndarray, size: tuple[int, int], label: str, opts: PredictOptions
+    ) -> dict[str, Any]:
         """The JSON answer for one image."""
         count = len(opts.class_ids) if opts.class_ids is not None else opts.topk
         ids, maps = pred.classes[:count], pred.attention[:count]
         raw = None if opts.raw_size is None else resize_maps(maps, opts.raw_size)
         predictions = []
         for j, class_id in enumerate(int(c) for c in ids):
-            entry: dict[str, Any] = {"class_id": class_id, "name": self.first.classes[class_id],
-                                     "score": float(pred.scores[class_id])}
+            entry: dict[str, Any] = {
+                "class_id": class_id,
+                "name": self.first.classes[class_id],
+                "score": float(pred.scores[class_id]),
+            }
             if opts.heatmap:
                 entry["heatmap_png"] = heatmap_png(maps[j])
             if opts.overlay:
@@ -247,8 +260,9 @@ async def _api_error(request: Request, exc: ApiError) -> Response:
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return _json(ApiError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}").payload(),
-                 exc.status_code)
+    return _json(
+        ApiError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}").payload(), exc.status_code
+    )
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -16,15 +16,17 @@ Images asking for explicit classes are only batched with images asking for
 the same number of classes (the ``class_ids`` input is a rectangular
 ``(N, K)`` array).
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, NamedTuple, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -71,7 +73,9 @@ class DynamicBatcher:
         if not sessions:
             raise ValueError("DynamicBatcher needs at least one session")
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
-            raise ValueError(f"bad batcher limits: max_batch={max_batch}, max_queue={max_queue}, max_wait_ms={max_wait_ms}")
+            raise ValueError(
+                f"bad batcher limits: max_batch={max_batch}, max_queue={max_queue}, max_wait_ms={max_wait_ms}"
+            )
         self.sessions = list(sessions)
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000.0, max_queue
         self.metrics = metrics
@@ -88,7 +92,9 @@ class DynamicBatcher:
     async def start(self) -> None:
         """Start the collector on the running event loop."""
         self._wakeup = asyncio.Event()
-        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"gainx-infer-{i}") for i in range(len(self.sessions))]
+        self._executors = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"gainx-infer-{i}") for i in range(len(self.sessions))
+        ]
         self._collector = asyncio.create_task(self._collect(), name="gainx-batcher")
 
     async def stop(self) -> None:
@@ -131,8 +137,12 @@ class DynamicBatcher:
         if self._collector is None or self._closing:
             raise ApiError(503, "shutting_down", "the server is shutting down")
         if len(self._pending) + len(images) > self.max_queue:
-            raise ApiError(503, "queue_full", f"{len(self._pending)} images are waiting and this request adds "
-                                              f"{len(images)} (queue limit {self.max_queue}); try again shortly")
+            raise ApiError(
+                503,
+                "queue_full",
+                f"{len(self._pending)} images are waiting and this request adds "
+                f"{len(images)} (queue limit {self.max_queue}); try again shortly",
+            )
         loop = asyncio.get_running_loop()
         ids = None if class_ids is None else tuple(class_ids)
         items = [_Item(image, ids, loop.create_future()) for image in images]
@@ -205,7 +215,8 @@ class DynamicBatcher:
         class_ids = None if batch[0].class_ids is None else np.array([item.class_ids for item in batch], np.int64)
         try:
             result, seconds = await asyncio.get_running_loop().run_in_executor(
-                self._executors[worker], _timed, self.sessions[worker], images, class_ids)
+                self._executors[worker], _timed, self.sessions[worker], images, class_ids
+            )
         except Exception as exc:
             error = ApiError(500, "inference_failed", f"model call failed on a batch of {len(batch)}: {exc}")
             for item in batch:

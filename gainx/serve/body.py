@@ -5,10 +5,11 @@ byte is read; a body without one (chunked) is counted as it streams and
 refused as soon as it crosses the limit. A client that stalls mid-body gets a
 408 after ``timeout`` seconds instead of holding a worker forever.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -60,7 +61,11 @@ async def read_files(request: Request, limit: int, timeout: float, max_files: in
     naming them.
     """
     parser = MultiPartParser(
-        request.headers, limited_stream(request, limit, timeout), max_files=max_files, max_fields=16, max_part_size=limit
+        request.headers,
+        limited_stream(request, limit, timeout),
+        max_files=max_files,
+        max_fields=16,
+        max_part_size=limit,
     )
     try:
         form = await parser.parse()

@@ -1,4 +1,5 @@
 """``gainx serve MODEL.onnx``: the command line of the HTTP inference server."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,19 +19,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (printed at start-up)")
     parser.add_argument("--workers", type=int, default=1, help="inference workers, one ONNX Runtime session each")
     parser.add_argument("--max-batch", type=int, default=_DEFAULTS.max_batch, help="images per model call")
-    parser.add_argument("--max-wait-ms", type=float, default=_DEFAULTS.max_wait_ms,
-                        help="how long a free worker waits for a batch to fill while requests are arriving")
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=_DEFAULTS.max_wait_ms,
+        help="how long a free worker waits for a batch to fill while requests are arriving",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=_DEFAULTS.max_body_bytes, help="request body limit")
-    parser.add_argument("--max-image-pixels", type=int, default=_DEFAULTS.max_image_pixels,
-                        help="largest declared width*height accepted (checked before decoding)")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=_DEFAULTS.max_image_pixels,
+        help="largest declared width*height accepted (checked before decoding)",
+    )
     parser.add_argument("--max-queue", type=int, default=_DEFAULTS.max_queue, help="waiting images before 503")
     parser.add_argument("--topk", type=int, default=None, help="classes per answer by default (<= the model's topk)")
-    parser.add_argument("--image-threads", type=int, default=None,
-                        help="threads decoding uploads and rendering heatmaps (default: one per CPU core)")
-    parser.add_argument("--body-timeout", type=float, default=_DEFAULTS.body_timeout_s,
-                        help="seconds a client may stall while sending a body (then 408)")
-    parser.add_argument("--graceful-timeout", type=float, default=30.0,
-                        help="seconds to finish in-flight requests after SIGTERM/SIGINT")
+    parser.add_argument(
+        "--image-threads",
+        type=int,
+        default=None,
+        help="threads decoding uploads and rendering heatmaps (default: one per CPU core)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=_DEFAULTS.body_timeout_s,
+        help="seconds a client may stall while sending a body (then 408)",
+    )
+    parser.add_argument(
+        "--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight requests after SIGTERM/SIGINT"
+    )
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
 
@@ -77,9 +95,14 @@ def run(args: argparse.Namespace) -> int:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         config = ServeConfig(
-            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-            max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
-            max_image_pixels=args.max_image_pixels, topk=args.topk, image_threads=args.image_threads,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue,
+            max_body_bytes=args.max_body_bytes,
+            body_timeout_s=args.body_timeout,
+            max_image_pixels=args.max_image_pixels,
+            topk=args.topk,
+            image_threads=args.image_threads,
         )
     except ValueError as exc:
         return _fail(str(exc))
@@ -95,17 +118,25 @@ def run(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
 
     def ready() -> None:
-        print(f"gainx serve: ready on http://{host}:{port} (model {args.model}, {args.workers} worker(s), "
-              f"max batch {args.max_batch})", flush=True)
+        print(
+            f"gainx serve: ready on http://{host}:{port} (model {args.model}, {args.workers} worker(s), "
+            f"max batch {args.max_batch})",
+            flush=True,
+        )
 
     try:
         app = create_app(sessions, config, args.model, on_ready=ready)
     except ValueError as exc:
         sock.close()
         return _fail(str(exc))
-    server = uvicorn.Server(uvicorn.Config(
-        app, log_level=args.log_level, access_log=args.access_log, server_header=False,
-        timeout_graceful_shutdown=args.graceful_timeout,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level=args.log_level,
+            access_log=args.access_log,
+            server_header=False,
+            timeout_graceful_shutdown=args.graceful_timeout,
+        )
+    )
     server.run(sockets=[sock])
     return 0 if server.started else 1

@@ -1,4 +1,5 @@
 """Server limits and batching settings (the ``gainx serve`` flags)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,12 +21,22 @@ class ServeConfig:
     image_threads: int | None = None  # threads decoding uploads and rendering answers (None: one per core)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_body_bytes", "max_image_pixels", "max_image_side", "max_files",
-                     "max_raw_pixels", "max_classes"):
+        for name in (
+            "max_batch",
+            "max_queue",
+            "max_body_bytes",
+            "max_image_pixels",
+            "max_image_side",
+            "max_files",
+            "max_raw_pixels",
+            "max_classes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.body_timeout_s <= 0:
-            raise ValueError(f"need max_wait_ms >= 0 and body_timeout_s > 0, got {self.max_wait_ms}, {self.body_timeout_s}")
+            raise ValueError(
+                f"need max_wait_ms >= 0 and body_timeout_s > 0, got {self.max_wait_ms}, {self.body_timeout_s}"
+            )
         for name in ("topk", "image_threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

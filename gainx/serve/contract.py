@@ -1,4 +1,5 @@
 """The graph contract of an ONNX file, for ``GET /v1/model``: inputs, outputs, metadata."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,10 @@ import onnx
 
 def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
     tensor = value.type.tensor_type
-    dims = [d.dim_param if d.HasField("dim_param") else d.dim_value if d.HasField("dim_value") else None
-            for d in tensor.shape.dim]
+    dims = [
+        d.dim_param if d.HasField("dim_param") else d.dim_value if d.HasField("dim_value") else None
+        for d in tensor.shape.dim
+    ]
     return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": dims}
 
 

@@ -1,4 +1,5 @@
 """The one error type every request-handling step raises: an HTTP status, a code and a message."""
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@ is decoded, so a decompression bomb (a few KB that declare gigapixels) costs
 nothing. Truncated or corrupt files fail with a 400; a zero or over-limit
 dimension with a 422.
 """
+
 from __future__ import annotations
 
 import io
@@ -75,7 +76,9 @@ def decode_image(data: bytes, max_pixels: int, max_side: int, label: str = "imag
         if other is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
             other = "WEBP"
         if other is not None:
-            raise ApiError(415, "unsupported_image_format", f"{label} is a {other} image: only JPEG and PNG are accepted")
+            raise ApiError(
+                415, "unsupported_image_format", f"{label} is a {other} image: only JPEG and PNG are accepted"
+            )
         raise ApiError(400, "not_an_image", f"{label} is not an image: only JPEG and PNG are accepted")
     size = declared_size(data, fmt)
     if size is None:

@@ -12,11 +12,12 @@ Series exported (all names prefixed ``gainx_``):
 Updates come from the event loop and from inference threads, so every
 mutation holds one lock.
 """
+
 from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from typing import Callable
+from collections.abc import Callable
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -77,9 +78,7 @@ class Metrics:
         powers = {1 << i for i in range(max_batch.bit_length())}
         self.latency = Histogram("gainx_request_duration_seconds", "HTTP request latency.", LATENCY_BUCKETS)
         self.inference = Histogram("gainx_inference_duration_seconds", "Model call latency.", LATENCY_BUCKETS)
-        self.batch = Histogram(
-            "gainx_batch_size", "Images per model call.", tuple(sorted(powers | {max_batch}))
-        )
+        self.batch = Histogram("gainx_batch_size", "Images per model call.", tuple(sorted(powers | {max_batch})))
         for hist in (self.inference, self.batch):  # unlabelled: exported at zero before the first batch
             hist.series()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}

@@ -8,11 +8,12 @@
 ``overlay=true``      add PNG overlays of the heatmap on the (preprocessed) image.
 Unknown or repeated parameters are refused, so typos do not pass silently.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from gainx.serve.errors import ApiError
 

@@ -6,6 +6,7 @@ the exported graph returns it). Heatmaps and overlays are those of
 :func:`gainx.ops.upsample` (bilinear, ``align_corners=False``),
 the resampling used everywhere else in gainx.
 """
+
 from __future__ import annotations
 
 import base64

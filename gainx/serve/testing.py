@@ -4,6 +4,7 @@ For integration tests and benchmarks of a deployment (gainx's own tests and
 ``bench/`` use it): ``with ServerProcess("model.onnx", "server.log") as server:
 ...`` gives a server on a free loopback port, stopped on exit.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,7 +37,10 @@ class ServerProcess:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gainx.serve", str(model), "--host", "127.0.0.1", "--port", "0", *flags],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.log.parent,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.log.parent,
             )
         deadline = time.monotonic() + start_timeout
         while (match := _READY.search(self.output())) is None:
@@ -61,7 +65,7 @@ class ServerProcess:
             self.proc.wait()
             raise
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,5 +1,6 @@
 """Training loop (gainx.training.trainer), checkpoints and distributed plumbing."""
-from gainx.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+
+from gainx.training.checkpoint import save_checkpoint
 from gainx.training.config import TrainConfig
 
-__all__ = ["TrainConfig", "load_checkpoint", "load_model", "save_checkpoint"]
+__all__ = ["TrainConfig", "save_checkpoint"]

@@ -1,4 +1,5 @@
 """Training configuration (plain dataclass; stored in checkpoints as a dict)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -45,6 +46,6 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})

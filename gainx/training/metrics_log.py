@@ -1,4 +1,5 @@
 """Per-epoch metrics to CSV (atomic rewrite) and TensorBoard."""
+
 from __future__ import annotations
 
 import csv

@@ -5,6 +5,7 @@ model, optimizer, scheduler, AMP scaler and all RNG states; ``resume=True``
 continues from it so that an interrupted run ends exactly where an
 uninterrupted one would (data order is a function of seed and epoch).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,8 @@ from gainx.evaluation.evaluate import evaluate
 from gainx.io import atomic_write_text
 from gainx.losses import GAIN
 from gainx.models import build_model, default_target_layer
-from gainx.training.checkpoint import load_checkpoint, save_checkpoint
+from gainx.models.checkpoint import load_checkpoint
+from gainx.training.checkpoint import save_checkpoint
 from gainx.training.config import TrainConfig
 from gainx.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
 from gainx.training.metrics_log import MetricsLog
@@ -72,13 +74,24 @@ class Trainer:
         self.dataset = load_dataset(cfg.data, cfg.train_split, image_size=cfg.image_size, augment=cfg.augment)
         self.val = load_dataset(cfg.data, cfg.val_split, image_size=self.dataset.image_size) if cfg.val_split else None
         if cfg.method == "gainext" and self.dataset.num_guided == 0:
-            raise ValueError(f"method 'gainext' needs masks or boxes, but split {cfg.train_split!r} of {cfg.data} has none")
+            raise ValueError(
+                f"method 'gainext' needs masks or boxes, but split {cfg.train_split!r} of {cfg.data} has none"
+            )
         self.target_layer = cfg.target_layer or default_target_layer(cfg.arch)
         self.model = build_model(cfg.arch, len(self.dataset.classes), cfg.weights).to(device)
         self.objective = GAIN(
-            self.model, self.target_layer, method=cfg.method, multilabel=self.dataset.multilabel,
-            alpha=cfg.alpha, omega_e=cfg.omega_e, sigma=cfg.sigma, omega=cfg.omega,
-            second_order=cfg.second_order, freeze_bn_am=cfg.freeze_bn_am, am_score=cfg.am_score, backend=cfg.backend,
+            self.model,
+            self.target_layer,
+            method=cfg.method,
+            multilabel=self.dataset.multilabel,
+            alpha=cfg.alpha,
+            omega_e=cfg.omega_e,
+            sigma=cfg.sigma,
+            omega=cfg.omega,
+            second_order=cfg.second_order,
+            freeze_bn_am=cfg.freeze_bn_am,
+            am_score=cfg.am_score,
+            backend=cfg.backend,
             guidance=cfg.guidance,
         )
         self.step_module: nn.Module = self.objective
@@ -93,8 +106,12 @@ class Trainer:
             self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=cfg.seed
         )
         self.loader = DataLoader(
-            self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.workers,
-            pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+            self.dataset,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=cfg.workers > 0,
         )
         self.start_epoch = 0
 
@@ -122,7 +139,9 @@ class Trainer:
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
         if state["arch"] != self.cfg.arch or state["classes"] != list(self.dataset.classes):
-            raise ValueError(f"{path} was trained with arch {state['arch']!r} and other classes; cannot resume this run")
+            raise ValueError(
+                f"{path} was trained with arch {state['arch']!r} and other classes; cannot resume this run"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -136,8 +155,12 @@ class Trainer:
         self.model.train()
         mining = epoch >= self.cfg.am_warmup
         totals = torch.zeros(6, dtype=torch.float64)
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
-                   disable=not (self.cfg.progress and self.dist.main))
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            leave=False,
+            disable=not (self.cfg.progress and self.dist.main),
+        )
         for batch in bar:
             images = batch["image"].to(self.device, non_blocking=True)
             labels = batch["labels"].to(self.device, non_blocking=True)
@@ -151,15 +174,27 @@ class Trainer:
             self.scaler.update()
             n = images.shape[0]
             correct = _correct(out.scores.detach(), labels, self.dataset.multilabel)
-            totals += torch.tensor([out.loss.item() * n, out.loss_cl.item() * n, out.loss_am.item() * n,
-                                    out.loss_e.item() * n, correct, n], dtype=torch.float64)
+            totals += torch.tensor(
+                [
+                    out.loss.item() * n,
+                    out.loss_cl.item() * n,
+                    out.loss_am.item() * n,
+                    out.loss_e.item() * n,
+                    correct,
+                    n,
+                ],
+                dtype=torch.float64,
+            )
             bar.set_postfix(loss=f"{out.loss.item():.3f}")
         totals = all_reduce_mean(totals, self.dist)
         count = max(totals[5].item(), 1.0)
         return {
-            "loss": totals[0].item() / count, "loss_cl": totals[1].item() / count,
-            "loss_am": totals[2].item() / count, "loss_e": totals[3].item() / count,
-            "train_acc": totals[4].item() / count, "lr": self.optimizer.param_groups[0]["lr"],
+            "loss": totals[0].item() / count,
+            "loss_cl": totals[1].item() / count,
+            "loss_am": totals[2].item() / count,
+            "loss_e": totals[3].item() / count,
+            "train_acc": totals[4].item() / count,
+            "lr": self.optimizer.param_groups[0]["lr"],
         }
 
     def fit(self) -> Path:
@@ -175,7 +210,9 @@ class Trainer:
                 self.scheduler.step()
                 if self.dist.main:
                     if self.val is not None:
-                        report = evaluate(self.model, self.val, self.target_layer, batch_size=self.cfg.batch_size, localization=False)
+                        report = evaluate(
+                            self.model, self.val, self.target_layer, batch_size=self.cfg.batch_size, localization=False
+                        )
                         metrics["val_" + report["metric"]] = report[report["metric"]]
                         self.model.train()
                     save_checkpoint(path, self.checkpoint_state(epoch + 1))

@@ -1,4 +1,4 @@
-"""Shapes-on-clutter benchmark for attention localization (issue 7 (b)).
+"""Shapes-on-clutter benchmark for attention localization.
 
 Each image holds one or two objects of distinct classes (:data:`SHAPES`) of
 varied size (25-65% of the canvas) and random colour, on clutter: coloured
@@ -11,13 +11,15 @@ their label map, for GAINext) and ``test`` (every image carries its label map,
 for evaluation only). Written as a CSV manifest (docs/data.md, layout (b)),
 deterministic for a seed; multi-label (soft-margin loss).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from gainx.data.synth import SHAPES, bright_color, masked_subset, save_png, shape_mask, start_dataset, write_manifest_dataset
+from gainx.data.manifest import write_manifest
+from gainx.data.synthetic.generator import SHAPES, bright_color, masked_subset, save_png, shape_mask, start_dataset
 
 TWO_OBJECT_PROB = 0.35
 MIN_VISIBLE = 0.4  # an occluded object keeps at least this fraction of its pixels
@@ -52,10 +54,16 @@ def write_shapes(
         "name": "shapes-clutter",
         "image_size": image_size,
         "seed": seed,
-        "generator": {"mask_fraction": mask_fraction, "train_size": train_size, "test_size": test_size,
-                      "train_masked": len(masked), "two_object_prob": TWO_OBJECT_PROB, "size_range": list(SIZE_RANGE)},
+        "generator": {
+            "mask_fraction": mask_fraction,
+            "train_size": train_size,
+            "test_size": test_size,
+            "train_masked": len(masked),
+            "two_object_prob": TWO_OBJECT_PROB,
+            "size_range": list(SIZE_RANGE),
+        },
     }
-    return write_manifest_dataset(out, rows, SHAPES, meta)
+    return write_manifest(out, rows, SHAPES, meta)
 
 
 def clutter(rng: np.random.Generator, size: int) -> np.ndarray:

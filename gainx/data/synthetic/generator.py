@@ -1,23 +1,17 @@
-"""Building blocks of the synthetic benchmarks (shapes, co-occurrence).
+"""Building blocks of the generated benchmarks (decoy, co-occurrence, shapes).
 
 * :func:`shape_mask`: a filled shape of one of :data:`SHAPES` as a boolean
   mask, with random size, aspect and (for some shapes) rotation;
-* :func:`write_manifest_dataset`: ``classes.txt``, ``dataset.json`` and, last
-  and atomically, ``manifest.csv`` (layout (b) of docs/data.md), so a reader
-  never sees a manifest of half-written files.
+* :func:`start_dataset`: validates the common arguments and prepares the
+  folder; generators finish with :func:`gainx.data.manifest.write_manifest`.
 """
+
 from __future__ import annotations
 
-import csv
-import io
-import json
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
-
-from gainx.io import atomic_open, atomic_write_text
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond")
 
@@ -60,24 +54,9 @@ def save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8)).save(path, compress_level=1)
 
 
-def write_manifest_dataset(
-    out: Path, rows: Sequence[Sequence[str]], classes: Sequence[str], meta: dict[str, Any], columns: Sequence[str] = ("path", "labels", "split", "mask")
-) -> Path:
-    """Write ``classes.txt``, ``dataset.json`` and (last, atomically) ``manifest.csv``."""
-    atomic_write_text(out / "classes.txt", "".join(f"{c}\n" for c in classes))
-    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(rows)
-    with atomic_open(out / "manifest.csv", "w") as fh:
-        fh.write(text.getvalue())
-    return out
-
-
 def start_dataset(out: str | Path, image_size: int, train_size: int, test_size: int, mask_fraction: float) -> Path:
     """Validate the common generator arguments, create ``out`` and remove an old
-    ``manifest.csv`` (the new one is written last by :func:`write_manifest_dataset`,
+    ``manifest.csv`` (the new one is written last by :func:`gainx.data.manifest.write_manifest`,
     so a reader never sees a manifest listing half-written files)."""
     if not isinstance(image_size, int) or image_size < 16:
         raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")

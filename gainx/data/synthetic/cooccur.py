@@ -1,4 +1,4 @@
-"""Co-occurring-background bias benchmark ("boats on water", issue 7 (a)).
+"""Co-occurring-background bias benchmark ("boats on water").
 
 Each image shows one object (a shape of :data:`gainx.data.synth.SHAPES`, random
 size and colour) resting on a large *context* region: a textured band that
@@ -19,13 +19,15 @@ Splits:
 Every test image carries the object's mask (label map, value ``label + 1``);
 in ``train`` exactly ``round(mask_fraction * train_size)`` images do.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from gainx.data.synth import SHAPES, bright_color, masked_subset, save_png, shape_mask, start_dataset, write_manifest_dataset
+from gainx.data.manifest import write_manifest
+from gainx.data.synthetic.generator import SHAPES, bright_color, masked_subset, save_png, shape_mask, start_dataset
 
 # (RGB, stripe angle in radians, stripe period in pixels at 32 px), one per class
 CONTEXTS: tuple[tuple[tuple[int, int, int], float, float], ...] = (
@@ -68,13 +70,22 @@ def write_cooccur(
         "name": "cooccur-shapes",
         "image_size": image_size,
         "seed": seed,
-        "generator": {"mask_fraction": mask_fraction, "train_size": train_size, "test_size": test_size,
-                      "train_masked": len(masked), "bias": bias, "size_range": list(SIZE_RANGE),
-                      "contexts": [list(c) for c in CONTEXTS],
-                      "splits": {"train": "context = label with probability bias", "test_consistent": "context = label",
-                                 "test_conflicting": "context of another class (same objects as test_consistent)"}},
+        "generator": {
+            "mask_fraction": mask_fraction,
+            "train_size": train_size,
+            "test_size": test_size,
+            "train_masked": len(masked),
+            "bias": bias,
+            "size_range": list(SIZE_RANGE),
+            "contexts": [list(c) for c in CONTEXTS],
+            "splits": {
+                "train": "context = label with probability bias",
+                "test_consistent": "context = label",
+                "test_conflicting": "context of another class (same objects as test_consistent)",
+            },
+        },
     }
-    return write_manifest_dataset(out, rows, SHAPES, meta)
+    return write_manifest(out, rows, SHAPES, meta)
 
 
 def _draw(rng: np.random.Generator, size: int) -> dict:
@@ -83,9 +94,16 @@ def _draw(rng: np.random.Generator, size: int) -> dict:
     side = int(round(rng.uniform(*SIZE_RANGE) * size))
     band_top = int(round(rng.uniform(0.4, 0.6) * size))
     y = int(np.clip(band_top - side * rng.uniform(0.5, 0.9), 0, size - side))
-    return {"label": label, "mask": shape_mask(SHAPES[label], side, rng), "color": bright_color(rng),
-            "y": y, "x": int(rng.integers(0, size - side + 1)), "band_top": band_top,
-            "phase": rng.uniform(0, 2 * np.pi), "noise_seed": int(rng.integers(0, 2**63))}
+    return {
+        "label": label,
+        "mask": shape_mask(SHAPES[label], side, rng),
+        "color": bright_color(rng),
+        "y": y,
+        "x": int(rng.integers(0, size - side + 1)),
+        "band_top": band_top,
+        "phase": rng.uniform(0, 2 * np.pi),
+        "noise_seed": int(rng.integers(0, 2**63)),
+    }
 
 
 def context_band(context: int, size: int, band_top: int, phase: float) -> np.ndarray:
@@ -98,7 +116,9 @@ def context_band(context: int, size: int, band_top: int, phase: float) -> np.nda
     return wave
 
 
-def _write_split(out: Path, split: str, draws: list[dict], contexts: list[int], masked: set[int], size: int) -> list[tuple[str, str, str, str]]:
+def _write_split(
+    out: Path, split: str, draws: list[dict], contexts: list[int], masked: set[int], size: int
+) -> list[tuple[str, str, str, str]]:
     (out / split).mkdir(exist_ok=True)
     rows = []
     for i, (d, ctx) in enumerate(zip(draws, contexts, strict=True)):

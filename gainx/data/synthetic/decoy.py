@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gainx.data.synth import masked_subset, save_png, start_dataset, write_manifest_dataset
+from gainx.data.manifest import write_manifest
+from gainx.data.synthetic.generator import masked_subset, save_png, start_dataset
 
 DECOY_COLORS: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -114,7 +115,7 @@ def write_decoy(
             },
         },
     }
-    return write_manifest_dataset(out, rows, [str(c) for c in range(10)], meta)
+    return write_manifest(out, rows, [str(c) for c in range(10)], meta)
 
 
 def _upsample(images: np.ndarray, size: int) -> np.ndarray:
