@@ -49,8 +49,11 @@ class Target:
 
     @property
     def bound_text(self) -> str:
-        unit = "" if self.kind == EXTRA_AT_LEAST else "x"
-        return f"{'>=' if self.kind in (SPEEDUP, EXTRA_AT_LEAST) else '<='} {self.bound:g}{unit}"
+        return f"{'>=' if self.kind in (SPEEDUP, EXTRA_AT_LEAST) else '<='} {_with_unit(self.kind, self.bound)}"
+
+
+def _with_unit(kind: str, value: float) -> str:
+    return f"{value:.3g}" if kind == EXTRA_AT_LEAST else f"{value:.3g}x"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,14 @@ class Result:
     value: float | None  # None: not measured
     met: bool | None  # None: not measured
     note: str = ""
+
+    @property
+    def value_text(self) -> str:
+        return self.note if self.value is None else _with_unit(self.target.kind, self.value)
+
+    @property
+    def met_text(self) -> str:
+        return "not measured" if self.met is None else ("met" if self.met else "NOT met")
 
 
 def _attention_targets() -> list[Target]:
