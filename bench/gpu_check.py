@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.gpu_summary import StepOutcome, collect_environment, junit_counts, write_summary
@@ -112,26 +112,9 @@ def plan(args: argparse.Namespace, folder: Path, work: Path) -> list[Step]:
             Step("build-inplace", [py, "setup.py", "build_ext", "--inplace"], logs / "build-inplace.log", env),
         ]
     if not args.skip_tests:
-        steps.append(
-            Step(
-                "tests",
-                [
-                    py,
-                    "-m",
-                    "pytest",
-                    "-m",
-                    "cuda",
-                    "tests",
-                    "-p",
-                    "no:cacheprovider",
-                    "-q",
-                    "-rfEs",
-                    "--continue-on-collection-errors",
-                    f"--junitxml={logs / 'tests.xml'}",
-                ],
-                logs / "tests.log",
-            )
-        )
+        options = ["-m", "cuda", "tests", "-p", "no:cacheprovider", "-q", "-rfEs", "--continue-on-collection-errors"]
+        pytest = [py, "-m", "pytest", *options, f"--junitxml={logs / 'tests.xml'}"]
+        steps.append(Step("tests", pytest, logs / "tests.log"))
     if not args.skip_bench:
         steps += [
             Step(
@@ -253,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                 outcomes.append(StepOutcome(step.name, "skipped: budget spent", 0.0, str(step.log)))
                 continue
             print(f"[{step.name}] {describe(step)}", flush=True)
-            outcomes.append(run_step(step, left))
+            outcome = run_step(step, left)
+            outcomes.append(replace(outcome, log=os.path.relpath(outcome.log, folder)))  # as the summary links it
             print(f"[{step.name}] {outcomes[-1].status} in {outcomes[-1].seconds:.0f} s", flush=True)
             if step.results is not None:
                 parts += [json.loads(p.read_text()) for p in sorted(step.results.glob("*/results.json"))]

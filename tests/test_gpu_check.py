@@ -145,9 +145,10 @@ def test_without_cuda_the_check_refuses_to_start(tmp_path: Path, capsys: pytest.
 # --- running steps and the whole flow with stand-in commands -----------------------------------------------------
 
 
-def _python_step(tmp_path: Path, name: str, code: str, results: Path | None = None) -> gpu_check.Step:
+def _python_step(folder: Path, name: str, code: str, results: Path | None = None) -> gpu_check.Step:
+    """A stand-in step running ``code``, logging to ``folder/logs/<name>.log``."""
     return gpu_check.Step(
-        name, [sys.executable, "-c", code], tmp_path / "logs" / f"{name}.log", {"GPU_CHECK_X": "1"}, results
+        name, [sys.executable, "-c", code], folder / "logs" / f"{name}.log", {"GPU_CHECK_X": "1"}, results
     )
 
 
@@ -187,12 +188,12 @@ def test_whole_check_merges_results_and_writes_the_summary(
         '<testcase classname="tests.test_a" name="test_bad"><failure message="x"/></testcase></testsuite>'
         "</testsuites>"
     )
-    steps = [_python_step(tmp_path, "tests", f"open({str(folder / 'logs' / 'tests.xml')!r}, 'w').write({junit!r})")]
+    steps = [_python_step(folder, "tests", f"open({str(folder / 'logs' / 'tests.xml')!r}, 'w').write({junit!r})")]
     for i, half in enumerate(halves):
         out = work / str(i) / "cuda-test-gpu" / "results.json"
         part = json.dumps({**data, "benchmarks": half})
         code = f"import pathlib; p = pathlib.Path({str(out)!r}); p.parent.mkdir(parents=True); p.write_text({part!r})"
-        steps.append(_python_step(tmp_path, f"bench-{i}", code, results=work / str(i)))
+        steps.append(_python_step(folder, f"bench-{i}", code, results=work / str(i)))
     _fake_gpu(monkeypatch, steps)
     (folder / "logs").mkdir(parents=True)
     (folder / "results.json").write_text("stale")  # an earlier run's results never reach the summary
@@ -204,6 +205,7 @@ def test_whole_check_merges_results_and_writes_the_summary(
     assert [t["met"] for t in summary["targets"]] == [True] * len(TARGETS)
     assert summary["tests"]["passed"] == 1 and summary["tests"]["failures"] == ["tests.test_a::test_bad"]
     assert [s["status"] for s in summary["steps"]] == ["ok"] * 3
+    assert [s["log"] for s in summary["steps"]] == ["logs/tests.log", "logs/bench-0.log", "logs/bench-1.log"]
     assert "# GPU check on Test GPU" in capsys.readouterr().out
 
 
