@@ -74,11 +74,17 @@ class Result:
 
 def _attention_targets() -> list[Target]:
     shape = {"shape": "B,classes,C,h,w,H,W=" + ",".join(map(str, ATTN_SHAPE)), "dtype": "torch.float32"}
-    where = "attention/mask/erase full step, fused Triton"
+    where = "fused Triton attention/mask/erase full step (ResNet-50 shapes)"
     common = {"group": "attention_erase_full", "member": "test_full[triton]", "expect": shape}
     return [
-        Target(f"{where} vs eager", kind=SPEEDUP, bound=3.0, reference="test_full[eager]", **common),
-        Target(f"{where} vs torch.compile of eager", kind=SPEEDUP, bound=1.3, reference="test_full[compile]", **common),
+        Target(f"{where}: speedup vs eager", kind=SPEEDUP, bound=3.0, reference="test_full[eager]", **common),
+        Target(
+            f"{where}: speedup vs torch.compile of eager",
+            kind=SPEEDUP,
+            bound=1.3,
+            reference="test_full[compile]",
+            **common,
+        ),
         Target(
             f"{where}: fraction of peak memory bandwidth",
             kind=EXTRA_AT_LEAST,
@@ -87,7 +93,7 @@ def _attention_targets() -> list[Target]:
             **common,
         ),
         Target(
-            f"{where}: peak memory vs eager",
+            f"{where}: peak memory / eager's",
             kind=EXTRA_RATIO,
             bound=0.5,
             reference="test_full[eager]",
@@ -107,14 +113,14 @@ def _class_attention_targets() -> list[Target]:
         }
         targets += [
             Target(
-                f"class_attention extension vs eager, K={k}",
+                f"class_attention extension, K={k}: speedup vs eager",
                 kind=SPEEDUP,
                 bound=5.0,
                 reference=f"test_eager[{k}]",
                 **common,
             ),
             Target(
-                f"class_attention extension vs pytorch-grad-cam, K={k}",
+                f"class_attention extension, K={k}: speedup vs pytorch-grad-cam",
                 kind=SPEEDUP,
                 bound=100.0,
                 reference=f"test_grad_cam[{k}]",
@@ -128,7 +134,7 @@ TARGETS: tuple[Target, ...] = (
     *_attention_targets(),
     *_class_attention_targets(),
     Target(
-        "GAIN training step vs plain step, resnet50 with AMP",
+        "GAIN training step, resnet50 with AMP: time / plain step's",
         group="gain_step_resnet50_amp",
         member="test_gain_step_amp",
         reference="test_plain_classification_step_amp",
@@ -137,7 +143,7 @@ TARGETS: tuple[Target, ...] = (
         expect={"batch": AMP_BATCH, "image_size": AMP_SIZE},
     ),
     Target(
-        "ONNX Runtime CUDA: attention model (top-1) vs plain classifier",
+        "ONNX Runtime CUDA, attention model (top-1): latency / plain classifier's",
         group="onnx_attention_resnet18_cuda",
         member="test_attention_graph[1-CUDAExecutionProvider]",
         reference="test_plain_classifier[CUDAExecutionProvider]",

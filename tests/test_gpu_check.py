@@ -229,22 +229,22 @@ def test_targets_met() -> None:
         _results(triton=0.9, triton_frac=0.65, triton_mem=40.0, extension=0.04, gain_amp=2.1, onnx_top1=1.15)
     )
     assert all(met is True for _, met in values.values()), values
-    name = "attention/mask/erase full step, fused Triton"
-    assert values[f"{name} vs eager"][0] == pytest.approx(3.0 / 0.9)
-    assert values[f"{name} vs torch.compile of eager"][0] == pytest.approx(1.4 / 0.9)
-    assert values[f"{name}: peak memory vs eager"][0] == pytest.approx(0.4)
-    assert values["class_attention extension vs pytorch-grad-cam, K=20"][0] == pytest.approx(2500)
-    assert values["GAIN training step vs plain step, resnet50 with AMP"][0] == pytest.approx(2.1)
+    name = "fused Triton attention/mask/erase full step (ResNet-50 shapes)"
+    assert values[f"{name}: speedup vs eager"][0] == pytest.approx(3.0 / 0.9)
+    assert values[f"{name}: speedup vs torch.compile of eager"][0] == pytest.approx(1.4 / 0.9)
+    assert values[f"{name}: peak memory / eager's"][0] == pytest.approx(0.4)
+    assert values["class_attention extension, K=20: speedup vs pytorch-grad-cam"][0] == pytest.approx(2500)
+    assert values["GAIN training step, resnet50 with AMP: time / plain step's"][0] == pytest.approx(2.1)
 
 
 def test_targets_not_met() -> None:
     values = _values(_results(triton=1.5, triton_frac=0.3, triton_mem=60.0, extension=2.0, gain_amp=2.5, onnx_top1=1.3))
     assert all(met is False for _, met in values.values()), values
-    name = "attention/mask/erase full step, fused Triton"
-    assert values[f"{name} vs eager"][0] == pytest.approx(2.0)
+    name = "fused Triton attention/mask/erase full step (ResNet-50 shapes)"
+    assert values[f"{name}: speedup vs eager"][0] == pytest.approx(2.0)
     assert values[f"{name}: fraction of peak memory bandwidth"][0] == pytest.approx(0.3)
-    assert values["class_attention extension vs eager, K=5"][0] == pytest.approx(2.5)
-    assert values["ONNX Runtime CUDA: attention model (top-1) vs plain classifier"][0] == pytest.approx(1.3)
+    assert values["class_attention extension, K=5: speedup vs eager"][0] == pytest.approx(2.5)
+    assert values["ONNX Runtime CUDA, attention model (top-1): latency / plain classifier's"][0] == pytest.approx(1.3)
 
 
 def test_targets_not_measured_missing_member_other_shape_or_no_value() -> None:
@@ -252,14 +252,14 @@ def test_targets_not_measured_missing_member_other_shape_or_no_value() -> None:
     data["benchmarks"] = [b for b in data["benchmarks"] if b["name"] != "test_grad_cam[5]"]
     next(b for b in data["benchmarks"] if b["name"] == "test_extension[20]")["extra_info"]["shape"] = "B=4 C=64"
     results = {r.target.name: r for r in evaluate(data)}
-    missing = results["class_attention extension vs pytorch-grad-cam, K=5"]
+    missing = results["class_attention extension, K=5: speedup vs pytorch-grad-cam"]
     assert missing.met is None and "no test_grad_cam[5] in group class_attention-k5" in missing.note
-    shape = results["class_attention extension vs eager, K=20"]
+    shape = results["class_attention extension, K=20: speedup vs eager"]
     assert shape.met is None and "ran with shape=B=4 C=64" in shape.note
-    for name in ("fraction of peak memory bandwidth", "peak memory vs eager"):
-        result = results[f"attention/mask/erase full step, fused Triton: {name}"]
+    for name in ("fraction of peak memory bandwidth", "peak memory / eager's"):
+        result = results[f"fused Triton attention/mask/erase full step (ResNet-50 shapes): {name}"]
         assert result.met is None and "not recorded" in result.note
-    assert results["class_attention extension vs eager, K=5"].met is True
+    assert results["class_attention extension, K=5: speedup vs eager"].met is True
     assert all(r.met is None for r in evaluate({"benchmarks": []}))
 
 
