@@ -44,18 +44,15 @@ def _version(module: str) -> str:
 
 
 def _driver_version() -> str:
+    """The NVIDIA driver version as nvidia-smi reports it (torch does not expose it)."""
     smi = shutil.which("nvidia-smi")
-    if smi:
-        res = subprocess.run(
-            [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if res.returncode == 0 and res.stdout.strip():
-            return res.stdout.strip().splitlines()[0]
-    return "unknown (nvidia-smi not found)"
+    if smi is None:
+        return "unknown (nvidia-smi not found)"
+    query = [smi, "--query-gpu=driver_version", "--format=csv,noheader"]
+    res = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False)
+    if res.returncode != 0 or not res.stdout.strip():
+        return f"unknown (nvidia-smi exited with {res.returncode})"
+    return res.stdout.strip().splitlines()[0]
 
 
 def _extension_has_cuda() -> str:
@@ -64,7 +61,8 @@ def _extension_has_cuda() -> str:
         [sys.executable, "-c", _EXTENSION_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
     )
     if res.returncode != 0:
-        return f"no (import failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode})"
+        last = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+        return f"no (the probe failed: {last})"
     return "yes" if res.stdout.strip() == "True" else "no"
 
 
@@ -94,9 +92,9 @@ def collect_environment() -> dict[str, str]:
 
 def junit_counts(junit_xml: Path) -> dict[str, object]:
     """passed / failed / errors / skipped counts and the failing test ids from a pytest ``--junitxml`` file."""
-    if not junit_xml.exists():
-        return {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failures": [], "note": f"no {junit_xml.name}"}
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failures": []}
+    if not junit_xml.exists():
+        return {**counts, "note": f"no {junit_xml.name}"}
     for case in ET.parse(junit_xml).getroot().iter("testcase"):
         outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), None)
         key = {"failure": "failed", "error": "errors", "skipped": "skipped", None: "passed"}[outcome]

@@ -16,7 +16,7 @@ import torch
 
 from bench import gpu_check
 from bench.common import peak_bandwidth
-from bench.gpu_summary import StepOutcome, junit_counts, write_summary
+from bench.gpu_summary import StepOutcome, collect_environment, junit_counts, write_summary
 from bench.targets import ATTN_SHAPE, TARGETS, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -346,3 +346,11 @@ def test_cuda_only_benchmark_members_skip_with_a_reason() -> None:
     assert "8 skipped" in res.stdout and "passed" not in res.stdout, res.stdout[-3000:]
     assert "timed on CUDA only (autocast fp16 + GradScaler)" in res.stdout
     assert "ONNX Runtime has no CUDA execution provider" in res.stdout
+
+
+@NO_CUDA
+def test_environment_without_cuda() -> None:
+    environment = collect_environment()
+    assert environment["gpu"] == "none" and environment["driver"] == "none"
+    assert environment["torch"] == torch.__version__
+    assert environment["gainx._C CUDA kernels"] == "no"
