@@ -1,7 +1,7 @@
 """Attention-mining step (eq. 1-4): eager vs torch.compile(eager) vs fused Triton.
 
 Groups ``attention_erase_{forward,backward,full}``; the eager reference is the
-baseline of each. Shapes default to ResNet-50 (issue 3): B = 32 images x 2
+baseline of each. Shapes default to ResNet-50: B = 32 images x 2
 classes = 64 pairs, C = 2048, 7x7 -> 224x224, fp32; ``GAINX_BENCH_QUICK=1``
 shrinks to 2 x 2 pairs, C = 64, 7x7 -> 64x64. Override with
 ``GAINX_BENCH_ATTN="B,classes,C,h,w,H,W"`` and ``GAINX_BENCH_DTYPE`` (float32,
