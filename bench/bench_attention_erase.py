@@ -13,8 +13,9 @@ Triton runs only on CUDA (skipped on CPU: the interpreter is a correctness
 tool, not a speed one). Extra info: ``peak_mem_mb`` (CUDA peak allocated
 during one step above what was allocated before it; n/a on CPU), ``bytes_moved_mb`` (bytes that
 must move: every input read once, every output written once),
-``bandwidth_gbs`` and ``bandwidth_frac_of_peak`` (peak from
-:data:`PEAK_BANDWIDTH` by device name), ``target``.
+``bandwidth_gbs`` (bytes moved / median time) and ``bandwidth_frac_of_peak``
+(peak from :func:`bench.common.peak_bandwidth`, with ``peak_bandwidth_gbs`` and
+``peak_bandwidth_source``), ``target``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pytest
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from bench.common import QUICK, bench_device, peak_memory_mb, sync
+from bench.common import QUICK, bench_device, peak_bandwidth, peak_memory_mb, sync
 from gainx.ops import attention_erase_eager
 
 DEVICE = bench_device()
@@ -37,19 +38,6 @@ SHAPE = tuple(int(v) for v in os.environ.get("GAINX_BENCH_ATTN", _DEFAULT_SHAPE)
 ROUNDS = 5 if not CUDA else 50
 DTYPE = getattr(torch, os.environ.get("GAINX_BENCH_DTYPE", "float32"))
 TARGET = "full step >= 3x eager and >= 1.3x torch.compile, >= 60% of peak bandwidth, peak memory <= 0.5x eager"
-# HBM bandwidth in bytes/s, matched as substrings of torch.cuda.get_device_name() (first match wins)
-PEAK_BANDWIDTH = (
-    ("H200", 4.8e12),
-    ("H100 PCIe", 2.0e12),
-    ("H100", 3.35e12),
-    ("A100-SXM4-80GB", 2.039e12),
-    ("A100 80GB PCIe", 1.935e12),
-    ("A100", 1.555e12),
-    ("L40S", 864e9),
-    ("L4", 300e9),
-    ("A10G", 600e9),
-    ("V100", 900e9),
-)
 if len(SHAPE) != 7:
     raise ValueError(f"GAINX_BENCH_ATTN must be 7 integers B,classes,C,h,w,H,W; got {SHAPE}")
 
@@ -99,13 +87,6 @@ def _backward(outputs: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...
     torch.autograd.grad(outputs, inputs[:3], weights)
 
 
-def _peak_bandwidth() -> float | None:
-    if not CUDA:
-        return None
-    name = torch.cuda.get_device_name()
-    return next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
-
-
 def _record(benchmark: BenchmarkFixture, phase: str, name: str, step: Callable[[], object]) -> None:
     info = benchmark.extra_info
     info.update(
@@ -120,12 +101,13 @@ def _record(benchmark: BenchmarkFixture, phase: str, name: str, step: Callable[[
     if name == "eager":
         info["baseline"] = True
     info["peak_mem_mb"] = peak_memory_mb(step, DEVICE)
-    mean = benchmark.stats.stats.mean if benchmark.stats else None
-    if mean:
-        info["bandwidth_gbs"] = _bytes_moved(phase) / mean / 1e9
-        peak_bw = _peak_bandwidth()
-        if peak_bw:
-            info["bandwidth_frac_of_peak"] = _bytes_moved(phase) / mean / peak_bw
+    median = benchmark.stats.stats.median if benchmark.stats else None
+    if median:
+        info["bandwidth_gbs"] = _bytes_moved(phase) / median / 1e9
+        peak = peak_bandwidth(DEVICE)
+        if peak:
+            info["peak_bandwidth_gbs"], info["peak_bandwidth_source"] = peak[0] / 1e9, peak[1]
+            info["bandwidth_frac_of_peak"] = _bytes_moved(phase) / median / peak[0]
 
 
 VARIANTS = [

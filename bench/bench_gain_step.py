@@ -1,12 +1,18 @@
-"""A GAIN training step against a plain classification step (target: <= 2.5x).
+"""A GAIN training step against a plain classification step.
 
-resnet18, batch 16, 224x224, one ground-truth class per image, SGD. The plain
-step is forward + cross-entropy + backward + update; the GAIN step adds the
-Grad-CAM gradient pass, the erase step and the attention-mining forward
-(eq. 1-6). ``GAINX_BENCH_QUICK=1`` shrinks to batch 4 at 112x112.
+Group ``gain_step_resnet18`` (target <= 2.5x): resnet18, batch 16, 224x224,
+fp32, on the benchmark device. Group ``gain_step_resnet50_amp`` (target
+<= 2.2x): resnet50, batch 32, 224x224, mixed precision as the trainer runs it
+(``torch.autocast`` fp16 + ``GradScaler``), CUDA only. One ground-truth class
+per image, SGD. The plain step is forward + cross-entropy + backward + update;
+the GAIN step adds the Grad-CAM gradient pass, the erase step and the
+attention-mining forward (eq. 1-6). ``GAINX_BENCH_QUICK=1`` shrinks the
+resnet18 group to batch 4 at 112x112 (the resnet50 group keeps its shape).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -14,52 +20,77 @@ import torch.nn.functional as F
 import torchvision
 
 from bench.common import QUICK, bench_device, peak_memory_mb, sync
+from bench.targets import AMP_BATCH, AMP_SIZE
 from gainx.losses import GAIN
 
 BATCH, SIZE, CLASSES = (4, 112, 20) if QUICK else (16, 224, 20)
+DEVICE = bench_device()
+needs_cuda = pytest.mark.skipif(
+    DEVICE.type != "cuda", reason="the mixed-precision resnet50 step is timed on CUDA only (autocast fp16 + GradScaler)"
+)
 
 
-def _setup(method: str | None, second_order: bool = False):
+def _setup(
+    method: str | None,
+    arch: str = "resnet18",
+    batch: int = BATCH,
+    size: int = SIZE,
+    second_order: bool = False,
+    amp: bool = False,
+) -> Callable[[], None]:
     torch.manual_seed(0)
-    device = bench_device()
-    model = torchvision.models.resnet18(num_classes=CLASSES).to(device).train()
+    model = getattr(torchvision.models, arch)(num_classes=CLASSES).to(DEVICE).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    images = torch.randn(BATCH, 3, SIZE, SIZE, device=device)
-    target = torch.randint(0, CLASSES, (BATCH,), device=device)
+    scaler = torch.amp.GradScaler(DEVICE.type, enabled=amp)
+    images = torch.randn(batch, 3, size, size, device=DEVICE)
+    target = torch.randint(0, CLASSES, (batch,), device=DEVICE)
     labels = F.one_hot(target, CLASSES).float()
     objective = GAIN(model, "layer4", method=method, second_order=second_order) if method else None
 
     def step() -> None:
-        loss = objective(images, labels).loss if objective else F.cross_entropy(model(images), target)
+        with torch.autocast(DEVICE.type, enabled=amp):
+            loss = objective(images, labels).loss if objective else F.cross_entropy(model(images), target)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync(device)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sync(DEVICE)
 
     step()  # warm-up (allocator, cudnn autotune)
-    return step, device
+    return step
 
 
-def _run(benchmark, step, device, **info) -> None:
+def _run(benchmark, step: Callable[[], None], batch: int = BATCH, size: int = SIZE, **info) -> None:
     benchmark.extra_info.update(
-        batch=BATCH, image_size=SIZE, device=str(device), peak_mem_mb=peak_memory_mb(step, device), **info
+        batch=batch, image_size=size, device=str(DEVICE), peak_mem_mb=peak_memory_mb(step, DEVICE), **info
     )
-    benchmark.pedantic(step, rounds=3 if device.type == "cpu" else 20, warmup_rounds=1)
+    benchmark.pedantic(step, rounds=3 if DEVICE.type == "cpu" else 20, warmup_rounds=1)
 
 
 @pytest.mark.benchmark(group="gain_step_resnet18")
 def test_plain_classification_step(benchmark):
-    step, device = _setup(None)
-    _run(benchmark, step, device, baseline=True)
+    _run(benchmark, _setup(None), baseline=True)
 
 
 @pytest.mark.benchmark(group="gain_step_resnet18")
 def test_gain_step(benchmark):
-    step, device = _setup("gain")
-    _run(benchmark, step, device, target="<= 2.5x the plain step")
+    _run(benchmark, _setup("gain"), target="<= 2.5x the plain step")
 
 
 @pytest.mark.benchmark(group="gain_step_resnet18")
 def test_gain_step_second_order(benchmark):
-    step, device = _setup("gain", second_order=True)
-    _run(benchmark, step, device)
+    _run(benchmark, _setup("gain", second_order=True))
+
+
+@needs_cuda
+@pytest.mark.benchmark(group="gain_step_resnet50_amp")
+def test_plain_classification_step_amp(benchmark):
+    step = _setup(None, "resnet50", AMP_BATCH, AMP_SIZE, amp=True)
+    _run(benchmark, step, AMP_BATCH, AMP_SIZE, amp="fp16", baseline=True)
+
+
+@needs_cuda
+@pytest.mark.benchmark(group="gain_step_resnet50_amp")
+def test_gain_step_amp(benchmark):
+    step = _setup("gain", "resnet50", AMP_BATCH, AMP_SIZE, amp=True)
+    _run(benchmark, step, AMP_BATCH, AMP_SIZE, amp="fp16", target="<= 2.2x the plain step")

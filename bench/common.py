@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: device choice, quick mode, CUDA peak memory, the benchmarks' resnet18."""
+"""Shared benchmark helpers: device choice, quick mode, CUDA peak memory and peak bandwidth, the benchmarks'
+resnet18."""
 
 from __future__ import annotations
 
@@ -43,3 +44,25 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     fn()
     torch.cuda.synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - start) / 2**20
+
+
+# Peak DRAM bandwidth in bytes/s by device name (substring of torch.cuda.get_device_name(), first match wins),
+# for when torch does not report the memory clock and bus width. Source: NVIDIA's data sheets, H200 SXM 4.8 TB/s,
+# H100 PCIe 2.0 TB/s, H100 SXM5 3.35 TB/s.
+PEAK_BANDWIDTH_BY_NAME = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12))
+
+
+def peak_bandwidth(device: torch.device) -> tuple[float, str] | None:
+    """Peak DRAM bandwidth of a CUDA device in bytes/s, and where the number comes from; None on CPU or when unknown.
+
+    From the device properties when torch reports them: double data rate, so
+    ``2 * memory_clock_rate [kHz] * 1e3 * memory_bus_width [bit] / 8``; else
+    :data:`PEAK_BANDWIDTH_BY_NAME`.
+    """
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
+    if clock_khz > 0 and bus_bits > 0:
+        return 2 * clock_khz * 1e3 * bus_bits / 8, f"device properties: {clock_khz / 1e3:g} MHz x {bus_bits} bit DDR"
+    return next(((bw, f"data sheet value for {key}") for key, bw in PEAK_BANDWIDTH_BY_NAME if key in props.name), None)

@@ -155,6 +155,21 @@ def test_positive_map_min_gradient(dtype: torch.dtype, device: str) -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_fp64(device: str) -> None:
+    """The op's backward against finite differences of its own forward (fp64, all three inputs).
+
+    Positive features and grads keep the map away from the ReLU kink, and random values have a
+    unique minimum and maximum, so the map is differentiable at the point checked."""
+    features, grads, images, index = _inputs((2, 3, 4, 3, 2, 9, 7, [1, 0]), torch.float64, device)
+    leaves = (features.abs() + 0.1, grads.abs() + 0.1, images)
+
+    def op(f: torch.Tensor, g: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(ops.attention_erase_triton(f, g, i, index))
+
+    assert torch.autograd.gradcheck(op, tuple(t.requires_grad_(True) for t in leaves), fast_mode=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_positive_constant_map_is_finite(device: str) -> None:
     """A constant positive map normalizes to 0 (range 0, eps guards): erased = I (1 - T(0)), finite grads."""
     features, grads, images, index = _inputs(SHAPES["odd_7x5_to_33x29"], torch.float32, device)

@@ -209,9 +209,10 @@ def test_gradients_match_eager():
 
 
 @needs_ext
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[cuda, needs_cuda])])
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(requires_grad):
-    features, weight, classes = _inputs(SHAPES[0], torch.float32)
+def test_opcheck(requires_grad, device):
+    features, weight, classes = _inputs(SHAPES[0], torch.float32, device=device)
     features.requires_grad_(requires_grad)
     weight.requires_grad_(requires_grad)
     torch.library.opcheck(torch.ops.gainx.class_attention.default, (features, weight, classes, [13, 11], EPS))
