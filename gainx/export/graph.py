@@ -116,7 +116,9 @@ class AttentionGraph(nn.Module):
         features = self.body(x)
         scores, classes, weights = self.head_attention(features, class_ids)
         attention = weighted_maps(weights, features, (images.shape[-2], images.shape[-1]))
-        return scores.float(), classes, attention.float()
+        # The runtime's own resize and reductions round differently from PyTorch's: keep the
+        # contract's [0, 1] exactly (a no-op up to rounding).
+        return scores.float(), classes, attention.float().clamp(0.0, 1.0)
 
 
 def build_attention_graph(
