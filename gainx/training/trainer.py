@@ -160,7 +160,6 @@ class Trainer:
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
         self.start_epoch = int(state["epoch"])
@@ -175,6 +174,7 @@ class Trainer:
                 f"{path} has already trained {self.start_epoch} epochs; --epochs {self.cfg.epochs} would end "
                 f"before it (give --epochs {self.start_epoch} or more, or --overwrite to start over)"
             )
+        self.scheduler.last_epoch = self.start_epoch  # the rate is a function of the epoch alone
         sync_learning_rate(self.scheduler)
         if self.cfg.epochs != saved_epochs and self.dist.main:
             print(
