@@ -77,6 +77,8 @@ def test_resume_with_more_epochs_extends_the_cosine_schedule(decoy_dir, tmp_path
     assert load_checkpoint(run / "last.pt")["epoch"] == 4
     with pytest.raises(ValueError, match=r"already trained 4 epochs; --epochs 3"):
         train(_cfg(decoy_dir, run, epochs=3, lr=lr, val_split="none", resume=True))
+    with pytest.raises(ValueError, match=r"trained with --optimizer adamw; resume it with the same optimizer"):
+        train(_cfg(decoy_dir, run, epochs=5, optimizer="sgd", val_split="none", resume=True))
 
 
 def test_every_epoch_prints_a_summary_line_without_progress_bars(decoy_dir, tmp_path, capsys):

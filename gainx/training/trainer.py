@@ -158,6 +158,12 @@ class Trainer:
             raise ValueError(
                 f"{path} was trained with arch {state['arch']!r} and other classes; cannot resume this run"
             )
+        saved_optimizer = state["config"]["optimizer"]
+        if saved_optimizer != self.cfg.optimizer:
+            raise ValueError(
+                f"{path} was trained with --optimizer {saved_optimizer}; resume it with the same optimizer "
+                f"(got {self.cfg.optimizer!r})"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
