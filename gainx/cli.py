@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
@@ -12,31 +13,79 @@ from gainx.training.config import TrainConfig
 
 TRAIN_HELP = {
     "data": "data set root (CSV manifest folder or Pascal VOC 2012)",
-    "out": "run folder: checkpoints (last.pt), metrics.csv, tensorboard/",
-    "arch": "classifier architecture (see gainx.models.ARCHS)",
+    "out": "run folder: checkpoints (last.pt, best.pt), metrics.csv, tensorboard/",
+    "arch": "classifier architecture",
     "target_layer": "module path of the attention layer (default: the arch's)",
-    "method": "baseline | gain (eq. 6) | gainext (eq. 8)",
+    "method": "baseline (L_cl) | gain (eq. 6) | gainext (eq. 8)",
+    "epochs": "epochs to train (with --resume: the new total)",
+    "batch_size": "images per step (per process under torchrun)",
+    "lr": "base learning rate",
+    "weight_decay": "weight decay of the optimizer",
+    "optimizer": "optimizer",
+    "momentum": "SGD momentum",
+    "scheduler": "per-epoch learning-rate schedule (cosine: annealed to 0 at the last epoch)",
+    "image_size": "network input size in pixels (default: the data set's)",
+    "augment": "random flips and crops of the training images",
     "alpha": "weight of L_am (eq. 6)",
     "omega_e": "weight of L_e (eq. 8)",
     "sigma": "soft-mask threshold (eq. 4)",
     "omega": "soft-mask scale (eq. 4)",
     "second_order": "train L_am through the Grad-CAM weights too (create_graph)",
     "freeze_bn_am": "keep batch-norm running stats unchanged in the attention-mining stream",
-    "am_score": "auto | sigmoid | softmax | logit: how s_c(I*) is read (eq. 5)",
+    "am_score": "how s_c(I*) is read (eq. 5); auto: sigmoid for multi-label data, else softmax",
     "am_warmup": "epochs of L_cl only before the attention streams start",
-    "backend": "auto | eager | triton: where attention -> mask -> erase runs",
+    "backend": "where attention -> mask -> erase runs",
     "guidance": "S_e loss of gainext: paper (eq. 7) | all_classes | signed | rrr (gainx.losses.guidance)",
     "weights": "local backbone weights file (state dict); nothing is downloaded",
-    "resume": "continue from OUT/last.pt",
-    "val_split": "split evaluated after every epoch",
+    "seed": "seed of weights, data order and augmentation",
+    "workers": "data-loading worker processes",
+    "amp": "mixed precision (CUDA only)",
+    "device": "auto | cpu | cuda | cuda:N",
+    "train_split": "split to train on",
+    "val_split": "split evaluated after every epoch to keep best.pt; auto: the data set's val (else test) split; "
+    "none: no validation",
+    "resume": "continue the run in --out from its last.pt (a larger --epochs extends the cosine schedule)",
+    "overwrite": "replace the run in --out (checkpoints, metrics.csv, tensorboard/)",
+    "progress": "progress bar during each epoch (the per-epoch summary line is always printed)",
 }
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, except for required options and those without one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _train_choices() -> dict[str, list[str]]:
+    """The allowed values of the TrainConfig fields that have a fixed set."""
+    from gainx.losses import METHODS
+    from gainx.losses.guidance import GUIDANCES
+    from gainx.losses.terms import AM_SCORES
+    from gainx.models.registry import ARCHS
+    from gainx.ops.attention_erase import available_backends
+    from gainx.training.schedule import SCHEDULERS
+    from gainx.training.trainer import OPTIMIZERS
+
+    return {
+        "arch": list(ARCHS),
+        "method": list(METHODS),
+        "optimizer": list(OPTIMIZERS),
+        "scheduler": list(SCHEDULERS),
+        "am_score": list(AM_SCORES),
+        "backend": ["auto", *available_backends()],
+        "guidance": list(GUIDANCES),
+    }
 
 
 def _add_train_args(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--batch-size`` for ``batch_size``)."""
+    choices = _train_choices()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_text = TRAIN_HELP.get(f.name)
+        help_text = TRAIN_HELP[f.name]
         if f.default is MISSING:
             parser.add_argument(flag, dest=f.name, required=True, help=help_text)
         elif isinstance(f.default, bool):
@@ -45,15 +94,60 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
             )
         else:
             kind = {"int | None": int, "float": float, "int": int}.get(str(f.type), str)
-            parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text)
+            allowed = choices.get(f.name)
+            metavar = None
+            if allowed and len(",".join(allowed)) > 40:  # a long set is listed in the help, not in the usage line
+                metavar, help_text = f.name.upper(), f"{help_text}: {', '.join(allowed)}"
+            parser.add_argument(
+                flag, dest=f.name, type=kind, default=f.default, choices=allowed, metavar=metavar, help=help_text
+            )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=_positive_int, default=None, help="CPU threads for torch (default: torch's, one per core)"
+    )
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _held_out_split(data: str, split: str | None) -> str:
+    """``split``, or when None the data set's test split (announced on stderr)."""
+    if split is not None:
+        return split
+    from gainx.data.splits import dataset_splits, held_out_split
+
+    splits = dataset_splits(data)
+    chosen = held_out_split(splits, "test")
+    if chosen is None:
+        raise ValueError(f"{data}: no test or validation split among {splits}; give --split")
+    print(
+        f"gainx eval: split {chosen!r} (the data set's splits: {', '.join(splits)}; choose with --split)",
+        file=sys.stderr,
+    )
+    return chosen
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from gainx.training.run_folder import BEST
     from gainx.training.trainer import train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     path = train(cfg)
-    print(f"checkpoint: {path}")
+    best = path.parent / BEST
+    print(f"checkpoint: {path}" + (f"; best validation epoch: {best}" if best.exists() else ""))
     return 0
 
 
@@ -61,7 +155,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.cues:
         from gainx.experiments.cues import evaluate_cues
 
-        print(json.dumps({**evaluate_cues(args.cues, args.data, args.split), "split": args.split}, indent=2))
+        split = _held_out_split(args.data, args.split)
+        print(json.dumps({**evaluate_cues(args.cues, args.data, split), "split": split}, indent=2))
         return 0
     if not args.checkpoint:
         raise ValueError("give --checkpoint (evaluate a model) or --cues (score a cue folder)")
@@ -70,13 +165,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from gainx.models import load_model
 
     model, meta = load_model(args.checkpoint)
-    dataset = load_dataset(args.data, args.split, image_size=tuple(meta["image_size"]))
+    split = _held_out_split(args.data, args.split)
+    dataset = load_dataset(args.data, split, image_size=tuple(meta["image_size"]))
     if list(dataset.classes) != list(meta["classes"]):
         raise ValueError(f"{args.data}: classes {dataset.classes} differ from the checkpoint's {meta['classes']}")
     report = evaluate(
         model, dataset, meta["target_layer"], batch_size=args.batch_size, localization=not args.no_localization
     )
-    report["split"] = args.split
+    report["split"] = split
     print(json.dumps(report, indent=2))
     return 0
 
@@ -84,8 +180,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_attention(args: argparse.Namespace) -> int:
     from gainx.explain import explain_files
 
-    for path in explain_files(args.checkpoint, args.images, args.out, topk=args.topk, class_names=args.classes):
-        print(path)
+    for done in explain_files(args.checkpoint, args.images, args.out, topk=args.topk, class_names=args.classes):
+        print(f"{done.image}: {done.class_name} {done.score:.3f} -> {done.overlay}")
     return 0
 
 
@@ -105,36 +201,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gainx", description="Guided Attention Inference Networks (GAIN / GAINext)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="decoy benchmark: baseline vs GAIN vs GAINext, table and figure")
+    demo = sub.add_parser(
+        "demo", help="decoy benchmark: baseline vs GAIN vs GAINext, table and figure", formatter_class=HelpFormatter
+    )
     demo.add_argument("--quick", action="store_true", help="smaller run (under 2 minutes on 2 CPU cores)")
-    demo.add_argument("--out", default="gainx_demo", help="output folder")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="gainx_demo", help="output folder (its runs are replaced)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training runs")
+    _add_threads_arg(demo)
     demo.set_defaults(func=_cmd_demo)
 
     register_data(sub)
     register_experiments(sub)
 
-    train = sub.add_parser("train", help="train baseline / GAIN / GAINext")
+    train = sub.add_parser("train", help="train baseline / GAIN / GAINext", formatter_class=HelpFormatter)
     _add_train_args(train)
+    _add_threads_arg(train)
     train.set_defaults(func=_cmd_train)
 
-    ev = sub.add_parser("eval", help="accuracy / mAP and attention localization, as JSON")
+    ev = sub.add_parser(
+        "eval", help="accuracy / mAP and attention localization, as JSON", formatter_class=HelpFormatter
+    )
     ev.add_argument("--checkpoint", default=None, help="evaluate this model")
     ev.add_argument(
         "--cues", default=None, help="score a cue folder written by 'gainx cues' by mIoU against the split's masks"
     )
-    ev.add_argument("--data", required=True)
-    ev.add_argument("--split", default="test")
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--data", required=True, help="data set root")
+    ev.add_argument(
+        "--split",
+        default=None,
+        help="split to evaluate (default: the data set's test split: test, else the "
+        "first test* split by name, else val)",
+    )
+    ev.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     ev.add_argument("--no-localization", action="store_true", help="skip the attention metrics")
+    _add_threads_arg(ev)
     ev.set_defaults(func=_cmd_eval)
 
-    att = sub.add_parser("attention", help="write attention heatmap overlays for images")
+    att = sub.add_parser(
+        "attention",
+        help="print each image's top classes and write attention overlays at the image's size",
+        formatter_class=HelpFormatter,
+    )
     att.add_argument("images", nargs="+")
     att.add_argument("--checkpoint", required=True)
     att.add_argument("--out", required=True, help="output folder for the PNG overlays")
-    att.add_argument("--topk", type=int, default=1)
+    att.add_argument("--topk", type=int, default=1, help="explain each image's K highest-scoring classes")
     att.add_argument("--classes", nargs="*", default=None, help="class names to explain instead of the top-k")
+    _add_threads_arg(att)
     att.set_defaults(func=_cmd_attention)
 
     register_export(sub)
@@ -145,10 +258,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        _set_threads(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader that went away (``gainx eval | head``) raises here
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
         print(f"gainx {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _stdout_closed() -> int:
+    """Exit quietly when the reader of stdout has closed the pipe: point stdout at devnull so that the
+    interpreter's final flush cannot fail again, and return 141 (128 + SIGPIPE), as a shell tool would."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

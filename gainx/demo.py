@@ -80,6 +80,7 @@ def run_demo(
             augment=False,
             seed=seed,
             am_warmup=min(1, profile.epochs - 1),
+            overwrite=True,
         )
         t0 = time.perf_counter()
         checkpoints[method] = train(cfg)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gainx.attention import attention_maps
@@ -21,16 +23,29 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """One overlay written by :func:`explain_files`: the class explained in ``image``, the model's
+    probability for it (softmax over classes, or sigmoid for multi-label models) and the overlay's path."""
+
+    image: Path
+    class_name: str
+    score: float
+    overlay: Path
+
+
 def explain_files(
     checkpoint: str | Path,
     images: Sequence[str | Path],
     out: str | Path,
     topk: int = 1,
     class_names: Sequence[str] | None = None,
-) -> list[Path]:
-    """Write ``OUT/<image stem>_<class>.png`` overlays; returns the written paths.
+) -> list[Explanation]:
+    """Write ``OUT/<image stem>_<class>.png`` overlays at each image's own size; returns what was written.
 
-    Explains ``class_names`` when given, else each image's ``topk`` classes.
+    Explains ``class_names`` when given, else each image's ``topk`` classes. The model sees the image resized
+    to its input size; the Grad-CAM map (eq. 1-2) is upsampled from the feature map straight to the image's
+    original height and width and drawn over the original pixels.
     """
     model, meta = load_model(checkpoint)
     classes = list(meta["classes"])
@@ -45,14 +60,17 @@ def explain_files(
     std = torch.tensor(meta["std"]).view(3, 1, 1)
     written = []
     for path in map(Path, images):
-        rgb = resize_rgb(read_image(path, "command line"), (h, w))
-        x = normalize(rgb, mean, std).unsqueeze(0)
-        scores, maps = attention_maps(model, x, meta["target_layer"], classes=wanted, topk=topk)
+        image = read_image(path, "command line")
+        original = np.asarray(image, dtype=np.uint8)
+        x = normalize(resize_rgb(image, (h, w)), mean, std).unsqueeze(0)
+        size = (image.height, image.width)
+        scores, maps = attention_maps(model, x, meta["target_layer"], classes=wanted, topk=topk, size=size)
+        probs = scores[0].sigmoid() if meta["multilabel"] else scores[0].softmax(0)
         chosen = wanted[0] if wanted is not None else scores[0].topk(topk).indices
         for k, cls in enumerate(chosen.tolist()):
             target = Path(out) / f"{_safe(path.stem)}_{_safe(classes[cls])}.png"
-            save_png(overlay(rgb, maps[0, k]), target)
-            written.append(target)
+            save_png(overlay(original, maps[0, k]), target)
+            written.append(Explanation(path, classes[cls], float(probs[cls]), target))
     return written
 
 

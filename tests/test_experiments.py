@@ -16,7 +16,7 @@ from gainx.data.synthetic.cooccur import CONTEXTS
 from gainx.data.synthetic.generator import shape_mask
 from gainx.experiments.cues import cue_label_map, evaluate_cues, label_map_of
 from gainx.experiments.specs import RunSpec, bias_matrix
-from gainx.experiments.tables import aggregate, mean_std
+from gainx.experiments.tables import aggregate, fmt, mean_std
 from gainx.experiments.variants import boxes_from_label_map, write_variant
 
 
@@ -154,6 +154,12 @@ def test_run_matrix_and_aggregate():
     row = aggregate(runs, {"acc": ("test", "accuracy")})[0]
     assert row["acc"]["mean"] == pytest.approx(0.6) and row["acc"]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     assert row["seeds"] == [0, 1] and mean_std([1.0])["std"] == 0.0
+
+
+def test_table_cells_show_spread_only_over_several_seeds():
+    assert fmt(mean_std([0.5, 0.7])) == "0.600 ± 0.141"
+    assert fmt(mean_std([0.25])) == "0.250"
+    assert fmt(mean_std([float("nan")])) == "n/a"
 
 
 def test_variant_manifest_paths_point_into_the_base(tmp_path):

@@ -88,7 +88,7 @@ def test_checkpoint_write_is_atomic(tmp_path):
     }
     save_checkpoint(path, state)
     bad = dict(state, model={"w": lambda: 0})  # not picklable -> the old file must survive
-    with pytest.raises(pickle.PicklingError):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # Python < 3.12 raises AttributeError
         save_checkpoint(path, bad)
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]

@@ -15,9 +15,9 @@ class TrainConfig:
     method: str = "gain"  # baseline | gain | gainext
     epochs: int = 10
     batch_size: int = 32
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # adamw | sgd
     momentum: float = 0.9
     scheduler: str = "cosine"  # cosine | none
     image_size: int | None = None  # default: the data set's
@@ -38,8 +38,9 @@ class TrainConfig:
     amp: bool = True  # used on CUDA only
     device: str = "auto"
     train_split: str = "train"
-    val_split: str | None = None
+    val_split: str | None = "auto"  # auto: the data set's val or test split; None or "none": no validation
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:

@@ -45,3 +45,22 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def epoch_summary(epoch: int, epochs: int, metrics: dict[str, float], best: bool = False) -> str:
+    """One line for the console: losses (eq. 6 / 8 terms), accuracies, learning rate and time of an epoch.
+
+    ``metrics`` holds ``loss``, ``loss_cl``, ``loss_am``, ``loss_e``, ``train_acc``, ``lr``, ``seconds`` and
+    optionally ``val_<metric>``; ``best`` marks a new best validation value.
+    """
+    parts = [
+        f"epoch {epoch}/{epochs}",
+        f"loss {metrics['loss']:.4f} (cl {metrics['loss_cl']:.4f}, am {metrics['loss_am']:.4f}, "
+        f"e {metrics['loss_e']:.4f})",
+        f"train acc {metrics['train_acc']:.3f}",
+    ]
+    parts += [f"{key.replace('_', ' ')} {value:.3f}" for key, value in metrics.items() if key.startswith("val_")]
+    if best:
+        parts[-1] += " (best)"
+    parts += [f"lr {metrics['lr']:.3g}", f"{metrics['seconds']:.1f}s"]
+    return " | ".join(parts)

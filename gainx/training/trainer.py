@@ -4,11 +4,15 @@ Every epoch ends with an atomic checkpoint (``RUN/last.pt``) holding the
 model, optimizer, scheduler, AMP scaler and all RNG states; ``resume=True``
 continues from it so that an interrupted run ends exactly where an
 uninterrupted one would (data order is a function of seed and epoch).
+With a validation split, ``RUN/best.pt`` holds the epoch with the best
+validation accuracy (mAP for multi-label data). Each epoch prints one
+summary line (:func:`gainx.training.metrics_log.epoch_summary`).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from gainx.data import load_dataset
+from gainx.data.splits import dataset_splits, held_out_split
 from gainx.evaluation.evaluate import evaluate
 from gainx.io import atomic_write_text
 from gainx.losses import GAIN
@@ -27,10 +32,10 @@ from gainx.models.checkpoint import load_checkpoint
 from gainx.training.checkpoint import save_checkpoint
 from gainx.training.config import TrainConfig
 from gainx.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
-from gainx.training.metrics_log import MetricsLog
+from gainx.training.metrics_log import MetricsLog, epoch_summary
 from gainx.training.rng import rng_state, seed_everything, set_rng_state
-
-CHECKPOINT = "last.pt"
+from gainx.training.run_folder import BEST, CHECKPOINT, prepare_run_folder
+from gainx.training.schedule import build_scheduler, sync_learning_rate
 
 
 def pick_device(name: str) -> torch.device:
@@ -42,20 +47,25 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
 
 
-def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
-    if cfg.scheduler == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    raise ValueError(f"scheduler must be 'cosine' or 'none', got {cfg.scheduler!r}")
+def validation_split(cfg: TrainConfig) -> str | None:
+    """The split evaluated after every epoch: ``cfg.val_split``, or for ``"auto"`` the data set's validation
+    (else test) split other than the training split; None for ``None`` / ``"none"`` or when there is none."""
+    if cfg.val_split in (None, "", "none"):
+        return None
+    if cfg.val_split != "auto":
+        return cfg.val_split
+    return held_out_split([s for s in dataset_splits(cfg.data) if s != cfg.train_split], "val")
 
 
 class Trainer:
@@ -70,9 +80,14 @@ class Trainer:
             device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(device)
         self.device = device
+        prepare_run_folder(self.out, cfg.resume, cfg.overwrite, main=self.dist.main)
         seed_everything(cfg.seed)
         self.dataset = load_dataset(cfg.data, cfg.train_split, image_size=cfg.image_size, augment=cfg.augment)
-        self.val = load_dataset(cfg.data, cfg.val_split, image_size=self.dataset.image_size) if cfg.val_split else None
+        self.val_split = validation_split(cfg)
+        self.val = (
+            load_dataset(cfg.data, self.val_split, image_size=self.dataset.image_size) if self.val_split else None
+        )
+        self.best: dict[str, Any] | None = None  # {"metric": "val_accuracy", "value": ..., "epoch": ...}
         if cfg.method == "gainext" and self.dataset.num_guided == 0:
             raise ValueError(
                 f"method 'gainext' needs masks or boxes, but split {cfg.train_split!r} of {cfg.data} has none"
@@ -99,7 +114,7 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.step_module = DistributedDataParallel(self.objective, device_ids=ids)
         self.optimizer = _optimizer(cfg, self.model)
-        self.scheduler = _scheduler(cfg, self.optimizer)
+        self.scheduler = build_scheduler(cfg.scheduler, cfg.epochs, self.optimizer)
         self.amp = cfg.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.sampler = DistributedSampler(
@@ -134,6 +149,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
+            "best": self.best,
         }
 
     def restore(self, path: Path) -> None:
@@ -142,12 +158,36 @@ class Trainer:
             raise ValueError(
                 f"{path} was trained with arch {state['arch']!r} and other classes; cannot resume this run"
             )
+        saved_optimizer = state["config"]["optimizer"]
+        if saved_optimizer != self.cfg.optimizer:
+            raise ValueError(
+                f"{path} was trained with --optimizer {saved_optimizer}; resume it with the same optimizer "
+                f"(got {self.cfg.optimizer!r})"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
         self.start_epoch = int(state["epoch"])
+        self.best = state.get("best")
+        self._continue_schedule(path, int(state["config"]["epochs"]))
+
+    def _continue_schedule(self, path: Path, saved_epochs: int) -> None:
+        """Put the learning rate on this run's schedule; a larger ``epochs`` than the checkpoint's extends
+        the cosine to the new length (:mod:`gainx.training.schedule`)."""
+        if self.cfg.epochs < self.start_epoch:
+            raise ValueError(
+                f"{path} has already trained {self.start_epoch} epochs; --epochs {self.cfg.epochs} would end "
+                f"before it (give --epochs {self.start_epoch} or more, or --overwrite to start over)"
+            )
+        self.scheduler.last_epoch = self.start_epoch  # the rate is a function of the epoch alone
+        sync_learning_rate(self.scheduler)
+        if self.cfg.epochs != saved_epochs and self.dist.main:
+            print(
+                f"resuming {path} at epoch {self.start_epoch}: the {self.cfg.scheduler} schedule now spans "
+                f"{self.cfg.epochs} epochs instead of {saved_epochs} (lr {self.optimizer.param_groups[0]['lr']:.3g})",
+                flush=True,
+            )
 
     # -- loop ----------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -206,23 +246,38 @@ class Trainer:
             atomic_write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
         try:
             for epoch in range(self.start_epoch, self.cfg.epochs):
+                start = time.perf_counter()
                 metrics = self.train_epoch(epoch)
                 self.scheduler.step()
                 if self.dist.main:
-                    if self.val is not None:
-                        report = evaluate(
-                            self.model, self.val, self.target_layer, batch_size=self.cfg.batch_size, localization=False
-                        )
-                        metrics["val_" + report["metric"]] = report[report["metric"]]
-                        self.model.train()
-                    save_checkpoint(path, self.checkpoint_state(epoch + 1))
+                    improved = self.validate(metrics, epoch + 1)
+                    metrics["seconds"] = time.perf_counter() - start
+                    state = self.checkpoint_state(epoch + 1)
+                    if improved:
+                        save_checkpoint(self.out / BEST, state)
+                    save_checkpoint(path, state)
                     log.log(epoch + 1, metrics)
+                    print(epoch_summary(epoch + 1, self.cfg.epochs, metrics, best=improved), flush=True)
                 barrier(self.dist)
         finally:
             if log is not None:
                 log.close()
             shutdown(self.dist)
         return path
+
+    def validate(self, metrics: dict[str, float], epoch: int) -> bool:
+        """Add ``val_<metric>`` (accuracy, or mAP for multi-label data) to ``metrics``; True when it beats the
+        best epoch so far (which ``self.best`` then records)."""
+        if self.val is None:
+            return False
+        report = evaluate(self.model, self.val, self.target_layer, batch_size=self.cfg.batch_size, localization=False)
+        self.model.train()
+        key, value = "val_" + report["metric"], float(report[report["metric"]])
+        metrics[key] = value
+        if self.best is not None and value <= self.best["value"]:
+            return False
+        self.best = {"metric": key, "split": self.val_split, "value": value, "epoch": epoch}
+        return True
 
 
 def _correct(scores: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> float:
