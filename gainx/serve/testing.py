@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -27,16 +28,26 @@ class ServerProcess:
     it and the working directory is the log's folder, so a checkout in the
     current directory cannot shadow an installed package.
 
+    ``file_limit`` lowers the child's soft open-file limit (``ulimit -n``),
+    e.g. to test how it copes when connections exhaust it.
+
     Attributes: ``url``, ``port``, ``proc`` (the :class:`subprocess.Popen`).
     """
 
-    def __init__(self, model: str | Path, log: str | Path, *flags: str, start_timeout: float = 120.0) -> None:
+    def __init__(
+        self, model: str | Path, log: str | Path, *flags: str, start_timeout: float = 120.0, file_limit: int | None = None
+    ) -> None:
         self.log = Path(log)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+        def limit_files() -> None:
+            if file_limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (file_limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gainx.serve", str(model), "--host", "127.0.0.1", "--port", "0", *flags],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.log.parent,
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.log.parent, preexec_fn=limit_files,
             )
         deadline = time.monotonic() + start_timeout
         while (match := _READY.search(self.output())) is None:
