@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
+    except (ValueError, OSError, RuntimeError, TypeError) as exc:  # OSError: missing files, full disks, permissions
         print(f"gainx {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
