@@ -31,8 +31,9 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(exc.errno, f"cannot write {path}: no space left on the device holding {path.parent} "
-                                     f"({os.strerror(exc.errno)}); the previous {path.name}, if any, is unchanged") from exc
+            message = (f"cannot write {path}: no space left on the device holding {path.parent} "
+                       f"({os.strerror(exc.errno)}); the previous {path.name}, if any, is unchanged")
+            raise OSError(exc.errno, message) from exc
         raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

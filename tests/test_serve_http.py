@@ -375,7 +375,7 @@ def test_small_request_is_not_stuck_behind_a_large_one(one_thread_server) -> Non
 
 
 def _metric(url: str, name: str) -> float:
-    match = re.search(rf"^{name} (\S+)$", httpx.get(f"{url}/metrics").text, re.M)
+    match = re.search(rf"^{name} (\S+)$", httpx.get(f"{url}/metrics").text, re.MULTILINE)
     return float(match[1]) if match else 0.0
 
 

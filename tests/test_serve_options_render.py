@@ -9,7 +9,14 @@ import torch
 
 from gainx.serve.errors import ApiError
 from gainx.serve.metrics import Metrics
-from gainx.serve.options import MAX_QUERY_BYTES, ModelLimits, PredictOptions, check_raw_budget, parse_options, parse_query
+from gainx.serve.options import (
+    MAX_QUERY_BYTES,
+    ModelLimits,
+    PredictOptions,
+    check_raw_budget,
+    parse_options,
+    parse_query,
+)
 from gainx.serve.render import heatmap_png, overlay_png, resize_maps
 from gainx.viz import heatmap, overlay
 from image_helpers import png_pixels  # tests/ is on sys.path under pytest
@@ -131,7 +138,8 @@ def test_flags() -> None:
 
 
 @pytest.mark.parametrize("src,dst", [((7, 5), (32, 48)), ((32, 48), (7, 5)), ((1, 1), (3, 2)), ((9, 9), (9, 9)),
-                                     ((4, 6), (13, 1)), ((7, 7), (224, 224)), ((224, 224), (17, 333)), ((3, 500), (999, 2))])
+                                     ((4, 6), (13, 1)), ((7, 7), (224, 224)), ((224, 224), (17, 333)),
+                                     ((3, 500), (999, 2))])
 def test_resize_maps_matches_torch_bilinear(src: tuple[int, int], dst: tuple[int, int]) -> None:
     """The numpy resize equals torch's bilinear interpolate (align_corners=False) to 1e-6."""
     maps = np.random.default_rng(0).random((3, *src), dtype=np.float32)

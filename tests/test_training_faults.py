@@ -49,7 +49,8 @@ sys.exit(main(sys.argv[3:]))
 def gainx(*args: str, kill: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     head = ["-c", KILLER, kill[0], str(kill[1])] if kill else ["-m", "gainx"]
-    return subprocess.run([sys.executable, *head, *args], capture_output=True, text=True, timeout=300, env=env)
+    command = [sys.executable, *head, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -101,13 +102,14 @@ def test_full_disk_is_named(decoy_dir, tmp_path):
     out = tmp_path / "tiny"
     out.mkdir()
     probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out)],
-                           capture_output=True)
+                           capture_output=True, check=False)
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr.decode().strip()}")
     command = " ".join([sys.executable, "-m", "gainx", *train_args(decoy_dir, out, "--epochs", "1")])
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    run = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {out} && {command}; "
-                          f"echo left: $(ls -A {out})"], capture_output=True, text=True, timeout=300, env=env)
+    script = f"mount -t tmpfs -o size=64k tmpfs {out} && {command}; echo left: $(ls -A {out})"
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300, env=env,
+                         check=False)
     assert "Traceback" not in run.stderr, run.stderr
     assert f"cannot write {out / 'last.pt'}: no space left on the device" in run.stderr, run.stderr
     assert ".tmp" not in run.stdout.split("left:")[-1], run.stdout
@@ -118,8 +120,9 @@ def test_eval_refuses_non_finite_weights(decoy_dir, tmp_path, capsys):
     state = model.state_dict()
     state["fc.weight"] = torch.full_like(state["fc.weight"], float("nan"))
     path = tmp_path / "nan.pt"
-    save_checkpoint(path, {"model": state, "arch": "small_cnn", "num_classes": 10, "classes": [str(d) for d in range(10)],
-                           "target_layer": "features", "image_size": [24, 24], "mean": [0.5] * 3, "std": [0.25] * 3,
+    save_checkpoint(path, {"model": state, "arch": "small_cnn", "num_classes": 10,
+                           "classes": [str(d) for d in range(10)], "target_layer": "features", "image_size": [24, 24],
+                           "mean": [0.5] * 3, "std": [0.25] * 3,
                            "multilabel": False})
     with pytest.raises(ValueError, match=r"nan\.pt: 1 weight tensor\(s\) hold NaN or infinite values .first: fc"):
         load_model(path)

@@ -32,7 +32,7 @@ def check_declared_length(request: Request, limit: int) -> None:
 
 
 async def limited_stream(request: Request, limit: int, timeout: float, deadline: float) -> AsyncIterator[bytes]:
-    """Yield the body's chunks; raise 413 past ``limit`` bytes, 408 after ``timeout`` s idle or ``deadline`` s in all."""
+    """Yield the body's chunks; 413 past ``limit`` bytes, 408 after ``timeout`` s idle or ``deadline`` s in all."""
     check_declared_length(request, limit)
     seen = 0
     chunks = request.stream().__aiter__()
@@ -69,7 +69,8 @@ async def read_files(
     naming them.
     """
     parser = MultiPartParser(
-        request.headers, limited_stream(request, limit, timeout, deadline), max_files=max_files, max_fields=16, max_part_size=limit
+        request.headers, limited_stream(request, limit, timeout, deadline), max_files=max_files, max_fields=16,
+        max_part_size=limit,
     )
     try:
         form = await parser.parse()

@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         app, log_level=args.log_level, access_log=args.access_log, server_header=False,
         timeout_graceful_shutdown=args.graceful_timeout, backlog=ACCEPT_BACKLOG,
         http=guarded_protocol(config.header_timeout_s, config.max_connections),
+        loop="asyncio",  # the loop the connection limits are written and tested for, even where uvloop is installed
     ))
     server.run(sockets=[sock])
     return 0 if server.started else 1
