@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -260,25 +261,38 @@ def test_no_internals_in_errors(client) -> None:
 
 
 def test_large_answer_is_encoded_off_the_event_loop(server) -> None:
-    """2M raw values (~40 MB of JSON, seconds to encode) while /healthz keeps answering quickly."""
-    url = "/v1/predict?raw=1024,1024&heatmap=false"
+    """2M raw values (~40 MB of JSON, seconds to encode): /healthz, polled from another thread, keeps answering.
 
-    async def main() -> tuple[httpx.Response, list[float]]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            big = asyncio.create_task(client.post(url, content=image_bytes(40), headers={"content-type": "image/png"}))
-            waits = []
-            while not big.done():
+    Encoded on the event loop, one /healthz would wait about as long as the
+    whole big request; the bound is relative so that a loaded machine, which
+    slows both, does not fail it.
+    """
+    waits: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            while not done.is_set():
                 start = time.perf_counter()
-                assert (await client.get("/healthz")).status_code == 200
+                assert client.get("/healthz").status_code == 200
                 waits.append(time.perf_counter() - start)
-                await asyncio.sleep(0.05)
-            return await big, waits
+                time.sleep(0.05)
 
-    big, waits = asyncio.run(main())
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        start = time.perf_counter()
+        big = httpx.post(f"{server.url}/v1/predict?raw=1024,1024&heatmap=false", content=image_bytes(40),
+                         headers={"content-type": "image/png"}, timeout=120)
+        seconds = time.perf_counter() - start
+    finally:
+        done.set()
+        poller.join()
     assert big.status_code == 200, big.text[:300]
     maps = [np.asarray(p["attention"], np.float32) for p in big.json()["predictions"]]
     assert [m.shape for m in maps] == [(1024, 1024)] * 2
-    assert len(waits) >= 5 and max(waits) < 1.0, f"/healthz waited {max(waits):.2f} s behind the big answer"
+    assert len(waits) >= 5 and max(waits) < seconds / 4, (f"/healthz waited {max(waits):.2f} s during a "
+                                                          f"{seconds:.2f} s request")
 
 
 def _closed_by_server(sock: socket.socket, timeout: float) -> bool:
@@ -415,7 +429,7 @@ def test_1000_mixed_requests_from_32_clients(server, session) -> None:
         (lambda: dict(content=truncated(), headers={"content-type": "image/jpeg"}), "/v1/predict", 400),
         (lambda: dict(content=good, headers={"content-type": "text/plain"}), "/v1/predict", 415),
         (lambda: dict(content=good, headers={"content-type": "image/png"}), "/v1/predict?topk=99", 400),
-        (lambda: dict(content=png_with_header(0, 1), headers={"content-type": "image/png"}), "/v1/predict", 422),
+        (lambda: dict(content=png_with_header(0, 1), headers={"content-type": "image/png"}), "/v1/predict", 400),
     ]
     plan = [kinds[i % len(kinds)] for i in np.random.default_rng(0).permutation(1000)]
     top = reference(session, good).classes[0, :2].tolist()

@@ -9,7 +9,8 @@ uvicorn's ``H11Protocol`` that adds
 
 * a header deadline: a connection must deliver a complete request head within
   ``header_timeout`` seconds of opening, or of the first byte of its next
-  request on a kept-alive connection; otherwise it is closed;
+  request on a kept-alive connection (the unread rest of a body the
+  application refused early counts as such bytes); otherwise it is closed;
 * a connection cap: when a new connection would make more than
   ``max_connections``, the connection that has been idle (no request being
   handled) the longest is closed; if every other connection is handling a
@@ -91,12 +92,21 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Pro
                 (victim or self)._close()
 
         def data_received(self, data: bytes) -> None:
-            super().data_received(data)
+            super().data_received(data)  # cancels uvicorn's keep-alive timer
             if self._handling_request():
                 idle.discard(self)
                 self._disarm_header_timer()
-            elif not self.transport.is_closing():
-                self._arm_header_timer()  # the head of a next request is arriving: it gets the same deadline
+            elif self.transport.is_closing():
+                pass
+            elif self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]:
+                # between requests with nothing buffered (the unread rest of a refused body has just ended):
+                # idle, so uvicorn's keep-alive timeout applies, not the header deadline
+                self._disarm_header_timer()
+                if self.timeout_keep_alive_task is None:
+                    self.timeout_keep_alive_task = self.loop.call_later(
+                        self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            else:  # a request head in progress, or the unread rest of a refused body: one deadline, never extended
+                self._arm_header_timer()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
