@@ -32,7 +32,7 @@ class AttentionAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         self.session = AttentionSession(self.model, threads=os.cpu_count() or 1, spinning=False)
 
-    def decode_request(self, request) -> np.ndarray:  # noqa: ANN001 (no annotation: LitServe then parses JSON)
+    def decode_request(self, request) -> np.ndarray:  # not annotated: LitServe then parses the JSON body
         return self.session.preprocess(Image.open(io.BytesIO(base64.b64decode(request["image"]))))
 
     def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
