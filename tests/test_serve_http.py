@@ -58,8 +58,8 @@ def session(model_path: Path) -> AttentionSession:
 @pytest.fixture(scope="module")
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     srv = Server(model_path, tmp_path_factory.mktemp("serve_log") / "server.log", "--workers", "2", "--max-batch", "8",
-                 "--max-body-bytes", str(BODY_LIMIT), "--max-image-pixels", "1000000", "--body-timeout", "1.5",
-                 "--topk", "2", "--image-threads", "3", "--body-deadline", "3", "--header-timeout", "1",
+                 "--max-body-bytes", str(BODY_LIMIT), "--max-image-pixels", "1000000", "--body-timeout", "3",
+                 "--topk", "2", "--image-threads", "3", "--body-deadline", "5", "--header-timeout", "1",
                  "--max-connections", str(MAX_CONNECTIONS), "--max-request-pixels", "2000000", file_limit=FILE_LIMIT)
     yield srv
     assert srv.stop() in GRACEFUL_EXIT, srv.output()
@@ -337,13 +337,13 @@ def test_idle_and_half_sent_connections_are_cut_and_healthz_answers(server) -> N
 
 
 def test_dripped_body_is_cut_by_the_total_deadline(server) -> None:
-    """One byte every 0.5 s never trips the 1.5 s gap timeout, but the whole body may take only 3 s."""
+    """One byte every 0.5 s never trips the 3 s gap timeout, but the whole body may take only 5 s."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         start = time.perf_counter()
         sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n")
         sock.settimeout(0.5)
         response = b""
-        while time.perf_counter() - start < 10 and not response:
+        while time.perf_counter() - start < 15 and not response:
             try:
                 sock.sendall(b"\x89")
                 response = sock.recv(65536)
@@ -351,7 +351,7 @@ def test_dripped_body_is_cut_by_the_total_deadline(server) -> None:
                 continue
         seconds = time.perf_counter() - start
     assert response.startswith(b"HTTP/1.1 408") and b"body_deadline" in response, response
-    assert seconds < 6
+    assert seconds < 10
 
 
 @pytest.fixture(scope="module")

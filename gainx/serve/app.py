@@ -221,7 +221,8 @@ class _Service:
         with self.batcher.arriving():  # the collector may wait for these images (see DynamicBatcher)
             uploads = await self._uploads(request, batch)
             check_raw_budget(opts, len(uploads), self.limits)
-            work = asyncio.ensure_future(self._answer(uploads, opts, batch))  # enters arriving() before this exits
+            # its first step (entering arriving()) runs before the collector wakes up on leaving this block
+            work = asyncio.ensure_future(self._answer(uploads, opts, batch))
         gone = asyncio.ensure_future(_until_disconnect(request))
         try:
             await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
