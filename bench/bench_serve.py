@@ -27,6 +27,13 @@ Extra info: ``images_per_s`` (from the median round), ``p50_ms`` / ``p99_ms``
 (per request for the server, per batch for the baseline), ``mean_batch``
 (images per model call in the server, from its /metrics),
 ``throughput_vs_bare`` (paired, as above).
+
+Peer: the same model and per-image work (JPEG decode and preprocess, batched
+model call, top-1 and its PNG heatmap) served by LitServe
+(:mod:`bench.peer_litserve`; JSON bodies with base64 JPEGs, as LitServe does
+not take raw image bodies) at 32 clients, paired with bare rounds the same way.
+Skipped, with the reason, when litserve is not installed (it is in the
+``bench`` extra).
 ``GAINX_BENCH_QUICK=1`` shrinks to 64x64 and 32 requests a round; or set
 ``GAINX_BENCH_SERVE="size,requests"``, e.g.::
 
@@ -36,12 +43,17 @@ Extra info: ``images_per_s`` (from the median round), ``p50_ms`` / ``p99_ms``
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import io
 import os
 import re
+import socket
+import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -50,7 +62,7 @@ from PIL import Image
 
 from bench.common import QUICK
 from gainx.runtime import AttentionSession
-from gainx.serve.testing import ServerProcess
+from gainx.serve.testing import REPO, ServerProcess
 
 SIZE, REQUESTS = (int(v) for v in os.environ.get("GAINX_BENCH_SERVE", "64,32" if QUICK else "224,96").split(","))
 MAX_BATCH, ROUNDS, ARCH = 8, 5, "resnet18"
@@ -158,8 +170,19 @@ def _batch_totals(url: str) -> tuple[float, float]:
     return tuple(float(re.search(rf"gainx_batch_size_{k} (\S+)", text)[1]) for k in ("sum", "count"))
 
 
-async def _send_all(url: str, jpegs: list[bytes], clients: int) -> list[float]:
+def _gainx_request(jpeg: bytes) -> dict:
+    return {"data": jpeg, "headers": {"content-type": "image/jpeg"}}
+
+
+def _litserve_request(jpeg: bytes) -> dict:
+    return {"json": {"image": base64.b64encode(jpeg).decode("ascii")}}
+
+
+async def _send_all(
+    url: str, jpegs: list[bytes], clients: int, path: str = "/v1/predict", request=_gainx_request
+) -> list[float]:
     todo, latencies = list(range(REQUESTS)), []
+    bodies = [request(jpeg) for jpeg in jpegs]  # built before the clock starts
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=clients), timeout=timeout) as client:
 
@@ -167,9 +190,7 @@ async def _send_all(url: str, jpegs: list[bytes], clients: int) -> list[float]:
             while todo:
                 i = todo.pop()
                 t0 = time.perf_counter()
-                async with client.post(
-                    "/v1/predict", data=jpegs[i % len(jpegs)], headers={"content-type": "image/jpeg"}
-                ) as r:
+                async with client.post(path, **bodies[i % len(bodies)]) as r:
                     body = await r.read()
                 latencies.append(time.perf_counter() - t0)
                 if r.status != 200 or b'"heatmap_png"' not in body:  # the full answer, heatmap included
@@ -203,6 +224,66 @@ def test_server_concurrent_clients(benchmark, server, bare_inputs, jpegs, client
         max_batch=MAX_BATCH,
         images_per_s=REQUESTS / benchmark.stats.stats.median,
         mean_batch=(after[0] - before[0]) / max(after[1] - before[1], 1),
+        **_percentiles(rounds),
+        throughput_vs_bare=float(np.median(paired)),
+        target=TARGET,
+    )
+
+
+@pytest.fixture(scope="module")
+def litserve_server(model, tmp_path_factory):
+    """LitServe serving the same model (:mod:`bench.peer_litserve`) on a free loopback port."""
+    pytest.importorskip("litserve", reason="the LitServe peer needs litserve (pip install litserve; bench extra)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("bench_litserve_log") / "litserve.log"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.peer_litserve", str(model), str(port), str(MAX_BATCH)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"LitServe did not start:\n{Path(log).read_text(errors='replace')}")
+        time.sleep(0.2)
+    yield url
+    os.killpg(proc.pid, 15)  # LitServe runs its API server and inference worker as child processes
+    proc.wait(30)
+
+
+@pytest.mark.benchmark(group="serve_resnet18")
+def test_litserve_peer_32_clients(benchmark, litserve_server, bare_inputs, jpegs):
+    rounds: list[list[float]] = []
+    bare = BareLoop(bare_inputs)
+
+    def round_() -> None:
+        rounds.append(asyncio.run(_send_all(litserve_server, jpegs, 32, "/predict", _litserve_request)))
+
+    benchmark.pedantic(round_, setup=bare, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    paired = [b / s for b, s in zip(bare.round_seconds()[1:], benchmark.stats.stats.data, strict=True)]
+    benchmark.extra_info.update(
+        arch=ARCH,
+        image_size=SIZE,
+        requests=REQUESTS,
+        clients=32,
+        max_batch=MAX_BATCH,
+        peer="litserve",
+        images_per_s=REQUESTS / benchmark.stats.stats.median,
         **_percentiles(rounds),
         throughput_vs_bare=float(np.median(paired)),
         target=TARGET,

@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _stdout_closed()
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
+    except (ValueError, OSError, RuntimeError, TypeError) as exc:  # OSError: missing files, full disks, permissions
         print(f"gainx {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -144,6 +144,12 @@ NO_BOX = "<annotation><object><name>cat</name></object></annotation>"
 ZERO_BOX = _xml([("cat", 0, 1, 2, 2)])
 
 
+def test_split_list_that_is_not_utf8_is_named(voc: Path) -> None:
+    (voc / "ImageSets/Main/train.txt").write_bytes(b"2008_000001\n\xff\xfe\n")
+    with pytest.raises(DatasetError, match=r"cannot read split list .*Main/train\.txt"):
+        load_dataset(voc, "train")
+
+
 @pytest.mark.parametrize(
     "path, content, error, message",
     [

@@ -140,7 +140,9 @@ def test_class_id_requests_are_batched_by_k() -> None:
     assert sorted(session.calls, key=str) == sorted([(3, None), (3, 1), (2, 2)], key=str)
 
 
-def test_failed_batch_fails_only_its_requests() -> None:
+def test_failed_batch_fails_only_its_requests(caplog: pytest.LogCaptureFixture) -> None:
+    """The client gets a 500 that names no runtime internals; the exception goes to the server log."""
+
     async def main():
         batcher = await started([FakeSession()], max_batch=2)
         results = await asyncio.gather(*(batcher.submit(image(v)) for v in (0, -1, 2, 3)), return_exceptions=True)
@@ -150,7 +152,9 @@ def test_failed_batch_fails_only_its_requests() -> None:
 
     results, after = run(main())
     for bad in results[:2]:
-        assert isinstance(bad, ApiError) and bad.status == 500 and "negative image" in bad.message
+        assert isinstance(bad, ApiError) and bad.status == 500 and bad.code == "inference_failed"
+        assert "negative image" not in bad.message and "ValueError" not in bad.message
+    assert "negative image" in caplog.text
     check(results[2], 2)
     check(results[3], 3)
     check(after, 5)
@@ -271,3 +275,28 @@ def test_bad_limits(kw) -> None:
         DynamicBatcher([FakeSession()], **(dict(max_batch=1, max_wait_ms=0, max_queue=1) | kw))
     with pytest.raises(ValueError, match="at least one session"):
         DynamicBatcher([], 1, 0, 1)
+
+
+def test_cancelled_images_are_dropped_and_counted() -> None:
+    """Images whose request was cancelled (its client left) never reach the model."""
+    gate = threading.Event()
+    session = FakeSession(gate=gate)
+    metrics = Metrics(max_batch=1)
+
+    async def main():
+        batcher = await started([session], max_batch=1, metrics=metrics)
+        first = batcher.enqueue([image(0)])  # occupies the only worker until the gate opens
+        await asyncio.sleep(0.1)
+        waiting = batcher.enqueue([image(v) for v in (1, 2, 3)])
+        waiting[0].cancel()
+        waiting[2].cancel()
+        gate.set()
+        results = await asyncio.gather(*first, waiting[1])
+        await batcher.stop()
+        return results
+
+    first, kept = run(main())
+    check(first, 0)
+    check(kept, 2)
+    assert sorted(n for n, _ in session.calls) == [1, 1]
+    assert "gainx_abandoned_images_total 2.0" in metrics.render()

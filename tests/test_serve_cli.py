@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from gainx.serve.cli import listen, register, run
+from gainx.serve.testing import REPO
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -52,6 +57,12 @@ def test_flags_and_defaults() -> None:
         (["--max-wait-ms", "-1"], "max_wait_ms"),
         (["--topk", "0"], "topk"),
         (["--image-threads", "0"], "image_threads"),
+        (["--header-timeout", "0"], "header_timeout_s"),
+        (["--body-deadline", "nan"], "body_deadline_s"),
+        (["--max-connections", "0"], "max_connections"),
+        (["--max-raw-values", "0"], "max_raw_values"),
+        (["--max-request-pixels", "0"], "max_request_pixels"),
+        (["--max-connections", str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])], "open-file limit"),
     ],
 )
 def test_bad_settings_exit_2_before_loading(tmp_path, capsys, flags, needle) -> None:
@@ -69,3 +80,26 @@ def test_listen_sets_up_a_tcp_socket() -> None:
             listen("127.0.0.1", sock.getsockname()[1])  # the port is taken
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("module", ["gainx.serve.app", "gainx.serve.cli", "gainx.runtime"])
+def test_server_modules_import_without_torch(module: str) -> None:
+    """The server and the ONNX runtime wrapper need no torch: importing them must not load it."""
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=REPO, check=False
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def test_lazy_package_names() -> None:
+    code = (
+        "import sys, gainx; assert 'torch' not in sys.modules; "
+        "from gainx import GAIN, GAINOutput, attention_maps; print(GAIN.__module__, attention_maps.__module__)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=REPO, check=False
+    )
+    assert out.returncode == 0 and out.stdout.split() == ["gainx.losses.gain", "gainx.attention.maps"], out.stderr

@@ -9,10 +9,16 @@ import pytest
 import torch
 from image_helpers import png_pixels  # tests/ is on sys.path under pytest
 
-from gainx.ops import upsample
 from gainx.serve.errors import ApiError
 from gainx.serve.metrics import Metrics
-from gainx.serve.options import ModelLimits, parse_options
+from gainx.serve.options import (
+    MAX_QUERY_BYTES,
+    ModelLimits,
+    PredictOptions,
+    check_raw_budget,
+    parse_options,
+    parse_query,
+)
 from gainx.serve.render import heatmap_png, overlay_png, resize_maps
 from gainx.viz import heatmap, overlay
 
@@ -22,6 +28,7 @@ LIMITS = ModelLimits(
     default_topk=2,
     image_size=(32, 48),
     max_raw_pixels=10_000,
+    max_raw_values=30_000,
     max_classes=3,
 )
 
@@ -57,6 +64,73 @@ def test_classes_by_name_and_id() -> None:
 def test_bad_classes(value: str) -> None:
     with pytest.raises(ApiError, match="classes"):
         opts(classes=value)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"topk": "\u00b2"}, {"topk": "\u0663"}, {"classes": "\u00b2"}, {"raw": "\u00b2,3"}, {"raw_size": "3,\u0663"}],
+)
+def test_non_ascii_digits_are_refused(query: dict) -> None:
+    """str.isdigit() accepts superscripts (which int() refuses: a 500) and other scripts' digits."""
+    with pytest.raises(ApiError) as info:
+        opts(**query)
+    assert info.value.status == 400 and info.value.code == "bad_parameter"
+
+
+def test_classes_are_bounded_by_the_model() -> None:
+    """More ids than the model has classes fails inside ONNX Runtime, so it is refused up front."""
+    limits = ModelLimits(
+        classes=["cat", "dog"],
+        topk=2,
+        default_topk=2,
+        image_size=(8, 8),
+        max_raw_pixels=64,
+        max_raw_values=64,
+        max_classes=16,
+    )
+    assert parse_options({"classes": ["dog,cat"]}, limits).class_ids == (1, 0)
+    with pytest.raises(ApiError, match="at most 2 per image .the model has 2 classes") as info:
+        parse_options({"classes": ["0,1,0"]}, limits)
+    assert info.value.status == 400
+
+
+def test_parse_query_collects_values_in_order() -> None:
+    assert parse_query(b"") == {}
+    assert parse_query(b"topk=2&raw=1&topk=3&heatmap=") == {"topk": ["2", "3"], "raw": ["1"], "heatmap": [""]}
+    assert parse_query(b"classes=cat%2Cdog") == {"classes": ["cat,dog"]}
+
+
+def test_long_or_crowded_query_is_refused_before_parsing() -> None:
+    with pytest.raises(ApiError) as info:
+        parse_query(b"&".join(b"a%d=1" % i for i in range(12_000)))
+    assert (info.value.status, info.value.code) == (414, "query_too_long")
+    with pytest.raises(ApiError) as info:
+        parse_query(b"&" * 100)  # short, but 101 parameters
+    assert (info.value.status, info.value.code) == (400, "too_many_parameters")
+    parse_query(b"classes=" + b"x" * (MAX_QUERY_BYTES - 8))  # exactly at the limit
+
+
+@pytest.mark.parametrize(
+    "images,classes,size,ok",
+    [
+        (1, 3, (100, 100), True),
+        (1, 3, (100, 101), False),
+        (3, 1, (100, 100), True),
+        (2, 2, (100, 100), False),
+    ],
+)
+def test_raw_budget_counts_every_map_of_the_request(images: int, classes: int, size, ok: bool) -> None:
+    o = PredictOptions(topk=classes, class_ids=None, raw_size=size, heatmap=True, overlay=False)
+    if ok:
+        check_raw_budget(o, images, LIMITS)
+    else:
+        with pytest.raises(ApiError, match="at most 30000 per request") as info:
+            check_raw_budget(o, images, LIMITS)
+        assert (info.value.status, info.value.code) == (400, "raw_too_large")
+    explicit = PredictOptions(topk=1, class_ids=(0,) * classes, raw_size=size, heatmap=True, overlay=False)
+    if not ok:
+        with pytest.raises(ApiError):
+            check_raw_budget(explicit, images, LIMITS)
 
 
 @pytest.mark.parametrize(
@@ -100,14 +174,27 @@ def test_flags() -> None:
 
 
 @pytest.mark.parametrize(
-    "src,dst", [((7, 5), (32, 48)), ((32, 48), (7, 5)), ((1, 1), (3, 2)), ((9, 9), (9, 9)), ((4, 6), (13, 1))]
+    "src,dst",
+    [
+        ((7, 5), (32, 48)),
+        ((32, 48), (7, 5)),
+        ((1, 1), (3, 2)),
+        ((9, 9), (9, 9)),
+        ((4, 6), (13, 1)),
+        ((7, 7), (224, 224)),
+        ((224, 224), (17, 333)),
+        ((3, 500), (999, 2)),
+    ],
 )
-def test_resize_maps_matches_upsample(src: tuple[int, int], dst: tuple[int, int]) -> None:
+def test_resize_maps_matches_torch_bilinear(src: tuple[int, int], dst: tuple[int, int]) -> None:
+    """The numpy resize equals torch's bilinear interpolate (align_corners=False) to 1e-6."""
     maps = np.random.default_rng(0).random((3, *src), dtype=np.float32)
-    want = upsample(torch.from_numpy(maps), dst).numpy()
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(maps)[None], size=dst, mode="bilinear", align_corners=False
+    )[0].numpy()
     got = resize_maps(maps, dst)
     assert got.shape == (3, *dst) and got.dtype == np.float32
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
 def test_heatmap_png_is_the_viz_heatmap() -> None:
@@ -162,13 +249,14 @@ def test_metrics_exposition() -> None:
     assert s['gainx_requests_total{endpoint="/v1/predict",method="POST",status="200"}'] == 3
     assert s['gainx_requests_total{endpoint="/v1/predict",method="POST",status="400"}'] == 1
     lat = 'gainx_request_duration_seconds_bucket{endpoint="/v1/predict",le="%s"}'
-    assert s[lat % "0.001"] == 1 and s[lat % "0.005"] == 2 and s[lat % "0.25"] == 3 and s[lat % "10"] == 3
+    assert s[lat % "0.001"] == 1 and s[lat % "0.005"] == 2 and s[lat % "0.25"] == 3 and s[lat % "10.0"] == 3
     assert s[lat % "+Inf"] == 4 == s['gainx_request_duration_seconds_count{endpoint="/v1/predict"}']
     assert s['gainx_request_duration_seconds_sum{endpoint="/v1/predict"}'] == pytest.approx(99.2034)
-    assert s['gainx_batch_size_bucket{le="2"}'] == 0 and s['gainx_batch_size_bucket{le="4"}'] == 1
-    assert s['gainx_batch_size_bucket{le="8"}'] == 1 and s['gainx_batch_size_bucket{le="12"}'] == 2
+    assert s['gainx_batch_size_bucket{le="2.0"}'] == 0 and s['gainx_batch_size_bucket{le="4.0"}'] == 1
+    assert s['gainx_batch_size_bucket{le="8.0"}'] == 1 and s['gainx_batch_size_bucket{le="12.0"}'] == 2
     assert s["gainx_batch_size_sum"] == 15 and s["gainx_images_total"] == 15
     assert s["gainx_queue_depth"] == 7
+    assert s["process_open_fds"] > 0 and s["process_resident_memory_bytes"] > 0  # prometheus_client's process metrics
     depth[0] = 0
     assert parse(m.render())["gainx_queue_depth"] == 0
 

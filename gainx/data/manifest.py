@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,11 @@ def _read_meta(path: Path) -> dict[str, Any]:
     for key in ("mean", "std"):
         value = meta.get(key)
         if value is not None and not (
-            isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)
+            isinstance(value, list)
+            and len(value) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
         ):
-            raise DatasetError(f"{path}: {key!r} must be a list of 3 numbers, got {value!r}")
+            raise DatasetError(f"{path}: {key!r} must be a list of 3 finite numbers, got {value!r}")
     if any(v <= 0 for v in meta.get("std", [1])):
         raise DatasetError(f"{path}: 'std' must be positive, got {meta['std']!r}")
     return meta

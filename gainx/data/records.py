@@ -12,6 +12,7 @@ from pathlib import Path
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 IGNORE = 255  # guide / label-map value for "no supervision here" (VOC object borders)
+MAX_IMAGE_SIDE = 4096  # largest model input side: a size read from a file may not ask for more memory than this
 
 
 class DatasetError(ValueError):
@@ -50,9 +51,10 @@ class Sample:
 
 
 def as_size(image_size: int | tuple[int, int] | list[int], what: str = "image_size") -> tuple[int, int]:
-    """``int`` -> ``(s, s)``; ``(height, width)`` is validated and returned as a tuple."""
+    """``int`` -> ``(s, s)``; ``(height, width)`` is validated (each in ``[1, MAX_IMAGE_SIDE]``) and returned."""
     if isinstance(image_size, bool):
         raise DatasetError(f"{what} must be an int or (height, width), got {image_size!r}")
+    given = image_size
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     if not (isinstance(image_size, (tuple, list)) and len(image_size) == 2):
@@ -60,4 +62,6 @@ def as_size(image_size: int | tuple[int, int] | list[int], what: str = "image_si
     h, w = image_size
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
         raise DatasetError(f"{what} must hold positive ints, got {image_size!r}")
+    if max(h, w) > MAX_IMAGE_SIDE:
+        raise DatasetError(f"{what} {given!r} is too large: each side must be <= {MAX_IMAGE_SIDE}")
     return (h, w)

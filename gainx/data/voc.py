@@ -51,7 +51,11 @@ def load_voc(
     if guide not in GUIDES:
         raise ValueError(f"voc_guide must be one of {GUIDES}, got {guide!r}")
     ids_file = _split_file(root, split, split_source)
-    ids = [line.split()[0] for line in ids_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = ids_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read split list {ids_file}: {exc}") from exc
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not ids:
         raise DatasetError(f"{ids_file}: split {split!r} lists no images")
     samples = [_sample(root, ids_file, i, guide) for i in ids]

@@ -40,9 +40,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of a state dict holding NaN or infinite values."""
+    return [
+        name
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the trained classifier (in eval mode) and return it with its metadata."""
+    """Rebuild the trained classifier (in eval mode) and return it with its metadata.
+
+    Weights holding NaN or infinity (a diverged run) are refused: every score
+    such a model gives is meaningless.
+    """
     state = load_checkpoint(path, map_location)
+    bad = non_finite_tensors(state["model"])
+    if bad:
+        raise ValueError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}); "
+            f"the run that wrote it diverged"
+        )
     model = build_model(state["arch"], state["num_classes"])
     model.load_state_dict(state["model"])
     model.eval()

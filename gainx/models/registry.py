@@ -71,6 +71,11 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
         raise ValueError(f"cannot load weights from {path}: {exc}") from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict (names -> tensors), got {type(state).__name__}")
+    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise ValueError(f"{path}: not a state dict of tensors; entries {not_tensors[:5]} hold other values")
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:

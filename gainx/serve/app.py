@@ -14,16 +14,25 @@ Endpoints (all answers JSON except ``/metrics``):
   limits), ``GET /metrics`` (Prometheus text).
 
 Every failure is ``{"error": {"status", "code", "message"}}`` with a 4xx for
-anything the client got wrong. Decoding, preprocessing and rendering run on a
-thread pool with one thread per core (``ServeConfig.image_threads``), not on
-the event loop and not on anyio's 40-thread default pool: on a small machine
-more threads only fight over the GIL and over the cores the model needs.
-Model calls go through :class:`DynamicBatcher`.
+anything the client got wrong; a 5xx never carries the text of an internal
+exception (it is logged instead). Header reading, decoding, preprocessing,
+rendering and JSON encoding run on a thread pool with one thread per core
+(``ServeConfig.image_threads``), never on the event loop (which must keep
+answering ``/healthz``) and not on anyio's 40-thread default pool: on a small
+machine more threads only fight over the GIL and over the cores the model
+needs. One request decodes at most half of those threads' worth of images at
+a time, so a request with many large images cannot hold every thread while a
+small request waits behind it; the declared pixels of all images of one
+request are bounded (``max_request_pixels``), and so are the raw-map values of
+one answer (``max_raw_values``). Model calls go through
+:class:`DynamicBatcher`; when a client disconnects before its answer is ready,
+its images still waiting there are dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -48,9 +57,9 @@ from gainx.serve.body import read_body, read_files
 from gainx.serve.config import ServeConfig
 from gainx.serve.contract import graph_contract
 from gainx.serve.errors import ApiError
-from gainx.serve.images import SUPPORTED_CONTENT_TYPES, decode_image
+from gainx.serve.images import SUPPORTED_CONTENT_TYPES, load_rgb, open_image
 from gainx.serve.metrics import CONTENT_TYPE, Metrics
-from gainx.serve.options import ModelLimits, PredictOptions, parse_options
+from gainx.serve.options import ModelLimits, PredictOptions, check_raw_budget, parse_options, parse_query
 from gainx.serve.render import heatmap_png, overlay_png, resize_maps
 
 log = logging.getLogger("gainx.serve")
@@ -59,8 +68,18 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")  # others
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
+def _dumps(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
 def _json(payload: Any, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status, media_type="application/json")
+    return Response(_dumps(payload), status, media_type="application/json")
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Return when the client has gone (call once the body is read: then only a disconnect can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class _MetricsMiddleware:
@@ -110,10 +129,11 @@ class _Service:
             default_topk=config.topk or first.topk,
             image_size=tuple(first.image_size),
             max_raw_pixels=config.max_raw_pixels,
+            max_raw_values=config.max_raw_values,
             max_classes=config.max_classes,
         )
         self.model_info = {
-            "path": None if model_path is None else str(model_path),
+            "file": None if model_path is None else Path(model_path).name,  # not the server's directory layout
             "classes": list(first.classes),
             "num_classes": len(first.classes),
             "image_size": list(first.image_size),
@@ -130,6 +150,8 @@ class _Service:
                 "max_body_bytes": config.max_body_bytes,
                 "max_image_pixels": config.max_image_pixels,
                 "max_image_side": config.max_image_side,
+                "max_request_pixels": config.max_request_pixels,
+                "max_raw_values": config.max_raw_values,
                 "max_files": config.max_files,
                 "image_threads": self.image_threads,
                 "default_topk": self.limits.default_topk,
@@ -141,7 +163,13 @@ class _Service:
     def image_threads(self) -> int:
         return self.config.image_threads or os.cpu_count() or 1
 
+    @property
+    def request_threads(self) -> int:
+        """Images of one request decoded at the same time."""
+        return max(1, self.image_threads // 2)
+
     async def start(self) -> None:
+        asyncio.get_running_loop().set_exception_handler(_quiet_out_of_files)
         self.image_pool = ThreadPoolExecutor(self.image_threads, thread_name_prefix="gainx-image")
         await self.batcher.start()
 
@@ -152,6 +180,26 @@ class _Service:
     async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on the image thread pool."""
         return await asyncio.get_running_loop().run_in_executor(self.image_pool, fn, *args)
+
+    async def _in_pool_fairly(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``[fn(*args) for args in calls]`` on the pool, at most :attr:`request_threads` at a time.
+
+        The pool serves its queue in order, so a request that queued all its
+        images at once would make every later request wait for all of them.
+        On the first failure the calls not yet started are cancelled.
+        """
+        gate = asyncio.Semaphore(self.request_threads)
+
+        async def one(args: tuple[Any, ...]) -> Any:
+            async with gate:
+                return await self._in_pool(fn, *args)
+
+        tasks = [asyncio.ensure_future(one(args)) for args in calls]
+        try:
+            return await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
 
     # -- simple endpoints ------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
@@ -171,27 +219,64 @@ class _Service:
         return await self._predict(request, batch=True)
 
     async def _predict(self, request: Request, batch: bool) -> Response:
-        query = {key: request.query_params.getlist(key) for key in request.query_params.keys()}
-        opts = parse_options(query, self.limits)
-        with self.batcher.arriving():  # queue the images before leaving: the collector may be waiting for them
+        opts = parse_options(parse_query(request.scope["query_string"]), self.limits)  # before reading the body
+        with self.batcher.arriving():  # the collector may wait for these images (see DynamicBatcher)
             uploads = await self._uploads(request, batch)
-            prepared = await asyncio.gather(*(self._in_pool(self._prepare, *upload) for upload in uploads))
-            queued = self.batcher.enqueue([image for image, _ in prepared], opts.class_ids)
-        preds = await asyncio.gather(*queued)
+            check_raw_budget(opts, len(uploads), self.limits)
+            # its first step (entering arriving()) runs before the collector wakes up on leaving this block
+            work = asyncio.ensure_future(self._answer(uploads, opts, batch))
+        gone = asyncio.ensure_future(_until_disconnect(request))
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not work.done():  # the client left: cancelling drops its images not yet run by the model
+            work.cancel()
+            raise ApiError(499, "client_closed_request", "the client closed the connection before the answer")
+        return Response(work.result(), media_type="application/json")
+
+    async def _answer(self, uploads: list[tuple[str, bytes]], opts: PredictOptions, batch: bool) -> bytes:
+        """The JSON answer: headers checked, images decoded, run through the model, rendered."""
+        try:
+            with self.batcher.arriving():
+                opened = await self._in_pool(self._open_all, uploads)
+                calls = [(image, label) for image, (label, _) in zip(opened, uploads)]
+                prepared = await self._in_pool_fairly(self._prepare, calls)
+                queued = self.batcher.enqueue([image for image, _ in prepared], opts.class_ids)
+        except asyncio.CancelledError:
+            self.metrics.observe_abandoned(len(uploads))
+            raise
+        preds = await asyncio.gather(*queued)  # on cancel the batcher drops the images it has not run (and counts them)
         results = await asyncio.gather(
             *(
                 self._in_pool(self._result, pred, image, size, name, opts)
                 for pred, (image, size), (name, _) in zip(preds, prepared, uploads)
             )
         )
-        return _json({"results": list(results)} if batch else results[0])
+        return b'{"results":[' + b",".join(results) + b"]}" if batch else results[0]
+
+    def _open_all(self, uploads: list[tuple[str, bytes]]) -> list[Any]:
+        """Every upload opened lazily (headers only) and checked, one by one then together."""
+        cfg = self.config
+        opened = [open_image(data, cfg.max_image_pixels, cfg.max_image_side, label) for label, data in uploads]
+        pixels = sum(image.width * image.height for image in opened)
+        if pixels > cfg.max_request_pixels:
+            raise ApiError(
+                422,
+                "request_too_large",
+                f"the {len(opened)} images of this request hold {pixels} pixels "
+                f"in all; the limit is {cfg.max_request_pixels} per request",
+            )
+        return opened
 
     async def _uploads(self, request: Request, batch: bool) -> list[tuple[str, bytes]]:
         """The uploaded images as ``(label, bytes)``, from a multipart or a raw image body."""
         cfg = self.config
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type in SUPPORTED_CONTENT_TYPES:
-            return [("request body", await read_body(request, cfg.max_body_bytes, cfg.body_timeout_s))]
+            return [
+                ("request body", await read_body(request, cfg.max_body_bytes, cfg.body_timeout_s, cfg.body_deadline_s))
+            ]
         if media_type != "multipart/form-data":
             given = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
             raise ApiError(
@@ -199,7 +284,7 @@ class _Service:
                 "unsupported_media_type",
                 f"{given}: send multipart/form-data with the image in field 'file', or an image/jpeg or image/png body",
             )
-        files = await read_files(request, cfg.max_body_bytes, cfg.body_timeout_s, cfg.max_files)
+        files = await read_files(request, cfg.max_body_bytes, cfg.body_timeout_s, cfg.body_deadline_s, cfg.max_files)
         fields = ("file", "files") if batch else ("file",)
         wrong = sorted({name for name, _, _ in files if name not in fields})
         if wrong:
@@ -215,16 +300,15 @@ class _Service:
             for i, (_, filename, data) in enumerate(files)
         ]
 
-    def _prepare(self, label: str, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
-        """Decode and validate, then the session's own preprocessing; returns (image, (width, height))."""
-        cfg = self.config
-        image = decode_image(data, cfg.max_image_pixels, cfg.max_image_side, label)
+    def _prepare(self, opened: Any, label: str) -> tuple[np.ndarray, tuple[int, int]]:
+        """Decode an opened image, then the session's own preprocessing; returns (image, (width, height))."""
+        image = load_rgb(opened, label)
         return self.first.preprocess(image), image.size
 
     def _result(
         self, pred: Prediction, image: np.ndarray, size: tuple[int, int], label: str, opts: PredictOptions
-    ) -> dict[str, Any]:
-        """The JSON answer for one image."""
+    ) -> bytes:
+        """The JSON answer for one image (raw maps encoded row by row: see :func:`_json_with`)."""
         count = len(opts.class_ids) if opts.class_ids is not None else opts.topk
         ids, maps = pred.classes[:count], pred.attention[:count]
         raw = None if opts.raw_size is None else resize_maps(maps, opts.raw_size)
@@ -239,17 +323,41 @@ class _Service:
                 entry["heatmap_png"] = heatmap_png(maps[j])
             if opts.overlay:
                 entry["overlay_png"] = overlay_png(image, maps[j])
-            if raw is not None:
-                entry["attention"] = raw[j].tolist()
-            predictions.append(entry)
-        return {
+            predictions.append(entry if raw is None else _json_with(entry, "attention", _map_json(raw[j])))
+        head = {
             "source": label,
             "width": size[0],
             "height": size[1],
             "input_size": list(image.shape[1:]),
             "attention_size": None if raw is None else list(opts.raw_size),
-            "predictions": predictions,
         }
+        if raw is None:
+            return _dumps({**head, "predictions": predictions})
+        return _json_with(head, "predictions", b"[" + b",".join(predictions) + b"]")
+
+
+def _map_json(values: np.ndarray) -> bytes:
+    """A 2-D float map as JSON rows of columns, one ``json.dumps`` call per row.
+
+    ``json.dumps`` holds the GIL for a whole call: one call over a map of
+    millions of values would stall the event loop's thread for seconds even
+    from a worker thread; row by row, the GIL changes hands between rows.
+    """
+    return b"[" + b",".join(_dumps(row.tolist()) for row in values) + b"]"
+
+
+def _json_with(obj: dict[str, Any], key: str, value_json: bytes) -> bytes:
+    """The JSON of the non-empty dict ``obj`` with ``key`` appended, whose value is already encoded."""
+    return _dumps(obj)[:-1] + b"," + _dumps(key) + b":" + value_json + b"}"
+
+
+def _quiet_out_of_files(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A warning without traceback when accepting fails for lack of file descriptors (asyncio retries in 1 s)."""
+    exc = context.get("exception")
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        log.warning("out of open files (%s): new connections wait; lower --max-connections or raise `ulimit -n`", exc)
+    else:
+        loop.default_exception_handler(context)
 
 
 async def _api_error(request: Request, exc: ApiError) -> Response:

@@ -20,6 +20,7 @@ the same number of classes (the ``class_ids`` input is a rectangular
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,8 @@ import numpy as np
 
 from gainx.serve.errors import ApiError
 from gainx.serve.metrics import Metrics
+
+log = logging.getLogger("gainx.serve")
 
 
 class Session(Protocol):
@@ -159,14 +162,18 @@ class DynamicBatcher:
         return sum(1 for item in self._pending if item.key == key)
 
     def _take(self, key: int | None) -> list[_Item]:
-        batch, rest = [], deque()
+        batch, rest, dropped = [], deque(), 0
         while self._pending:
             item = self._pending.popleft()
-            if item.key == key and len(batch) < self.max_batch and not item.future.done():
+            if item.future.done():  # cancelled while waiting: its client has gone
+                dropped += 1
+            elif item.key == key and len(batch) < self.max_batch:
                 batch.append(item)
-            elif not item.future.done():  # drop requests cancelled while waiting
+            else:
                 rest.append(item)
         self._pending = rest
+        if dropped and self.metrics is not None:
+            self.metrics.observe_abandoned(dropped)
         return batch
 
     async def _wait(self, timeout: float | None) -> None:
@@ -217,8 +224,13 @@ class DynamicBatcher:
             result, seconds = await asyncio.get_running_loop().run_in_executor(
                 self._executors[worker], _timed, self.sessions[worker], images, class_ids
             )
-        except Exception as exc:
-            error = ApiError(500, "inference_failed", f"model call failed on a batch of {len(batch)}: {exc}")
+        except Exception:
+            log.exception("model call failed on a batch of %d image(s)", len(batch))
+            error = ApiError(
+                500,
+                "inference_failed",
+                f"the model failed on a batch of {len(batch)} image(s); the server log has the details",
+            )
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)

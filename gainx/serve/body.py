@@ -3,12 +3,15 @@
 A declared ``Content-Length`` over the limit is refused before a single body
 byte is read; a body without one (chunked) is counted as it streams and
 refused as soon as it crosses the limit. A client that stalls mid-body gets a
-408 after ``timeout`` seconds instead of holding a worker forever.
+408 after ``timeout`` seconds instead of holding a worker forever, and one that
+sends its body in a slow drip (each byte inside ``timeout``) gets a 408 once
+the whole body has taken ``deadline`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from starlette.datastructures import UploadFile
@@ -23,23 +26,27 @@ def check_declared_length(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared is None:
         return
-    if not declared.isdigit():
+    if not (declared.isascii() and declared.isdigit()):  # str.isdigit alone accepts "²", which int() refuses
         raise ApiError(400, "bad_content_length", f"Content-Length {declared!r} is not a non-negative integer")
     if int(declared) > limit:
         raise ApiError(413, "body_too_large", f"request body of {declared} bytes is over the limit of {limit} bytes")
 
 
-async def limited_stream(request: Request, limit: int, timeout: float) -> AsyncIterator[bytes]:
-    """Yield the body's chunks; raise 413 past ``limit`` bytes, 408 after ``timeout`` s idle."""
+async def limited_stream(request: Request, limit: int, timeout: float, deadline: float) -> AsyncIterator[bytes]:
+    """Yield the body's chunks; 413 past ``limit`` bytes, 408 after ``timeout`` s idle or ``deadline`` s in all."""
     check_declared_length(request, limit)
     seen = 0
     chunks = request.stream().__aiter__()
+    end = time.monotonic() + deadline
     while True:
+        left = end - time.monotonic()
         try:
-            chunk = await asyncio.wait_for(chunks.__anext__(), timeout)
+            chunk = await asyncio.wait_for(chunks.__anext__(), min(timeout, max(left, 0.0)))
         except StopAsyncIteration:
             return
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            if left <= timeout:
+                raise ApiError(408, "body_deadline", f"the request body took over {deadline:g} s; giving up") from None
             raise ApiError(408, "body_timeout", f"no request body bytes for {timeout:g} s; giving up") from None
         except ClientDisconnect:
             raise ApiError(400, "client_disconnected", "the client went away before sending the whole body") from None
@@ -49,12 +56,14 @@ async def limited_stream(request: Request, limit: int, timeout: float) -> AsyncI
         yield chunk
 
 
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float, deadline: float) -> bytes:
     """The whole body as bytes, under the limits of :func:`limited_stream`."""
-    return b"".join([chunk async for chunk in limited_stream(request, limit, timeout)])
+    return b"".join([chunk async for chunk in limited_stream(request, limit, timeout, deadline)])
 
 
-async def read_files(request: Request, limit: int, timeout: float, max_files: int) -> list[tuple[str, str, bytes]]:
+async def read_files(
+    request: Request, limit: int, timeout: float, deadline: float, max_files: int
+) -> list[tuple[str, str, bytes]]:
     """Parse a ``multipart/form-data`` body into ``(field, filename, bytes)`` for each file part.
 
     Non-file fields are not accepted (they have no meaning here) and give a 400
@@ -62,7 +71,7 @@ async def read_files(request: Request, limit: int, timeout: float, max_files: in
     """
     parser = MultiPartParser(
         request.headers,
-        limited_stream(request, limit, timeout),
+        limited_stream(request, limit, timeout, deadline),
         max_files=max_files,
         max_fields=16,
         max_part_size=limit,

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import sys
 
 from gainx.serve.config import ServeConfig
 
 _DEFAULTS = ServeConfig()
+FILES_RESERVED = 32  # open files kept for the model, logs, libraries and the listening socket
+ACCEPT_BACKLOG = 64  # kernel accept queue; also the most connections accepted in one go before the cap is applied
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,10 +44,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="threads decoding uploads and rendering heatmaps (default: one per CPU core)",
     )
     parser.add_argument(
+        "--max-request-pixels",
+        type=int,
+        default=_DEFAULTS.max_request_pixels,
+        help="largest declared width*height summed over the images of one request",
+    )
+    parser.add_argument(
+        "--max-raw-values",
+        type=int,
+        default=_DEFAULTS.max_raw_values,
+        help="raw attention values one answer may hold (images x classes x H x W)",
+    )
+    parser.add_argument(
         "--body-timeout",
         type=float,
         default=_DEFAULTS.body_timeout_s,
         help="seconds a client may stall while sending a body (then 408)",
+    )
+    parser.add_argument(
+        "--body-deadline",
+        type=float,
+        default=_DEFAULTS.body_deadline_s,
+        help="seconds a whole request body may take (then 408)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=_DEFAULTS.header_timeout_s,
+        help="seconds a connection may take to send a complete request head (then it is closed)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=_DEFAULTS.max_connections,
+        help="open connections; past it the longest-idle one is closed (must fit the open-file limit)",
     )
     parser.add_argument(
         "--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight requests after SIGTERM/SIGINT"
@@ -72,11 +105,23 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(2048)
+        sock.listen(ACCEPT_BACKLOG)
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def check_file_limit(max_connections: int) -> None:
+    """Refuse a connection cap the process's open-file limit cannot hold (each connection is a file)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_connections + ACCEPT_BACKLOG + FILES_RESERVED
+    if soft != resource.RLIM_INFINITY and needed > soft:
+        raise ValueError(
+            f"--max-connections {max_connections} does not fit the open-file limit of {soft} (another "
+            f"{ACCEPT_BACKLOG + FILES_RESERVED} are kept for connections being accepted and for the "
+            f"server itself): lower it or raise `ulimit -n`"
+        )
 
 
 def _fail(message: str) -> int:
@@ -90,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
     from gainx.runtime import AttentionSession
     from gainx.serve.app import create_app
+    from gainx.serve.connections import guarded_protocol
 
     try:
         if args.workers < 1:
@@ -100,10 +146,16 @@ def run(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             max_body_bytes=args.max_body_bytes,
             body_timeout_s=args.body_timeout,
+            body_deadline_s=args.body_deadline,
+            header_timeout_s=args.header_timeout,
+            max_connections=args.max_connections,
             max_image_pixels=args.max_image_pixels,
+            max_request_pixels=args.max_request_pixels,
+            max_raw_values=args.max_raw_values,
             topk=args.topk,
             image_threads=args.image_threads,
         )
+        check_file_limit(config.max_connections)
     except ValueError as exc:
         return _fail(str(exc))
     try:
@@ -136,6 +188,9 @@ def run(args: argparse.Namespace) -> int:
             access_log=args.access_log,
             server_header=False,
             timeout_graceful_shutdown=args.graceful_timeout,
+            backlog=ACCEPT_BACKLOG,
+            http=guarded_protocol(config.header_timeout_s, config.max_connections),
+            loop="asyncio",  # the loop the connection limits are written and tested for, even where uvloop is installed
         )
     )
     server.run(sockets=[sock])

@@ -6,7 +6,9 @@
                       (``raw_size=H,W`` is the same as ``raw=H,W``);
 ``heatmap=false``     leave out the PNG heatmaps;
 ``overlay=true``      add PNG overlays of the heatmap on the (preprocessed) image.
-Unknown or repeated parameters are refused, so typos do not pass silently.
+Unknown or repeated parameters are refused, so typos do not pass silently. A
+query string over ``MAX_QUERY_BYTES`` or with more than ``MAX_QUERY_PARAMS``
+parameters is refused before it is parsed. Numbers are ASCII digits only.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from gainx.serve.errors import ApiError
 
 PARAMS = ("topk", "classes", "raw", "raw_size", "heatmap", "overlay")
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+MAX_QUERY_BYTES = 1024
+MAX_QUERY_PARAMS = 2 * len(PARAMS)  # room for a repeat to be refused by name
 
 
 @dataclass(frozen=True)
@@ -38,12 +43,39 @@ class ModelLimits:
     topk: int  # classes the graph ranks per image
     default_topk: int
     image_size: tuple[int, int]
-    max_raw_pixels: int
+    max_raw_pixels: int  # per raw map
+    max_raw_values: int  # raw map values per request, all images and classes
     max_classes: int  # per image, with ``classes=``
 
 
 def _bad(message: str) -> ApiError:
     return ApiError(400, "bad_parameter", message)
+
+
+def _is_number(text: str) -> bool:
+    """Only ASCII digits: ``str.isdigit`` also accepts ``"²"``, which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def parse_query(query_string: bytes) -> dict[str, list[str]]:
+    """Name -> all values of a raw query string, in one linear pass; 414/400 when too long or too many."""
+    if len(query_string) > MAX_QUERY_BYTES:
+        raise ApiError(
+            414,
+            "query_too_long",
+            f"the query string has {len(query_string)} bytes; at most {MAX_QUERY_BYTES} are accepted",
+        )
+    count = query_string.count(b"&") + 1 if query_string else 0
+    if count > MAX_QUERY_PARAMS:
+        raise ApiError(
+            400,
+            "too_many_parameters",
+            f"the query string has {count} parameters; at most {MAX_QUERY_PARAMS} are accepted",
+        )
+    query: dict[str, list[str]] = {}
+    for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        query.setdefault(key, []).append(value)
+    return query
 
 
 def _flag(name: str, value: str) -> bool:
@@ -55,7 +87,7 @@ def _flag(name: str, value: str) -> bool:
 
 
 def _size(name: str, value: str, limits: ModelLimits) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*[,x]\s*(\d+)\s*", value)
+    match = re.fullmatch(r"\s*([0-9]+)\s*[,x]\s*([0-9]+)\s*", value)
     if match is None:
         raise _bad(f"{name}={value!r}: expected H,W (two positive integers)")
     h, w = int(match[1]), int(match[2])
@@ -70,12 +102,16 @@ def _class_ids(value: str, limits: ModelLimits) -> tuple[int, ...]:
     for token in (t.strip() for t in value.split(",")):
         if token in names:
             ids.append(names[token])
-        elif token.isdigit() and int(token) < len(limits.classes):
+        elif _is_number(token) and int(token) < len(limits.classes):
             ids.append(int(token))
         else:
             raise _bad(f"classes: {token!r} is neither a class name nor an id in [0, {len(limits.classes)})")
-    if len(ids) > limits.max_classes:
-        raise _bad(f"classes: {len(ids)} classes asked, at most {limits.max_classes} per image")
+    most = min(limits.max_classes, len(limits.classes))
+    if len(ids) > most:
+        raise _bad(
+            f"classes: {len(ids)} classes asked, at most {most} per image (the model has "
+            f"{len(limits.classes)} classes; the server allows {limits.max_classes})"
+        )
     return tuple(ids)
 
 
@@ -94,7 +130,7 @@ def parse_options(query: Mapping[str, Sequence[str]], limits: ModelLimits) -> Pr
         raise _bad("give topk or classes, not both")
     topk = limits.default_topk
     if "topk" in q:
-        if not q["topk"].isdigit() or not 1 <= int(q["topk"]) <= limits.topk:
+        if not _is_number(q["topk"]) or not 1 <= int(q["topk"]) <= limits.topk:
             raise _bad(f"topk={q['topk']!r}: expected an integer in [1, {limits.topk}] (the model ranks {limits.topk})")
         topk = int(q["topk"])
     raw_size = None
@@ -112,3 +148,19 @@ def parse_options(query: Mapping[str, Sequence[str]], limits: ModelLimits) -> Pr
         heatmap=_flag("heatmap", q.get("heatmap", "true")),
         overlay=_flag("overlay", q.get("overlay", "false")),
     )
+
+
+def check_raw_budget(opts: PredictOptions, images: int, limits: ModelLimits) -> None:
+    """Refuse (400) a request whose raw maps would hold more than ``max_raw_values`` floats in all."""
+    if opts.raw_size is None:
+        return
+    maps = images * (len(opts.class_ids) if opts.class_ids is not None else opts.topk)
+    values = maps * opts.raw_size[0] * opts.raw_size[1]
+    if values > limits.max_raw_values:
+        raise ApiError(
+            400,
+            "raw_too_large",
+            f"raw maps of {images} image(s) x {maps // images} class(es) x {opts.raw_size[0]}x{opts.raw_size[1]} "
+            f"= {values} values; at most {limits.max_raw_values} per request (ask for a smaller raw size, fewer "
+            f"classes or fewer images)",
+        )

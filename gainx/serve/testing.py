@@ -19,6 +19,13 @@ import gainx
 
 _READY = re.compile(r"ready on (http://[\d.]+:(\d+))")
 REPO = Path(gainx.__file__).resolve().parents[1]
+# `python -m gainx.serve ARGS` with a lower soft open-file limit
+_LIMITED = """
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+sys.argv[0] = "gainx.serve"
+runpy.run_module("gainx.serve", run_name="__main__", alter_sys=True)
+"""
 
 
 class ServerProcess:
@@ -28,20 +35,28 @@ class ServerProcess:
     it and the working directory is the log's folder, so a checkout in the
     current directory cannot shadow an installed package.
 
+    ``file_limit`` lowers the child's soft open-file limit (``ulimit -n``),
+    e.g. to test how it copes when connections exhaust it.
+
     Attributes: ``url``, ``port``, ``proc`` (the :class:`subprocess.Popen`).
     """
 
-    def __init__(self, model: str | Path, log: str | Path, *flags: str, start_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        log: str | Path,
+        *flags: str,
+        start_timeout: float = 120.0,
+        file_limit: int | None = None,
+    ) -> None:
         self.log = Path(log)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        args = [str(model), "--host", "127.0.0.1", "--port", "0", *flags]
+        command = [sys.executable, "-m", "gainx.serve", *args]
+        if file_limit is not None:  # set in the child itself (preexec_fn is unsafe in a threaded parent)
+            command = [sys.executable, "-c", _LIMITED.format(limit=int(file_limit)), *args]
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gainx.serve", str(model), "--host", "127.0.0.1", "--port", "0", *flags],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.log.parent,
-            )
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.log.parent)
         deadline = time.monotonic() + start_timeout
         while (match := _READY.search(self.output())) is None:
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -1,12 +1,19 @@
 """Training loop for baseline, GAIN and GAINext (single process or torchrun + DDP).
 
-Every epoch ends with an atomic checkpoint (``RUN/last.pt``) holding the
-model, optimizer, scheduler, AMP scaler and all RNG states; ``resume=True``
-continues from it so that an interrupted run ends exactly where an
-uninterrupted one would (data order is a function of seed and epoch).
+Every epoch ends with its metrics row (``RUN/metrics.csv``) and then an atomic
+checkpoint (``RUN/last.pt``) holding the model, optimizer, scheduler, AMP
+scaler and all RNG states; ``resume=True`` continues from it so that an
+interrupted run ends exactly where an uninterrupted one would (data order is a
+function of seed and epoch; a row written for an epoch whose checkpoint was
+not is rewritten when that epoch is run again).
 With a validation split, ``RUN/best.pt`` holds the epoch with the best
 validation accuracy (mAP for multi-label data). Each epoch prints one
 summary line (:func:`gainx.training.metrics_log.epoch_summary`).
+
+A loss that is NaN or infinite stops the run with :class:`TrainingDiverged`,
+naming the epoch and step, before that step changes the weights; weights that
+are not finite at the end of an epoch are never saved. ``last.pt`` thus keeps
+the last finite state.
 """
 
 from __future__ import annotations
@@ -25,10 +32,10 @@ from tqdm import tqdm
 from gainx.data import load_dataset
 from gainx.data.splits import dataset_splits, held_out_split
 from gainx.evaluation.evaluate import evaluate
-from gainx.io import atomic_write_text
+from gainx.io import atomic_write_text, remove_stale_temporaries
 from gainx.losses import GAIN
 from gainx.models import build_model, default_target_layer
-from gainx.models.checkpoint import load_checkpoint
+from gainx.models.checkpoint import load_checkpoint, non_finite_tensors
 from gainx.training.checkpoint import save_checkpoint
 from gainx.training.config import TrainConfig
 from gainx.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
@@ -36,6 +43,10 @@ from gainx.training.metrics_log import MetricsLog, epoch_summary
 from gainx.training.rng import rng_state, seed_everything, set_rng_state
 from gainx.training.run_folder import BEST, CHECKPOINT, prepare_run_folder
 from gainx.training.schedule import build_scheduler, sync_learning_rate
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite; the message names the epoch (and step)."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -201,13 +212,23 @@ class Trainer:
             leave=False,
             disable=not (self.cfg.progress and self.dist.main),
         )
-        for batch in bar:
+        for step, batch in enumerate(bar, 1):
             images = batch["image"].to(self.device, non_blocking=True)
             labels = batch["labels"].to(self.device, non_blocking=True)
             guide = batch["guide"].to(self.device, non_blocking=True)
             has_guide = batch["has_guide"].to(self.device, non_blocking=True)
             with torch.autocast(device_type=self.device.type, enabled=self.amp):
                 out = self.step_module(images, labels, guide, has_guide, mining=mining)
+            if not torch.isfinite(out.loss.detach()):  # before the step: the weights stay as they were
+                parts = ", ".join(
+                    f"{name} {value.item():.4g}"
+                    for name, value in (("L_cl", out.loss_cl), ("L_am", out.loss_am), ("L_e", out.loss_e))
+                )
+                raise TrainingDiverged(
+                    f"epoch {epoch + 1} step {step}: the loss is {out.loss.item()} ({parts}); stopping. "
+                    f"{self.out / CHECKPOINT} keeps the last finite checkpoint, if any; lower --lr or the loss "
+                    f"weights, or check the data for NaN or infinite values"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
             self.scaler.step(self.optimizer)
@@ -239,6 +260,9 @@ class Trainer:
 
     def fit(self) -> Path:
         path = self.out / CHECKPOINT
+        if self.dist.main:  # files a killed run was writing; only this process writes them
+            for name in (CHECKPOINT, "config.json", "metrics.csv"):
+                remove_stale_temporaries(self.out / name)
         if self.cfg.resume and path.exists():
             self.restore(path)
         log = MetricsLog(self.out, tensorboard=True) if self.dist.main else None
@@ -252,11 +276,18 @@ class Trainer:
                 if self.dist.main:
                     improved = self.validate(metrics, epoch + 1)
                     metrics["seconds"] = time.perf_counter() - start
+                    bad = non_finite_tensors(self.model.state_dict())
+                    if bad:
+                        raise TrainingDiverged(
+                            f"epoch {epoch + 1}: {len(bad)} weight tensor(s) hold NaN or "
+                            f"infinite values (first: {bad[0]}); not saved, {path} keeps the "
+                            f"last finite checkpoint, if any"
+                        )
+                    log.log(epoch + 1, metrics)  # before the checkpoint: a resumed run rewrites a row it repeats
                     state = self.checkpoint_state(epoch + 1)
                     if improved:
                         save_checkpoint(self.out / BEST, state)
                     save_checkpoint(path, state)
-                    log.log(epoch + 1, metrics)
                     print(epoch_summary(epoch + 1, self.cfg.epochs, metrics, best=improved), flush=True)
                 barrier(self.dist)
         finally:

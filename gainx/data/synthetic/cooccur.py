@@ -1,6 +1,6 @@
 """Co-occurring-background bias benchmark ("boats on water").
 
-Each image shows one object (a shape of :data:`gainx.data.synth.SHAPES`, random
+Each image shows one object (a shape of :data:`gainx.data.synthetic.SHAPES`, random
 size and colour) resting on a large *context* region: a textured band that
 fills the lower 40-60% of the canvas, like water under a boat. Each class has
 its own context (band colour, stripe orientation and frequency,
