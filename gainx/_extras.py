@@ -9,8 +9,10 @@ from types import ModuleType
 _DISTRIBUTIONS = {"prometheus_client": "prometheus-client", "multipart": "python-multipart", "sklearn": "scikit-learn"}
 
 
-class MissingExtraError(ImportError):
-    """An optional dependency is not installed; the message names the extra that installs it."""
+class MissingExtraError(ImportError, RuntimeError):
+    """An optional dependency is not installed; the message names the extra that installs it.
+
+    Also a ``RuntimeError``, so the command line reports it as a one-line error."""
 
 
 def require(module: str, extra: str, feature: str | None = None) -> ModuleType:

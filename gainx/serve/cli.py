@@ -7,7 +7,10 @@ import os
 import socket
 import sys
 
+from gainx._extras import require
 from gainx.serve.config import ServeConfig
+
+SERVE_MODULES = ("starlette", "uvicorn", "multipart", "onnx", "onnxruntime")
 
 _DEFAULTS = ServeConfig()
 
@@ -86,6 +89,8 @@ def _fail(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model (once per worker), bind the socket, serve until SIGTERM/SIGINT."""
+    for module in SERVE_MODULES:
+        require(module, extra="serve", feature="gainx serve")
     import uvicorn
 
     from gainx.runtime import AttentionSession
