@@ -29,7 +29,7 @@ class MetricsLog:
             try:
                 require("tensorboard", extra="tensorboard", feature="TensorBoard logging")
             except MissingExtraError as exc:
-                warnings.warn(f"{exc}; metrics go to {self.path} only", stacklevel=2)
+                warnings.warn(f"{exc}; metrics go to metrics.csv only", stacklevel=2)
             else:
                 from torch.utils.tensorboard import SummaryWriter
 
