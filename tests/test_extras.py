@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -58,6 +59,14 @@ def test_require_shows_a_broken_dependency_of_an_installed_module(tmp_path: Path
     with pytest.raises(ModuleNotFoundError, match="no_such_dependency_y") as info:
         require("half_installed_pkg", extra="export")
     assert not isinstance(info.value, MissingExtraError)
+
+
+def test_lightning_integration_names_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "gainx.integrations.lightning", raising=False)
+    monkeypatch.setitem(sys.modules, "lightning", None)
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    with pytest.raises(MissingExtraError, match=r"Lightning integration needs 'lightning'.*gainx\[lightning\]"):
+        importlib.import_module("gainx.integrations.lightning")
 
 
 BLOCKER = textwrap.dedent(
