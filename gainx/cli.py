@@ -29,6 +29,7 @@ TRAIN_HELP = {
     "weights": "local backbone weights file (state dict); nothing is downloaded",
     "resume": "continue from OUT/last.pt",
     "val_split": "split evaluated after every epoch",
+    "allow_outside_root": "accept manifest paths that leave the data folder (../, absolute, symlinks out)",
 }
 
 

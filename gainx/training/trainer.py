@@ -71,8 +71,15 @@ class Trainer:
             torch.cuda.set_device(device)
         self.device = device
         seed_everything(cfg.seed)
-        self.dataset = load_dataset(cfg.data, cfg.train_split, image_size=cfg.image_size, augment=cfg.augment)
-        self.val = load_dataset(cfg.data, cfg.val_split, image_size=self.dataset.image_size) if cfg.val_split else None
+        outside = cfg.allow_outside_root
+        self.dataset = load_dataset(
+            cfg.data, cfg.train_split, image_size=cfg.image_size, augment=cfg.augment, allow_outside_root=outside
+        )
+        self.val = (
+            load_dataset(cfg.data, cfg.val_split, image_size=self.dataset.image_size, allow_outside_root=outside)
+            if cfg.val_split
+            else None
+        )
         if cfg.method == "gainext" and self.dataset.num_guided == 0:
             raise ValueError(
                 f"method 'gainext' needs masks or boxes, but split {cfg.train_split!r} of {cfg.data} has none"
