@@ -47,6 +47,7 @@ TRAIN_HELP = {
     "resume": "continue the run in --out from its last.pt (a larger --epochs extends the cosine schedule)",
     "overwrite": "replace the run in --out (checkpoints, metrics.csv, tensorboard/)",
     "progress": "progress bar during each epoch (the per-epoch summary line is always printed)",
+    "allow_outside_root": "accept manifest paths that leave the data folder (../, absolute, symlinks out)",
 }
 
 

@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from gainx._extras import require
+
 META_PREFIX = "gainx."
 
 
@@ -34,7 +36,7 @@ class AttentionResult(NamedTuple):
 
 def default_providers() -> list[str]:
     """CUDA (when onnxruntime-gpu sees a GPU) then CPU."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", extra="export", feature="ONNX Runtime inference")
 
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
@@ -47,7 +49,7 @@ def session_options(threads: int | None = None, spinning: bool = True):
     should split the cores); ``spinning=False`` stops idle threads from
     busy-waiting, which helps when sessions wait on a request queue.
     """
-    import onnxruntime as ort
+    ort = require("onnxruntime", extra="export", feature="ONNX Runtime inference")
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -101,7 +103,7 @@ class AttentionSession:
         threads: int | None = None,
         spinning: bool = True,
     ) -> None:
-        import onnxruntime as ort
+        ort = require("onnxruntime", extra="export", feature="ONNX Runtime inference")
 
         self.path = Path(path)
         if not self.path.is_file():

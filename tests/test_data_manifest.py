@@ -88,7 +88,8 @@ def test_binary_mask_on_single_label_row(tmp_path: Path) -> None:
     binary = np.zeros((12, 20), np.uint8)
     binary[1:4, 10:15] = 255
     _png(tmp_path / "m.png", binary)
-    _manifest(tmp_path, ["a.png,cat,train,m.png,", "a.png,dog,train,,"])
+    _image(tmp_path, "b.png")
+    _manifest(tmp_path, ["a.png,cat,train,m.png,", "b.png,dog,train,,"])
     guide = load_dataset(tmp_path, "train", image_size=(12, 20))[0]["guide"].numpy()
     assert (guide[0] == (binary == 255)).all() and int(guide[1].sum()) == 0
 
@@ -199,7 +200,8 @@ def test_mask_values_checked(tmp_path: Path, values: tuple[int, ...], message: s
     _image(tmp_path, "a.png", 4, 4)
     label_map = np.resize(np.array(values, np.uint8), (4, 4))
     _png(tmp_path / "m.png", label_map)
-    _manifest(tmp_path, ["a.png,cat,train,m.png,", "a.png,dog,train,,"])
+    _image(tmp_path, "b.png", 4, 4)
+    _manifest(tmp_path, ["a.png,cat,train,m.png,", "b.png,dog,train,,"])
     with pytest.raises(DatasetError, match=rf"m\.png.*line 2.*{message}"):
         load_dataset(tmp_path, "train", image_size=4)[0]
 
@@ -320,11 +322,56 @@ def test_unknown_layout_and_missing_root(tmp_path: Path) -> None:
 
 
 def test_voc_options_rejected_for_manifest(simple: Path) -> None:
+    with pytest.raises(ValueError, match=r"manifest dataset; guide= applies to the VOC and COCO layouts only"):
+        load_dataset(simple, "train", guide="boxes")
     with pytest.raises(ValueError, match=r"VOC only"):
-        load_dataset(simple, "train", voc_guide="boxes")
+        load_dataset(simple, "train", voc_split_source="main")
 
 
 def test_bad_image_size(simple: Path) -> None:
     for bad in (0, (3,), (2, -1), 2.5, True):
         with pytest.raises(DatasetError, match=r"image_size"):
             load_dataset(simple, "train", image_size=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("column", ["path", "mask"])
+def test_paths_leaving_the_root_are_refused(tmp_path: Path, column: str) -> None:
+    root = tmp_path / "data"
+    outside = tmp_path / "outside"
+    _image(outside, "o.png")
+    _png(outside / "m.png", np.zeros((12, 20), np.uint8))
+    _image(root, "a.png")
+    _png(root / "m.png", np.zeros((12, 20), np.uint8))
+    (root / "link.png").symlink_to(outside / ("o.png" if column == "path" else "m.png"))
+    inside = {"path": "a.png", "mask": "m.png"}
+    for name in ("../outside/" + ("o.png" if column == "path" else "m.png"), str(outside / "o.png"), "link.png"):
+        row = {**inside, column: name}
+        _manifest(root, [f"{row['path']},cat,train,{row['mask']},"])
+        with pytest.raises(
+            DatasetError,
+            match=rf"line 2: {'image' if column == 'path' else 'mask'} path .* leaves the dataset folder .*outside",
+        ):
+            load_dataset(root, "train")
+        assert len(load_dataset(root, "train", allow_outside_root=True)) == 1
+
+
+def test_duplicate_rows_name_their_lines(tmp_path: Path) -> None:
+    for name in ("a.png", "b.png"):
+        _image(tmp_path, name)
+    _manifest(tmp_path, ["a.png,cat,train,,", "b.png,cat,train,,", "./a.png,dog,train,,", "a.png,cat,test,,"])
+    with pytest.raises(
+        DatasetError, match=r"split 'train' lists the same image more than once: .*a\.png on lines \[2, 4\]"
+    ):
+        load_dataset(tmp_path, "train")
+    assert len(load_dataset(tmp_path, "test")) == 1  # the same image in another split is not a repeat
+
+
+def test_sixteen_bit_grayscale_png_is_rescaled(tmp_path: Path) -> None:
+    wide = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(wide).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode in ("I;16", "I")  # a real 16-bit PNG
+    _manifest(tmp_path, ["g16.png,cat,train,,"])
+    ds = load_dataset(tmp_path, "train", image_size=(1, 4))
+    pixels = ds[0]["image"] * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    expected = torch.tensor([0, 1, 128, 255], dtype=torch.float32) / 255
+    assert torch.allclose(pixels, expected.expand(3, 1, 4), atol=1e-5)

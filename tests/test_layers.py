@@ -1,7 +1,7 @@
 """The package's layering: every import of another gainx package points down.
 
 training -> losses -> attention -> ops; serve -> export / runtime -> models -> ops;
-data, io and viz sit at the bottom beside ops. Imports inside functions count too.
+data, io, viz and _extras (optional dependencies) sit at the bottom beside ops. Imports inside functions count too.
 """
 
 from __future__ import annotations
@@ -20,19 +20,21 @@ PACKAGE = Path(gainx.__file__).resolve().parent
 # What each top-level part of gainx may import from the others ("gainx" alone: the package root,
 # for __version__ and the compiled extension gainx._C).
 ALLOWED: dict[str, set[str]] = {
-    "ops": {"gainx"},
+    "_extras": set(),
+    "ops": {"gainx", "_extras"},
     "io": set(),
-    "data": {"io"},
+    "data": {"io", "_extras"},
     "viz": {"io"},
     "models": {"io"},
-    "attention": {"ops"},
+    "attention": {"ops", "_extras"},
     "losses": {"attention", "ops", "data"},
     "evaluation": {"attention", "ops", "data"},
-    "runtime": {"data"},
-    "training": {"losses", "attention", "ops", "models", "data", "evaluation", "io"},
+    "runtime": {"data", "_extras"},
+    "training": {"losses", "attention", "ops", "models", "data", "evaluation", "io", "_extras"},
     "explain": {"attention", "ops", "models", "data", "viz", "io"},
-    "export": {"gainx", "attention", "ops", "models", "runtime", "data", "io"},
-    "serve": {"gainx", "runtime", "viz", "io", "ops"},
+    "export": {"gainx", "attention", "ops", "models", "runtime", "data", "io", "_extras"},
+    "serve": {"gainx", "runtime", "viz", "io", "ops", "_extras"},
+    "integrations": {"losses", "attention", "ops", "models", "data", "_extras"},
     "experiments": {
         "attention",
         "ops",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import average_precision_score
 
 from gainx.evaluation.metrics import LocalizationMeter, average_precision, cue_mask, mean_average_precision
 
@@ -17,6 +18,22 @@ def test_average_precision_hand_value():
     s = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.1, 0.2]])
     t = torch.tensor([[1, 0], [0, 1], [1, 0]])
     assert mean_average_precision(s, t) == pytest.approx(((1 + 2 / 3) / 2 + 1.0) / 2)
+
+
+def test_average_precision_ignores_the_order_of_tied_scores():
+    scores = np.array([0.5, 0.5, 0.5, 0.5, 0.9, 0.1])
+    targets = np.array([1, 0, 0, 1, 1, 0])
+    values = set()
+    for perm in ([0, 1, 2, 3, 4, 5], [1, 2, 0, 3, 4, 5], [3, 0, 1, 2, 5, 4]):
+        ap = average_precision(scores[perm], targets[perm])
+        assert ap == pytest.approx(average_precision_score(targets, scores))
+        values.add(round(ap, 12))
+    assert len(values) == 1
+    rng = np.random.default_rng(0)
+    s = torch.from_numpy(rng.integers(0, 4, (40, 3)).astype(np.float32))  # many ties
+    t = torch.from_numpy(rng.integers(0, 2, (40, 3)))
+    expected = np.mean([average_precision_score(t[:, c], s[:, c]) for c in range(3)])
+    assert mean_average_precision(s, t) == pytest.approx(expected)
 
 
 def test_cue_mask_uses_twenty_percent_of_the_peak():

@@ -1,7 +1,8 @@
 """gainx data layer: one dataset contract over several on-disk layouts.
 
-``load_dataset(root, split)`` detects a CSV manifest or a Pascal VOC 2012 tree
-and returns a :class:`GainDataset` (see docs/data.md). The generated benchmarks
+``load_dataset(root, split)`` detects a CSV manifest, a Pascal VOC tree, COCO
+instances JSON or a torchvision ImageFolder per split and returns a
+:class:`GainDataset` (see docs/data.md). The generated benchmarks
 (decoy digits, co-occurrence, shapes) are in :mod:`gainx.data.synthetic`.
 """
 

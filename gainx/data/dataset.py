@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from gainx.data.decode import read_image, read_mask
-from gainx.data.guides import label_map_to_guide, rasterize_boxes
+from gainx.data.guides import label_map_to_guide, rasterize_boxes, rasterize_segments
 from gainx.data.records import IGNORE, IMAGENET_MEAN, IMAGENET_STD, DatasetError, Sample, as_size
 from gainx.data.transforms import normalize, resize_rgb
 
@@ -108,6 +108,8 @@ class GainDataset(Dataset):
                         f"outside image {s.image} of size {source_size[1]}x{source_size[0]} (width x height)"
                     )
             return rasterize_boxes(s.boxes, k, source_size, size)
+        if s.segments:
+            return rasterize_segments(s.segments, k, source_size, size, s.origin)
         return np.zeros((k, *size), dtype=np.uint8)
 
     def _label_map(self, s: Sample, source_size: tuple[int, int]) -> np.ndarray:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gainx.data.records import IGNORE, Box
+from gainx._extras import require
+from gainx.data.records import IGNORE, Box, DatasetError, Segment
 
 
 def label_map_to_guide(label_map: np.ndarray, num_classes: int) -> np.ndarray:
@@ -43,3 +44,49 @@ def rasterize_boxes(
         c0, c1 = math.floor(b.x0 * fx), min(w, math.ceil(b.x1 * fx))
         guide[b.label, r0:r1, c0:c1] = 1
     return guide
+
+
+def rasterize_segments(
+    segments: Sequence[Segment], num_classes: int, source_size: tuple[int, int], size: tuple[int, int], origin: str
+) -> np.ndarray:
+    """Guide from COCO instance outlines (polygons or RLE, decoded by pycocotools).
+
+    Channel ``k`` is the union of the class-``k`` instances; crowd instances set :data:`IGNORE` in every
+    channel. The guide is built at ``source_size = (height, width)`` and resized to ``size`` by
+    nearest neighbour (pixel centres).
+    """
+    mask_api = require("pycocotools.mask", extra="coco", feature="the COCO layout")
+    h, w = source_size
+    guide = np.zeros((num_classes, h, w), dtype=np.uint8)
+    crowd = np.zeros((h, w), dtype=bool)
+    for seg in segments:
+        rles = _as_rles(mask_api, seg.segmentation, h, w, origin)
+        pixels = mask_api.decode(rles).reshape(h, w, -1).any(-1)
+        if seg.crowd:
+            crowd |= pixels
+        else:
+            guide[seg.label][pixels] = 1
+    guide[:, crowd] = IGNORE
+    if (h, w) == tuple(size):
+        return guide
+    rows = ((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64)
+    cols = ((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64)
+    return np.ascontiguousarray(guide[:, rows][:, :, cols])
+
+
+def _as_rles(mask_api, segmentation, h: int, w: int, origin: str) -> list:
+    """Polygons, uncompressed or compressed RLE -> a list of compressed RLEs of an ``h x w`` image."""
+    if isinstance(segmentation, list):
+        polygons = [p for p in segmentation if len(p) >= 6]
+        if len(polygons) != len(segmentation) or not polygons:
+            raise DatasetError(f"{origin}: a polygon needs at least 3 points (6 numbers)")
+        return mask_api.frPyObjects(polygons, h, w)
+    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        if list(segmentation["size"]) != [h, w]:
+            raise DatasetError(
+                f"{origin}: RLE size {list(segmentation['size'])} differs from the image's (height, width) {[h, w]}"
+            )
+        if isinstance(segmentation["counts"], list):
+            return [mask_api.frPyObjects(segmentation, h, w)]
+        return [{"size": [h, w], "counts": segmentation["counts"]}]
+    raise DatasetError(f"{origin}: segmentation must be a list of polygons or an RLE dict with 'counts' and 'size'")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gainx.data.coco import is_coco, load_coco
 from gainx.data.dataset import GainDataset
+from gainx.data.imagefolder import imagefolder_splits, load_imagefolder
 from gainx.data.manifest import MANIFEST, load_manifest
 from gainx.data.records import DatasetError
 from gainx.data.voc import find_voc_root, load_voc
@@ -17,27 +19,54 @@ def load_dataset(
     augment: bool = False,
     *,
     voc_split_source: str | None = None,
-    voc_guide: str = "masks",
+    guide: str | None = None,
+    allow_outside_root: bool = False,
 ) -> GainDataset:
-    """Load ``split`` of the dataset at ``root``.
+    """Load ``split`` of the dataset at ``root``, detecting its layout (first match):
 
-    Layouts: a CSV manifest (``root/manifest.csv``) or Pascal VOC 2012 (``root``
-    holding ``JPEGImages/`` and ``Annotations/``, or a VOCdevkit root holding
-    ``VOC2012/``). ``image_size`` is ``(height, width)`` or an int; by default the
-    manifest's ``dataset.json`` value, else 224 (manifest) or 320 (VOC).
-    ``voc_split_source`` / ``voc_guide`` apply to VOC only (see :func:`load_voc`).
+    1. a CSV manifest: ``root/manifest.csv``;
+    2. Pascal VOC: ``JPEGImages/`` and ``Annotations/`` in ``root``, ``root/VOC2012`` or
+       ``root/VOCdevkit/VOC2012``;
+    3. COCO instances: ``root/annotations/instances_<split>.json`` or ``root/<split>/_annotations.coco.json``;
+    4. torchvision ImageFolder per split: ``root/<split>/<class>/<image>``.
+
+    ``image_size`` is ``(height, width)`` or an int; by default the manifest's ``dataset.json`` value,
+    else 224 (manifest, ImageFolder) or 320 (VOC, COCO). ``guide`` (VOC and COCO): ``"masks"`` (default),
+    ``"boxes"`` or ``"none"``; ``voc_split_source``: VOC only (see :func:`load_voc`). Files named by the
+    index must lie inside ``root`` (no ``..``, absolute paths or symlinks out) unless ``allow_outside_root``.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root not found (or not a folder): {root}")
-    if (root / MANIFEST).is_file():
-        if voc_split_source is not None or voc_guide != "masks":
-            raise ValueError(f"{root} is a CSV-manifest dataset; voc_split_source / voc_guide apply to VOC only")
-        return load_manifest(root, split, image_size, augment)
     voc = find_voc_root(root)
+    layout = _layout(root, voc)
+    if voc_split_source is not None and layout != "voc":
+        raise ValueError(f"{root} is a {layout} dataset; voc_split_source applies to VOC only")
+    if guide is not None and layout not in ("voc", "coco"):
+        raise ValueError(f"{root} is a {layout} dataset; guide= applies to the VOC and COCO layouts only")
+    if layout == "manifest":
+        return load_manifest(root, split, image_size, augment, allow_outside_root=allow_outside_root)
+    if layout == "voc":
+        assert voc is not None
+        return load_voc(voc, split, image_size, augment, split_source=voc_split_source, guide=guide or "masks")
+    if layout == "coco":
+        return load_coco(
+            root, split, image_size, augment, guide=guide or "masks", allow_outside_root=allow_outside_root
+        )
+    return load_imagefolder(root, split, image_size, augment, allow_outside_root=allow_outside_root)
+
+
+def _layout(root: Path, voc: Path | None) -> str:
+    if (root / MANIFEST).is_file():
+        return "manifest"
     if voc is not None:
-        return load_voc(voc, split, image_size, augment, split_source=voc_split_source, guide=voc_guide)
+        return "voc"
+    if is_coco(root):
+        return "coco"
+    if imagefolder_splits(root):
+        return "imagefolder"
     raise DatasetError(
-        f"{root}: unknown dataset layout; expected {MANIFEST} (CSV manifest) or JPEGImages/ and "
-        f"Annotations/ (Pascal VOC 2012), directly or under VOC2012/ or VOCdevkit/VOC2012/"
+        f"{root}: unknown dataset layout; expected {MANIFEST} (CSV manifest), JPEGImages/ and Annotations/ "
+        f"(Pascal VOC, also under VOC2012/ or VOCdevkit/VOC2012/), annotations/instances_<split>.json or "
+        f"<split>/_annotations.coco.json (COCO), or <split>/<class>/<images> (ImageFolder)"
     )

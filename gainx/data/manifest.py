@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gainx.data.dataset import GainDataset
+from gainx.data.paths import resolve_inside
 from gainx.data.records import IMAGENET_MEAN, IMAGENET_STD, Box, DatasetError, Sample, as_size
 from gainx.io import atomic_open, atomic_write_text
 
@@ -29,9 +30,17 @@ DEFAULT_IMAGE_SIZE = 224
 
 
 def load_manifest(
-    root: Path, split: str, image_size: int | tuple[int, int] | None = None, augment: bool = False
+    root: Path,
+    split: str,
+    image_size: int | tuple[int, int] | None = None,
+    augment: bool = False,
+    allow_outside_root: bool = False,
 ) -> GainDataset:
-    """Build the ``split`` of the manifest dataset in ``root``."""
+    """Build the ``split`` of the manifest dataset in ``root``.
+
+    Image and mask paths must stay inside ``root`` unless ``allow_outside_root``; an image listed twice
+    in the split is an error naming both lines.
+    """
     manifest = root / MANIFEST
     meta = _read_meta(root / META)
     rows = read_rows(manifest)
@@ -51,13 +60,14 @@ def load_manifest(
             )
     index = {name: i for i, name in enumerate(classes)}
     samples = [
-        _sample(root, manifest, line, row, tuple(index[n] for n in names[line]), index)
+        _sample(root, manifest, line, row, tuple(index[n] for n in names[line]), index, allow_outside_root)
         for line, row in rows
         if row["split"] == split
     ]
     if not samples:
         splits = sorted({row["split"] for _, row in rows})
         raise DatasetError(f"{manifest}: split {split!r} has no images; splits present: {splits}")
+    _refuse_duplicates(manifest, split, [line for line, row in rows if row["split"] == split], samples)
     size = as_size(image_size if image_size is not None else meta.get("image_size", DEFAULT_IMAGE_SIZE))
     return GainDataset(
         samples,
@@ -149,19 +159,36 @@ def _split_labels(text: str, manifest: Path, line: int) -> list[str]:
     return labels
 
 
+def _refuse_duplicates(manifest: Path, split: str, lines: list[int], samples: list[Sample]) -> None:
+    """An image listed twice in one split would be trained twice per epoch: name the lines."""
+    seen: dict[Path, list[int]] = {}
+    for line, sample in zip(lines, samples):
+        seen.setdefault(sample.image.resolve(), []).append(line)
+    repeated = {path: found for path, found in seen.items() if len(found) > 1}
+    if repeated:
+        listing = "; ".join(f"{path} on lines {found}" for path, found in repeated.items())
+        raise DatasetError(f"{manifest}: split {split!r} lists the same image more than once: {listing}")
+
+
 def _sample(
-    root: Path, manifest: Path, line: int, row: dict[str, str], labels: tuple[int, ...], index: dict[str, int]
+    root: Path,
+    manifest: Path,
+    line: int,
+    row: dict[str, str],
+    labels: tuple[int, ...],
+    index: dict[str, int],
+    allow_outside_root: bool,
 ) -> Sample:
     where = f"{manifest} line {line}"
     if not row["path"]:
         raise DatasetError(f"{where}: empty path")
-    image = root / row["path"]
+    image = resolve_inside(root, row["path"], where, "image path", allow_outside_root)
     if not image.is_file():
         raise FileNotFoundError(f"image not found: {image} ({where})")
     mask_text, boxes_text = row.get("mask", ""), row.get("boxes", "")
     if mask_text and boxes_text:
         raise DatasetError(f"{where}: give either a mask or boxes, not both")
-    mask = root / mask_text if mask_text else None
+    mask = resolve_inside(root, mask_text, where, "mask path", allow_outside_root) if mask_text else None
     if mask is not None and not mask.is_file():
         raise FileNotFoundError(f"mask not found: {mask} ({where})")
     boxes = _parse_boxes(boxes_text, where, labels, index) if boxes_text else ()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -32,11 +33,22 @@ class Box:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """One COCO instance of class ``label``: its ``segmentation`` as the JSON stores it (a list of
+    polygons ``[x0, y0, x1, y1, ...]`` or an RLE dict). ``crowd`` (COCO ``iscrowd``): its pixels carry
+    no supervision (:data:`IGNORE`)."""
+
+    label: int
+    segmentation: Any
+    crowd: bool = False
+
+
+@dataclass(frozen=True)
 class Sample:
     """One image: its file, class indices, optional guide source and its origin.
 
     ``origin`` says where the sample was declared (e.g. ``manifest.csv line 7``)
-    so decoding errors can point at it. At most one of ``mask`` / ``boxes`` is set.
+    so decoding errors can point at it. At most one of ``mask`` / ``boxes`` / ``segments`` is set.
     """
 
     image: Path
@@ -44,10 +56,11 @@ class Sample:
     origin: str
     mask: Path | None = None
     boxes: tuple[Box, ...] = ()
+    segments: tuple[Segment, ...] = ()
 
     @property
     def has_guide(self) -> bool:
-        return self.mask is not None or bool(self.boxes)
+        return self.mask is not None or bool(self.boxes) or bool(self.segments)
 
 
 def as_size(image_size: int | tuple[int, int] | list[int], what: str = "image_size") -> tuple[int, int]:

@@ -1,9 +1,13 @@
-"""Layout (a): Pascal VOC 2012.
+"""Layout (a): Pascal VOC (VOC 2012 itself, or the "Pascal VOC XML" of labelImg, CVAT, Roboflow).
 
-``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml`` (image-level labels = the set
-of object names), ``SegmentationClass/<id>.png`` (palette PNG: index k+1 = class
-k, 0 background, 255 object border -> ignore) for the images that have one, and
-split lists ``ImageSets/Main/<split>.txt`` or ``ImageSets/Segmentation/<split>.txt``.
+``JPEGImages/<id>.jpg`` (or another image extension), ``Annotations/<id>.xml`` (image-level labels =
+the set of object names), ``SegmentationClass/<id>.png`` (palette PNG: index k+1 = class k, 0
+background, 255 object border -> ignore) for the images that have one, and split lists
+``ImageSets/Main/<split>.txt`` or ``ImageSets/Segmentation/<split>.txt``.
+
+Classes: ``classes.txt`` (in the root or in ``Annotations/``, labelImg) or CVAT's ``labelmap.txt``
+when present; else the 20 VOC 2012 names when every annotation uses them; else the sorted object
+names of all annotations.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from gainx.data.dataset import GainDataset
+from gainx.data.manifest import read_classes
 from gainx.data.records import Box, DatasetError, Sample
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -21,6 +26,8 @@ VOC_CLASSES: tuple[str, ...] = (
 DEFAULT_IMAGE_SIZE = 320
 SPLIT_SOURCES = {"main": "Main", "segmentation": "Segmentation"}
 GUIDES = ("masks", "boxes", "none")
+CLASS_FILES = ("classes.txt", "Annotations/classes.txt", "labelmap.txt")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
 
 
 def find_voc_root(root: Path) -> Path | None:
@@ -49,7 +56,7 @@ def load_voc(
             (object boxes from the XML) or ``"none"``.
     """
     if guide not in GUIDES:
-        raise ValueError(f"voc_guide must be one of {GUIDES}, got {guide!r}")
+        raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}")
     ids_file = _split_file(root, split, split_source)
     try:
         text = ids_file.read_text(encoding="utf-8")
@@ -58,10 +65,39 @@ def load_voc(
     ids = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not ids:
         raise DatasetError(f"{ids_file}: split {split!r} lists no images")
-    samples = [_sample(root, ids_file, i, guide) for i in ids]
-    return GainDataset(
-        samples, VOC_CLASSES, True, image_size if image_size is not None else DEFAULT_IMAGE_SIZE, augment
-    )
+    classes, source = voc_classes(root)
+    samples = [_sample(root, ids_file, i, guide, classes, source) for i in ids]
+    return GainDataset(samples, classes, True, image_size if image_size is not None else DEFAULT_IMAGE_SIZE, augment)
+
+
+def voc_classes(root: Path) -> tuple[list[str], str]:
+    """The class list of the VOC tree at ``root`` and where it came from (for error messages)."""
+    for name in CLASS_FILES:
+        path = root / name
+        if path.is_file():
+            return (_read_labelmap(path) if path.name == "labelmap.txt" else read_classes(path)), str(path)
+    names = {obj[0] for xml in sorted((root / "Annotations").glob("*.xml")) for obj in _read_objects(xml)}
+    if names <= set(VOC_CLASSES):
+        return list(VOC_CLASSES), "the VOC 2012 classes"
+    return sorted(names), f"the object names in {root / 'Annotations'}"
+
+
+def _read_labelmap(path: Path) -> list[str]:
+    """CVAT's ``labelmap.txt`` (``name:r,g,b:parts:actions`` per line, ``#`` comments); a leading
+    ``background`` entry is palette index 0, not a class."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from exc
+    names = [line.split(":")[0].strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if names and names[0] == "background":
+        names = names[1:]
+    if not names or any(not n for n in names):
+        raise DatasetError(f"{path}: expected one 'name:r,g,b:parts:actions' line per class")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DatasetError(f"{path}: duplicate classes {repeated}")
+    return names
 
 
 def _split_file(root: Path, split: str, source: str | None) -> Path:
@@ -82,15 +118,18 @@ def _split_file(root: Path, split: str, source: str | None) -> Path:
     raise DatasetError(f"{root}: no split list for {split!r} in ImageSets/{{{folders}}}; available: {available}")
 
 
-def _sample(root: Path, ids_file: Path, image_id: str, guide: str) -> Sample:
+def _sample(root: Path, ids_file: Path, image_id: str, guide: str, classes: list[str], source: str) -> Sample:
     where = f"{ids_file.name} id {image_id}"
-    image = root / "JPEGImages" / f"{image_id}.jpg"
-    if not image.is_file():
-        raise FileNotFoundError(f"image not found: {image} ({where})")
+    image = _image_file(root, image_id, where)
     xml = root / "Annotations" / f"{image_id}.xml"
     if not xml.is_file():
         raise FileNotFoundError(f"annotation not found: {xml} ({where})")
-    boxes = _read_objects(xml)
+    index = {name: i for i, name in enumerate(classes)}
+    boxes = []
+    for name, n, (xmin, ymin, xmax, ymax) in _read_objects(xml):
+        if name not in index:
+            raise DatasetError(f"{xml}: object {n} has unknown class {name!r}; classes (from {source}) are {classes}")
+        boxes.append(Box(index[name], xmin - 1, ymin - 1, xmax, ymax))
     labels = tuple(sorted({b.label for b in boxes}))
     mask = root / "SegmentationClass" / f"{image_id}.png"
     return Sample(
@@ -102,8 +141,18 @@ def _sample(root: Path, ids_file: Path, image_id: str, guide: str) -> Sample:
     )
 
 
-def _read_objects(xml: Path) -> list[Box]:
-    """One box per ``<object>``; VOC's 1-based inclusive corners become ``[xmin-1, xmax)``."""
+def _image_file(root: Path, image_id: str, where: str) -> Path:
+    """``JPEGImages/<id>.jpg``, or the same stem with another image extension."""
+    for ext in IMAGE_EXTENSIONS:
+        image = root / "JPEGImages" / f"{image_id}{ext}"
+        if image.is_file():
+            return image
+    raise FileNotFoundError(f"image not found: {root / 'JPEGImages' / image_id}.jpg (or .jpeg, .png) ({where})")
+
+
+def _read_objects(xml: Path) -> list[tuple[str, int, tuple[float, float, float, float]]]:
+    """``(name, object number, (xmin, ymin, xmax, ymax))`` per ``<object>`` in VOC's 1-based inclusive
+    corners (a box becomes ``[xmin-1, xmax)`` in :class:`Box`)."""
     try:
         tree = ET.parse(xml)
     except (OSError, ET.ParseError) as exc:
@@ -111,8 +160,8 @@ def _read_objects(xml: Path) -> list[Box]:
     boxes = []
     for n, obj in enumerate(tree.getroot().iter("object")):
         name = (obj.findtext("name") or "").strip()
-        if name not in VOC_CLASSES:
-            raise DatasetError(f"{xml}: object {n} has unknown class {name!r}; VOC classes are {list(VOC_CLASSES)}")
+        if not name:
+            raise DatasetError(f"{xml}: object {n} has no <name>")
         bb = obj.find("bndbox")
         try:
             xmin, ymin, xmax, ymax = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore[union-attr, arg-type]
@@ -120,5 +169,5 @@ def _read_objects(xml: Path) -> list[Box]:
             raise DatasetError(f"{xml}: object {n} ({name}) has a missing or malformed <bndbox>") from None
         if not (1 <= xmin <= xmax and 1 <= ymin <= ymax):
             raise DatasetError(f"{xml}: object {n} ({name}) has an invalid box {xmin:g},{ymin:g},{xmax:g},{ymax:g}")
-        boxes.append(Box(VOC_CLASSES.index(name), xmin - 1, ymin - 1, xmax, ymax))
+        boxes.append((name, n, (xmin, ymin, xmax, ymax)))
     return boxes

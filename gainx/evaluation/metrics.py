@@ -1,7 +1,7 @@
 """Classification and attention-localization metrics.
 
 * accuracy (single-label top-1) and mAP (multi-label, mean over classes of
-  average precision);
+  average precision, scikit-learn's definition);
 * cue mIoU: the paper's localization cue keeps the pixels whose attention is
   at least 20% of the map's maximum; intersection and union with the class's
   mask are accumulated per class over the data set and averaged over classes;
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.metrics import average_precision_score
 from torch import Tensor
 
 from gainx.data.records import IGNORE
@@ -20,14 +21,13 @@ CUE_THRESHOLD = 0.2
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """AP of one class: mean precision at the rank of each positive (VOC 2010+ style)."""
-    positives = targets.sum()
-    if positives == 0:
+    """AP of one class, ``sum_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds
+    (scikit-learn's ``average_precision_score``): tied scores form one threshold, so the value does
+    not depend on the order of the tied images. NaN when the class has no positive."""
+    hits = np.asarray(targets) > 0.5
+    if not hits.any():
         return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    hits = targets[order] > 0.5
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(precision[hits].sum() / positives)
+    return float(average_precision_score(hits, np.asarray(scores)))
 
 
 def mean_average_precision(scores: Tensor, labels: Tensor) -> float:

@@ -85,6 +85,7 @@ def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile) -> Trai
         resume=True,
         progress=False,
         device="cpu",
+        allow_outside_root=True,  # budget variants list the base data set's images (../../train/...)
     )
 
 

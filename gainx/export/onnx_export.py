@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gainx._extras import require
 from gainx.export.graph import AttentionGraph, build_attention_graph
 from gainx.export.verify import FP16_ATOL, FP32_ATOL, default_cases, other_size, verify_onnx
 from gainx.io import atomic_open
@@ -134,6 +135,8 @@ def export_onnx(
     """
     from gainx import __version__
 
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        require(module, extra="export", feature="ONNX export")
     overrides = {
         "target_layer": target_layer,
         "classes": list(classes) if classes is not None else None,

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gainx._extras import require
 from gainx.io import atomic_open, atomic_write_text
 
 _TRITON_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 10: "TYPE_FP16", 11: "TYPE_FP64", 6: "TYPE_INT32"}
@@ -56,7 +57,7 @@ def triton_config(
 ) -> str:
     """The ``config.pbtxt`` text for an exported model: its path, or the loaded ``onnx.ModelProto``."""
     if isinstance(model, (str, Path)):
-        import onnx
+        onnx = require("onnx", extra="export", feature="the Triton model repository")
 
         model = onnx.load(str(model), load_external_data=False)
     graph = model.graph
@@ -91,7 +92,7 @@ def write_triton_repo(
 
     The class names come from the model's ``gainx.classes`` metadata.
     """
-    import onnx
+    onnx = require("onnx", extra="export", feature="the Triton model repository")
 
     onnx_path = Path(onnx_path)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_name):

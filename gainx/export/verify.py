@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gainx._extras import require
+
 FP32_ATOL = 1e-4
 # fp16 graphs: half-precision activations; scores are compared relative to their
 # largest magnitude, maps (values in [0, 1]) absolutely.
@@ -83,8 +85,8 @@ def verify_onnx(
 
     Returns the largest score and map errors seen (for logs and tests).
     """
-    import onnx
-    import onnxruntime as ort
+    onnx = require("onnx", extra="export", feature="ONNX export")
+    ort = require("onnxruntime", extra="export", feature="ONNX export")
 
     from gainx.attention import attention_maps
     from gainx.runtime import session_options

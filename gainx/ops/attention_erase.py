@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from gainx._extras import require
 from gainx.ops.cam import EPS, gradcam_raw, normalize_cam, upsample
 
 
@@ -70,6 +71,7 @@ Impl = Callable[..., ErasedPairs]
 
 
 def _triton_loader() -> Impl:
+    require("triton", extra="triton", feature="the Triton attention-mining backend")
     from gainx.ops.attention_erase_triton import attention_erase_triton
 
     return attention_erase_triton

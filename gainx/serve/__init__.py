@@ -1,8 +1,33 @@
-"""``gainx serve``: an HTTP inference server (Starlette + uvicorn) for exported attention models."""
+"""``gainx serve``: an HTTP inference server (Starlette + uvicorn) for exported attention models.
 
-from gainx.serve.app import create_app
-from gainx.serve.batcher import DynamicBatcher, Prediction
-from gainx.serve.config import ServeConfig
-from gainx.serve.errors import ApiError
+The names below are imported on first use (PEP 562), so registering the ``serve`` command does not
+need the ``serve`` extra; running it does (``pip install "gainx[serve]"``).
+"""
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "create_app": "gainx.serve.app",
+    "DynamicBatcher": "gainx.serve.batcher",
+    "Prediction": "gainx.serve.batcher",
+    "ServeConfig": "gainx.serve.config",
+    "ApiError": "gainx.serve.errors",
+}
 __all__ = ["ApiError", "DynamicBatcher", "Prediction", "ServeConfig", "create_app"]
+
+if TYPE_CHECKING:
+    from gainx.serve.app import create_app
+    from gainx.serve.batcher import DynamicBatcher, Prediction
+    from gainx.serve.config import ServeConfig
+    from gainx.serve.errors import ApiError
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gainx.serve' has no attribute {name!r}")

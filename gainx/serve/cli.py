@@ -8,7 +8,10 @@ import resource
 import socket
 import sys
 
+from gainx._extras import require
 from gainx.serve.config import ServeConfig
+
+SERVE_MODULES = ("starlette", "uvicorn", "multipart", "onnx", "onnxruntime")
 
 _DEFAULTS = ServeConfig()
 FILES_RESERVED = 32  # open files kept for the model, logs, libraries and the listening socket
@@ -131,6 +134,8 @@ def _fail(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model (once per worker), bind the socket, serve until SIGTERM/SIGINT."""
+    for module in SERVE_MODULES:
+        require(module, extra="serve", feature="gainx serve")
     import uvicorn
 
     from gainx.runtime import AttentionSession

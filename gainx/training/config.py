@@ -37,6 +37,7 @@ class TrainConfig:
     workers: int = 0
     amp: bool = True  # used on CUDA only
     device: str = "auto"
+    allow_outside_root: bool = False  # accept data files outside the data folder (gainx.data.load_dataset)
     train_split: str = "train"
     val_split: str | None = "auto"  # auto: the data set's val or test split; None or "none": no validation
     resume: bool = False

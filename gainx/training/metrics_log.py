@@ -1,11 +1,13 @@
-"""Per-epoch metrics to CSV (atomic rewrite) and TensorBoard."""
+"""Per-epoch metrics to CSV (atomic rewrite) and, when the ``tensorboard`` extra is installed, TensorBoard."""
 
 from __future__ import annotations
 
 import csv
 import io
+import warnings
 from pathlib import Path
 
+from gainx._extras import MissingExtraError, require
 from gainx.io import atomic_write_text
 
 
@@ -24,9 +26,14 @@ class MetricsLog:
                 self.rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
         self.writer = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                require("tensorboard", extra="tensorboard", feature="TensorBoard logging")
+            except MissingExtraError as exc:
+                warnings.warn(f"{exc}; metrics go to metrics.csv only", stacklevel=2)
+            else:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+                self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
 
     def log(self, epoch: int, metrics: dict[str, float]) -> None:
         self.rows = [r for r in self.rows if int(r["epoch"]) < epoch] + [{"epoch": float(epoch), **metrics}]

@@ -93,10 +93,15 @@ class Trainer:
         self.device = device
         prepare_run_folder(self.out, cfg.resume, cfg.overwrite, main=self.dist.main)
         seed_everything(cfg.seed)
-        self.dataset = load_dataset(cfg.data, cfg.train_split, image_size=cfg.image_size, augment=cfg.augment)
+        outside = cfg.allow_outside_root
+        self.dataset = load_dataset(
+            cfg.data, cfg.train_split, image_size=cfg.image_size, augment=cfg.augment, allow_outside_root=outside
+        )
         self.val_split = validation_split(cfg)
         self.val = (
-            load_dataset(cfg.data, self.val_split, image_size=self.dataset.image_size) if self.val_split else None
+            load_dataset(cfg.data, self.val_split, image_size=self.dataset.image_size, allow_outside_root=outside)
+            if self.val_split
+            else None
         )
         self.best: dict[str, Any] | None = None  # {"metric": "val_accuracy", "value": ..., "epoch": ...}
         if cfg.method == "gainext" and self.dataset.num_guided == 0:
