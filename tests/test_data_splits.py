@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from test_data_voc import build_voc  # tests/ is on sys.path under pytest
+from test_data_coco import build_coco  # tests/ is on sys.path under pytest
+from test_data_imagefolder import build_imagefolder
+from test_data_voc import build_voc
 
 from gainx.data.splits import dataset_splits, held_out_split
 
@@ -12,6 +14,8 @@ def test_splits_of_a_manifest_and_a_voc_tree(decoy_dir, tmp_path):
     assert dataset_splits(decoy_dir) == ["test_consistent", "test_random", "train"]
     assert dataset_splits(build_voc(tmp_path / "voc")) == ["train", "val"]  # not the per-class dog_train list
     assert dataset_splits(tmp_path / "voc" / "JPEGImages") == []  # no known layout
+    assert dataset_splits(build_imagefolder(tmp_path / "folders")) == ["train", "val"]  # not masks/
+    assert dataset_splits(build_coco(tmp_path / "coco", split="val2017")) == ["val2017"]
     with pytest.raises(FileNotFoundError, match="nowhere"):
         dataset_splits(tmp_path / "nowhere")
 

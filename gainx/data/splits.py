@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from gainx.data.coco import coco_splits, is_coco
+from gainx.data.imagefolder import imagefolder_splits
 from gainx.data.manifest import MANIFEST, read_rows
 from gainx.data.voc import SPLIT_SOURCES, find_voc_root
 
@@ -17,7 +19,7 @@ VAL_NAMES = ("val", "valid", "validation")
 
 
 def dataset_splits(root: str | Path) -> list[str]:
-    """Sorted split names of the data set at ``root`` (CSV manifest or Pascal VOC); ``[]`` for other layouts."""
+    """Sorted split names of the data set at ``root`` (the layouts of :func:`gainx.data.load_dataset`)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root not found (or not a folder): {root}")
@@ -25,7 +27,7 @@ def dataset_splits(root: str | Path) -> list[str]:
         return sorted({row["split"] for _, row in read_rows(root / MANIFEST)})
     voc = find_voc_root(root)
     if voc is None:
-        return []
+        return sorted(coco_splits(root)) if is_coco(root) else sorted(imagefolder_splits(root))
     lists = [p for folder in SPLIT_SOURCES.values() for p in (voc / "ImageSets" / folder).glob("*.txt")]
     return sorted({p.stem for p in lists if "_" not in p.stem})  # Main/<class>_<split>.txt are per-class lists
 
