@@ -34,7 +34,7 @@ where, epoch = sys.argv[1], int(sys.argv[2])
 save = trainer.save_checkpoint
 
 def save_and_maybe_die(path, state):
-    if state["epoch"] != epoch:
+    if state["epoch"] != epoch or os.path.basename(path) != "last.pt":  # not best.pt
         return save(path, state)
     if where == "mid_save":
         fsync = os.fsync

@@ -290,9 +290,9 @@ class Trainer:
                         )
                     log.log(epoch + 1, metrics)  # before the checkpoint: a resumed run rewrites a row it repeats
                     state = self.checkpoint_state(epoch + 1)
+                    save_checkpoint(path, state)  # first: last.pt is what a resumed run needs
                     if improved:
                         save_checkpoint(self.out / BEST, state)
-                    save_checkpoint(path, state)
                     print(epoch_summary(epoch + 1, self.cfg.epochs, metrics, best=improved), flush=True)
                 barrier(self.dist)
         finally:
