@@ -150,8 +150,8 @@ def attention_maps(
             and one linear layer (:func:`gainx.attention.head.find_linear_head`),
             use the closed form ``d s_c / d f = weight[c] / (h w)``: all maps
             come from one batched product, no backward pass
-            (:func:`gainx.ops.class_attention`). Other heads, or ``False``,
-            take one backward pass per class rank.
+            (:func:`gainx.ops.class_attention`). Other heads, ``False``, or a
+            ``reshape_transform``, take one backward pass per class rank.
         reshape_transform: callable mapping the layer's output (and, separately,
             its gradient) to ``(B, C, h, w)``, as in pytorch-grad-cam. ``None``
             reads ``(B, C, h, w)`` maps, channels-last ``(B, h, w, C)`` maps and
