@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gainx.export.decomp import adaptive_avg_pool2d_backward, pooling_matrix
+from gainx.export.decomp import adaptive_avg_pool2d_backward, convolution_backward, pooling_matrix
 from gainx.export.split import split_at_layer
 from gainx.models import build_model
 
@@ -96,3 +96,32 @@ def test_adaptive_avg_pool2d_backward_matches_autograd(
     (expected,) = torch.autograd.grad(y, x, g)
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     torch.testing.assert_close(adaptive_avg_pool2d_backward(g, x.detach()), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "padding", "dilation", "groups"),
+    [((14, 21), 3, 2, 1, 1, 2), ((15, 11), 3, 2, 1, 1, 1), ((9, 9), 5, 3, 2, 2, 1), ((7, 8), 1, 1, 0, 1, 1)],
+)
+def test_convolution_backward_matches_autograd(
+    size: tuple[int, int], kernel: int, stride: int, padding: int, dilation: int, groups: int
+) -> None:
+    conv = nn.Conv2d(4, 6, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups).double()
+    x = torch.randn(2, 4, *size, dtype=torch.float64, requires_grad=True)
+    y = conv(x)
+    g = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, g)
+    got, grad_weight, grad_bias = convolution_backward(
+        g,
+        x.detach(),
+        conv.weight.detach(),
+        None,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        False,
+        [0, 0],
+        groups,
+        [True, False, False],
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert grad_weight is None and grad_bias is None

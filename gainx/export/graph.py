@@ -20,10 +20,12 @@ import copy
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gainx.attention.head import find_linear_head
 from gainx.export.decomp import export_decompositions
+from gainx.export.errors import first_line
 from gainx.export.split import split_at_layer
 from gainx.ops import weighted_maps
 
@@ -69,28 +71,37 @@ def trace_head_vjp(head: nn.Module, features: Tensor, num_classes: int) -> nn.Mo
     from torch.fx.experimental.proxy_tensor import make_fx
 
     example_ids = torch.full((features.shape[0], 2), -1, dtype=torch.long)
-    with fx_config.patch(use_duck_shape=False), torch.no_grad():
-        return make_fx(
-            head_vjp_attention(head, num_classes),
-            decomposition_table=export_decompositions(),
-            tracing_mode="symbolic",
-            _allow_non_fake_inputs=True,
-        )(features, example_ids)
+    try:
+        with fx_config.patch(use_duck_shape=False), torch.no_grad():
+            return make_fx(
+                head_vjp_attention(head, num_classes),
+                decomposition_table=export_decompositions(),
+                tracing_mode="symbolic",
+                _allow_non_fake_inputs=True,
+            )(features, example_ids)
+    except Exception as exc:
+        raise ValueError(
+            f"cannot trace the gradient of the layers after the target layer into plain operations "
+            f"({first_line(exc)}); a target layer closer to the output leaves fewer layers to trace"
+        ) from exc
 
 
 class LinearHeadAttention(nn.Module):
-    """Analytic Grad-CAM weights of a GAP + linear head: ``w_ck = W[c, k] / (h w)``."""
+    """Analytic Grad-CAM weights of a GAP + linear head: ``w_ck = W[c, k] / (h w)``.
 
-    def __init__(self, head: nn.Module, weight: Tensor) -> None:
+    ``linear`` is the head's own layer (not a copy), so the exported graph stores ``W`` once.
+    """
+
+    def __init__(self, head: nn.Module, linear: nn.Linear) -> None:
         super().__init__()
         self.head = head
-        self.register_buffer("weight", weight.detach().clone())
+        self.linear = linear
 
     def forward(self, features: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         scores = self.head(features)
         classes = requested_or_topk(scores, class_ids)
         area = features.shape[-2] * features.shape[-1]
-        return scores, classes, self.weight.to(features.dtype)[classes] / area
+        return scores, classes, F.embedding(classes, self.linear.weight) / area  # one Gather on W
 
 
 class AttentionGraph(nn.Module):
@@ -137,7 +148,7 @@ def build_attention_graph(
     body, head = split_at_layer(model, target_layer)
     linear = find_linear_head(model, target_layer)
     if linear is not None:
-        head_attention: nn.Module = LinearHeadAttention(head, linear.weight)
+        head_attention: nn.Module = LinearHeadAttention(head, linear)
     else:
         with torch.no_grad():
             features = body(example_images.to(dtype))

@@ -18,6 +18,7 @@ from torch import nn
 
 from gainx.attention.capture import resolve_layer
 from gainx.attention.head import LayerLeafTracer
+from gainx.export.errors import first_line
 
 
 class SplitModel(NamedTuple):
@@ -64,7 +65,11 @@ def split_at_layer(model: nn.Module, target_layer: str) -> SplitModel:
     try:
         graph = tracer.trace(model)
     except Exception as exc:
-        raise ValueError(f"cannot trace {name} with torch.fx to split it at {target_layer!r}: {exc}") from exc
+        raise ValueError(
+            f"cannot trace {name} with torch.fx to split it at {target_layer!r} ({first_line(exc)}); Python "
+            f"control flow on tensor values (if / for over a tensor) does not trace: write it with torch.where, "
+            f"or move it into a module before the target layer"
+        ) from exc
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == target_layer]
     if len(calls) != 1:
         raise ValueError(
