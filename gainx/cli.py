@@ -13,8 +13,9 @@ from gainx.training.config import TrainConfig
 TRAIN_HELP = {
     "data": "data set root (CSV manifest folder or Pascal VOC 2012)",
     "out": "run folder: checkpoints (last.pt), metrics.csv, tensorboard/",
-    "arch": "classifier architecture (see gainx.models.ARCHS)",
-    "target_layer": "module path of the attention layer (default: the arch's)",
+    "arch": "classifier: a built-in name (gainx.models.ARCHS), timm:<name> or package.module:factory",
+    "model_kwargs": "JSON object of keyword arguments for a timm: or package.module:factory model",
+    "target_layer": "module path of the attention layer (default: the arch's, or the last feature map of the model)",
     "method": "baseline | gain (eq. 6) | gainext (eq. 8)",
     "alpha": "weight of L_am (eq. 6)",
     "omega_e": "weight of L_e (eq. 8)",
@@ -32,20 +33,32 @@ TRAIN_HELP = {
 }
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"num_classes\": 5}}', got {text!r}")
+    return value
+
+
 def _add_train_args(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (``--batch-size`` for ``batch_size``)."""
+    """One flag per TrainConfig field (``--batch-size`` for ``batch_size``); ``--model`` also sets ``arch``."""
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-")] + (["--model"] if f.name == "arch" else [])
         help_text = TRAIN_HELP.get(f.name)
-        if f.default is MISSING:
-            parser.add_argument(flag, dest=f.name, required=True, help=help_text)
+        if f.default_factory is not MISSING:  # model_kwargs
+            parser.add_argument(*flags, dest=f.name, type=_json_object, default=f.default_factory(), help=help_text)
+        elif f.default is MISSING:
+            parser.add_argument(*flags, dest=f.name, required=True, help=help_text)
         elif isinstance(f.default, bool):
             parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
             )
         else:
             kind = {"int | None": int, "float": float, "int": int}.get(str(f.type), str)
-            parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text)
+            parser.add_argument(*flags, dest=f.name, type=kind, default=f.default, help=help_text)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
