@@ -115,7 +115,7 @@ def _autograd_gradcam(model, layer, images, classes, size):
         raw = torch.relu((g.mean(dim=(2, 3), keepdim=True) * feats).sum(1, keepdim=True))
         up = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)[:, 0]
         lo, hi = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
-        maps.append((up - lo) / (hi - lo + EPS))
+        maps.append(torch.where(hi > lo, (up - lo) / (hi - lo + EPS * hi), 0.0))  # all-zero map: zeros
     return feats.detach(), torch.stack(maps, 1)
 
 

@@ -5,7 +5,8 @@
 // paper eq. 1) followed by the epilogue of eq. 2 plus normalization:
 //   A = ReLU(S) at feature resolution,
 //   U = bilinear_upsample(A, out_size)   (align_corners = false),
-//   Y = (U - min U) / (max U - min U + eps)   per map,
+//   Y = (U - min U) / (max U - min U + eps |max U|)   per map (eps relative to the
+//   peak: Y does not depend on the scale of the scores),
 // and Y = 0 for a map whose range is at most kFlat times its maximum (constant
 // up to the interpolation's rounding noise), as the eager reference does.
 #pragma once
@@ -23,6 +24,12 @@ constexpr double kFlat = 1e-5;
 template <typename T>
 C10_HOST_DEVICE inline bool is_flat(T lo, T hi) {
   return hi - lo <= static_cast<T>(kFlat) * (hi < T(0) ? -hi : hi);  // false for NaN, as in eager
+}
+
+// The normalization's denominator, max U - min U + eps |max U| (gainx.ops.cam.normalize_cam).
+template <typename T>
+C10_HOST_DEVICE inline T norm_denominator(T lo, T hi, double eps) {
+  return hi - lo + static_cast<T>(eps) * (hi < T(0) ? -hi : hi);
 }
 
 // (N, h, w) pre-ReLU scores -> (N, H, W) normalized maps.

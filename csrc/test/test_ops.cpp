@@ -24,7 +24,7 @@ void expect(bool ok, const std::string& what) {
 at::Tensor reference_maps(const at::Tensor& raw, int64_t H, int64_t W, double eps) {
   const at::Tensor up = at::upsample_bilinear2d(raw.relu().unsqueeze(1), {H, W}, /*align_corners=*/false).squeeze(1);
   const at::Tensor lo = up.amin({1, 2}, true), hi = up.amax({1, 2}, true);
-  return (up - lo) / (hi - lo + eps);
+  return at::where(hi > lo, (up - lo) / (hi - lo + eps * hi.abs()), at::zeros_like(up));  // all-zero map: zeros
 }
 
 void check_close(const at::Tensor& got, const at::Tensor& want, const std::string& what) {

@@ -38,21 +38,25 @@ class Captured:
 def capture_output(layer: nn.Module) -> Iterator[Captured]:
     """Record ``layer``'s output while the context is open; the hook is always removed.
 
-    If the output does not require grad (frozen weights, plain input tensors),
-    it is replaced by a leaf that does, so that d score / d features exists.
+    The rest of the network runs on a copy of the output, so an in-place op
+    right after the layer (``F.relu(x, inplace=True)`` in DenseNet) does not
+    change the recorded tensor: the maps explain the layer's own output, and
+    its gradient flows back through the copy. If the output does not require
+    grad (frozen weights, plain input tensors), it is replaced by a leaf that
+    does, so that d score / d features exists.
     """
     captured = Captured()
 
-    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
+    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
         if not isinstance(output, Tensor):
-            raise TypeError(f"target layer {type(module).__name__} returns {type(output).__name__}, not a Tensor")
-        if output.dim() != 4:
-            raise ValueError(f"target layer must output (B, C, h, w) feature maps, got shape {tuple(output.shape)}")
-        replaced = None
+            raise TypeError(
+                f"target layer {type(module).__name__} returns {type(output).__name__}, not a Tensor; "
+                "pick a submodule that returns the feature tensor"
+            )
         if not output.requires_grad:
-            output = replaced = output.detach().requires_grad_(True)
+            output = output.detach().requires_grad_(True)
         captured.output = output
-        return replaced
+        return output.clone()
 
     handle = layer.register_forward_hook(hook)
     try:

@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from gainx.attention.capture import capture_output, resolve_layer
 from gainx.attention.head import find_linear_head
+from gainx.attention.layout import ReshapeTransform, apply_transform, feature_layout
+from gainx.attention.outputs import OutputSelector, select_scores
 from gainx.ops import class_attention, gradcam
 
 
@@ -59,19 +61,23 @@ def class_gradients(scores: Tensor, features: Tensor, index: Tensor, classes: Te
     return grads
 
 
-def class_evidence(scores: Tensor, features: Tensor, rows: Tensor, create_graph: bool) -> Tensor:
+def class_evidence(
+    scores: Tensor, output: Tensor, rows: Tensor, create_graph: bool, transform: ReshapeTransform | None = None
+) -> Tensor:
     """Signed Grad-CAM evidence ``E_c = sum_k GAP(d s_c / d f_k) f_k`` of every class (eq. 1-2 without the ReLU).
 
+    ``output`` is the captured target-layer output; ``transform`` maps it (and
+    its gradients) to ``(B, C, h, w)`` features f (:mod:`gainx.attention.layout`).
     Returns ``(G, C, h, w)`` for the images ``rows`` (sorted, unique), at the
     target layer's resolution; one backward pass per class.
     """
     num_classes = scores.shape[1]
     index = rows.repeat_interleave(num_classes)
     classes = torch.arange(num_classes, device=rows.device).repeat(rows.numel())
-    grads = class_gradients(scores, features, index, classes, create_graph=create_graph)
+    grads = apply_transform(class_gradients(scores, output, index, classes, create_graph=create_graph), transform)
     weights = grads.mean(dim=(2, 3)).view(rows.numel(), num_classes, -1)  # (G, C, channels)
     # contracted per image: no copy of the features per class
-    return torch.einsum("gkc,gchw->gkhw", weights, features.index_select(0, rows))
+    return torch.einsum("gkc,gchw->gkhw", weights, apply_transform(output.index_select(0, rows), transform))
 
 
 def select_classes(scores: Tensor, classes: Tensor | list | None, topk: int) -> Tensor:
@@ -95,22 +101,24 @@ def select_classes(scores: Tensor, classes: Tensor | list | None, topk: int) -> 
     return classes.long()
 
 
-_HEADS: WeakKeyDictionary[nn.Module, dict[tuple[int, bool], tuple[tuple[int, ...], nn.Linear | None]]] = (
-    WeakKeyDictionary()
-)
+_HEADS: WeakKeyDictionary[nn.Module, dict[tuple, tuple[tuple[int, ...], nn.Linear | None]]] = WeakKeyDictionary()
 
 
 def _linear_head(model: nn.Module, layer: nn.Module) -> nn.Linear | None:
-    """:func:`find_linear_head`, cached per model, layer and train/eval mode (it traces the model).
+    """:func:`find_linear_head`, cached per model, layer and train/eval mode of every submodule (it traces the model).
 
-    A hit also needs the same submodules as when it was traced: replacing one
+    The key holds each submodule's mode, not only the model's: a dropout
+    switched to train mode inside an eval model (MC dropout) makes the head
+    non-linear in the features, and the traced answer changes. A hit also
+    needs the same submodules as when it was traced: replacing one
     (``model.fc = nn.Linear(...)`` when fine-tuning, another pooling) traces again.
     """
     cache = _HEADS.setdefault(model, {})
-    key = (id(layer), model.training)
-    modules = tuple(id(m) for m in model.modules())
-    if key not in cache or cache[key][0] != modules:
-        cache[key] = (modules, find_linear_head(model, layer))
+    modules = list(model.modules())
+    key = (id(layer), tuple(m.training for m in modules))
+    ids = tuple(id(m) for m in modules)
+    if key not in cache or cache[key][0] != ids:
+        cache[key] = (ids, find_linear_head(model, layer))
     return cache[key][1]
 
 
@@ -123,6 +131,8 @@ def attention_maps(
     size: tuple[int, int] | None = None,
     create_graph: bool = False,
     analytic_head: bool = True,
+    reshape_transform: ReshapeTransform | None = None,
+    output: OutputSelector = None,
 ) -> tuple[Tensor, Tensor]:
     """Class scores and Grad-CAM maps of ``model`` at ``target_layer``.
 
@@ -142,32 +152,70 @@ def attention_maps(
             come from one batched product, no backward pass
             (:func:`gainx.ops.class_attention`). Other heads, or ``False``,
             take one backward pass per class rank.
+        reshape_transform: callable mapping the layer's output (and, separately,
+            its gradient) to ``(B, C, h, w)``, as in pytorch-grad-cam. ``None``
+            reads ``(B, C, h, w)`` maps, channels-last ``(B, h, w, C)`` maps and
+            ViT tokens ``(B, prefix + h w, D)`` from their shape
+            (:func:`gainx.attention.layout.feature_layout`).
+        output: where the scores are in what the model returns: a key or
+            attribute (``"logits"`` for Hugging Face models), a tuple index or a
+            callable (:mod:`gainx.attention.outputs`); ``None`` for a tensor.
 
     Returns:
         ``scores (B, C)`` and ``maps (B, K, H, W)`` in ``[0, 1]``.
 
     Maps are produced by the fused kernels of the ``gainx._C`` extension when
-    it is built (eager PyTorch otherwise). The model's train/eval mode is left
-    as it is; no hook outlives the call.
+    it is built (eager PyTorch otherwise). Works inside ``torch.no_grad()`` and
+    ``torch.inference_mode()``: the forward pass runs with what the maps need
+    enabled. The model's train/eval mode is left as it is; no hook outlives the call.
     """
     if images.dim() != 4:
         raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
     size = tuple(size) if size is not None else (images.shape[-2], images.shape[-1])
     layer = resolve_layer(model, target_layer)
-    head = _linear_head(model, layer) if analytic_head else None
-    with torch.set_grad_enabled(create_graph or head is None), capture_output(layer) as captured:
-        scores = model(images)
-        if scores.dim() != 2:
-            raise ValueError(f"model must return (B, num_classes) scores, got shape {tuple(scores.shape)}")
-        chosen = select_classes(scores, classes, topk)
-        features = captured.features
-        if head is not None:
-            maps = class_attention(features, head.weight.to(features.dtype), chosen, size)
-        else:
-            num_images, k = chosen.shape
-            index = torch.arange(num_images, device=scores.device).repeat_interleave(k)
-            grads = class_gradients(scores, features, index, chosen.reshape(-1), create_graph)
-            maps = gradcam(features.index_select(0, index), grads, size).reshape(num_images, k, *size)
+    head = _linear_head(model, layer) if analytic_head and reshape_transform is None else None
+    with torch.inference_mode(False):
+        if images.is_inference():  # made under inference_mode: autograd cannot save it
+            images = images.clone()
+        with torch.set_grad_enabled(create_graph or head is None), capture_output(layer) as captured:
+            scores = select_scores(model(images), output)
+            chosen = select_classes(scores, classes, topk)
+            if head is not None:  # a GAP + linear head pools dims (2, 3): the output is (B, C, h, w)
+                features = apply_transform(captured.features, None)
+                maps = class_attention(features, head.weight.to(features.dtype), chosen, size)
+            else:
+                maps = _gradient_maps(
+                    model, images, scores, captured.features, chosen, size, create_graph, reshape_transform
+                )
     if not create_graph:
         scores, maps = scores.detach(), maps.detach()
     return scores, maps
+
+
+def _gradient_maps(
+    model: nn.Module,
+    images: Tensor,
+    scores: Tensor,
+    output: Tensor,
+    chosen: Tensor,
+    size: tuple[int, int],
+    create_graph: bool,
+    reshape_transform: ReshapeTransform | None,
+) -> Tensor:
+    """Maps from one backward pass per class rank, in the layer's layout read by :func:`layer_transform`."""
+    transform = layer_transform(model, images, output, reshape_transform)
+    num_images, k = chosen.shape
+    index = torch.arange(num_images, device=scores.device).repeat_interleave(k)
+    grads = apply_transform(class_gradients(scores, output, index, chosen.reshape(-1), create_graph), transform)
+    features = apply_transform(output.index_select(0, index), transform)
+    return gradcam(features, grads, size).reshape(num_images, k, *size)
+
+
+def layer_transform(
+    model: nn.Module, images: Tensor, output: Tensor, reshape_transform: ReshapeTransform | None
+) -> ReshapeTransform | None:
+    """``reshape_transform`` if given, else the layout read off the output's shape (``None``: already (B, C, h, w))."""
+    if reshape_transform is not None:
+        return reshape_transform
+    prefix = getattr(model, "num_prefix_tokens", None)
+    return feature_layout(output, images.shape[-2:], prefix if isinstance(prefix, int) else None)

@@ -22,7 +22,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gainx.attention import capture_output, class_evidence, class_gradients, resolve_layer
+from gainx.attention import (
+    OutputSelector,
+    ReshapeTransform,
+    apply_transform,
+    capture_output,
+    class_evidence,
+    class_gradients,
+    layer_transform,
+    resolve_layer,
+    select_scores,
+)
 from gainx.losses.bn import frozen_bn_stats
 from gainx.losses.guidance import all_classes_loss, check_guidance, rrr_loss, signed_loss
 from gainx.losses.terms import AM_SCORES, attention_mining_loss, classification_loss, guidance_loss
@@ -73,6 +83,11 @@ class GAIN(nn.Module):
         backend: where attention -> mask -> erase runs (:mod:`gainx.ops.attention_erase`).
         guidance: the S_e loss of ``method="gainext"``: ``"paper"`` (eq. 7),
             ``"all_classes"``, ``"signed"`` or ``"rrr"`` (:mod:`gainx.losses.guidance`).
+        reshape_transform: maps the target layer's output (and its gradient)
+            to ``(B, C, h, w)``; ``None`` reads the layout off its shape
+            (as :func:`gainx.attention_maps`).
+        output: where the scores are in what the model returns (key, attribute,
+            index or callable; :mod:`gainx.attention.outputs`).
     """
 
     def __init__(
@@ -90,6 +105,8 @@ class GAIN(nn.Module):
         am_score: str = "auto",
         backend: str = "auto",
         guidance: str = "paper",
+        reshape_transform: ReshapeTransform | None = None,
+        output: OutputSelector = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -107,6 +124,8 @@ class GAIN(nn.Module):
         self.am_score = am_score
         self.backend = backend
         self.guidance = check_guidance(guidance)
+        self.reshape_transform = reshape_transform
+        self.output = output
 
     def forward(
         self,
@@ -133,17 +152,18 @@ class GAIN(nn.Module):
         if attend and self.method == "gainext" and self.guidance == "rrr":
             images = images.detach().requires_grad_(True)  # rrr differentiates the scores w.r.t. the input
         with capture_output(self.layer) as captured:
-            scores = self.model(images)
+            scores = select_scores(self.model(images), self.output)
         loss_cl = classification_loss(scores, labels, self.multilabel)
         zero = loss_cl.new_zeros(())
         if not attend:
             return GAINOutput(loss_cl, loss_cl, zero, zero, scores, pair_index, pair_class)
 
-        features = captured.features
-        grads = class_gradients(scores, features, pair_index, pair_class, create_graph=self.second_order)
+        layer_out = captured.features
+        transform = layer_transform(self.model, images, layer_out, self.reshape_transform)
+        grads = class_gradients(scores, layer_out, pair_index, pair_class, create_graph=self.second_order)
         pairs = attention_erase(
-            features.index_select(0, pair_index),
-            grads,
+            apply_transform(layer_out.index_select(0, pair_index), transform),
+            apply_transform(grads, transform),
             images,
             pair_index,
             sigma=self.sigma,
@@ -151,7 +171,7 @@ class GAIN(nn.Module):
             backend=self.backend,
         )
         with frozen_bn_stats(self.model, self.freeze_bn_am):
-            scores_am = self.model(pairs.erased)
+            scores_am = select_scores(self.model(pairs.erased), self.output)
         num_images = images.shape[0]
         loss_am = attention_mining_loss(scores_am, pair_index, pair_class, num_images, self.am_score, self.multilabel)
         loss_e = zero
@@ -160,7 +180,7 @@ class GAIN(nn.Module):
             if self.guidance == "paper":
                 loss_e = self._paper_guidance(pairs.cam, guide, guided, pair_index, pair_class, num_images)
             else:
-                loss_e = self._guidance_variant(images, labels, scores, features, guide, guided)
+                loss_e = self._guidance_variant(images, labels, scores, layer_out, transform, guide, guided)
         loss = loss_cl + self.alpha * loss_am
         if self.method == "gainext":
             loss = loss + self.omega_e * loss_e
@@ -180,7 +200,14 @@ class GAIN(nn.Module):
         return guidance_loss(maps, guide[idx, cls], idx, num_images)
 
     def _guidance_variant(
-        self, images: Tensor, labels: Tensor, scores: Tensor, features: Tensor, guide: Tensor, guided: Tensor
+        self,
+        images: Tensor,
+        labels: Tensor,
+        scores: Tensor,
+        layer_out: Tensor,
+        transform: ReshapeTransform | None,
+        guide: Tensor,
+        guided: Tensor,
     ) -> Tensor:
         """The non-paper guidance losses on the images that carry a guide (stream S_e)."""
         rows = torch.nonzero(guided).squeeze(1)
@@ -189,7 +216,7 @@ class GAIN(nn.Module):
         rows_guide = guide.index_select(0, rows)
         if self.guidance == "rrr":
             return rrr_loss(images, scores, rows, rows_guide, self.multilabel)
-        evidence = class_evidence(scores, features, rows, create_graph=self.second_order)
+        evidence = class_evidence(scores, layer_out, rows, create_graph=self.second_order, transform=transform)
         loss = all_classes_loss if self.guidance == "all_classes" else signed_loss
         return loss(evidence, rows_guide, labels.index_select(0, rows))
 

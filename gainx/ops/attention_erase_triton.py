@@ -7,7 +7,7 @@ gradients ``G`` (``(P, C, h, w)``) and images ``I`` (``(B, K, H, W)``, K = 3),
 * ``w_c = (1 / hw) sum_s G_cs``                                     (eq. 1)
 * ``A = ReLU(sum_c w_c F_c)``                                       (eq. 2)
 * ``lo, hi = min, max of up(A)`` (bilinear, align_corners=False, to H x W)
-* ``cam = (A - lo) / (hi - lo + eps)``, or 0 for a flat map
+* ``cam = (A - lo) / (hi - lo + eps |hi|)``, or 0 for a flat map
   (``hi - lo <= FLAT |hi|``, the reference's rule); ``N = up(cam)``
 * ``T = sigmoid(omega (N - sigma))``                                (eq. 4)
 * ``I* = I[index] - T * I[index]``, computed as ``I[index] (1 - T)``  (eq. 3)
@@ -134,9 +134,15 @@ def _is_flat(lo, hi):
 
 
 @triton.jit
+def _denominator(lo, hi, eps):
+    """``hi - lo + eps |hi|``: ``eps`` is relative to the peak (scale-invariant maps)."""
+    return hi - lo + eps * tl.abs(hi)
+
+
+@triton.jit
 def _normalize(raw, lo, hi, eps):
-    """``(raw - lo) / (hi - lo + eps)``, or zeros for a flat map."""
-    return tl.where(_is_flat(lo, hi), 0.0, (raw - lo) / (hi - lo + eps))
+    """``(raw - lo) / (hi - lo + eps |hi|)``, or zeros for a flat map."""
+    return tl.where(_is_flat(lo, hi), 0.0, (raw - lo) / _denominator(lo, hi, eps))
 
 
 @triton.jit
@@ -358,8 +364,8 @@ def _map_backward_kernel(
 ):
     """``dL/dS`` of pair ``p`` from ``dL/dcam`` (output gradient + upsampled partials).
 
-    With ``d = hi - lo + eps``: ``dcam/dA = 1/d``, ``dcam/dlo = (cam - 1)/d``,
-    ``dcam/dhi = -cam/d``; ``dlo/dA = R^T 1[up(A) = lo] / #ties`` (same for hi);
+    With ``d = hi - lo + eps |hi|`` (``hi >= 0`` after the ReLU): ``dcam/dA = 1/d``,
+    ``dcam/dlo = (cam - 1)/d``, ``dcam/dhi = -(1 + eps) cam/d``; ``dlo/dA = R^T 1[up(A) = lo] / #ties`` (same for hi);
     ``dA/dS = 1[S > 0]``. A flat map's ``cam`` is constant zero: ``dL/dS = 0``.
     """
     p = tl.program_id(0).to(tl.int64)
@@ -370,7 +376,7 @@ def _map_backward_kernel(
     raw = tl.maximum(s, 0.0)
     lo = tl.load(stats_ptr + 2 * p)
     hi = tl.load(stats_ptr + 2 * p + 1)
-    d = hi - lo + eps
+    d = _denominator(lo, hi, eps)
     cam = tl.where(inside, (raw - lo) / d, 0.0)
     gc = tl.load(gcam_ptr + p * sc_p + i * sc_h + j * sc_w, mask=inside, other=0.0).to(s.dtype)
     for t in range(n_tiles):
@@ -392,7 +398,7 @@ def _map_backward_kernel(
             if tl.max(tl.max(at_hi, axis=1), axis=0) > 0:
                 tie_hi += _upsample_adjoint(at_hi, rh, rw)
     d_lo = tl.sum(tl.sum(gc * (cam - 1.0), axis=1), axis=0) / d
-    d_hi = -tl.sum(tl.sum(gc * cam, axis=1), axis=0) / d
+    d_hi = -(1.0 + eps) * tl.sum(tl.sum(gc * cam, axis=1), axis=0) / d
     d_lo = d_lo / tl.sum(tl.sum(n_lo, axis=1), axis=0)
     d_hi = d_hi / tl.sum(tl.sum(n_hi, axis=1), axis=0)
     draw = gc / d + d_lo * tie_lo + d_hi * tie_hi

@@ -9,15 +9,18 @@ quantities and are tested against these functions. One row ("pair") per
 * attention    ``A = ReLU(sum_k w_k F_k)`` at feature resolution   (eq. 2)
 * the map is bilinearly upsampled to the image size (``align_corners=False``)
   and min-max normalized per pair with the statistics of the *upsampled* map:
-  ``N = (up(A) - min) / (max - min + eps)``; a map whose range is below
+  ``N = (up(A) - min) / (max - min + eps |max|)``; a map whose range is below
   ``FLAT = 1e-5`` of its maximum (constant up to rounding noise of the
-  interpolation) gives zeros, never NaN or amplified noise.
+  interpolation) gives zeros, never NaN or amplified noise. ``eps`` is relative
+  to the map's maximum, so ``N`` does not depend on the scale of the scores
+  (``s A`` and ``A`` give the same map for any ``s > 0``): a map whose raw peak
+  is 1e-8 (freshly initialized networks) normalizes like one whose peak is 1.
 
 The soft mask and erase step built on these maps (eq. 3-4) are in
 :mod:`gainx.ops.attention_erase`.
 
 Because bilinear upsampling is linear and preserves constants, the normalized
-low-resolution map ``cam = (A - min) / (max - min + eps)`` satisfies
+low-resolution map ``cam = (A - min) / (max - min + eps |max|)`` satisfies
 ``up(cam) == N`` exactly; the attention-mining step returns ``cam`` (small) and
 callers upsample it only where a full-resolution map is needed (L_e, display).
 """
@@ -48,14 +51,17 @@ def gradcam_raw(features: Tensor, grads: Tensor) -> Tensor:
 def normalize_cam(cam: Tensor, size: tuple[int, int], eps: float = EPS) -> Tensor:
     """Min-max normalize ``(P, h, w)`` maps by the range of their upsampled version.
 
-    Flat maps (range <= FLAT x max, see the module docstring) become zeros.
+    ``(cam - lo) / (hi - lo + eps |hi|)`` with ``lo, hi`` the min and max of the
+    upsampled map (``eps`` relative: scale-invariant). Flat maps
+    (range <= FLAT x max, see the module docstring) become zeros, with zero gradient.
     """
     up = upsample(cam, size)
     lo = up.amin(dim=(-2, -1), keepdim=True)
     hi = up.amax(dim=(-2, -1), keepdim=True)
     span = hi - lo
     flat = span <= FLAT * hi.abs()
-    return torch.where(flat, torch.zeros_like(cam), (cam - lo) / (span + eps))
+    denom = torch.where(flat, torch.ones_like(span), span + eps * hi.abs())  # no 0/0 in the unused branch
+    return torch.where(flat, torch.zeros_like(cam), (cam - lo) / denom)
 
 
 def weighted_maps(weights: Tensor, features: Tensor, size: tuple[int, int], eps: float = EPS) -> Tensor:

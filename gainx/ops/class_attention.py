@@ -6,7 +6,8 @@ Both ops produce, per map, the normalized attention of
 * ``A = ReLU(sum_k w_k F_k)`` at feature resolution (eq. 2), with Grad-CAM
   weights ``w = GAP(G)`` (eq. 1);
 * ``U = up(A)``, bilinear, ``align_corners=False``;
-* ``Y = (U - min U) / (max U - min U + eps)`` (a constant map gives zeros).
+* ``Y = (U - min U) / (max U - min U + eps |max U|)`` (``eps`` relative to the
+  peak, so maps do not depend on the scale of the scores; a constant map gives zeros).
 
 :func:`gradcam` takes features and gradients. :func:`class_attention` serves
 a GAP + linear head (see :func:`gainx.attention.head.find_linear_head`): the

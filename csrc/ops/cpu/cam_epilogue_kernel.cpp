@@ -1,6 +1,6 @@
 // CPU kernels of gainx::class_attention and gainx::gradcam: the product runs
 // through ATen (bmm, see cam_common.h); this file holds the fused epilogue
-//   Y = (U - min U) / (max U - min U + eps),  U = bilinear_up(ReLU(S))
+//   Y = (U - min U) / (max U - min U + eps |max U|),  U = bilinear_up(ReLU(S))
 // (zeros for a flat map, see cam_common.h),
 // parallelized over maps with at::parallel_for and vectorized with at::vec.
 //
@@ -181,7 +181,7 @@ void cam_epilogue_cpu_impl(const at::Tensor& scores, at::Tensor& out, double eps
         std::fill(o, o + H * W, scalar_t(0));
         continue;
       }
-      const opmath_t denom = hi - lo + static_cast<opmath_t>(eps);
+      const opmath_t denom = norm_denominator(lo, hi, eps);
       for (opmath_t& v : rows) {
         v = (v - lo) / denom;
       }

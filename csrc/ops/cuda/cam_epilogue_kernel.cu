@@ -4,7 +4,7 @@
 //   pass 1: every thread samples U = bilinear_up(ReLU(S)) at its pixels
 //           (align_corners = false, indices as ATen's upsample_bilinear2d) and
 //           keeps a running min / max; block reduction (warp shuffles);
-//   pass 2: every thread writes (U - min) / (max - min + eps), coalesced
+//   pass 2: every thread writes (U - min) / (max - min + eps |max|), coalesced
 //           (zeros for a flat map, see cam_common.h).
 // The low-resolution map (h*w values, const __restrict__) stays in cache.
 #include "../cam_common.h"
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kThreads) cam_epilogue_kernel(const scalar_t* 
     }
     return;
   }
-  const opmath_t denom = hi - lo + static_cast<opmath_t>(eps);
+  const opmath_t denom = norm_denominator(lo, hi, eps);
   for (int64_t p = threadIdx.x; p < HW; p += kThreads) {
     o[p] = static_cast<scalar_t>((sample(a, p, w, h, W, scale_h, scale_w) - lo) / denom);
   }
