@@ -12,6 +12,11 @@
     traced with ``make_fx`` into ordinary ATen ops (no backward in ONNX needed);
 * ``A_c = ReLU(sum_k w_ck F_k)`` (eq. 2), min-max normalized by the range of its
   bilinear upsampling to the image and upsampled (:mod:`gainx.ops.cam`).
+
+A target layer whose output is not ``(N, C, h, w)`` (channels-last Swin
+stages, ViT tokens) goes through a reshape transform ``T``
+(:mod:`gainx.attention.layout`), applied to F and, separately, to its
+gradient: ``w_ck = GAP_ij(T(d s_c / d F))_k``, ``A_c = ReLU(sum_k w_ck T(F)_k)``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gainx.attention.head import find_linear_head
+from gainx.attention.layout import ReshapeTransform, apply_transform, feature_layout
 from gainx.export.decomp import export_decompositions
 from gainx.export.errors import first_line
 from gainx.export.split import split_at_layer
@@ -41,8 +47,10 @@ def one_hot(classes: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
     return (classes.unsqueeze(-1) == torch.arange(num_classes, device=classes.device)).to(dtype)
 
 
-def head_vjp_attention(head: nn.Module, num_classes: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
-    """``(F, class_ids) -> (scores, classes, w)`` with ``w[n, k] = GAP(d s_{c_nk} / d F_n)``.
+def head_vjp_attention(
+    head: nn.Module, num_classes: int, transform: ReshapeTransform | None = None
+) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """``(F, class_ids) -> (scores, classes, w)`` with ``w[n, k] = GAP(T(d s_{c_nk} / d F_n))``.
 
     F is repeated K times so that one head forward and one pullback with
     ``(N K, C)`` one-hot cotangents give all K gradients (rows are independent
@@ -56,12 +64,15 @@ def head_vjp_attention(head: nn.Module, num_classes: int) -> Callable[[Tensor, T
         scores = scores_rep.reshape(n, k, -1)[:, 0]
         classes = requested_or_topk(scores, class_ids)
         (grads,) = pullback(one_hot(classes.reshape(-1), num_classes, scores_rep.dtype))
+        grads = grads if transform is None else transform(grads)
         return scores, classes, grads.mean(dim=(2, 3)).reshape(n, k, -1)
 
     return attention
 
 
-def trace_head_vjp(head: nn.Module, features: Tensor, num_classes: int) -> nn.Module:
+def trace_head_vjp(
+    head: nn.Module, features: Tensor, num_classes: int, transform: ReshapeTransform | None = None
+) -> nn.Module:
     """Trace :func:`head_vjp_attention` into a ``GraphModule`` of plain ATen ops.
 
     Symbolic tracing without duck shaping keeps N, K, h and w independent
@@ -74,7 +85,7 @@ def trace_head_vjp(head: nn.Module, features: Tensor, num_classes: int) -> nn.Mo
     try:
         with fx_config.patch(use_duck_shape=False), torch.no_grad():
             return make_fx(
-                head_vjp_attention(head, num_classes),
+                head_vjp_attention(head, num_classes, transform),
                 decomposition_table=export_decompositions(),
                 tracing_mode="symbolic",
                 _allow_non_fake_inputs=True,
@@ -114,10 +125,12 @@ class AttentionGraph(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         dtype: torch.dtype = torch.float32,
+        transform: ReshapeTransform | None = None,
     ) -> None:
         super().__init__()
         self.body = body
         self.head_attention = head_attention
+        self.transform = transform
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.dtype = dtype
@@ -126,7 +139,8 @@ class AttentionGraph(nn.Module):
         x = ((images - self.mean) / self.std).to(self.dtype)
         features = self.body(x)
         scores, classes, weights = self.head_attention(features, class_ids)
-        attention = weighted_maps(weights, features, (images.shape[-2], images.shape[-1]))
+        maps = features if self.transform is None else self.transform(features)
+        attention = weighted_maps(weights, maps, (images.shape[-2], images.shape[-1]))
         return scores.float(), classes, attention.float()
 
 
@@ -138,19 +152,28 @@ def build_attention_graph(
     std: Sequence[float],
     example_images: Tensor,
     dtype: torch.dtype = torch.float32,
+    reshape_transform: ReshapeTransform | None = None,
 ) -> AttentionGraph:
     """Split ``model`` (eval mode) at ``target_layer`` and assemble its :class:`AttentionGraph`.
 
-    ``example_images`` (N >= 2, normalized or not) only fix the feature shape
-    used to trace a non-linear head.
+    ``example_images`` (N >= 2, normalized or not) fix the feature shape used
+    to trace a non-linear head and to read the layout of the target layer's
+    output when ``reshape_transform`` is ``None``
+    (:func:`gainx.attention.layout.feature_layout`).
     """
     model = copy.deepcopy(model).eval().to(dtype)  # the caller's model keeps its mode and dtype
     body, head = split_at_layer(model, target_layer)
-    linear = find_linear_head(model, target_layer)
+    with torch.no_grad():
+        features = body(example_images.to(dtype))
+    transform = reshape_transform
+    if transform is None:
+        prefix = getattr(model, "num_prefix_tokens", None)
+        transform = feature_layout(features, example_images.shape[-2:], prefix if isinstance(prefix, int) else None)
+    if transform is not None:
+        apply_transform(features, transform)  # clear error for a transform that does not give (N, C, h, w)
+    linear = find_linear_head(model, target_layer) if transform is None else None
     if linear is not None:
         head_attention: nn.Module = LinearHeadAttention(head, linear)
     else:
-        with torch.no_grad():
-            features = body(example_images.to(dtype))
-        head_attention = trace_head_vjp(head, features, num_classes)
-    return AttentionGraph(body, head_attention, mean, std, dtype).eval()
+        head_attention = trace_head_vjp(head, features, num_classes, transform)
+    return AttentionGraph(body, head_attention, mean, std, dtype, transform).eval()

@@ -13,7 +13,7 @@ import copy
 import json
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from gainx.export.errors import first_line
 from gainx.export.graph import AttentionGraph, build_attention_graph
-from gainx.export.preflight import accepts_other_sizes, check_differentiable
+from gainx.export.preflight import accepts_other_sizes, check_differentiable, check_spatial_evidence
 from gainx.export.verify import (
     FP16_ATOL,
     FP32_ATOL,
@@ -121,6 +121,7 @@ def export_onnx(
     std: Sequence[float] | None = None,
     verify: bool = True,
     verify_images: str | Path | None = None,
+    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Path:
     """Export an attention-producing classifier to ``out`` (atomic) and return the path.
 
@@ -135,7 +136,11 @@ def export_onnx(
     1e-4, scores within 1e-4 relative to the largest score; 5e-2 for fp16) and
     :class:`ExportVerificationError` is raised without writing anything when it
     fails. ``ValueError`` names the cause when the model cannot be split,
-    differentiated or converted.
+    differentiated or converted. ``reshape_transform`` maps the target layer's
+    output to ``(N, C, h, w)`` as in :func:`gainx.attention_maps` (``None``:
+    read channels-last maps and ViT tokens off the shape); it must be
+    traceable (permute, reshape, slicing), and a transform with sizes fixed at
+    ``image_size`` gives a fixed-size export.
     """
 
     overrides = {
@@ -158,7 +163,10 @@ def export_onnx(
     _check_args(meta, num_classes, topk)
     dtype = torch.float16 if fp16 else torch.float32
     check_differentiable(model, meta["target_layer"], example)
-    graph = build_attention_graph(model, meta["target_layer"], num_classes, meta["mean"], meta["std"], example, dtype)
+    graph = build_attention_graph(
+        model, meta["target_layer"], num_classes, meta["mean"], meta["std"], example, dtype, reshape_transform
+    )
+    check_spatial_evidence(graph, example, meta["target_layer"])
     own = (
         []
         if verify_images is None
@@ -185,6 +193,7 @@ def export_onnx(
                 meta["std"],
                 default_cases(size, num_classes, topk, dynamic_hw) + own,
                 atol=FP16_ATOL if fp16 else FP32_ATOL,
+                reshape_transform=graph.transform,
             )
         except ExportVerificationError as exc:
             if not dynamic_hw:

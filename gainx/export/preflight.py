@@ -40,6 +40,25 @@ def check_differentiable(model: nn.Module, target_layer: str, example: Tensor) -
         )
 
 
+def check_spatial_evidence(graph: nn.Module, example: Tensor, target_layer: str) -> None:
+    """Raise ``ValueError`` when every Grad-CAM weight of ``graph`` (an ``AttentionGraph``) is zero on ``example``.
+
+    That happens when the scores depend on F but not on its spatial positions:
+    after a ViT's last block only the class token reaches the head, so the
+    gradients of the patch tokens, hence all maps, are zero.
+    """
+    with torch.no_grad():
+        features = graph.body(((example - graph.mean) / graph.std).to(graph.dtype))
+        ids = torch.full((example.shape[0], 1), -1, dtype=torch.long)
+        weights = graph.head_attention(features, ids)[2]
+    if not bool(weights.abs().amax() > 0):
+        raise ValueError(
+            f"the scores do not depend on the spatial positions of {target_layer!r}'s output: every Grad-CAM "
+            f"weight is zero (e.g. after a ViT's last block only the class token reaches the head); choose a "
+            f"layer whose positions feed the scores"
+        )
+
+
 def accepts_other_sizes(model: nn.Module, image_size: Sequence[int]) -> bool:
     """Whether the model runs at another image size (no H, W baked in, e.g. by flatten -> linear)."""
     try:

@@ -38,14 +38,23 @@ def _ancestors(node: fx.Node) -> set[fx.Node]:
 
 
 def _describe(node: fx.Node) -> str:
-    """A node in the user's terms: a module path, the model input, or the operation."""
+    """A node in the user's terms: a module path, the model input, or the operation and the module it follows."""
     if node.op == "call_module":
         return f"the output of module {node.target!r}"
     if node.op == "placeholder":
         return f"the model input {node.target!r}"
     if node.op == "call_function" and node.target is getattr:
         return f"`.{node.args[1]}`"
-    return f"`{getattr(node.target, '__name__', node.target)}`"
+    name = f"`{getattr(node.target, '__name__', node.target)}`"
+    stack, seen = list(node.all_input_nodes), set()
+    while stack:  # the nearest module or input it is computed from
+        source = stack.pop(0)
+        if source.op in ("call_module", "placeholder"):
+            return f"{name} on {_describe(source)}"
+        if source not in seen:
+            seen.add(source)
+            stack.extend(source.all_input_nodes)
+    return name
 
 
 def _reader(node: fx.Node) -> str:

@@ -16,7 +16,7 @@ scores tied within the score tolerance.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +99,7 @@ def verify_onnx(
     std: Sequence[float],
     cases: Sequence[VerifyCase],
     atol: float = FP32_ATOL,
+    reshape_transform: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """Raise :class:`ExportVerificationError` unless ``model_bytes`` matches ``model``.
 
@@ -128,7 +129,9 @@ def verify_onnx(
         except Exception as exc:
             raise ExportVerificationError(f"ONNX Runtime failed on {case.name}: {exc}") from exc
         ids = torch.from_numpy(classes)
-        ref_scores, ref_maps = attention_maps(model, (case.images - m) / s, target_layer, classes=ids)
+        ref_scores, ref_maps = attention_maps(
+            model, (case.images - m) / s, target_layer, classes=ids, reshape_transform=reshape_transform
+        )
         tol = {"scores": atol * max(float(ref_scores.abs().max()), 1.0), "attention": atol}
         if case.class_ids is None:
             k = ids.shape[1]
