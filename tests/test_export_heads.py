@@ -188,3 +188,22 @@ def test_score_tolerance_is_relative_to_the_largest_score(tmp_path: Path, monkey
     monkeypatch.setattr(onnx_export, "build_attention_graph", off_by_a_thousandth)
     with pytest.raises(ExportVerificationError, match="scores differ from PyTorch"):
         _export(model, tmp_path / "off.onnx", "features", (16, 16))
+
+
+class _InPlaceAfterTarget(nn.Module):
+    """DenseNet-like: ``F.relu(features, inplace=True)`` right after the target layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.nn.functional.relu(self.features(x), inplace=True).mean((2, 3)))
+
+
+def test_in_place_op_after_the_target_layer(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _InPlaceAfterTarget().eval()
+    session = _export(model, tmp_path / "inplace.onnx", "features", (16, 16))
+    _assert_parity(session, model, "features", torch.rand(2, 3, 16, 16))

@@ -60,7 +60,7 @@ def head_vjp_attention(
     def attention(features: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n, k = features.shape[0], class_ids.shape[1]
         rep = features.unsqueeze(1).expand(n, k, *features.shape[1:]).reshape(n * k, *features.shape[1:])
-        scores_rep, pullback = torch.func.vjp(head, rep)
+        scores_rep, pullback = torch.func.vjp(lambda f: head(f.clone()), rep)  # the head may work in place
         scores = scores_rep.reshape(n, k, -1)[:, 0]
         classes = requested_or_topk(scores, class_ids)
         (grads,) = pullback(one_hot(classes.reshape(-1), num_classes, scores_rep.dtype))
@@ -138,7 +138,7 @@ class AttentionGraph(nn.Module):
     def forward(self, images: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x = ((images - self.mean) / self.std).to(self.dtype)
         features = self.body(x)
-        scores, classes, weights = self.head_attention(features, class_ids)
+        scores, classes, weights = self.head_attention(features.clone(), class_ids)  # keeps F if the head is in place
         maps = features if self.transform is None else self.transform(features)
         attention = weighted_maps(weights, maps, (images.shape[-2], images.shape[-1]))
         return scores.float(), classes, attention.float()

@@ -21,9 +21,8 @@ def check_differentiable(model: nn.Module, target_layer: str, example: Tensor) -
     captured: list[Tensor] = []
 
     def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
-        output = output.detach().requires_grad_(True)
-        captured.append(output)
-        return output
+        captured.append(output.detach().requires_grad_(True))
+        return captured[-1].clone()  # not the leaf: the network may continue in place (DenseNet's ReLU)
 
     handle = resolve_layer(model, target_layer).register_forward_hook(hook)
     try:
