@@ -141,7 +141,8 @@ class AttentionGraph(nn.Module):
         scores, classes, weights = self.head_attention(features.clone(), class_ids)  # keeps F if the head is in place
         maps = features if self.transform is None else self.transform(features)
         attention = weighted_maps(weights, maps, (images.shape[-2], images.shape[-1]))
-        return scores.float(), classes, attention.float()
+        # [0, 1] exactly: ONNX Runtime's Resize can round a map's minimum a few 1e-10 below the low-resolution one
+        return scores.float(), classes, attention.float().clamp(0, 1)
 
 
 def build_attention_graph(
