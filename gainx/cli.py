@@ -14,8 +14,9 @@ from gainx.training.config import TrainConfig
 TRAIN_HELP = {
     "data": "data set root (CSV manifest folder or Pascal VOC 2012)",
     "out": "run folder: checkpoints (last.pt, best.pt), metrics.csv, tensorboard/",
-    "arch": "classifier architecture",
-    "target_layer": "module path of the attention layer (default: the arch's)",
+    "arch": "classifier: a built-in name (gainx.models.ARCHS), timm:<name> or package.module:factory",
+    "model_kwargs": "JSON object of keyword arguments for a timm: or package.module:factory model",
+    "target_layer": "module path of the attention layer (default: the arch's, or the last feature map of the model)",
     "method": "baseline (L_cl) | gain (eq. 6) | gainext (eq. 8)",
     "epochs": "epochs to train (with --resume: the new total)",
     "batch_size": "images per step (per process under torchrun)",
@@ -65,13 +66,11 @@ def _train_choices() -> dict[str, list[str]]:
     from gainx.losses import METHODS
     from gainx.losses.guidance import GUIDANCES
     from gainx.losses.terms import AM_SCORES
-    from gainx.models.registry import ARCHS
     from gainx.ops.attention_erase import available_backends
     from gainx.training.schedule import SCHEDULERS
     from gainx.training.trainer import OPTIMIZERS
 
     return {
-        "arch": list(ARCHS),
         "method": list(METHODS),
         "optimizer": list(OPTIMIZERS),
         "scheduler": list(SCHEDULERS),
@@ -81,17 +80,29 @@ def _train_choices() -> dict[str, list[str]]:
     }
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"num_classes\": 5}}', got {text!r}")
+    return value
+
+
 def _add_train_args(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (``--batch-size`` for ``batch_size``)."""
+    """One flag per TrainConfig field (``--batch-size`` for ``batch_size``); ``--model`` also sets ``arch``."""
     choices = _train_choices()
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-")] + (["--model"] if f.name == "arch" else [])
         help_text = TRAIN_HELP[f.name]
-        if f.default is MISSING:
-            parser.add_argument(flag, dest=f.name, required=True, help=help_text)
+        if f.default_factory is not MISSING:  # model_kwargs
+            parser.add_argument(*flags, dest=f.name, type=_json_object, default=f.default_factory(), help=help_text)
+        elif f.default is MISSING:
+            parser.add_argument(*flags, dest=f.name, required=True, help=help_text)
         elif isinstance(f.default, bool):
             parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
             )
         else:
             kind = {"int | None": int, "float": float, "int": int}.get(str(f.type), str)
@@ -100,7 +111,7 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
             if allowed and len(",".join(allowed)) > 40:  # a long set is listed in the help, not in the usage line
                 metavar, help_text = f.name.upper(), f"{help_text}: {', '.join(allowed)}"
             parser.add_argument(
-                flag, dest=f.name, type=kind, default=f.default, choices=allowed, metavar=metavar, help=help_text
+                *flags, dest=f.name, type=kind, default=f.default, choices=allowed, metavar=metavar, help=help_text
             )
 
 

@@ -7,15 +7,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gainx.export.decomp import adaptive_avg_pool2d_backward, pooling_matrix
+from gainx.export.decomp import adaptive_avg_pool2d_backward, convolution_backward, pooling_matrix
 from gainx.export.split import split_at_layer
 from gainx.models import build_model
 
 
 def test_split_refuses_layer_bypassed_by_a_skip_connection() -> None:
     model = build_model("resnet18", 3).eval()
-    with pytest.raises(ValueError, match="choose a target layer that separates"):
+    with pytest.raises(
+        ValueError,
+        match="read the output of module .layer3.1.relu. \\(in module .layer4.0.downsample.0.\\), computed before it",
+    ):
         split_at_layer(model, "layer4.0.conv1")  # the block's residual reads the block input
+
+
+def test_split_names_the_attribute_read_from_the_body() -> None:
+    class SizeFromInput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).mean((2, 3)) * x.shape[-1]
+
+    with pytest.raises(ValueError, match="read the model input .x. \\(in `.shape`\\)"):
+        split_at_layer(SizeFromInput(), "conv")
+
+
+class _CheckedStages(nn.Module):
+    """Shape checks on a body tensor (as timm's BatchNormAct2d does) that nothing after the target layer uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.stage = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stem = self.stem(x)
+        torch._assert(stem.ndim == 4, "expected 4D input")
+        return self.fc(self.stage(stem).mean((2, 3)))
+
+
+def test_split_drops_unused_shape_checks_on_the_body() -> None:
+    model = _CheckedStages().eval()
+    body, head = split_at_layer(model, "stage")
+    x = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(head(body(x)), model(x))
+    assert not [n for n in head.graph.nodes if n.target is torch._assert]
 
 
 def test_split_unknown_layer_names_it() -> None:
@@ -57,3 +96,32 @@ def test_adaptive_avg_pool2d_backward_matches_autograd(
     (expected,) = torch.autograd.grad(y, x, g)
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     torch.testing.assert_close(adaptive_avg_pool2d_backward(g, x.detach()), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "padding", "dilation", "groups"),
+    [((14, 21), 3, 2, 1, 1, 2), ((15, 11), 3, 2, 1, 1, 1), ((9, 9), 5, 3, 2, 2, 1), ((7, 8), 1, 1, 0, 1, 1)],
+)
+def test_convolution_backward_matches_autograd(
+    size: tuple[int, int], kernel: int, stride: int, padding: int, dilation: int, groups: int
+) -> None:
+    conv = nn.Conv2d(4, 6, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups).double()
+    x = torch.randn(2, 4, *size, dtype=torch.float64, requires_grad=True)
+    y = conv(x)
+    g = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, g)
+    got, grad_weight, grad_bias = convolution_backward(
+        g,
+        x.detach(),
+        conv.weight.detach(),
+        None,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        False,
+        [0, 0],
+        groups,
+        [True, False, False],
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert grad_weight is None and grad_bias is None

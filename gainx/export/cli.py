@@ -17,6 +17,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         opset=args.opset,
         fp16=args.fp16,
         verify=not args.no_verify,
+        verify_images=args.verify_images,
     )
     print(f"onnx: {path}")
     if args.triton_repo:
@@ -44,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--fp16", action="store_true", help="half-precision graph (fp32 inputs/outputs)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.add_argument(
+        "--verify-images", default=None, metavar="DIR", help="also verify on (up to 8 of) the images in this folder"
+    )
     p.add_argument("--triton-repo", default=None, help="also write a Triton Inference Server model repository here")
     p.add_argument("--triton-model-name", default="gainx_attention")
     p.add_argument("--triton-max-batch-size", type=int, default=32)

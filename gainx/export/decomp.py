@@ -1,14 +1,28 @@
 """Decompositions used when tracing a head's vector-Jacobian product for ONNX.
 
-``aten._adaptive_avg_pool2d_backward`` has no ONNX lowering. Adaptive average
-pooling is linear: with the pooling matrices ``P_h`` (out_h, h) and ``P_w``
+Adaptive average pooling: ONNX has no lowering of its backward, and its forward
+is exported as a fixed-kernel ``AveragePool`` valid only at the traced size.
+It is linear: with the pooling matrices ``P_h`` (out_h, h) and ``P_w``
 (out_w, w), where row ``i`` averages input positions
 ``[floor(i n / o), ceil((i + 1) n / o))``, ``y = P_h x P_w^T`` and its
 vector-Jacobian product is ``dx = P_h^T dy P_w``: matmuls built from ``arange``,
 valid for symbolic sizes (dynamic H, W).
+
+Convolution: ``aten.convolution_backward`` has no ONNX lowering. For
+``y = conv(x, W)`` along an axis of length n (stride s, padding p, dilation
+d, kernel k, groups g, o outputs), the transposed convolution of ``dy`` with
+the same ``W``, s, d, g and no padding gives the gradient of the zero-padded
+input at positions ``[0, L)``, ``L = (o - 1) s + d (k - 1) + 1``; ``dx`` is
+its window ``[p, p + n)``, zero where ``p + n > L`` (inputs no window
+reached). One pad with ``(-p, n + p - L)`` (negative: crop) takes it, for
+symbolic sizes too. Only the input gradient is decomposed (the traced VJP
+is taken with respect to the features, not the weights).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,10 +45,46 @@ def adaptive_avg_pool2d_backward(grad_output: Tensor, self: Tensor) -> Tensor:
     return torch.matmul(torch.matmul(p_h.t(), grad_output), p_w)
 
 
+def adaptive_avg_pool2d(self: Tensor, output_size: Sequence[int]) -> Tensor:
+    """``y = P_h x P_w^T`` (see module docstring)."""
+    p_h = pooling_matrix(self.shape[-2], output_size[0], self.dtype, self.device)
+    p_w = pooling_matrix(self.shape[-1], output_size[1], self.dtype, self.device)
+    return torch.matmul(torch.matmul(p_h, self), p_w.t())
+
+
+def convolution_backward(
+    grad_output: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    bias_sizes: Sequence[int] | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    transposed: bool,
+    output_padding: Sequence[int],
+    groups: int,
+    output_mask: Sequence[bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None] | Any:
+    """Input gradient of a (non-transposed) convolution as a transposed convolution (module docstring)."""
+    if transposed or output_mask[1] or output_mask[2] or not output_mask[0]:
+        return NotImplemented  # weight / bias gradients, transposed convolutions: not needed for the head VJP
+    spatial = range(2, input.dim())
+    zeros = [0] * len(spatial)
+    full = torch.ops.aten.convolution(grad_output, weight, None, stride, zeros, dilation, True, zeros, groups)
+    pads = []
+    for i in reversed(spatial):  # F.pad order: last dim first
+        p = padding[i - 2]
+        pads += [-p, input.shape[i] + p - full.shape[i]]
+    return torch.nn.functional.pad(full, pads), None, None
+
+
 def export_decompositions() -> dict:
     """Core ATen decompositions plus the ones above (for ``make_fx``)."""
     from torch._decomp import core_aten_decompositions
 
+    aten = torch.ops.aten
     table = dict(core_aten_decompositions())
-    table[torch.ops.aten._adaptive_avg_pool2d_backward.default] = adaptive_avg_pool2d_backward
+    table[aten._adaptive_avg_pool2d.default] = adaptive_avg_pool2d
+    table[aten._adaptive_avg_pool2d_backward.default] = adaptive_avg_pool2d_backward
+    table[aten.convolution_backward.default] = convolution_backward
     return table

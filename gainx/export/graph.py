@@ -12,6 +12,11 @@
     traced with ``make_fx`` into ordinary ATen ops (no backward in ONNX needed);
 * ``A_c = ReLU(sum_k w_ck F_k)`` (eq. 2), min-max normalized by the range of its
   bilinear upsampling to the image and upsampled (:mod:`gainx.ops.cam`).
+
+A target layer whose output is not ``(N, C, h, w)`` (channels-last Swin
+stages, ViT tokens) goes through a reshape transform ``T``
+(:mod:`gainx.attention.layout`), applied to F and, separately, to its
+gradient: ``w_ck = GAP_ij(T(d s_c / d F))_k``, ``A_c = ReLU(sum_k w_ck T(F)_k)``.
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ import copy
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gainx.attention.head import find_linear_head
+from gainx.attention.layout import ReshapeTransform, apply_transform, feature_layout
 from gainx.export.decomp import export_decompositions
+from gainx.export.errors import first_line
 from gainx.export.split import split_at_layer
 from gainx.ops import weighted_maps
 
@@ -39,8 +47,10 @@ def one_hot(classes: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
     return (classes.unsqueeze(-1) == torch.arange(num_classes, device=classes.device)).to(dtype)
 
 
-def head_vjp_attention(head: nn.Module, num_classes: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
-    """``(F, class_ids) -> (scores, classes, w)`` with ``w[n, k] = GAP(d s_{c_nk} / d F_n)``.
+def head_vjp_attention(
+    head: nn.Module, num_classes: int, transform: ReshapeTransform | None = None
+) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """``(F, class_ids) -> (scores, classes, w)`` with ``w[n, k] = GAP(T(d s_{c_nk} / d F_n))``.
 
     F is repeated K times so that one head forward and one pullback with
     ``(N K, C)`` one-hot cotangents give all K gradients (rows are independent
@@ -50,16 +60,19 @@ def head_vjp_attention(head: nn.Module, num_classes: int) -> Callable[[Tensor, T
     def attention(features: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n, k = features.shape[0], class_ids.shape[1]
         rep = features.unsqueeze(1).expand(n, k, *features.shape[1:]).reshape(n * k, *features.shape[1:])
-        scores_rep, pullback = torch.func.vjp(head, rep)
+        scores_rep, pullback = torch.func.vjp(lambda f: head(f.clone()), rep)  # the head may work in place
         scores = scores_rep.reshape(n, k, -1)[:, 0]
         classes = requested_or_topk(scores, class_ids)
         (grads,) = pullback(one_hot(classes.reshape(-1), num_classes, scores_rep.dtype))
+        grads = grads if transform is None else transform(grads)
         return scores, classes, grads.mean(dim=(2, 3)).reshape(n, k, -1)
 
     return attention
 
 
-def trace_head_vjp(head: nn.Module, features: Tensor, num_classes: int) -> nn.Module:
+def trace_head_vjp(
+    head: nn.Module, features: Tensor, num_classes: int, transform: ReshapeTransform | None = None
+) -> nn.Module:
     """Trace :func:`head_vjp_attention` into a ``GraphModule`` of plain ATen ops.
 
     Symbolic tracing without duck shaping keeps N, K, h and w independent
@@ -69,28 +82,37 @@ def trace_head_vjp(head: nn.Module, features: Tensor, num_classes: int) -> nn.Mo
     from torch.fx.experimental.proxy_tensor import make_fx
 
     example_ids = torch.full((features.shape[0], 2), -1, dtype=torch.long)
-    with fx_config.patch(use_duck_shape=False), torch.no_grad():
-        return make_fx(
-            head_vjp_attention(head, num_classes),
-            decomposition_table=export_decompositions(),
-            tracing_mode="symbolic",
-            _allow_non_fake_inputs=True,
-        )(features, example_ids)
+    try:
+        with fx_config.patch(use_duck_shape=False), torch.no_grad():
+            return make_fx(
+                head_vjp_attention(head, num_classes, transform),
+                decomposition_table=export_decompositions(),
+                tracing_mode="symbolic",
+                _allow_non_fake_inputs=True,
+            )(features, example_ids)
+    except Exception as exc:
+        raise ValueError(
+            f"cannot trace the gradient of the layers after the target layer into plain operations "
+            f"({first_line(exc)}); a target layer closer to the output leaves fewer layers to trace"
+        ) from exc
 
 
 class LinearHeadAttention(nn.Module):
-    """Analytic Grad-CAM weights of a GAP + linear head: ``w_ck = W[c, k] / (h w)``."""
+    """Analytic Grad-CAM weights of a GAP + linear head: ``w_ck = W[c, k] / (h w)``.
 
-    def __init__(self, head: nn.Module, weight: Tensor) -> None:
+    ``linear`` is the head's own layer (not a copy), so the exported graph stores ``W`` once.
+    """
+
+    def __init__(self, head: nn.Module, linear: nn.Linear) -> None:
         super().__init__()
         self.head = head
-        self.register_buffer("weight", weight.detach().clone())
+        self.linear = linear
 
     def forward(self, features: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         scores = self.head(features)
         classes = requested_or_topk(scores, class_ids)
         area = features.shape[-2] * features.shape[-1]
-        return scores, classes, self.weight.to(features.dtype)[classes] / area
+        return scores, classes, F.embedding(classes, self.linear.weight) / area  # one Gather on W
 
 
 class AttentionGraph(nn.Module):
@@ -103,10 +125,12 @@ class AttentionGraph(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         dtype: torch.dtype = torch.float32,
+        transform: ReshapeTransform | None = None,
     ) -> None:
         super().__init__()
         self.body = body
         self.head_attention = head_attention
+        self.transform = transform
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.dtype = dtype
@@ -114,11 +138,11 @@ class AttentionGraph(nn.Module):
     def forward(self, images: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x = ((images - self.mean) / self.std).to(self.dtype)
         features = self.body(x)
-        scores, classes, weights = self.head_attention(features, class_ids)
-        attention = weighted_maps(weights, features, (images.shape[-2], images.shape[-1]))
-        # The runtime's own resize and reductions round differently from PyTorch's: keep the
-        # contract's [0, 1] exactly (a no-op up to rounding).
-        return scores.float(), classes, attention.float().clamp(0.0, 1.0)
+        scores, classes, weights = self.head_attention(features.clone(), class_ids)  # keeps F if the head is in place
+        maps = features if self.transform is None else self.transform(features)
+        attention = weighted_maps(weights, maps, (images.shape[-2], images.shape[-1]))
+        # [0, 1] exactly: ONNX Runtime's Resize can round a map's minimum a few 1e-10 below the low-resolution one
+        return scores.float(), classes, attention.float().clamp(0, 1)
 
 
 def build_attention_graph(
@@ -129,19 +153,28 @@ def build_attention_graph(
     std: Sequence[float],
     example_images: Tensor,
     dtype: torch.dtype = torch.float32,
+    reshape_transform: ReshapeTransform | None = None,
 ) -> AttentionGraph:
     """Split ``model`` (eval mode) at ``target_layer`` and assemble its :class:`AttentionGraph`.
 
-    ``example_images`` (N >= 2, normalized or not) only fix the feature shape
-    used to trace a non-linear head.
+    ``example_images`` (N >= 2, normalized or not) fix the feature shape used
+    to trace a non-linear head and to read the layout of the target layer's
+    output when ``reshape_transform`` is ``None``
+    (:func:`gainx.attention.layout.feature_layout`).
     """
     model = copy.deepcopy(model).eval().to(dtype)  # the caller's model keeps its mode and dtype
     body, head = split_at_layer(model, target_layer)
-    linear = find_linear_head(model, target_layer)
+    with torch.no_grad():
+        features = body(example_images.to(dtype))
+    transform = reshape_transform
+    if transform is None:
+        prefix = getattr(model, "num_prefix_tokens", None)
+        transform = feature_layout(features, example_images.shape[-2:], prefix if isinstance(prefix, int) else None)
+    if transform is not None:
+        apply_transform(features, transform)  # clear error for a transform that does not give (N, C, h, w)
+    linear = find_linear_head(model, target_layer) if transform is None else None
     if linear is not None:
-        head_attention: nn.Module = LinearHeadAttention(head, linear.weight)
+        head_attention: nn.Module = LinearHeadAttention(head, linear)
     else:
-        with torch.no_grad():
-            features = body(example_images.to(dtype))
-        head_attention = trace_head_vjp(head, features, num_classes)
-    return AttentionGraph(body, head_attention, mean, std, dtype).eval()
+        head_attention = trace_head_vjp(head, features, num_classes, transform)
+    return AttentionGraph(body, head_attention, mean, std, dtype, transform).eval()

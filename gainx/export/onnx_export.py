@@ -13,7 +13,7 @@ import copy
 import json
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,18 @@ import torch
 from torch import nn
 
 from gainx._extras import require
+from gainx.export.errors import first_line
 from gainx.export.graph import AttentionGraph, build_attention_graph
-from gainx.export.verify import FP16_ATOL, FP32_ATOL, default_cases, other_size, verify_onnx
+from gainx.export.preflight import accepts_other_sizes, check_differentiable, check_spatial_evidence
+from gainx.export.verify import (
+    FP16_ATOL,
+    FP32_ATOL,
+    ExportVerificationError,
+    VerifyCase,
+    default_cases,
+    load_verify_images,
+    verify_onnx,
+)
 from gainx.io import atomic_open
 
 INPUT_NAMES = ["images", "class_ids"]
@@ -60,16 +70,6 @@ def _check_args(meta: dict[str, Any], num_classes: int, topk: int) -> None:
         raise ValueError(f"{len(meta['classes'])} class names for a model with {num_classes} outputs")
     if not 1 <= topk <= num_classes:
         raise ValueError(f"topk must be in [1, {num_classes}], got {topk}")
-
-
-def _accepts_other_sizes(model: nn.Module, image_size: Sequence[int]) -> bool:
-    """Whether the model runs at another image size (no H, W baked in, e.g. by flatten -> linear)."""
-    try:
-        with torch.no_grad():
-            model(torch.rand(1, 3, *other_size(image_size)))
-    except Exception:  # noqa: BLE001 - any failure means: export for image_size only
-        return False
-    return True
 
 
 def _torch_export(
@@ -121,6 +121,8 @@ def export_onnx(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     verify: bool = True,
+    verify_images: str | Path | None = None,
+    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Path:
     """Export an attention-producing classifier to ``out`` (atomic) and return the path.
 
@@ -128,12 +130,19 @@ def export_onnx(
     ``image_size``, ``mean`` and ``std`` are required) or a gainx checkpoint
     path (its metadata fills what is not given). Batch size is dynamic; H, W
     are dynamic when the model traces with symbolic sizes, else fixed to
-    ``image_size``. With ``verify`` (default) the model is checked against
-    PyTorch (see :mod:`gainx.export.verify`; fp32 maps and scores within 1e-4,
-    fp16 within 5e-2) and :class:`ExportVerificationError` is raised without
-    writing anything when it fails.
+    ``image_size``; an export with dynamic H, W that fails verification is
+    redone for ``image_size`` only. With ``verify`` (default) the model is
+    checked against PyTorch on random images and, with ``verify_images`` (a
+    folder), on the user's images (see :mod:`gainx.export.verify`: maps within
+    1e-4, scores within 1e-4 relative to the largest score; 5e-2 for fp16) and
+    :class:`ExportVerificationError` is raised without writing anything when it
+    fails. ``ValueError`` names the cause when the model cannot be split,
+    differentiated or converted. ``reshape_transform`` maps the target layer's
+    output to ``(N, C, h, w)`` as in :func:`gainx.attention_maps` (``None``:
+    read channels-last maps and ViT tokens off the shape); it must be
+    traceable (permute, reshape, slicing), and a transform with sizes fixed at
+    ``image_size`` gives a fixed-size export.
     """
-    from gainx import __version__
 
     for module in ("onnx", "onnxscript", "onnxruntime"):
         require(module, extra="export", feature="ONNX export")
@@ -156,17 +165,56 @@ def export_onnx(
     meta.setdefault("classes", [str(i) for i in range(num_classes)])
     _check_args(meta, num_classes, topk)
     dtype = torch.float16 if fp16 else torch.float32
-    graph = build_attention_graph(model, meta["target_layer"], num_classes, meta["mean"], meta["std"], example, dtype)
-    program = None
-    if _accepts_other_sizes(model, size):
+    check_differentiable(model, meta["target_layer"], example)
+    graph = build_attention_graph(
+        model, meta["target_layer"], num_classes, meta["mean"], meta["std"], example, dtype, reshape_transform
+    )
+    check_spatial_evidence(graph, example, meta["target_layer"])
+    own = (
+        []
+        if verify_images is None
+        else [VerifyCase(f"images of {verify_images}", load_verify_images(verify_images, size), None)]
+    )
+    for dynamic_hw in [True, False] if accepts_other_sizes(model, size) else [False]:
         try:
-            program = _torch_export(graph, size, num_classes, opset, dynamic_hw=True)
-        except Exception as exc:  # noqa: BLE001 - fall back to the fixed size below
-            log.info("dynamic H, W not exportable (%s); exporting for %s only", type(exc).__name__, size)
-    dynamic_hw = program is not None
-    if program is None:
-        program = _torch_export(graph, size, num_classes, opset, dynamic_hw=False)
-    metadata = {
+            program = _torch_export(graph, size, num_classes, opset, dynamic_hw)
+        except Exception as exc:
+            if dynamic_hw:  # fall back to the fixed size
+                log.info("dynamic H, W not exportable (%s); exporting for %s only", type(exc).__name__, size)
+                continue
+            raise ValueError(f"torch.onnx.export cannot convert the attention graph: {first_line(exc)}") from exc
+        metadata = _metadata(meta, size, topk, fp16, dynamic_hw)
+        data = _finalize(program.model_proto, topk, metadata)
+        if not verify:
+            break
+        try:
+            errors = verify_onnx(
+                data,
+                model,
+                meta["target_layer"],
+                meta["mean"],
+                meta["std"],
+                default_cases(size, num_classes, topk, dynamic_hw) + own,
+                atol=FP16_ATOL if fp16 else FP32_ATOL,
+                reshape_transform=graph.transform,
+            )
+        except ExportVerificationError as exc:
+            if not dynamic_hw:
+                raise
+            log.warning("the export with dynamic H, W failed verification (%s); exporting for %s only", exc, size)
+            continue
+        log.info("verified %s: max |error| scores %.2g, attention %.2g", out, errors["scores"], errors["attention"])
+        break
+    out = Path(out)
+    with atomic_open(out, "wb") as fh:
+        fh.write(data)
+    return out
+
+
+def _metadata(meta: dict[str, Any], size: list[int], topk: int, fp16: bool, dynamic_hw: bool) -> dict[str, Any]:
+    from gainx import __version__
+
+    return {
         "classes": list(meta["classes"]),
         "mean": list(meta["mean"]),
         "std": list(meta["std"]),
@@ -179,21 +227,3 @@ def export_onnx(
         "fp16": fp16,
         "dynamic_hw": dynamic_hw,
     }
-    data = _finalize(program.model_proto, topk, metadata)
-    if verify:
-        cases = default_cases(size, num_classes, topk, dynamic_hw)
-        errors = verify_onnx(
-            data,
-            model,
-            meta["target_layer"],
-            meta["mean"],
-            meta["std"],
-            cases,
-            atol=FP16_ATOL if fp16 else FP32_ATOL,
-            relative_scores=fp16,
-        )
-        log.info("verified %s: max |error| scores %.2g, attention %.2g", out, errors["scores"], errors["attention"])
-    out = Path(out)
-    with atomic_open(out, "wb") as fh:
-        fh.write(data)
-    return out

@@ -4,7 +4,9 @@ A forward hook can read F but cannot cut the graph; an ONNX graph that returns
 attention needs the head as a separate function of F (its vector-Jacobian
 product gives d s_c / d F, paper eq. 1). The model is traced with
 ``torch.fx`` keeping the target module as one leaf call; the body is that call
-and its ancestors, the head is every other node, fed by F alone.
+and its ancestors, the head is every other node the output depends on, fed
+by F alone. Nodes the output does not depend on (shape checks such as timm's
+``_assert(x.ndim == 4)`` on body tensors) are dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 
 from gainx.attention.capture import resolve_layer
 from gainx.attention.head import LayerLeafTracer
+from gainx.export.errors import first_line
 
 
 class SplitModel(NamedTuple):
@@ -34,6 +37,30 @@ def _ancestors(node: fx.Node) -> set[fx.Node]:
     return seen
 
 
+def _describe(node: fx.Node) -> str:
+    """A node in the user's terms: a module path, the model input, or the operation and the module it follows."""
+    if node.op == "call_module":
+        return f"the output of module {node.target!r}"
+    if node.op == "placeholder":
+        return f"the model input {node.target!r}"
+    if node.op == "call_function" and node.target is getattr:
+        return f"`.{node.args[1]}`"
+    name = f"`{getattr(node.target, '__name__', node.target)}`"
+    stack, seen = list(node.all_input_nodes), set()
+    while stack:  # the nearest module or input it is computed from
+        source = stack.pop(0)
+        if source.op in ("call_module", "placeholder"):
+            return f"{name} on {_describe(source)}"
+        if source not in seen:
+            seen.add(source)
+            stack.extend(source.all_input_nodes)
+    return name
+
+
+def _reader(node: fx.Node) -> str:
+    return f"module {node.target!r}" if node.op == "call_module" else _describe(node)
+
+
 def split_at_layer(model: nn.Module, target_layer: str) -> SplitModel:
     """Return ``(body, head)`` with ``head(body(x)) == model(x)``.
 
@@ -47,7 +74,11 @@ def split_at_layer(model: nn.Module, target_layer: str) -> SplitModel:
     try:
         graph = tracer.trace(model)
     except Exception as exc:
-        raise ValueError(f"cannot trace {name} with torch.fx to split it at {target_layer!r}: {exc}") from exc
+        raise ValueError(
+            f"cannot trace {name} with torch.fx to split it at {target_layer!r} ({first_line(exc)}); Python "
+            f"control flow on tensor values (if / for over a tensor) does not trace: write it with torch.where, "
+            f"or move it into a module before the target layer"
+        ) from exc
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == target_layer]
     if len(calls) != 1:
         raise ValueError(
@@ -55,6 +86,8 @@ def split_at_layer(model: nn.Module, target_layer: str) -> SplitModel:
         )
     target = calls[0]
     body_nodes = _ancestors(target)
+    output = next(n for n in graph.nodes if n.op == "output")
+    head_nodes = _ancestors(output) - body_nodes
 
     body = fx.Graph()
     body_env: dict[fx.Node, fx.Node] = {}
@@ -67,19 +100,20 @@ def split_at_layer(model: nn.Module, target_layer: str) -> SplitModel:
     head_env: dict[fx.Node, fx.Node] = {target: head.placeholder("features")}
 
     def head_arg(node: fx.Node) -> fx.Node:
-        if node in head_env:
-            return head_env[node]
-        if node.op == "get_attr":  # a constant the body uses too: copy it
+        if node not in head_env:  # a constant the body uses too (get_attr): copy it
             head_env[node] = head.node_copy(node, head_arg)
-            return head_env[node]
-        raise ValueError(
-            f"{name}: the layers after {target_layer!r} use {node.name!r} from before it, not only the "
-            f"target layer's output; choose a target layer that separates the network"
-        )
+        return head_env[node]
 
     for node in graph.nodes:
-        if node in body_nodes:
+        if node not in head_nodes:
             continue
+        earlier = [n for n in node.all_input_nodes if n not in head_env and n.op != "get_attr"]
+        if earlier:
+            raise ValueError(
+                f"{name}: the layers after {target_layer!r} read {_describe(earlier[0])} (in "
+                f"{_reader(node)}), computed before it, not only the target layer's output (a skip connection "
+                f"around it); choose a later target layer through which all the information reaching the scores flows"
+            )
         if node.op == "output":
             head.output(fx.map_arg(node.args[0], head_arg))
         else:

@@ -2,7 +2,9 @@
 
 A checkpoint is a plain dict of tensors and builtins:
 
-``model`` (state dict), ``arch``, ``num_classes``, ``classes`` (names),
+``model`` (state dict), ``arch`` (a built-in name, ``timm:<name>`` or
+``package.module:factory``), ``model_kwargs`` (the factory's JSON keyword
+arguments; absent in older checkpoints: none), ``num_classes``, ``classes`` (names),
 ``target_layer``, ``image_size``, ``mean``, ``std``, ``multilabel``,
 ``config`` (the training config as builtins), and for resuming ``epoch``,
 ``optimizer``, ``scheduler``, ``rng`` (torch / numpy / python RNG states as
@@ -62,9 +64,14 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
             f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}); "
             f"the run that wrote it diverged"
         )
-    model = build_model(state["arch"], state["num_classes"])
-    model.load_state_dict(state["model"])
+    model_kwargs = state.get("model_kwargs") or {}
+    model = build_model(state["arch"], state["num_classes"], model_kwargs=model_kwargs)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: the weights do not fit {state['arch']!r} {model_kwargs or ''}: {exc}") from exc
     model.eval()
     meta = {k: state[k] for k in MODEL_KEYS}
+    meta["model_kwargs"] = model_kwargs
     meta["config"] = state.get("config", {})
     return model, meta

@@ -1,4 +1,7 @@
-"""Build classifiers by name, with random weights or from a local weights file.
+"""Build classifiers by name or model spec, with random weights or from a local weights file.
+
+``arch`` is one of the built-in names (:data:`ARCHS`), ``timm:<name>`` or
+``package.module:factory`` (:mod:`gainx.models.factory`).
 
 No weights are ever downloaded: ``weights`` is a path to a local file holding a
 state dict (e.g. torchvision's ImageNet file copied by hand); a classifier head
@@ -7,13 +10,16 @@ whose shape differs from ``num_classes`` is re-initialized.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from gainx.models.factory import build_from_factory, is_factory_spec
 from gainx.models.small_cnn import SmallCNN
+from gainx.models.target_layer import find_target_layer
 
 # arch -> (builder(num_classes), default target layer)
 ARCHS: dict[str, tuple[Callable[[int], nn.Module], str]] = {}
@@ -39,22 +45,45 @@ ARCHS["efficientnet_b0"] = (_tv("efficientnet_b0"), "features.8")
 ARCHS["convnext_tiny"] = (_tv("convnext_tiny"), "features.7")
 
 
-def default_target_layer(arch: str) -> str:
-    """The module path whose output GAIN uses as attention layer for ``arch``."""
-    return _lookup(arch)[1]
+def default_target_layer(arch: str, model: nn.Module | None = None, image_size: Sequence[int] = (224, 224)) -> str:
+    """The module path whose output GAIN uses as attention layer for ``arch``.
+
+    Built-in names have a fixed layer; for a model spec, ``model`` (built from
+    it) is searched with :func:`gainx.models.target_layer.find_target_layer`.
+    """
+    if arch in ARCHS or not is_factory_spec(arch):
+        return _lookup(arch)[1]
+    if model is None:
+        raise ValueError(f"model {arch!r} has no default target layer: give the model to search, or a target layer")
+    return find_target_layer(model, image_size)
 
 
 def _lookup(arch: str) -> tuple[Callable[[int], nn.Module], str]:
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+        raise ValueError(
+            f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}, 'timm:<name>' or 'package.module:factory'"
+        )
     return ARCHS[arch]
 
 
-def build_model(arch: str, num_classes: int, weights: str | Path | None = None) -> nn.Module:
-    """Return ``arch`` with ``num_classes`` outputs, random or loaded from ``weights``."""
+def build_model(
+    arch: str,
+    num_classes: int,
+    weights: str | Path | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Return ``arch`` with ``num_classes`` outputs, random or loaded from ``weights``.
+
+    ``model_kwargs`` (JSON values) go to a ``timm:`` / ``package.module:factory`` spec.
+    """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    model = _lookup(arch)[0](num_classes)
+    if arch not in ARCHS and is_factory_spec(arch):
+        model = build_from_factory(arch, num_classes, model_kwargs)
+    elif model_kwargs:
+        raise ValueError(f"built-in arch {arch!r} takes no model keyword arguments, got {model_kwargs}")
+    else:
+        model = _lookup(arch)[0](num_classes)
     if weights is not None:
         load_backbone_weights(model, weights)
     return model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -10,8 +10,9 @@ from typing import Any
 class TrainConfig:
     data: str
     out: str
-    arch: str = "resnet18"
-    target_layer: str | None = None  # default: the arch's (gainx.models.default_target_layer)
+    arch: str = "resnet18"  # a built-in name, timm:<name> or package.module:factory (gainx.models.build_model)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # JSON keyword arguments of a model factory
+    target_layer: str | None = None  # default: the arch's, or found in the model (gainx.models.default_target_layer)
     method: str = "gain"  # baseline | gain | gainext
     epochs: int = 10
     batch_size: int = 32

@@ -108,8 +108,11 @@ class Trainer:
             raise ValueError(
                 f"method 'gainext' needs masks or boxes, but split {cfg.train_split!r} of {cfg.data} has none"
             )
-        self.target_layer = cfg.target_layer or default_target_layer(cfg.arch)
-        self.model = build_model(cfg.arch, len(self.dataset.classes), cfg.weights).to(device)
+        self.model = build_model(cfg.arch, len(self.dataset.classes), cfg.weights, cfg.model_kwargs)
+        self.target_layer = cfg.target_layer or default_target_layer(cfg.arch, self.model, self.dataset.image_size)
+        if cfg.target_layer is None and self.dist.main:
+            print(f"target layer: {self.target_layer} (the default for {cfg.arch}; choose another with --target-layer)")
+        self.model = self.model.to(device)
         self.objective = GAIN(
             self.model,
             self.target_layer,
@@ -152,6 +155,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "arch": self.cfg.arch,
+            "model_kwargs": dict(self.cfg.model_kwargs),
             "num_classes": len(ds.classes),
             "classes": list(ds.classes),
             "target_layer": self.target_layer,

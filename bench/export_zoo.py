@@ -1,0 +1,116 @@
+"""ONNX export parity on a zoo of torchvision and timm CNNs (random weights, no download).
+
+    python -m bench.export_zoo [--size 64] [-k NAME]
+
+Each model is built from its spec (:func:`gainx.models.build_model`), its
+batch-norm statistics are set from random images (fresh statistics leave some
+models' logits near 1e-19 and the maps flat), and it is exported with
+:func:`gainx.export.export_onnx` at its default target layer. One JSON line per
+model: the target layer, whether H, W stayed dynamic, the largest ONNX Runtime
+vs PyTorch errors of the built-in verification (scores: absolute and relative
+to the largest score; maps: absolute), the file size against the parameters'
+size, and the export time. A failed export prints its error instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gainx.export import export_onnx, onnx_export
+from gainx.models import build_model, default_target_layer
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+ZOO = [
+    "torchvision.models:resnet18",
+    "torchvision.models:squeezenet1_1",
+    "torchvision.models:mobilenet_v3_small",
+    "torchvision.models:regnet_x_400mf",
+    "torchvision.models:efficientnet_b0",
+    "torchvision.models:convnext_tiny",
+    "torchvision.models:densenet121",
+    "timm:efficientnet_b0",
+    "timm:regnetx_002",
+    "timm:resnet10t",
+    "timm:mobilenetv3_small_050",
+    "timm:convnext_atto",
+]
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    return (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def calibrated(spec: str, num_classes: int, size: int) -> nn.Module:
+    """``spec`` with random weights and batch-norm statistics of random images, in eval mode."""
+    torch.manual_seed(0)
+    model = build_model(spec, num_classes)
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            m.reset_parameters()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(normalize(torch.rand(8, 3, size, size)))
+    return model.eval()
+
+
+def measure(spec: str, size: int, out: Path, num_classes: int = 5) -> dict:
+    model = calibrated(spec, num_classes, size)
+    layer = default_target_layer(spec, model, (size, size))
+    errors: dict[str, float] = {}
+    scale: list[float] = []
+    verify = onnx_export.verify_onnx
+
+    def recording(data, model, layer, mean, std, cases, **kwargs):
+        errors.update(verify(data, model, layer, mean, std, cases, **kwargs))
+        with torch.no_grad():
+            scale.append(max(float(model(normalize(c.images)).abs().max()) for c in cases))
+        return errors
+
+    onnx_export.verify_onnx = recording
+    start = time.perf_counter()
+    try:
+        path = export_onnx(model, out, target_layer=layer, image_size=(size, size), mean=MEAN, std=STD)
+    finally:
+        onnx_export.verify_onnx = verify
+    params = sum(t.numel() * t.element_size() for t in model.state_dict().values() if t.is_floating_point())
+    from gainx.runtime import AttentionSession
+
+    return {
+        "model": spec,
+        "target_layer": layer,
+        "dynamic_hw": AttentionSession(path).dynamic_hw,
+        "scores_abs": errors["scores"],
+        "scores_rel": errors["scores"] / max(1.0, scale[-1]),
+        "attention_abs": errors["attention"],
+        "onnx_mb": round(path.stat().st_size / 2**20, 2),
+        "params_mb": round(params / 2**20, 2),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("-k", default="", help="only models whose spec contains this")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in [s for s in ZOO if args.k in s]:
+            try:
+                row = measure(spec, args.size, Path(tmp) / "model.onnx")
+            except Exception as exc:  # noqa: BLE001 - report and go on to the next model
+                row = {"model": spec, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

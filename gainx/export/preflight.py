@@ -1,0 +1,68 @@
+"""Checks on the model before it is split and traced, with errors that say the cause and a fix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gainx.attention.capture import resolve_layer
+from gainx.export.verify import other_size
+
+
+def check_differentiable(model: nn.Module, target_layer: str, example: Tensor) -> None:
+    """Raise ``ValueError`` unless the scores depend differentiably on the target layer's output F.
+
+    Grad-CAM weights are ``GAP(d s_c / d F)`` (paper eq. 1): a ``.detach()``,
+    ``torch.no_grad()``, an integer cast or an ``argmax`` between F and the
+    scores leaves no gradient, and the maps would be blank.
+    """
+    captured: list[Tensor] = []
+
+    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+        captured.append(output.detach().requires_grad_(True))
+        return captured[-1].clone()  # not the leaf: the network may continue in place (DenseNet's ReLU)
+
+    handle = resolve_layer(model, target_layer).register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            scores = model(example)
+    finally:
+        handle.remove()
+    used = scores.requires_grad and torch.autograd.grad(scores.sum(), captured, allow_unused=True)[0] is not None
+    if not used:
+        raise ValueError(
+            f"the scores of {type(model).__name__} do not depend differentiably on the output of {target_layer!r} "
+            f"(a .detach(), torch.no_grad(), integer cast or argmax after it), so its Grad-CAM maps are blank; "
+            f"choose a target layer after which the computation is differentiable"
+        )
+
+
+def check_spatial_evidence(graph: nn.Module, example: Tensor, target_layer: str) -> None:
+    """Raise ``ValueError`` when every Grad-CAM weight of ``graph`` (an ``AttentionGraph``) is zero on ``example``.
+
+    That happens when the scores depend on F but not on its spatial positions:
+    after a ViT's last block only the class token reaches the head, so the
+    gradients of the patch tokens, hence all maps, are zero.
+    """
+    with torch.no_grad():
+        features = graph.body(((example - graph.mean) / graph.std).to(graph.dtype))
+        ids = torch.full((example.shape[0], 1), -1, dtype=torch.long)
+        weights = graph.head_attention(features, ids)[2]
+    if not bool(weights.abs().amax() > 0):
+        raise ValueError(
+            f"the scores do not depend on the spatial positions of {target_layer!r}'s output: every Grad-CAM "
+            f"weight is zero (e.g. after a ViT's last block only the class token reaches the head); choose a "
+            f"layer whose positions feed the scores"
+        )
+
+
+def accepts_other_sizes(model: nn.Module, image_size: Sequence[int]) -> bool:
+    """Whether the model runs at another image size (no H, W baked in, e.g. by flatten -> linear)."""
+    try:
+        with torch.no_grad():
+            model(torch.rand(1, 3, *other_size(image_size)))
+    except Exception:  # noqa: BLE001 - any failure means: export for image_size only
+        return False
+    return True

@@ -1,0 +1,92 @@
+"""Classifiers from any import path: ``package.module:factory`` and ``timm:<name>`` model specs.
+
+A spec names a callable returning an ``nn.Module``; checkpoints record the
+spec and its JSON-able keyword arguments (never a pickled module), and
+loading a checkpoint imports the factory again. ``num_classes`` is passed to
+factories that take it (torchvision and timm builders do) unless the keyword
+arguments already set it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+TIMM_PREFIX = "timm:"
+
+
+def is_factory_spec(spec: str) -> bool:
+    """Whether ``spec`` is ``timm:<name>`` or ``package.module:factory`` (not a built-in name)."""
+    return spec.startswith(TIMM_PREFIX) or ":" in spec
+
+
+def check_model_kwargs(model_kwargs: Any) -> dict[str, Any]:
+    """``model_kwargs`` as a dict with string keys that survives a JSON round trip (checkpoints store it)."""
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, dict) or not all(isinstance(k, str) for k in model_kwargs):
+        raise ValueError(f"model keyword arguments must be a JSON object, got {model_kwargs!r}")
+    try:
+        if json.loads(json.dumps(model_kwargs)) != model_kwargs:
+            raise TypeError("changed by a JSON round trip (tuples?)")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"model keyword arguments must be JSON values (they are stored in checkpoints): {exc}"
+        ) from exc
+    return dict(model_kwargs)
+
+
+def _import_factory(spec: str) -> Callable[..., Any]:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"model {spec!r}: expected 'package.module:factory'")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"model {spec!r}: cannot import {module_name!r} ({exc})") from exc
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"model {spec!r}: {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"model {spec!r}: {attr!r} is a {type(target).__name__}, not a callable returning a model")
+    return target
+
+
+def _timm_factory(spec: str) -> Callable[..., Any]:
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"model {spec!r} needs timm: pip install timm (or pip install 'gainx[timm]')") from None
+    name = spec[len(TIMM_PREFIX) :]
+    if name not in timm.list_models():
+        raise ValueError(f"model {spec!r}: timm has no architecture {name!r} (see timm.list_models())")
+    return lambda **kwargs: timm.create_model(name, pretrained=False, **kwargs)  # never downloads
+
+
+def _takes_num_classes(factory: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return any(p.name == "num_classes" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def build_from_factory(spec: str, num_classes: int, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Call the factory named by ``spec`` with ``model_kwargs`` (+ ``num_classes`` when it takes it)."""
+    kwargs = check_model_kwargs(model_kwargs)
+    factory = _timm_factory(spec) if spec.startswith(TIMM_PREFIX) else _import_factory(spec)
+    if "num_classes" not in kwargs and (spec.startswith(TIMM_PREFIX) or _takes_num_classes(factory)):
+        kwargs["num_classes"] = num_classes
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"model {spec!r} cannot be built with keyword arguments {kwargs}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model

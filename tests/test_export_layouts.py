@@ -1,0 +1,107 @@
+"""Export of target layers that are not (N, C, h, w): channels-last maps, tokens with a class token, ViT limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from gainx.attention import attention_maps
+from gainx.attention.layout import TokensToMap, channels_last_to_first
+from gainx.export import export_onnx
+from gainx.runtime import AttentionSession
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+ATOL = 1e-4
+
+
+def _normalize(images: torch.Tensor) -> torch.Tensor:
+    return (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+class _ChannelsLast(nn.Module):
+    """Swin-like: a patch embedding read as (B, h, w, C), LayerNorm, mean over positions, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(self.embed(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+class _Tokens(nn.Module):
+    """ViT-like tokens (B, 1 + h w, D) with a class token; every token reaches the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.mix = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 8), nn.GELU())
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
+        return self.fc(self.mix(tokens).mean(1))
+
+
+def _assert_parity(path: Path, model: nn.Module, layer: str, images: torch.Tensor, transform=None) -> None:
+    ids = torch.tensor([[0, 2]] * images.shape[0])
+    result = AttentionSession(path).run(images, class_ids=ids)
+    ref_scores, ref_maps = attention_maps(model, _normalize(images), layer, classes=ids, reshape_transform=transform)
+    np.testing.assert_allclose(result.scores, ref_scores.numpy(), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(result.attention, ref_maps.numpy(), rtol=0, atol=ATOL)
+    assert (result.attention.reshape(-1, images.shape[-2] * images.shape[-1]).max(1) > 0.99).any()
+
+
+def test_channels_last_layer_is_read_from_its_shape(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _ChannelsLast().eval()
+    path = export_onnx(model, tmp_path / "cl.onnx", target_layer="norm", image_size=(32, 24), mean=MEAN, std=STD)
+    assert AttentionSession(path).dynamic_hw
+    # a 12x10x8 output of 48x40 images also reads as 10x8 maps of 12 channels: the reference is told the layout
+    _assert_parity(path, model, "norm", torch.rand(2, 3, 48, 40), channels_last_to_first)
+
+
+def test_tokens_with_a_class_token_export_at_the_fixed_size(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _Tokens().eval()
+    transform = TokensToMap(prefix=1, h=8, w=6)  # sizes of 32x24 images: the export is for that size only
+    path = export_onnx(
+        model,
+        tmp_path / "tok.onnx",
+        target_layer="mix",
+        image_size=(32, 24),
+        mean=MEAN,
+        std=STD,
+        reshape_transform=transform,
+    )
+    assert not AttentionSession(path).dynamic_hw
+    _assert_parity(path, model, "mix", torch.rand(3, 3, 32, 24), transform)
+
+
+def _tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ("encoder.layers.encoder_layer_1.ln_1", "read `add` on the output of module .* skip connection around it"),
+        ("encoder.layers.encoder_layer_1", "every Grad-CAM weight is zero .* only the class token reaches the head"),
+    ],
+)
+def test_vit_layers_that_cannot_be_exported_say_why(tmp_path: Path, layer: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        export_onnx(_tiny_vit(), tmp_path / "vit.onnx", target_layer=layer, image_size=(32, 32), mean=MEAN, std=STD)
+    assert not list(tmp_path.iterdir())
