@@ -25,7 +25,8 @@ TRAIN_HELP = {
     "am_score": "auto | sigmoid | softmax | logit: how s_c(I*) is read (eq. 5)",
     "am_warmup": "epochs of L_cl only before the attention streams start",
     "backend": "auto | eager | triton: where attention -> mask -> erase runs",
-    "guidance": "S_e loss of gainext: paper (eq. 7) | all_classes | signed | rrr (gainx.losses.guidance)",
+    "guidance": "S_e loss of gainext: paper (eq. 7) | scaled | all_classes | signed | rrr | counterfactual "
+    "(gainx.losses.guidance)",
     "weights": "local backbone weights file (state dict); nothing is downloaded",
     "resume": "continue from OUT/last.pt",
     "val_split": "split evaluated after every epoch",

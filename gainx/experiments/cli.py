@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from gainx.experiments.specs import REFERENCES
 from gainx.losses.guidance import GUIDANCES
 
 
@@ -35,6 +36,7 @@ def _cmd_bias(args: argparse.Namespace) -> int:
         guidances=args.guidances,
         profile=_profile(args),
         threads=args.threads,
+        references=tuple(args.references),
     )
     return 0
 
@@ -60,7 +62,11 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
     p.add_argument("--out", required=True, help="experiment folder: data/, runs/, results.json, results.md, figures")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
-        "--budgets", type=float, nargs="+", default=budgets, help="fractions of training images with annotation"
+        "--budgets",
+        type=float,
+        nargs="*",
+        default=budgets,
+        help="fractions of training images with annotation (none: no paper-L_e budget runs)",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes (tests, smoke runs)")
     p.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
@@ -89,6 +95,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     bias.add_argument(
         "--guidances", nargs="+", choices=GUIDANCES, default=list(GUIDANCES), help="guidance losses compared"
+    )
+    bias.add_argument(
+        "--references",
+        nargs="*",
+        choices=REFERENCES,
+        default=list(REFERENCES),
+        help="runs without annotation (oracle: the baseline on the benchmark without its bias, cooccur only)",
     )
     bias.set_defaults(func=_cmd_bias)
     loc = which.add_parser(

@@ -102,21 +102,30 @@ class RunSpec:
         return {**asdict(self), "key": self.key}
 
 
+REFERENCES = ("baseline", "gain", "oracle")  # the runs without annotation
+
+
 def bias_matrix(
-    seeds: list[int], budgets: list[float], guidance_budget: float, guidances: list[str], oracle: bool = False
+    seeds: list[int],
+    budgets: list[float],
+    guidance_budget: float,
+    guidances: list[str],
+    oracle: bool = False,
+    references: tuple[str, ...] = REFERENCES,
 ) -> list[RunSpec]:
-    """Baseline, GAIN, GAINext (masks and boxes at every budget), the guidance variants (masks at one
-    budget) and, with ``oracle``, the baseline trained on the benchmark without its bias."""
+    """The ``references`` without annotation (baseline, GAIN and, with ``oracle``, the baseline trained on
+    the benchmark without its bias), GAINext with the paper's L_e (masks and boxes at every budget) and
+    the other guidance losses (masks at ``guidance_budget``)."""
     _check_budgets(budgets + [guidance_budget])
-    unknown = [g for g in guidances if g not in GUIDANCES]
+    unknown = [g for g in guidances if g not in GUIDANCES] + [r for r in references if r not in REFERENCES]
     if unknown:
-        raise ValueError(f"unknown guidance losses {unknown}; choose from {GUIDANCES}")
+        raise ValueError(f"unknown guidance losses or references {unknown}; choose from {GUIDANCES} and {REFERENCES}")
     runs = []
     for seed in seeds:
-        runs += [RunSpec("baseline", seed), RunSpec("gain", seed)]
+        runs += [RunSpec(method, seed) for method in ("baseline", "gain") if method in references]
         runs += [RunSpec("gainext", seed, kind, b) for kind in ("masks", "boxes") for b in budgets]
         runs += [RunSpec("gainext", seed, "masks", guidance_budget, g) for g in guidances if g != "paper"]
-        runs += [RunSpec("baseline", seed, unbiased=True)] if oracle else []
+        runs += [RunSpec("baseline", seed, unbiased=True)] if oracle and "oracle" in references else []
     return runs
 
 
