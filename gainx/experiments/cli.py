@@ -44,7 +44,14 @@ def _cmd_bias(args: argparse.Namespace) -> int:
 def _cmd_localization(args: argparse.Namespace) -> int:
     from gainx.experiments.localization import run_localization
 
-    run_localization(args.out, seeds=args.seeds, budgets=args.budgets, profile=_profile(args), threads=args.threads)
+    run_localization(
+        args.out,
+        seeds=args.seeds,
+        budgets=args.budgets,
+        profile=_profile(args),
+        threads=args.threads,
+        guidances=args.guidances,
+    )
     return 0
 
 
@@ -108,6 +115,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "localization", help="cue mIoU and pointing game of Grad-CAM, GAIN, GAINext on shapes-on-clutter"
     )
     _common(loc, [0.05])
+    loc.add_argument(
+        "--guidances", nargs="+", choices=GUIDANCES, default=["paper"], help="guidance losses of the GAINext runs"
+    )
     loc.set_defaults(func=_cmd_localization)
 
     cues = subparsers.add_parser("cues", help="write localization cues as PNG label maps (+ manifest)")

@@ -117,9 +117,10 @@ def bias_matrix(
     the benchmark without its bias), GAINext with the paper's L_e (masks and boxes at every budget) and
     the other guidance losses (masks at ``guidance_budget``)."""
     _check_budgets(budgets + [guidance_budget])
-    unknown = [g for g in guidances if g not in GUIDANCES] + [r for r in references if r not in REFERENCES]
+    _check_guidances(guidances)
+    unknown = [r for r in references if r not in REFERENCES]
     if unknown:
-        raise ValueError(f"unknown guidance losses or references {unknown}; choose from {GUIDANCES} and {REFERENCES}")
+        raise ValueError(f"unknown references {unknown}; choose from {REFERENCES}")
     runs = []
     for seed in seeds:
         runs += [RunSpec(method, seed) for method in ("baseline", "gain") if method in references]
@@ -129,14 +130,21 @@ def bias_matrix(
     return runs
 
 
-def localization_matrix(seeds: list[int], budgets: list[float]) -> list[RunSpec]:
-    """Grad-CAM of the plain classifier, GAIN, and GAINext with masks at each budget."""
+def localization_matrix(seeds: list[int], budgets: list[float], guidances: list[str] = ("paper",)) -> list[RunSpec]:
+    """Grad-CAM of the plain classifier, GAIN, and GAINext with masks at each budget and each guidance loss."""
     _check_budgets(budgets)
+    _check_guidances(guidances)
     runs = []
     for seed in seeds:
         runs += [RunSpec("baseline", seed), RunSpec("gain", seed)]
-        runs += [RunSpec("gainext", seed, "masks", b) for b in budgets]
+        runs += [RunSpec("gainext", seed, "masks", b, g) for b in budgets for g in guidances]
     return runs
+
+
+def _check_guidances(guidances: list[str]) -> None:
+    unknown = [g for g in guidances if g not in GUIDANCES]
+    if unknown:
+        raise ValueError(f"unknown guidance losses {unknown}; choose from {GUIDANCES}")
 
 
 def _check_budgets(budgets: list[float]) -> None:

@@ -39,7 +39,12 @@ def aggregate(results: list[dict[str, Any]], metrics: dict[str, tuple[str, str]]
 
 
 def fmt(stat: dict[str, float]) -> str:
-    return "n/a" if stat["n"] == 0 else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+    """``mean ± std``; a single seed has no spread and shows its value with ``(1 seed)``."""
+    if stat["n"] == 0:
+        return "n/a"
+    if stat["n"] == 1:
+        return f"{stat['mean']:.3f} (1 seed)"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
 def markdown(rows: list[dict[str, Any]], columns: dict[str, str]) -> str:
