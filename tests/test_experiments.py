@@ -166,6 +166,10 @@ def test_references_and_localization_guidances_select_runs():
     assert keys == ["baseline", "gain", "gainext-masks-0.05", "gainext-masks-0.05-scaled"]
     with pytest.raises(ValueError, match="unknown guidance"):
         localization_matrix([0], [0.05], ["ross"])
+    keys = [s.key for s in localization_matrix([0], [0.05], ["scaled"], references=())]
+    assert keys == ["gainext-masks-0.05-scaled"]
+    with pytest.raises(ValueError, match="unknown references"):
+        localization_matrix([0], [0.05], ["paper"], references=("oracle",))
 
 
 def test_variant_manifest_paths_point_into_the_base(tmp_path):

@@ -51,6 +51,7 @@ def _cmd_localization(args: argparse.Namespace) -> int:
         profile=_profile(args),
         threads=args.threads,
         guidances=args.guidances,
+        references=tuple(args.references),
     )
     return 0
 
@@ -117,6 +118,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(loc, [0.05])
     loc.add_argument(
         "--guidances", nargs="+", choices=GUIDANCES, default=["paper"], help="guidance losses of the GAINext runs"
+    )
+    loc.add_argument(
+        "--references", nargs="*", choices=("baseline", "gain"), default=["baseline", "gain"], help="runs without masks"
     )
     loc.set_defaults(func=_cmd_localization)
 

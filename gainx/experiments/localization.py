@@ -47,13 +47,19 @@ def run_localization(
     profile: Profile | None = None,
     threads: int = 1,
     guidances: list[str] = ("paper",),
+    references: tuple[str, ...] = ("baseline", "gain"),
 ) -> dict[str, Any]:
     """Run the localization comparison (GAINext with each of ``guidances``); returns what ``results.json`` holds."""
     bench = BENCHMARKS["shapes"]
     profile = profile or (QUICK if quick else FULL)
     out = Path(out)
     results = run_matrix(
-        localization_matrix(list(seeds), list(budgets), list(guidances)), bench, out, profile, threads, extra=cue_scores
+        localization_matrix(list(seeds), list(budgets), list(guidances), tuple(references)),
+        bench,
+        out,
+        profile,
+        threads,
+        extra=cue_scores,
     )
     for r in results:
         r["blank_maps"] = _blank(run_dir(out, "shapes", r["key"], r["seed"]), data_dir(out, "shapes", r["seed"]))

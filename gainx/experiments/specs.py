@@ -118,9 +118,7 @@ def bias_matrix(
     the other guidance losses (masks at ``guidance_budget``)."""
     _check_budgets(budgets + [guidance_budget])
     _check_guidances(guidances)
-    unknown = [r for r in references if r not in REFERENCES]
-    if unknown:
-        raise ValueError(f"unknown references {unknown}; choose from {REFERENCES}")
+    _check_references(references, REFERENCES)
     runs = []
     for seed in seeds:
         runs += [RunSpec(method, seed) for method in ("baseline", "gain") if method in references]
@@ -130,15 +128,28 @@ def bias_matrix(
     return runs
 
 
-def localization_matrix(seeds: list[int], budgets: list[float], guidances: list[str] = ("paper",)) -> list[RunSpec]:
-    """Grad-CAM of the plain classifier, GAIN, and GAINext with masks at each budget and each guidance loss."""
+def localization_matrix(
+    seeds: list[int],
+    budgets: list[float],
+    guidances: list[str] = ("paper",),
+    references: tuple[str, ...] = ("baseline", "gain"),
+) -> list[RunSpec]:
+    """The ``references`` (Grad-CAM of the plain classifier, GAIN) and GAINext with masks at each budget
+    and each guidance loss."""
     _check_budgets(budgets)
     _check_guidances(guidances)
+    _check_references(references, ("baseline", "gain"))
     runs = []
     for seed in seeds:
-        runs += [RunSpec("baseline", seed), RunSpec("gain", seed)]
+        runs += [RunSpec(method, seed) for method in ("baseline", "gain") if method in references]
         runs += [RunSpec("gainext", seed, "masks", b, g) for b in budgets for g in guidances]
     return runs
+
+
+def _check_references(references: tuple[str, ...], known: tuple[str, ...]) -> None:
+    unknown = [r for r in references if r not in known]
+    if unknown:
+        raise ValueError(f"unknown references {unknown}; choose from {known}")
 
 
 def _check_guidances(guidances: list[str]) -> None:
