@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="decoy benchmark: baseline vs GAIN vs GAINext, table and figure")
-    demo.add_argument("--quick", action="store_true", help="smaller run (under 2 minutes on 2 CPU cores)")
+    demo.add_argument("--quick", action="store_true", help="smaller run (1000 training images instead of 2400)")
     demo.add_argument("--out", default="gainx_demo", help="output folder")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
