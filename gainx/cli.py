@@ -36,7 +36,8 @@ TRAIN_HELP = {
     "am_score": "how s_c(I*) is read (eq. 5); auto: sigmoid for multi-label data, else softmax",
     "am_warmup": "epochs of L_cl only before the attention streams start",
     "backend": "where attention -> mask -> erase runs",
-    "guidance": "S_e loss of gainext: paper (eq. 7) | all_classes | signed | rrr (gainx.losses.guidance)",
+    "guidance": "S_e loss of gainext: paper (eq. 7) | scaled | all_classes | signed | rrr | counterfactual "
+    "(gainx.losses.guidance)",
     "weights": "local backbone weights file (state dict); nothing is downloaded",
     "seed": "seed of weights, data order and augmentation",
     "workers": "data-loading worker processes",
@@ -216,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="decoy benchmark: baseline vs GAIN vs GAINext, table and figure", formatter_class=HelpFormatter
     )
-    demo.add_argument("--quick", action="store_true", help="smaller run (under 2 minutes on 2 CPU cores)")
+    demo.add_argument("--quick", action="store_true", help="smaller run (1000 training images instead of 2400)")
     demo.add_argument("--out", default="gainx_demo", help="output folder (its runs are replaced)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training runs")
     _add_threads_arg(demo)

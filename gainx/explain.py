@@ -74,21 +74,55 @@ def explain_files(
     return written
 
 
+EXPLAINED = ("predicted", "ground_truth")
+
+
+def _check_explain(explain: str) -> None:
+    if explain not in EXPLAINED:
+        raise ValueError(f"explain must be one of {EXPLAINED}, got {explain!r}")
+
+
+def explained_classes(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, explain: str):
+    """``(predicted, shown)``: each image's top-1 class and the class whose map is drawn
+    (the prediction for ``explain="predicted"``, ``labels`` for ``"ground_truth"``)."""
+    _check_explain(explain)
+    with torch.no_grad():
+        predicted = model(images).argmax(1)
+    return predicted, predicted if explain == "predicted" else labels
+
+
 def attention_figure(
-    checkpoints: dict[str, Path], data: Path, split: str, path: Path, count: int = 6, row_prefix: str = ""
+    checkpoints: dict[str, Path],
+    data: Path,
+    split: str,
+    path: Path,
+    count: int = 6,
+    row_prefix: str = "",
+    explain: str = "predicted",
 ) -> None:
-    """Maps of each image's ground-truth classes (first one) for each run, on the first ``count`` images
-    of ``split``; one column per checkpoint, titled by its key; rows are titled ``row_prefix`` + the class name."""
+    """Attention of each run on the first ``count`` images of ``split``; one column per checkpoint, titled by
+    its key, rows titled ``row_prefix`` + the (first) ground-truth class name.
+
+    Each cell shows the run's top-1 prediction under the map and, with ``explain="predicted"``, the map of
+    that predicted class (a model that reads a shortcut shows it there); ``"ground_truth"`` draws the map of
+    the first ground-truth class instead (how well the class's own attention covers the object).
+    """
+    _check_explain(explain)
     dataset = load_dataset(data, split)
     batch = [dataset[i] for i in range(min(count, len(dataset)))]
     images = torch.stack([b["image"] for b in batch])
-    labels = torch.stack([b["labels"] for b in batch]).argmax(1)
+    hot = torch.stack([b["labels"] for b in batch])
+    labels = hot.argmax(1)
     rgb = [denormalize(img, dataset.mean, dataset.std) for img in images]
     rows = [[im] for im in rgb]
+    cell_labels = [[""] for _ in rgb]
     for ckpt in checkpoints.values():
         model, meta = load_model(ckpt)
-        _, maps = attention_maps(model, images, meta["target_layer"], classes=labels.unsqueeze(1))
+        predicted, shown = explained_classes(model, images, labels, explain)
+        _, maps = attention_maps(model, images, meta["target_layer"], classes=shown.unsqueeze(1))
         for r, im in enumerate(rgb):
             rows[r].append(overlay(im, maps[r, 0]))
+            mark = "right" if hot[r, predicted[r]] > 0.5 else "wrong"
+            cell_labels[r].append(f"pred. {dataset.classes[int(predicted[r])]} ({mark})")
     titles = [f"{row_prefix}{dataset.classes[int(c)]}" for c in labels]
-    attention_grid(rows, titles, ["image", *checkpoints], path)
+    attention_grid(rows, titles, ["image", *checkpoints], path, cell_labels)

@@ -44,9 +44,14 @@ def save_png(array: np.ndarray, path: str | Path) -> None:
 
 
 def attention_grid(
-    rows: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str], col_titles: Sequence[str], path: str | Path
+    rows: Sequence[Sequence[np.ndarray]],
+    row_titles: Sequence[str],
+    col_titles: Sequence[str],
+    path: str | Path,
+    cell_labels: Sequence[Sequence[str]] | None = None,
 ) -> None:
-    """Save a figure whose cells are RGB arrays: one row per image, one column per method."""
+    """Save a figure whose cells are RGB arrays: one row per image, one column per method;
+    ``cell_labels[r][c]`` (optional) is written under cell (r, c)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,6 +69,8 @@ def attention_grid(
                 ax.set_title(col_titles[c], fontsize=9)
             if c == 0:
                 ax.set_ylabel(row_titles[r], fontsize=8)
+            if cell_labels is not None and cell_labels[r][c]:
+                ax.set_xlabel(cell_labels[r][c], fontsize=7)
     fig.tight_layout()
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110)

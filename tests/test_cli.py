@@ -143,7 +143,7 @@ def test_errors_name_the_problem(tmp_path, capsys):
 def test_demo_writes_table_and_figure(tmp_path):
     tiny = DemoProfile(image_size=20, train_size=64, test_size=16, epochs=1, mask_fraction=0.25)
     results = run_demo(out=tmp_path, profile=tiny)
-    assert set(results["methods"]) == {"baseline", "gain", "gainext"}
+    assert set(results["methods"]) == {"baseline", "gain", "gainext", "gainext-counterfactual"}
     for row in results["methods"].values():
         for split in ("test_consistent", "test_random"):
             assert 0 <= row[split]["accuracy"] <= 1 and row[split]["num_maps"] == 16

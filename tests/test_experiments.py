@@ -15,7 +15,7 @@ from gainx.data.synthetic import SHAPES, write_cooccur, write_shapes
 from gainx.data.synthetic.cooccur import CONTEXTS
 from gainx.data.synthetic.generator import shape_mask
 from gainx.experiments.cues import cue_label_map, evaluate_cues, label_map_of
-from gainx.experiments.specs import RunSpec, bias_matrix
+from gainx.experiments.specs import RunSpec, bias_matrix, localization_matrix
 from gainx.experiments.tables import aggregate, fmt, mean_std
 from gainx.experiments.variants import boxes_from_label_map, write_variant
 
@@ -154,11 +154,27 @@ def test_run_matrix_and_aggregate():
     row = aggregate(runs, {"acc": ("test", "accuracy")})[0]
     assert row["acc"]["mean"] == pytest.approx(0.6) and row["acc"]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     assert row["seeds"] == [0, 1] and mean_std([1.0])["std"] == 0.0
+    assert fmt(mean_std([0.5])) == "0.500 (1 seed)" and fmt(mean_std([0.5, 0.7])) == "0.600 ± 0.141"
+
+
+def test_references_and_localization_guidances_select_runs():
+    keys = [s.key for s in bias_matrix([0], [], 0.05, ["counterfactual"], oracle=True, references=("oracle",))]
+    assert keys == ["gainext-masks-0.05-counterfactual", "baseline-unbiased-data"]
+    with pytest.raises(ValueError, match="unknown references"):
+        bias_matrix([0], [], 0.05, ["paper"], references=("baselines",))
+    keys = [s.key for s in localization_matrix([0], [0.05], ["paper", "scaled"])]
+    assert keys == ["baseline", "gain", "gainext-masks-0.05", "gainext-masks-0.05-scaled"]
+    with pytest.raises(ValueError, match="unknown guidance"):
+        localization_matrix([0], [0.05], ["ross"])
+    keys = [s.key for s in localization_matrix([0], [0.05], ["scaled"], references=())]
+    assert keys == ["gainext-masks-0.05-scaled"]
+    with pytest.raises(ValueError, match="unknown references"):
+        localization_matrix([0], [0.05], ["paper"], references=("oracle",))
 
 
 def test_table_cells_show_spread_only_over_several_seeds():
     assert fmt(mean_std([0.5, 0.7])) == "0.600 ± 0.141"
-    assert fmt(mean_std([0.25])) == "0.250"
+    assert fmt(mean_std([0.25])) == "0.250 (1 seed)"
     assert fmt(mean_std([float("nan")])) == "n/a"
 
 

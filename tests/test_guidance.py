@@ -11,8 +11,10 @@ from torch import nn
 from gainx.attention import class_evidence
 from gainx.attention.capture import capture_output
 from gainx.losses import GAIN
-from gainx.losses.guidance import GUIDANCES, all_classes_loss, background, rrr_loss, signed_loss
+from gainx.losses.guidance import GUIDANCES, all_classes_loss, background, rrr_loss, scaled_maps, signed_loss
+from gainx.losses.terms import guidance_loss
 from gainx.models import SmallCNN
+from gainx.ops.cam import normalize_cam
 
 # one image, two classes, a 1x2 "image": class 0 on the right pixel, class 1 absent
 EVIDENCE = torch.tensor([[[[-1.0, 2.0]], [[1.0, 0.5]]]])
@@ -120,3 +122,33 @@ def test_guidance_default_and_bad_name():
     _, gain, (images, labels, guide, has_guide) = _toy("signed")
     with pytest.raises(ValueError, match="guide must be"):
         gain(images, labels, guide[..., :8], has_guide)
+
+
+def test_scaled_guidance_pulls_a_blank_map_onto_the_mask():
+    # a map with no positive evidence anywhere: eq. 7 (ReLU + min-max) passes no gradient, `scaled` does
+    evidence = torch.tensor([[[-1.0, -2.0], [-0.5, -1.5]]], requires_grad=True)
+    target = torch.tensor([[[1, 0], [0, 0]]], dtype=torch.uint8)
+    index = torch.tensor([0])
+    paper = guidance_loss(normalize_cam(torch.relu(evidence), (2, 2)), target, index, 1)
+    (paper_grad,) = torch.autograd.grad(paper, evidence)
+    assert paper_grad.abs().sum() == 0
+    scaled = guidance_loss(scaled_maps(evidence, (2, 2)), target, index, 1)
+    (scaled_grad,) = torch.autograd.grad(scaled, evidence)
+    assert scaled_grad[0, 0, 0] < 0  # descent raises the evidence on the object pixel
+
+
+def test_rrr_is_calibrated_to_the_cross_entropy_at_its_first_step():
+    _, gain, batch = _toy("rrr")
+    assert gain.rrr_scale is None
+    first = gain(*batch)
+    assert gain.rrr_scale > 0
+    assert first.loss_e.item() == pytest.approx(first.loss_cl.item(), rel=1e-4)
+    scale = gain.rrr_scale
+    gain(*batch)
+    assert gain.rrr_scale == scale  # kept after the first step
+    _, fixed, batch = _toy("rrr")
+    fixed.rrr_scale = 2.0
+    out = fixed(*batch)
+    images = batch[0].detach().requires_grad_(True)
+    raw = rrr_loss(images, fixed.model(images), torch.arange(4), batch[2][:4], False)
+    assert out.loss_e.item() == pytest.approx(2.0 * raw.item(), rel=1e-3)

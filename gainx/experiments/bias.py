@@ -19,7 +19,7 @@ from typing import Any
 from gainx.experiments.evidence import evidence_split
 from gainx.experiments.figures import budget_figure, titled
 from gainx.experiments.runner import base_data, data_dir, finished_checkpoints, run_dir, run_matrix
-from gainx.experiments.specs import BENCHMARKS, FULL, QUICK, Benchmark, Profile, bias_matrix
+from gainx.experiments.specs import BENCHMARKS, FULL, QUICK, REFERENCES, Benchmark, Profile, bias_matrix
 from gainx.experiments.tables import aggregate, markdown
 from gainx.explain import attention_figure
 from gainx.io import atomic_write_text
@@ -46,6 +46,7 @@ def run_bias(
     quick: bool = False,
     profile: Profile | None = None,
     threads: int = 1,
+    references: tuple[str, ...] = REFERENCES,
 ) -> dict[str, Any]:
     """Run the bias comparison on ``benchmark``; returns what ``results.json`` holds."""
     if benchmark not in BIAS_BENCHMARKS:
@@ -53,7 +54,8 @@ def run_bias(
     bench = BENCHMARKS[benchmark]
     profile = profile or (QUICK if quick else FULL)
     out = Path(out)
-    specs = bias_matrix(list(seeds), list(budgets), guidance_budget, list(guidances), oracle=bench.unbiased is not None)
+    oracle = bench.unbiased is not None
+    specs = bias_matrix(list(seeds), list(budgets), guidance_budget, list(guidances), oracle, tuple(references))
     results = run_matrix(specs, bench, out, profile, threads)
     consistent = next(s for s in bench.splits if s != bench.main_split)
     metrics = {

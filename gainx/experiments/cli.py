@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from gainx.experiments.specs import REFERENCES
 from gainx.losses.guidance import GUIDANCES
 
 
@@ -35,6 +36,7 @@ def _cmd_bias(args: argparse.Namespace) -> int:
         guidances=args.guidances,
         profile=_profile(args),
         threads=args.threads,
+        references=tuple(args.references),
     )
     return 0
 
@@ -42,7 +44,15 @@ def _cmd_bias(args: argparse.Namespace) -> int:
 def _cmd_localization(args: argparse.Namespace) -> int:
     from gainx.experiments.localization import run_localization
 
-    run_localization(args.out, seeds=args.seeds, budgets=args.budgets, profile=_profile(args), threads=args.threads)
+    run_localization(
+        args.out,
+        seeds=args.seeds,
+        budgets=args.budgets,
+        profile=_profile(args),
+        threads=args.threads,
+        guidances=args.guidances,
+        references=tuple(args.references),
+    )
     return 0
 
 
@@ -60,7 +70,11 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
     p.add_argument("--out", required=True, help="experiment folder: data/, runs/, results.json, results.md, figures")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
-        "--budgets", type=float, nargs="+", default=budgets, help="fractions of training images with annotation"
+        "--budgets",
+        type=float,
+        nargs="*",
+        default=budgets,
+        help="fractions of training images with annotation (none: no paper-L_e budget runs)",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes (tests, smoke runs)")
     p.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
@@ -90,11 +104,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bias.add_argument(
         "--guidances", nargs="+", choices=GUIDANCES, default=list(GUIDANCES), help="guidance losses compared"
     )
+    bias.add_argument(
+        "--references",
+        nargs="*",
+        choices=REFERENCES,
+        default=list(REFERENCES),
+        help="runs without annotation (oracle: the baseline on the benchmark without its bias, cooccur only)",
+    )
     bias.set_defaults(func=_cmd_bias)
     loc = which.add_parser(
         "localization", help="cue mIoU and pointing game of Grad-CAM, GAIN, GAINext on shapes-on-clutter"
     )
     _common(loc, [0.05])
+    loc.add_argument(
+        "--guidances", nargs="+", choices=GUIDANCES, default=["paper"], help="guidance losses of the GAINext runs"
+    )
+    loc.add_argument(
+        "--references", nargs="*", choices=("baseline", "gain"), default=["baseline", "gain"], help="runs without masks"
+    )
     loc.set_defaults(func=_cmd_localization)
 
     cues = subparsers.add_parser("cues", help="write localization cues as PNG label maps (+ manifest)")

@@ -3,11 +3,12 @@
 On the shapes-on-clutter benchmark (image-level labels for training, masks
 for evaluation only), over seeds: Grad-CAM of the plain classifier
 (baseline), GAIN (eq. 6) and GAINext (eq. 8) with masks on a budget of the
-training images. Reports mAP, the cue mIoU of the paper's rule (pixels >= 20%
-of the map's maximum, per ground-truth class map), the pointing game, and the
-mIoU (background + classes) of the cue label maps that ``gainx cues`` writes,
-and the fraction of ground-truth maps that are zero everywhere (no positive
-evidence for the class; cached as ``blank.json`` in the run folder).
+training images (the paper's L_e, or other guidance losses). Reports mAP,
+the cue mIoU of the paper's rule (pixels >= 20% of the map's maximum, per
+ground-truth class map), the pointing game, the mIoU (background + classes)
+of the cue label maps that ``gainx cues`` writes, and the fraction of
+ground-truth maps that are zero everywhere (no positive evidence for the
+class; cached as ``blank.json`` in the run folder).
 """
 
 from __future__ import annotations
@@ -45,13 +46,20 @@ def run_localization(
     quick: bool = False,
     profile: Profile | None = None,
     threads: int = 1,
+    guidances: list[str] = ("paper",),
+    references: tuple[str, ...] = ("baseline", "gain"),
 ) -> dict[str, Any]:
-    """Run the localization comparison; returns what ``results.json`` holds."""
+    """Run the localization comparison (GAINext with each of ``guidances``); returns what ``results.json`` holds."""
     bench = BENCHMARKS["shapes"]
     profile = profile or (QUICK if quick else FULL)
     out = Path(out)
     results = run_matrix(
-        localization_matrix(list(seeds), list(budgets)), bench, out, profile, threads, extra=cue_scores
+        localization_matrix(list(seeds), list(budgets), list(guidances), tuple(references)),
+        bench,
+        out,
+        profile,
+        threads,
+        extra=cue_scores,
     )
     for r in results:
         r["blank_maps"] = _blank(run_dir(out, "shapes", r["key"], r["seed"]), data_dir(out, "shapes", r["seed"]))
@@ -88,6 +96,7 @@ def run_localization(
         data_dir(out, "shapes", seed),
         SPLIT,
         out / "shapes_attention.png",
+        explain="ground_truth",
     )
     print(table)
     return report

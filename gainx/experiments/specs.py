@@ -102,32 +102,60 @@ class RunSpec:
         return {**asdict(self), "key": self.key}
 
 
+REFERENCES = ("baseline", "gain", "oracle")  # the runs without annotation
+
+
 def bias_matrix(
-    seeds: list[int], budgets: list[float], guidance_budget: float, guidances: list[str], oracle: bool = False
+    seeds: list[int],
+    budgets: list[float],
+    guidance_budget: float,
+    guidances: list[str],
+    oracle: bool = False,
+    references: tuple[str, ...] = REFERENCES,
 ) -> list[RunSpec]:
-    """Baseline, GAIN, GAINext (masks and boxes at every budget), the guidance variants (masks at one
-    budget) and, with ``oracle``, the baseline trained on the benchmark without its bias."""
+    """The ``references`` without annotation (baseline, GAIN and, with ``oracle``, the baseline trained on
+    the benchmark without its bias), GAINext with the paper's L_e (masks and boxes at every budget) and
+    the other guidance losses (masks at ``guidance_budget``)."""
     _check_budgets(budgets + [guidance_budget])
+    _check_guidances(guidances)
+    _check_references(references, REFERENCES)
+    runs = []
+    for seed in seeds:
+        runs += [RunSpec(method, seed) for method in ("baseline", "gain") if method in references]
+        runs += [RunSpec("gainext", seed, kind, b) for kind in ("masks", "boxes") for b in budgets]
+        runs += [RunSpec("gainext", seed, "masks", guidance_budget, g) for g in guidances if g != "paper"]
+        runs += [RunSpec("baseline", seed, unbiased=True)] if oracle and "oracle" in references else []
+    return runs
+
+
+def localization_matrix(
+    seeds: list[int],
+    budgets: list[float],
+    guidances: list[str] = ("paper",),
+    references: tuple[str, ...] = ("baseline", "gain"),
+) -> list[RunSpec]:
+    """The ``references`` (Grad-CAM of the plain classifier, GAIN) and GAINext with masks at each budget
+    and each guidance loss."""
+    _check_budgets(budgets)
+    _check_guidances(guidances)
+    _check_references(references, ("baseline", "gain"))
+    runs = []
+    for seed in seeds:
+        runs += [RunSpec(method, seed) for method in ("baseline", "gain") if method in references]
+        runs += [RunSpec("gainext", seed, "masks", b, g) for b in budgets for g in guidances]
+    return runs
+
+
+def _check_references(references: tuple[str, ...], known: tuple[str, ...]) -> None:
+    unknown = [r for r in references if r not in known]
+    if unknown:
+        raise ValueError(f"unknown references {unknown}; choose from {known}")
+
+
+def _check_guidances(guidances: list[str]) -> None:
     unknown = [g for g in guidances if g not in GUIDANCES]
     if unknown:
         raise ValueError(f"unknown guidance losses {unknown}; choose from {GUIDANCES}")
-    runs = []
-    for seed in seeds:
-        runs += [RunSpec("baseline", seed), RunSpec("gain", seed)]
-        runs += [RunSpec("gainext", seed, kind, b) for kind in ("masks", "boxes") for b in budgets]
-        runs += [RunSpec("gainext", seed, "masks", guidance_budget, g) for g in guidances if g != "paper"]
-        runs += [RunSpec("baseline", seed, unbiased=True)] if oracle else []
-    return runs
-
-
-def localization_matrix(seeds: list[int], budgets: list[float]) -> list[RunSpec]:
-    """Grad-CAM of the plain classifier, GAIN, and GAINext with masks at each budget."""
-    _check_budgets(budgets)
-    runs = []
-    for seed in seeds:
-        runs += [RunSpec("baseline", seed), RunSpec("gain", seed)]
-        runs += [RunSpec("gainext", seed, "masks", b) for b in budgets]
-    return runs
 
 
 def _check_budgets(budgets: list[float]) -> None:

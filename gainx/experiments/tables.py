@@ -39,11 +39,11 @@ def aggregate(results: list[dict[str, Any]], metrics: dict[str, tuple[str, str]]
 
 
 def fmt(stat: dict[str, float]) -> str:
-    """``mean ± std`` over seeds; the value alone for one seed (it has no spread), ``n/a`` for none."""
+    """``mean ± std``; a single seed has no spread and shows its value with ``(1 seed)``."""
     if stat["n"] == 0:
         return "n/a"
     if stat["n"] == 1:
-        return f"{stat['mean']:.3f}"
+        return f"{stat['mean']:.3f} (1 seed)"
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 

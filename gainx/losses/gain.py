@@ -8,7 +8,11 @@ classifier's weights:
   mask T(A_c) (eq. 4), erased image I*_c = I - T(A_c) * I (eq. 3), its scores
   and L_am (eq. 5);
 * S_e: L_e (eq. 7) between A_c and the pixel guide H_c, on the samples that
-  carry one (masks, or boxes rasterized into masks).
+  carry one (masks, or boxes rasterized into masks), or another guidance loss
+  (:mod:`gainx.losses.guidance`). With ``guidance="counterfactual"`` the batch
+  is first extended with counterfactual images (annotated objects pasted onto
+  backgrounds of other classes, :mod:`gainx.losses.counterfactual`) that take
+  part in every stream.
 
 Totals: ``L_self = L_cl + alpha L_am`` (eq. 6), ``L_ext = L_cl + alpha L_am +
 omega_e L_e`` (eq. 8). Being a module, it can be wrapped in
@@ -34,7 +38,8 @@ from gainx.attention import (
     select_scores,
 )
 from gainx.losses.bn import frozen_bn_stats
-from gainx.losses.guidance import all_classes_loss, check_guidance, rrr_loss, signed_loss
+from gainx.losses.counterfactual import CounterfactualBank
+from gainx.losses.guidance import all_classes_loss, check_guidance, rrr_loss, scaled_maps, signed_loss
 from gainx.losses.terms import AM_SCORES, attention_mining_loss, classification_loss, guidance_loss
 from gainx.ops import attention_erase, upsample
 
@@ -50,11 +55,12 @@ class GAINOutput:
     loss_am: Tensor
     loss_e: Tensor
     scores: Tensor  # (B, C) scores of the images
-    pair_index: Tensor  # (P,) image of each (image, ground-truth class) pair
+    pair_index: Tensor  # (P,) image of each (image, ground-truth class) pair; >= B: a counterfactual image
     pair_class: Tensor  # (P,) class of each pair
     cam: Tensor | None = None  # (P, h, w) normalized low-resolution attention
     erased: Tensor | None = None  # (P, 3, H, W) erased images I*
     scores_am: Tensor | None = None  # (P, C) scores of the erased images
+    counterfactual: Tensor | None = None  # (K, 3, H, W) counterfactual images appended to the batch
 
     def maps(self, size: tuple[int, int]) -> Tensor:
         """Full-resolution normalized attention maps ``(P, H, W)``."""
@@ -81,13 +87,16 @@ class GAIN(nn.Module):
         am_score: how s_c(I*) is read off the scores, see
             :func:`gainx.losses.terms.am_class_score`.
         backend: where attention -> mask -> erase runs (:mod:`gainx.ops.attention_erase`).
-        guidance: the S_e loss of ``method="gainext"``: ``"paper"`` (eq. 7),
-            ``"all_classes"``, ``"signed"`` or ``"rrr"`` (:mod:`gainx.losses.guidance`).
+        guidance: the S_e loss of ``method="gainext"``: ``"paper"`` (eq. 7), ``"scaled"``,
+            ``"all_classes"``, ``"signed"``, ``"rrr"`` or ``"counterfactual"`` (:mod:`gainx.losses.guidance`).
         reshape_transform: maps the target layer's output (and its gradient)
             to ``(B, C, h, w)``; ``None`` reads the layout off its shape
             (as :func:`gainx.attention_maps`).
         output: where the scores are in what the model returns (key, attribute,
             index or callable; :mod:`gainx.attention.outputs`).
+        counterfactuals: counterfactual images added to each batch (``guidance="counterfactual"``).
+        rrr_scale: weight of the ``rrr`` term inside L_e; ``None`` calibrates it at the first guided
+            step to ``L_cl / L_rrr`` (Ross et al. 2017), then keeps it.
     """
 
     def __init__(
@@ -107,6 +116,8 @@ class GAIN(nn.Module):
         guidance: str = "paper",
         reshape_transform: ReshapeTransform | None = None,
         output: OutputSelector = None,
+        counterfactuals: int = 32,
+        rrr_scale: float | None = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -126,6 +137,11 @@ class GAIN(nn.Module):
         self.guidance = check_guidance(guidance)
         self.reshape_transform = reshape_transform
         self.output = output
+        if counterfactuals < 0:
+            raise ValueError(f"counterfactuals must be >= 0, got {counterfactuals}")
+        self.counterfactuals = counterfactuals
+        self.bank = CounterfactualBank() if method == "gainext" and guidance == "counterfactual" else None
+        self.rrr_scale = rrr_scale
 
     def forward(
         self,
@@ -147,6 +163,13 @@ class GAIN(nn.Module):
         """
         if labels.dim() != 2 or labels.shape[0] != images.shape[0]:
             raise ValueError(f"labels must be (B, C) multi-hot with B = {images.shape[0]}, got {tuple(labels.shape)}")
+        num_batch = images.shape[0]
+        counterfactual = None
+        if self.bank is not None:
+            _guided_rows(guide, has_guide, labels, images)
+            images, labels, guide, has_guide, counterfactual = self._add_counterfactuals(
+                images, labels, guide, has_guide
+            )
         pair_index, pair_class = torch.nonzero(labels > 0.5, as_tuple=True)
         attend = mining and self.method != "baseline" and pair_index.numel() > 0
         if attend and self.method == "gainext" and self.guidance == "rrr":
@@ -156,14 +179,17 @@ class GAIN(nn.Module):
         loss_cl = classification_loss(scores, labels, self.multilabel)
         zero = loss_cl.new_zeros(())
         if not attend:
-            return GAINOutput(loss_cl, loss_cl, zero, zero, scores, pair_index, pair_class)
+            return GAINOutput(
+                loss_cl, loss_cl, zero, zero, scores[:num_batch], pair_index, pair_class, counterfactual=counterfactual
+            )
 
         layer_out = captured.features
         transform = layer_transform(self.model, images, layer_out, self.reshape_transform)
         grads = class_gradients(scores, layer_out, pair_index, pair_class, create_graph=self.second_order)
+        features, grads = apply_transform(layer_out, transform), apply_transform(grads, transform)  # (., C, h, w)
         pairs = attention_erase(
-            apply_transform(layer_out.index_select(0, pair_index), transform),
-            apply_transform(grads, transform),
+            features.index_select(0, pair_index),
+            grads,
             images,
             pair_index,
             sigma=self.sigma,
@@ -179,13 +205,44 @@ class GAIN(nn.Module):
             guided = _guided_rows(guide, has_guide, labels, images)
             if self.guidance == "paper":
                 loss_e = self._paper_guidance(pairs.cam, guide, guided, pair_index, pair_class, num_images)
+            elif self.guidance in ("scaled", "counterfactual"):
+                loss_e = self._scaled_guidance(features, grads, guide, guided, pair_index, pair_class, num_images)
             else:
-                loss_e = self._guidance_variant(images, labels, scores, layer_out, transform, guide, guided)
+                loss_e = self._guidance_variant(images, labels, scores, layer_out, transform, guide, guided, loss_cl)
         loss = loss_cl + self.alpha * loss_am
         if self.method == "gainext":
             loss = loss + self.omega_e * loss_e
         return GAINOutput(
-            loss, loss_cl, loss_am, loss_e, scores, pair_index, pair_class, pairs.cam, pairs.erased, scores_am
+            loss,
+            loss_cl,
+            loss_am,
+            loss_e,
+            scores[:num_batch],
+            pair_index,
+            pair_class,
+            pairs.cam,
+            pairs.erased,
+            scores_am,
+            counterfactual,
+        )
+
+    def _add_counterfactuals(
+        self, images: Tensor, labels: Tensor, guide: Tensor, has_guide: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """Store the batch's annotated images in the bank and append the counterfactual images it draws."""
+        rows = has_guide.to(torch.bool)
+        self.bank.add(images[rows], guide[rows], labels[rows])
+        drawn = self.bank.draw(self.counterfactuals)
+        if drawn is None:
+            return images, labels, guide, has_guide, None
+        pasted, pasted_labels, pasted_guide = drawn
+        flags = torch.ones(pasted.shape[0], dtype=has_guide.dtype, device=has_guide.device)
+        return (
+            torch.cat([images, pasted.to(images.dtype)]),
+            torch.cat([labels, pasted_labels.to(labels.dtype)]),
+            torch.cat([guide, pasted_guide]),
+            torch.cat([has_guide, flags]),
+            pasted,
         )
 
     def _paper_guidance(
@@ -199,6 +256,26 @@ class GAIN(nn.Module):
         maps = upsample(cam.index_select(0, pairs), (guide.shape[-2], guide.shape[-1]))
         return guidance_loss(maps, guide[idx, cls], idx, num_images)
 
+    def _scaled_guidance(
+        self,
+        features: Tensor,
+        grads: Tensor,
+        guide: Tensor,
+        guided: Tensor,
+        pair_index: Tensor,
+        pair_class: Tensor,
+        num_images: int,
+    ) -> Tensor:
+        """eq. 7 on the signed evidence scaled by a constant (``guidance="scaled"``), on the guided pairs."""
+        pairs = torch.nonzero(guided[pair_index]).squeeze(1)
+        if pairs.numel() == 0:
+            return features.new_zeros(())
+        idx, cls = pair_index[pairs], pair_class[pairs]
+        weights = grads.index_select(0, pairs).mean(dim=(2, 3), keepdim=True)
+        evidence = (weights * features.index_select(0, idx)).sum(dim=1)
+        maps = scaled_maps(evidence, (guide.shape[-2], guide.shape[-1]))
+        return guidance_loss(maps, guide[idx, cls], idx, num_images)
+
     def _guidance_variant(
         self,
         images: Tensor,
@@ -208,6 +285,7 @@ class GAIN(nn.Module):
         transform: ReshapeTransform | None,
         guide: Tensor,
         guided: Tensor,
+        loss_cl: Tensor,
     ) -> Tensor:
         """The non-paper guidance losses on the images that carry a guide (stream S_e)."""
         rows = torch.nonzero(guided).squeeze(1)
@@ -215,7 +293,10 @@ class GAIN(nn.Module):
             return scores.new_zeros(())
         rows_guide = guide.index_select(0, rows)
         if self.guidance == "rrr":
-            return rrr_loss(images, scores, rows, rows_guide, self.multilabel)
+            loss = rrr_loss(images, scores, rows, rows_guide, self.multilabel)
+            if self.rrr_scale is None and loss.item() > 0:
+                self.rrr_scale = loss_cl.item() / loss.item()
+            return loss * (self.rrr_scale or 1.0)
         evidence = class_evidence(scores, layer_out, rows, create_graph=self.second_order, transform=transform)
         loss = all_classes_loss if self.guidance == "all_classes" else signed_loss
         return loss(evidence, rows_guide, labels.index_select(0, rows))

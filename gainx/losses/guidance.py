@@ -10,6 +10,19 @@ ReLU), bilinearly upsampled to the image size.
 
 * ``paper``: eq. 7 on the min-max-normalized map of each ground-truth class,
   ``L_e = 1/n sum_c mean_valid (A_c - H_c)^2`` (:func:`gainx.losses.terms.guidance_loss`).
+  A blank map (``E_c <= 0`` everywhere) is a stationary point: the ReLU of eq. 2
+  and the flat-map rule of the normalization pass no gradient.
+* ``scaled``: eq. 7 on the signed evidence of each ground-truth class scaled by
+  a constant, ``N_c = E_c / (max_xy |E_c| + eps)`` (the scale without gradient),
+  ``L_e = 1/n sum_c mean_valid (N_c - H_c)^2``. Where the map is blank or flat
+  the object pixels still pull ``E_c`` up, so the loss cannot collapse to zero
+  evidence; on a map that is zero or positive it equals eq. 7 with max instead
+  of min-max normalization.
+* ``counterfactual``: ``scaled`` plus counterfactual images: each step pastes
+  annotated objects onto cleaned backgrounds of annotated images of other
+  classes (label kept; :mod:`gainx.losses.counterfactual`), and these images
+  join the batch for every stream, so the context stops predicting the label
+  (Xiao et al. 2020).
 * ``all_classes``: every class's ReLU'd map on one scale per image, the peak of
   its ground-truth maps, ``N_c = ReLU(E_c) / (max_{c' in GT} max_xy ReLU(E_c') + eps)``,
   must match its guide channel: the mask for a ground-truth class, zero
@@ -30,7 +43,10 @@ ReLU), bilinearly upsampled to the image size.
   of the summed log-probabilities must vanish on the background,
   ``L = mean_images sum_{x in B} sum_ch (d/dI_x sum_c log p_c)^2``
   (log-softmax for single-label, log-sigmoid for multi-label models); it needs
-  ``create_graph`` through the whole network.
+  ``create_graph`` through the whole network. As Ross et al. do, its weight is
+  calibrated so the term starts comparable to the cross-entropy: ``GAIN`` scales
+  it by ``L_cl / L_rrr`` measured (without gradient) at the first guided step,
+  then keeps that constant (``rrr_scale``).
 """
 
 from __future__ import annotations
@@ -42,7 +58,7 @@ from torch import Tensor
 from gainx.losses.terms import masked_squared_error
 from gainx.ops.cam import EPS, upsample
 
-GUIDANCES = ("paper", "all_classes", "signed", "rrr")
+GUIDANCES = ("paper", "scaled", "all_classes", "signed", "rrr", "counterfactual")
 
 
 def check_guidance(name: str) -> str:
@@ -50,6 +66,13 @@ def check_guidance(name: str) -> str:
     if name not in GUIDANCES:
         raise ValueError(f"guidance must be one of {GUIDANCES}, got {name!r}")
     return name
+
+
+def scaled_maps(evidence: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(P, h, w)`` signed evidence -> ``(P, H, W)`` maps ``E / (max |E| + eps)``, the scale without gradient."""
+    maps = upsample(evidence, size)
+    scale = maps.detach().abs().flatten(1).amax(dim=1)[:, None, None]
+    return maps / (scale + EPS)
 
 
 def background(guide: Tensor) -> Tensor:

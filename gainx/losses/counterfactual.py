@@ -1,0 +1,73 @@
+"""A bank of annotated images from which each training step draws counterfactual images.
+
+A batch holds only a few annotated images (5% of 64 is three), too few to
+pair every object with backgrounds of other classes. The bank keeps the last
+``capacity`` annotated images seen in training (image, cleaned background,
+guide, labels; detached) and draws ``count`` (object, background) pairs with
+disjoint label sets from it (:mod:`gainx.data.counterfactual`).
+
+Rules: only images that carry a guide with at least one object pixel enter
+the bank (a guide that marks no object pixel gives no object to paste and is
+skipped); a step draws nothing while the bank holds no two images of disjoint
+classes. The bank lives outside the model's state: a resumed run starts with
+an empty bank.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gainx.data.counterfactual import counterfactual_pairs, fill_objects, object_pixels, paste_objects
+
+
+class CounterfactualBank:
+    """FIFO store of annotated images; :meth:`draw` pastes objects onto other classes' backgrounds."""
+
+    def __init__(self, capacity: int = 512) -> None:
+        if capacity < 2:
+            raise ValueError(f"counterfactual bank capacity must be >= 2, got {capacity}")
+        self.capacity = capacity
+        self.images: Tensor | None = None
+        self.backgrounds: Tensor | None = None
+        self.guides: Tensor | None = None
+        self.labels: Tensor | None = None
+        self.size = 0
+        self.next = 0
+
+    def add(self, images: Tensor, guides: Tensor, labels: Tensor) -> int:
+        """Store the images whose guide marks an object pixel; returns how many were stored."""
+        keep = object_pixels(guides).flatten(1).any(dim=1)
+        images, guides, labels = images[keep].detach(), guides[keep], labels[keep].detach()
+        n = images.shape[0]
+        if n == 0:
+            return 0
+        if (
+            self.images is None
+            or self.images.shape[1:] != images.shape[1:]
+            or self.guides.shape[1:] != guides.shape[1:]
+        ):
+            self.images = images.new_zeros(self.capacity, *images.shape[1:])
+            self.backgrounds = torch.zeros_like(self.images)
+            self.guides = guides.new_zeros(self.capacity, *guides.shape[1:])
+            self.labels = labels.new_zeros(self.capacity, *labels.shape[1:])
+            self.size = self.next = 0
+        slots = (self.next + torch.arange(n, device=images.device)) % self.capacity
+        self.images[slots] = images
+        self.backgrounds[slots] = fill_objects(images, object_pixels(guides))
+        self.guides[slots] = guides
+        self.labels[slots] = labels
+        self.next = (self.next + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+        return n
+
+    def draw(self, count: int) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``count`` pasted images with the labels and guides of their objects, or ``None`` if no pair exists."""
+        if self.size < 2 or count <= 0:
+            return None
+        pairs = counterfactual_pairs(self.labels[: self.size], count)
+        if pairs.numel() == 0:
+            return None
+        obj, bg = pairs[:, 0], pairs[:, 1]
+        pasted, guides = paste_objects(self.images[obj], self.guides[obj], self.backgrounds[bg])
+        return pasted, self.labels[obj], guides

@@ -1,0 +1,128 @@
+"""Counterfactual pasting (gainx.data.counterfactual), its bank, and the guidance that uses them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gainx.data.counterfactual import counterfactual_pairs, fill_objects, object_pixels, paste_objects
+from gainx.losses import GAIN
+from gainx.losses.counterfactual import CounterfactualBank
+from gainx.models import SmallCNN
+
+
+def test_fill_objects_takes_the_nearest_background_pixel_of_the_row():
+    image = torch.arange(1.0, 8.0).view(1, 1, 1, 7).repeat(1, 3, 3, 1)  # every row 1..7
+    objects = torch.zeros(1, 3, 7, dtype=torch.bool)
+    objects[0, 1, 3] = True  # dilated: columns 2-4 of every row are hidden
+    filled = fill_objects(image, objects)
+    assert filled[0, 0, 1].tolist() == [1, 2, 2, 2, 6, 6, 7]  # left neighbour first at equal distance
+    assert not (filled[0, :, :, 2:5] == image[0, :, :, 2:5]).all()
+
+
+def test_fill_objects_falls_back_to_columns_when_a_row_is_hidden():
+    image = torch.arange(5.0).view(1, 1, 5, 1).expand(1, 3, 5, 4).clone()  # row r holds r
+    objects = torch.zeros(1, 5, 4, dtype=torch.bool)
+    objects[0, 2, :] = True  # rows 1-3 hidden after dilation
+    filled = fill_objects(image, objects)
+    assert filled[0, 0, :, 0].tolist() == [0, 0, 0, 4, 4]
+
+
+def test_paste_objects_composes_and_keeps_the_object_guide():
+    objects = torch.full((1, 3, 2, 2), 5.0)
+    backgrounds = torch.zeros(1, 3, 2, 2)
+    guide = torch.tensor([[[[1, 0], [0, 255]], [[0, 0], [0, 0]]]], dtype=torch.uint8)
+    pasted, pasted_guide = paste_objects(objects, guide, backgrounds)
+    assert pasted[0, 0].tolist() == [[5.0, 0.0], [0.0, 0.0]]
+    assert torch.equal(pasted_guide, guide)
+
+
+def test_paste_objects_rejects_an_image_without_object_pixels():
+    empty = torch.full((2, 1, 2, 2), 255, dtype=torch.uint8)
+    empty[0, 0, 0, 0] = 1
+    with pytest.raises(ValueError, match=r"cannot paste images \[1\]"):
+        paste_objects(torch.zeros(2, 3, 2, 2), empty, torch.zeros(2, 3, 2, 2))
+    with pytest.raises(ValueError, match="uint8"):
+        object_pixels(empty.float())
+
+
+def test_pairs_have_disjoint_labels():
+    labels = torch.tensor([[1.0, 0, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0]])
+    pairs = counterfactual_pairs(labels, 200, torch.Generator().manual_seed(0))
+    assert pairs.shape == (200, 2)
+    assert not (labels[pairs[:, 0]] * labels[pairs[:, 1]]).any()
+    assert {tuple(p) for p in pairs.tolist()} == {(0, 2), (2, 0), (1, 2), (2, 1), (3, 2), (2, 3)}
+    assert counterfactual_pairs(labels[[0, 3]], 5).numel() == 0
+
+
+def test_bank_skips_images_without_objects_and_draws_other_backgrounds():
+    bank = CounterfactualBank(capacity=4)
+    images = torch.stack([torch.full((3, 4, 4), float(i)) for i in range(3)])
+    guides = torch.zeros(3, 2, 4, 4, dtype=torch.uint8)
+    guides[0, 0, :2, :2] = 1
+    guides[2, 1, 2:, 2:] = 1  # image 1 marks no object: skipped
+    labels = torch.tensor([[1.0, 0], [1, 0], [0, 1]])
+    assert bank.add(images, guides, labels) == 2
+    pasted, pasted_labels, pasted_guides = bank.draw(10)
+    assert pasted.shape == (10, 3, 4, 4)
+    for img, lab, g in zip(pasted, pasted_labels, pasted_guides):
+        obj = object_pixels(g[None])[0]
+        source, other = (0.0, 2.0) if lab[0] == 1 else (2.0, 0.0)
+        assert (img[:, obj] == source).all() and (img[:, ~obj] == other).all()
+    single = CounterfactualBank()
+    single.add(images[:1], guides[:1], labels[:1])
+    assert single.draw(4) is None
+
+
+def _biased_batch(n: int, conflicting: bool, seed: int):
+    """Class = colour of a 3x3 square (red / green) at a random place; the rest of the 8x8 image is
+    blue for class 0 and yellow for class 1 (swapped when ``conflicting``). Every image has its mask."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    bg_class = 1 - y if conflicting else y
+    images = torch.zeros(n, 3, 8, 8)
+    images[:, 2] = (bg_class == 0).float()[:, None, None]
+    images[:, :2] = (bg_class == 1).float()[:, None, None, None].expand(n, 2, 8, 8)
+    guide = torch.zeros(n, 2, 8, 8, dtype=torch.uint8)
+    for i in range(n):
+        r, c = torch.randint(0, 6, (2,), generator=g).tolist()
+        images[i, :, r : r + 3, c : c + 3] = 0.0
+        images[i, int(y[i]), r : r + 3, c : c + 3] = 1.0
+        guide[i, int(y[i]), r : r + 3, c : c + 3] = 1
+    labels = torch.nn.functional.one_hot(y, 2).float()
+    return images + 0.1 * torch.randn(images.shape, generator=g), labels, guide
+
+
+def _conflicting_accuracy(guidance: str) -> float:
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=2, width=4)
+    gain = GAIN(model, "features", method="gainext", guidance=guidance, omega_e=0.0, alpha=0.0, counterfactuals=32)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(40):
+        images, labels, guide = _biased_batch(32, False, step)
+        out = gain(images, labels, guide, torch.ones(32, dtype=torch.bool), mining=False)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    images, labels, _ = _biased_batch(200, True, 999)
+    with torch.no_grad():
+        return (model.eval()(images).argmax(1) == labels.argmax(1)).float().mean().item()
+
+
+def test_counterfactual_images_remove_a_background_bias():
+    # the same objective (L_cl only: alpha = omega_e = 0) with and without the pasted images
+    assert _conflicting_accuracy("scaled") < 0.3
+    assert _conflicting_accuracy("counterfactual") > 0.8
+
+
+def test_gain_appends_counterfactuals_and_reports_batch_scores():
+    images, labels, guide = _biased_batch(8, False, 0)
+    gain = GAIN(
+        SmallCNN(num_classes=2, width=4), "features", method="gainext", guidance="counterfactual", counterfactuals=5
+    )
+    out = gain(images, labels, guide, torch.ones(8, dtype=torch.bool))
+    assert out.counterfactual.shape == (5, 3, 8, 8)
+    assert out.scores.shape == (8, 2)
+    assert int(out.pair_index.max()) >= 8  # the counterfactual images have attention pairs too
+    with pytest.raises(ValueError, match="counterfactuals must be >= 0"):
+        GAIN(SmallCNN(num_classes=2, width=4), "features", guidance="counterfactual", counterfactuals=-1)
