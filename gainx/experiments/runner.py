@@ -83,6 +83,7 @@ def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile) -> Trai
         seed=spec.seed,
         am_warmup=min(profile.am_warmup, profile.epochs - 1),
         resume=True,
+        val_split="none",  # each run is evaluated on its benchmark's test splits afterwards
         progress=False,
         device="cpu",
         allow_outside_root=True,  # budget variants list the base data set's images (../../train/...)
