@@ -97,6 +97,10 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         flags = ["--" + f.name.replace("_", "-")] + (["--model"] if f.name == "arch" else [])
         help_text = TRAIN_HELP[f.name]
+        if f.name == "arch":  # open-ended (timm:, module:factory), so listed rather than enforced
+            from gainx.models.registry import ARCHS
+
+            help_text = f"{help_text}; built-in: {', '.join(ARCHS)}"
         if f.default_factory is not MISSING:  # model_kwargs
             parser.add_argument(*flags, dest=f.name, type=_json_object, default=f.default_factory(), help=help_text)
         elif f.default is MISSING:

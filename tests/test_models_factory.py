@@ -151,7 +151,7 @@ def test_training_a_factory_model_records_it_and_says_the_target_layer(decoy_dir
     )
     cfg.progress = False
     path = train(cfg)
-    assert "target layer: features (the default for gainx.models.small_cnn:SmallCNN" in capsys.readouterr().out
+    assert "target layer: features (the default for gainx.models.small_cnn:SmallCNN" in capsys.readouterr().err
     model, meta = load_model(path)
     assert meta["target_layer"] == "features" and meta["model_kwargs"] == {"width": 4}
     assert model.fc.in_features == 16

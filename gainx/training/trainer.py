@@ -19,6 +19,7 @@ the last finite state.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,10 @@ class Trainer:
         self.model = build_model(cfg.arch, len(self.dataset.classes), cfg.weights, cfg.model_kwargs)
         self.target_layer = cfg.target_layer or default_target_layer(cfg.arch, self.model, self.dataset.image_size)
         if cfg.target_layer is None and self.dist.main:
-            print(f"target layer: {self.target_layer} (the default for {cfg.arch}; choose another with --target-layer)")
+            print(
+                f"target layer: {self.target_layer} (the default for {cfg.arch}; choose another with --target-layer)",
+                file=sys.stderr,
+            )
         self.model = self.model.to(device)
         self.objective = GAIN(
             self.model,
