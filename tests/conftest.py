@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +17,12 @@ import pytest  # noqa: E402
 
 from gainx.data.synthetic import write_decoy  # noqa: E402
 from gainx.models import SmallCNN  # noqa: E402
+
+# The checkout's bench/ (benchmark tooling, not part of the installed package) is importable for the tests of
+# that tooling. Appended after gainx is imported, so an installed gainx keeps precedence over ./gainx.
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
 
 
 @pytest.fixture(autouse=True)
