@@ -13,8 +13,9 @@ or ``gainx serve`` do not load torch and the training code.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gainx._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -26,12 +27,7 @@ if TYPE_CHECKING:
     from gainx.losses import GAIN, GAINOutput
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'gainx' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -6,8 +6,9 @@ need the ``serve`` extra; running it does (``pip install "gainx[serve]"``).
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gainx._lazy import lazy_names
 
 _LAZY = {
     "create_app": "gainx.serve.app",
@@ -25,9 +26,4 @@ if TYPE_CHECKING:
     from gainx.serve.errors import ApiError
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'gainx.serve' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY, globals())
