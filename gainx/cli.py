@@ -38,6 +38,9 @@ TRAIN_HELP = {
     "backend": "where attention -> mask -> erase runs",
     "guidance": "S_e loss of gainext: paper (eq. 7) | scaled | all_classes | signed | rrr | counterfactual "
     "(gainx.losses.guidance)",
+    "counterfactuals": "counterfactual images (annotated objects pasted onto other classes' backgrounds) added to "
+    "each batch with --guidance counterfactual",
+    "counterfactual_weight": "weight of a counterfactual image in L_cl relative to an image of the batch",
     "weights": "local backbone weights file (state dict); nothing is downloaded",
     "seed": "seed of weights, data order and augmentation",
     "workers": "data-loading worker processes",

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gainx.data.counterfactual import counterfactual_pairs, fill_objects, object_pixels, paste_objects
+from gainx.data.counterfactual import (
+    counterfactual_pairs,
+    fill_objects,
+    object_pixels,
+    paste_objects,
+    shift_objects,
+)
 from gainx.losses import GAIN
 from gainx.losses.counterfactual import CounterfactualBank
 from gainx.models import SmallCNN
@@ -44,6 +50,24 @@ def test_paste_objects_rejects_an_image_without_object_pixels():
         paste_objects(torch.zeros(2, 3, 2, 2), empty, torch.zeros(2, 3, 2, 2))
     with pytest.raises(ValueError, match="uint8"):
         object_pixels(empty.float())
+
+
+def test_shift_objects_moves_object_and_guide_together_inside_the_frame():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(1, 3, 10, 12, generator=g).expand(200, 3, 10, 12).clone()
+    guides = torch.zeros(200, 2, 10, 12, dtype=torch.uint8)
+    guides[:, 1, 2:5, 0:3] = 1  # a 3x3 object touching the left border
+    shifted, shifted_guides = shift_objects(images, guides, g)
+    offsets = set()
+    for img, guide in zip(shifted, shifted_guides):
+        obj = object_pixels(guide[None])[0]
+        assert obj.sum() == 9  # nothing wrapped or was cut at the border
+        (r, c) = torch.nonzero(obj)[0].tolist()
+        assert torch.equal(img[:, r : r + 3, c : c + 3], images[0, :, 2:5, 0:3])  # the pixels moved with their mask
+        offsets.add((r - 2, c))
+    assert {dy for dy, _ in offsets} == set(range(-2, 6)) and {dx for _, dx in offsets} == set(range(0, 10))
+    with pytest.raises(ValueError, match=r"cannot shift images \[0\]"):
+        shift_objects(images[:1], torch.zeros(1, 2, 10, 12, dtype=torch.uint8))
 
 
 def test_pairs_have_disjoint_labels():

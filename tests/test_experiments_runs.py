@@ -114,3 +114,14 @@ def test_bias_experiment_cooccur_with_guidance_variant_and_oracle(tmp_path):
     assert "Signed evidence" in md and len(report["evidence_table"]) == len(keys)
     for run in report["runs"]:  # object + background evidence of each run, cached next to its checkpoint
         assert set(run["evidence"]) >= {"gt_object", "gt_background", "other_object", "other_background"}
+
+
+def test_parallel_jobs_give_the_results_of_one_process(tmp_path):
+    kwargs = dict(seeds=[0, 1], budgets=[], guidances=["paper"], references=("baseline", "gain"), profile=TINY)
+    serial = run_bias("decoy", tmp_path / "serial", **kwargs)
+    parallel = run_bias("decoy", tmp_path / "parallel", jobs=2, **kwargs)
+    assert [(r["key"], r["seed"]) for r in parallel["runs"]] == [(r["key"], r["seed"]) for r in serial["runs"]]
+    for a, b in zip(serial["runs"], parallel["runs"]):
+        assert a["test_random"] == b["test_random"] and a["test_consistent"] == b["test_consistent"]
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        run_bias("decoy", tmp_path / "none", jobs=0, **kwargs)

@@ -12,7 +12,10 @@ where ``I_o`` is an annotated image, ``M_o`` the union of its object pixels
 annotated image of other classes: its own object pixels (dilated by one pixel)
 filled from the nearest background pixel in the same row, then the same column
 (:func:`fill_objects`). ``I'`` keeps the labels and the guide of ``I_o``, so
-the context it shows is uninformative about its label.
+the context it shows is uninformative about its label. Optionally the object
+is first moved by a random translation that keeps all of its pixels in the
+frame (:func:`shift_objects`), so a few annotated objects are seen at many
+places on many backgrounds, not only where they stood.
 """
 
 from __future__ import annotations
@@ -86,6 +89,39 @@ def paste_objects(objects: Tensor, object_guides: Tensor, backgrounds: Tensor) -
         raise ValueError(f"cannot paste images {empty}: their guides mark no object pixel (value 1)")
     m = mask.unsqueeze(1).to(objects.dtype)
     return backgrounds * (1 - m) + objects * m, object_guides.clone()
+
+
+def shift_objects(
+    objects: Tensor, object_guides: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Move each image's object pixels (and its guide) by a random integer translation that keeps them in frame.
+
+    The translation ``(dy, dx)`` of image i is uniform over the offsets that keep
+    the bounding box of its object pixels inside the image; the image and its
+    guide are rolled by it together (no pixel of the object wraps around).
+    Images without object pixels raise, as in :func:`paste_objects`.
+    """
+    if object_guides.shape[0] != objects.shape[0] or object_guides.shape[-2:] != objects.shape[-2:]:
+        raise ValueError(f"guides {tuple(object_guides.shape)} do not match images {tuple(objects.shape)}")
+    mask = object_pixels(object_guides)
+    rows, cols = mask.any(dim=2), mask.any(dim=1)  # (N, H), (N, W)
+    empty = torch.nonzero(~rows.any(dim=1)).flatten().tolist()
+    if empty:
+        raise ValueError(f"cannot shift images {empty}: their guides mark no object pixel (value 1)")
+    shifted_images, shifted_guides = torch.empty_like(objects), torch.empty_like(object_guides)
+    for i in range(objects.shape[0]):
+        dy = _offset(rows[i], generator)
+        dx = _offset(cols[i], generator)
+        shifted_images[i] = torch.roll(objects[i], (dy, dx), dims=(-2, -1))
+        shifted_guides[i] = torch.roll(object_guides[i], (dy, dx), dims=(-2, -1))
+    return shifted_images, shifted_guides
+
+
+def _offset(occupied: Tensor, generator: torch.Generator | None) -> int:
+    """A uniform shift along one axis that keeps the occupied span ``occupied`` (bool, (L,)) inside [0, L)."""
+    idx = torch.nonzero(occupied).flatten()
+    low, high = -int(idx[0]), occupied.numel() - 1 - int(idx[-1])
+    return low + int(torch.randint(high - low + 1, (1,), generator=generator))
 
 
 def counterfactual_pairs(labels: Tensor, count: int, generator: torch.Generator | None = None) -> Tensor:

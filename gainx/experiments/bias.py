@@ -46,6 +46,7 @@ def run_bias(
     quick: bool = False,
     profile: Profile | None = None,
     threads: int = 1,
+    jobs: int = 1,
     references: tuple[str, ...] = REFERENCES,
 ) -> dict[str, Any]:
     """Run the bias comparison on ``benchmark``; returns what ``results.json`` holds."""
@@ -56,7 +57,7 @@ def run_bias(
     out = Path(out)
     oracle = bench.unbiased is not None
     specs = bias_matrix(list(seeds), list(budgets), guidance_budget, list(guidances), oracle, tuple(references))
-    results = run_matrix(specs, bench, out, profile, threads)
+    results = run_matrix(specs, bench, out, profile, threads, jobs=jobs)
     consistent = next(s for s in bench.splits if s != bench.main_split)
     metrics = {
         "acc_conflicting": (bench.main_split, "accuracy"),

@@ -18,7 +18,10 @@ def _profile(args: argparse.Namespace):
         train_size=args.train_size,
         test_size=args.test_size,
         image_size=args.image_size,
+        alpha=args.alpha,
         omega_e=args.omega_e,
+        counterfactuals=args.counterfactuals,
+        counterfactual_weight=args.counterfactual_weight,
         am_warmup=args.am_warmup,
         second_order=args.second_order or None,
     )
@@ -36,6 +39,7 @@ def _cmd_bias(args: argparse.Namespace) -> int:
         guidances=args.guidances,
         profile=_profile(args),
         threads=args.threads,
+        jobs=args.jobs,
         references=tuple(args.references),
     )
     return 0
@@ -50,6 +54,7 @@ def _cmd_localization(args: argparse.Namespace) -> int:
         budgets=args.budgets,
         profile=_profile(args),
         threads=args.threads,
+        jobs=args.jobs,
         guidances=args.guidances,
         references=tuple(args.references),
     )
@@ -81,12 +86,22 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
     p.add_argument("--train-size", type=int, default=None, help="override the profile's training images")
     p.add_argument("--test-size", type=int, default=None, help="override the profile's images per test split")
     p.add_argument("--image-size", type=int, default=None, help="override the profile's image size")
+    p.add_argument("--alpha", type=float, default=None, help="override the weight of L_am (eq. 6)")
     p.add_argument("--omega-e", type=float, default=None, help="override the weight of the guidance loss (eq. 8)")
+    p.add_argument(
+        "--counterfactuals", type=int, default=None, help="override the pasted images per batch (counterfactual)"
+    )
+    p.add_argument(
+        "--counterfactual-weight", type=float, default=None, help="override their weight in L_cl (counterfactual)"
+    )
     p.add_argument("--am-warmup", type=int, default=None, help="override the epochs of L_cl only before GAIN starts")
     p.add_argument(
         "--second-order", action="store_true", help="differentiate through the Grad-CAM weights (create_graph)"
     )
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a busy CPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run (1 is fastest on a busy CPU)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs trained at the same time, each in its own process (e.g. one per core)"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -46,6 +46,7 @@ def run_localization(
     quick: bool = False,
     profile: Profile | None = None,
     threads: int = 1,
+    jobs: int = 1,
     guidances: list[str] = ("paper",),
     references: tuple[str, ...] = ("baseline", "gain"),
 ) -> dict[str, Any]:
@@ -60,6 +61,7 @@ def run_localization(
         profile,
         threads,
         extra=cue_scores,
+        jobs=jobs,
     )
     for r in results:
         r["blank_maps"] = _blank(run_dir(out, "shapes", r["key"], r["seed"]), data_dir(out, "shapes", r["seed"]))

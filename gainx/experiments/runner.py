@@ -9,8 +9,10 @@ experiment command continues where it stopped.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +75,10 @@ def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile) -> Trai
         method=spec.method,
         guidance=spec.guidance,
         epochs=profile.epochs,
+        alpha=profile.alpha,
         omega_e=profile.omega_e,
+        counterfactuals=profile.counterfactuals,
+        counterfactual_weight=profile.counterfactual_weight,
         second_order=profile.second_order,
         batch_size=profile.batch_size,
         optimizer="adamw",
@@ -125,6 +130,20 @@ def run_one(
     return result
 
 
+def _run_logged(
+    spec: RunSpec,
+    bench: Benchmark,
+    root: Path,
+    profile: Profile,
+    threads: int,
+    extra: Callable[[Path, Path], dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """One run of :func:`run_matrix` with ``threads`` intra-op threads (in this process or a worker)."""
+    torch.set_num_threads(threads)
+    base = data_dir(root, bench.name, spec.seed, spec.unbiased)
+    return run_one(spec, bench, base, run_dir(root, bench.name, spec.key, spec.seed), profile, extra)
+
+
 def run_matrix(
     specs: list[RunSpec],
     bench: Benchmark,
@@ -132,20 +151,45 @@ def run_matrix(
     profile: Profile,
     threads: int = 1,
     extra: Callable[[Path, Path], dict[str, Any]] | None = None,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
-    """Run every spec (skipping finished ones) with ``threads`` intra-op threads."""
-    torch.set_num_threads(threads)
-    results = []
-    for i, spec in enumerate(specs, 1):
-        base = base_data(bench, root, spec.seed, profile, spec.unbiased)
-        t0 = time.perf_counter()
-        result = run_one(spec, bench, base, run_dir(root, bench.name, spec.key, spec.seed), profile, extra)
+    """Run every spec (skipping finished ones) with ``threads`` intra-op threads each, ``jobs`` at a time.
+
+    The data sets are written first, in this process; with ``jobs > 1`` the runs
+    go to that many worker processes (spawned, so no thread pool is inherited).
+    A run's result does not depend on ``jobs``: each run seeds itself. Results
+    come back in the order of ``specs``; a failed run raises after the others
+    that had started have finished (the others are cancelled; finished
+    runs keep their results, so the command resumes).
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    for spec in specs:
+        base_data(bench, root, spec.seed, profile, spec.unbiased)
+    results: list[dict[str, Any] | None] = [None] * len(specs)
+    t0 = time.perf_counter()
+
+    def report(i: int, result: dict[str, Any]) -> None:
+        results[i] = result
         main = result[bench.main_split]
         score = main.get("accuracy", main.get("mAP"))
+        done = sum(r is not None for r in results)
         print(
-            f"[{i}/{len(specs)}] {bench.name} {spec.name}: {bench.main_split} {score:.3f} "
-            f"cue mIoU {main['miou']:.3f} ({time.perf_counter() - t0:.0f}s)",
+            f"[{done}/{len(specs)}] {bench.name} {specs[i].name}: {bench.main_split} {score:.3f} "
+            f"cue mIoU {main['miou']:.3f} (train {result['train_seconds']:.0f}s, "
+            f"{time.perf_counter() - t0:.0f}s elapsed)",
             flush=True,
         )
-        results.append(result)
+
+    if jobs == 1:
+        for i, spec in enumerate(specs):
+            report(i, _run_logged(spec, bench, root, profile, threads, extra))
+        return results
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(_run_logged, s, bench, root, profile, threads, extra): i for i, s in enumerate(specs)}
+        for future in as_completed(futures):
+            report(futures[future], future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return results

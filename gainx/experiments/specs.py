@@ -60,7 +60,10 @@ class Profile:
     batch_size: int = 64
     lr: float = 3e-3
     am_warmup: int = 1
+    alpha: float = 1.0  # weight of L_am (eq. 6)
     omega_e: float = 10.0  # weight of the guidance loss (eq. 8)
+    counterfactuals: int = 32  # pasted images per batch (guidance "counterfactual")
+    counterfactual_weight: float = 4.0  # their weight in L_cl relative to a batch image
     second_order: bool = False  # train through the Grad-CAM weights too
 
     def with_overrides(self, **values: Any) -> Profile:

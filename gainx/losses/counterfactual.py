@@ -18,16 +18,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gainx.data.counterfactual import counterfactual_pairs, fill_objects, object_pixels, paste_objects
+from gainx.data.counterfactual import (
+    counterfactual_pairs,
+    fill_objects,
+    object_pixels,
+    paste_objects,
+    shift_objects,
+)
 
 
 class CounterfactualBank:
     """FIFO store of annotated images; :meth:`draw` pastes objects onto other classes' backgrounds."""
 
-    def __init__(self, capacity: int = 512) -> None:
+    def __init__(self, capacity: int = 512, shift: bool = True) -> None:
         if capacity < 2:
             raise ValueError(f"counterfactual bank capacity must be >= 2, got {capacity}")
         self.capacity = capacity
+        self.shift = shift  # move each pasted object by a random in-frame translation (shift_objects)
         self.images: Tensor | None = None
         self.backgrounds: Tensor | None = None
         self.guides: Tensor | None = None
@@ -69,5 +76,8 @@ class CounterfactualBank:
         if pairs.numel() == 0:
             return None
         obj, bg = pairs[:, 0], pairs[:, 1]
-        pasted, guides = paste_objects(self.images[obj], self.guides[obj], self.backgrounds[bg])
+        objects, guides = self.images[obj], self.guides[obj]
+        if self.shift:
+            objects, guides = shift_objects(objects, guides)
+        pasted, guides = paste_objects(objects, guides, self.backgrounds[bg])
         return pasted, self.labels[obj], guides

@@ -95,6 +95,9 @@ class GAIN(nn.Module):
         output: where the scores are in what the model returns (key, attribute,
             index or callable; :mod:`gainx.attention.outputs`).
         counterfactuals: counterfactual images added to each batch (``guidance="counterfactual"``).
+        counterfactual_weight: weight of each counterfactual image in L_cl relative to an image of
+            the batch, ``L_cl = (sum_batch l_i + w sum_cf l_j) / (B + w K)``; with ``w K > B`` most of
+            L_cl comes from images whose context says nothing about their label.
         rrr_scale: weight of the ``rrr`` term inside L_e; ``None`` calibrates it at the first guided
             step to ``L_cl / L_rrr`` (Ross et al. 2017), then keeps it.
     """
@@ -117,6 +120,7 @@ class GAIN(nn.Module):
         reshape_transform: ReshapeTransform | None = None,
         output: OutputSelector = None,
         counterfactuals: int = 32,
+        counterfactual_weight: float = 4.0,
         rrr_scale: float | None = None,
     ) -> None:
         super().__init__()
@@ -140,6 +144,9 @@ class GAIN(nn.Module):
         if counterfactuals < 0:
             raise ValueError(f"counterfactuals must be >= 0, got {counterfactuals}")
         self.counterfactuals = counterfactuals
+        if not counterfactual_weight > 0:
+            raise ValueError(f"counterfactual_weight must be > 0, got {counterfactual_weight}")
+        self.counterfactual_weight = counterfactual_weight
         self.bank = CounterfactualBank() if method == "gainext" and guidance == "counterfactual" else None
         self.rrr_scale = rrr_scale
 
@@ -176,7 +183,11 @@ class GAIN(nn.Module):
             images = images.detach().requires_grad_(True)  # rrr differentiates the scores w.r.t. the input
         with capture_output(self.layer) as captured:
             scores = select_scores(self.model(images), self.output)
-        loss_cl = classification_loss(scores, labels, self.multilabel)
+        weights = None
+        if counterfactual is not None:
+            weights = torch.ones(scores.shape[0], dtype=scores.dtype, device=scores.device)
+            weights[num_batch:] = self.counterfactual_weight
+        loss_cl = classification_loss(scores, labels, self.multilabel, weights)
         zero = loss_cl.new_zeros(())
         if not attend:
             return GAINOutput(

@@ -11,11 +11,20 @@ from gainx.data.records import IGNORE
 AM_SCORES = ("auto", "sigmoid", "softmax", "logit")
 
 
-def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool) -> Tensor:
-    """L_cl: multi-label soft margin (multi-label data, as in the paper) or cross-entropy."""
+def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool, weights: Tensor | None = None) -> Tensor:
+    """L_cl: multi-label soft margin (multi-label data, as in the paper) or cross-entropy.
+
+    ``weights`` (``(B,)``, optional) gives each image's share: ``sum_i w_i l_i / sum_i w_i``.
+    """
     if multilabel:
-        return F.multilabel_soft_margin_loss(scores, labels.to(scores.dtype))
-    return F.cross_entropy(scores, labels.argmax(dim=1))
+        per_image = F.multilabel_soft_margin_loss(scores, labels.to(scores.dtype), reduction="none")
+    else:
+        per_image = F.cross_entropy(scores, labels.argmax(dim=1), reduction="none")
+    if weights is None:
+        return per_image.mean()
+    if weights.shape != per_image.shape:
+        raise ValueError(f"weights must be ({per_image.shape[0]},), got {tuple(weights.shape)}")
+    return (per_image * weights).sum() / weights.sum()
 
 
 def per_image_mean(values: Tensor, index: Tensor, num_images: int) -> Tensor:

@@ -32,7 +32,9 @@ class TrainConfig:
     am_score: str = "auto"
     am_warmup: int = 0  # epochs of L_cl only before the attention streams start
     backend: str = "auto"
-    guidance: str = "paper"  # paper | all_classes | signed | rrr (gainx.losses.guidance)
+    guidance: str = "paper"  # paper | scaled | all_classes | signed | rrr | counterfactual (gainx.losses.guidance)
+    counterfactuals: int = 32  # pasted images added to each batch (guidance "counterfactual")
+    counterfactual_weight: float = 4.0  # weight of a pasted image in L_cl relative to a batch image
     weights: str | None = None  # local backbone weights file
     seed: int = 0
     workers: int = 0

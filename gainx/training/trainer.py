@@ -131,6 +131,8 @@ class Trainer:
             am_score=cfg.am_score,
             backend=cfg.backend,
             guidance=cfg.guidance,
+            counterfactuals=cfg.counterfactuals,
+            counterfactual_weight=cfg.counterfactual_weight,
         )
         self.step_module: nn.Module = self.objective
         if self.dist.enabled:
