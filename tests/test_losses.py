@@ -101,6 +101,21 @@ def test_gain_totals_follow_eq6_and_eq8():
         assert (out.loss_e > 0) == (method == "gainext")
 
 
+def test_streams_with_zero_weight_are_not_computed():
+    model = SmallCNN(3, width=8)
+    images, labels, guide = _batch()
+    has = torch.tensor([True, False, True, False])
+    torch.manual_seed(0)
+    full = GAIN(model, "features", method="gainext", alpha=1.0, omega_e=1.0)(images, labels, guide, has)
+    torch.manual_seed(0)
+    cl_only = GAIN(model, "features", method="gainext", alpha=0.0, omega_e=0.0)(images, labels, guide, has)
+    assert full.cam is not None and cl_only.cam is None and cl_only.scores_am is None
+    assert cl_only.loss_am == 0 and cl_only.loss_e == 0
+    torch.testing.assert_close(cl_only.loss, full.loss_cl)
+    gain_only = GAIN(model, "features", method="gainext", alpha=0.0, omega_e=1.0)(images, labels, guide, has)
+    assert gain_only.cam is not None and gain_only.loss_e > 0  # L_e still needs the attention
+
+
 def test_guidance_only_uses_guided_samples():
     model = SmallCNN(3, width=8)
     images, labels, guide = _batch()

@@ -166,7 +166,9 @@ class GAIN(nn.Module):
             guide: ``(B, C, H, W)`` uint8 pixel guides (1 object, 0 background,
                 255 ignore); needed for ``method="gainext"``.
             has_guide: ``(B,)`` bool, which samples carry a guide.
-            mining: ``False`` computes L_cl only (e.g. a warm-up epoch).
+            mining: ``False`` computes L_cl only (e.g. a warm-up epoch). The attention streams
+                are also skipped when both their weights are zero (``alpha == 0`` and, for
+                ``gainext``, ``omega_e == 0``): L_am and L_e are then reported as 0.
         """
         if labels.dim() != 2 or labels.shape[0] != images.shape[0]:
             raise ValueError(f"labels must be (B, C) multi-hot with B = {images.shape[0]}, got {tuple(labels.shape)}")
@@ -178,7 +180,8 @@ class GAIN(nn.Module):
                 images, labels, guide, has_guide
             )
         pair_index, pair_class = torch.nonzero(labels > 0.5, as_tuple=True)
-        attend = mining and self.method != "baseline" and pair_index.numel() > 0
+        weighted = self.alpha != 0 or (self.method == "gainext" and self.omega_e != 0)
+        attend = mining and self.method != "baseline" and weighted and pair_index.numel() > 0
         if attend and self.method == "gainext" and self.guidance == "rrr":
             images = images.detach().requires_grad_(True)  # rrr differentiates the scores w.r.t. the input
         with capture_output(self.layer) as captured:
