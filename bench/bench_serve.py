@@ -35,13 +35,15 @@ not take raw image bodies) at 32 clients, paired with bare rounds the same way.
 Skipped, with the reason, when litserve is not installed (it is in the
 ``bench`` extra).
 
-Both servers get the same conditions: each runs in a session of its own
-(with the kernel's autogroup scheduling, a session shares a busy machine as
-one unit, so a server in the load generator's session would split its share
-with it), and LitServe, whose processes poll their queues even when idle
-(about a sixth of a core here), is stopped (SIGSTOP) while its paired bare
-rounds run, as the idle gainx server costs them nothing. It is started after
-the gainx rounds, so it never runs beside them.
+Both servers get the same conditions as the bare loop: they run in this
+process's session (LitServe in a process group of its own, to stop it whole).
+Where the kernel shares a busy machine between sessions
+(``/proc/sys/kernel/sched_autogroup_enabled``), a server in a session of its
+own would get a share of its own next to the bare loop's and beat it on a
+loaded machine; LitServe did, before. LitServe's processes also poll their
+queues when idle (about a sixth of a core here), so it is stopped (SIGSTOP)
+while its paired bare rounds run, as the idle gainx server costs them nothing;
+it is started after the gainx rounds, so it never runs beside them.
 ``GAINX_BENCH_QUICK=1`` shrinks to 64x64 and 32 requests a round; or set
 ``GAINX_BENCH_SERVE="size,requests"``, e.g.::
 
@@ -120,7 +122,6 @@ def server(model, tmp_path_factory):
         str(MAX_BATCH),
         "--max-wait-ms",
         "5",
-        own_session=True,  # like the LitServe peer (see the module doc)
     )
     yield srv
     srv.stop()
@@ -256,7 +257,7 @@ def litserve_server(model, tmp_path_factory):
             stderr=subprocess.STDOUT,
             env=env,
             cwd=REPO,
-            start_new_session=True,
+            process_group=0,  # the session's CPU share, like the gainx server and the bare loop (module doc)
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

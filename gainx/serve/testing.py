@@ -38,11 +38,6 @@ class ServerProcess:
     ``file_limit`` lowers the child's soft open-file limit (``ulimit -n``),
     e.g. to test how it copes when connections exhaust it.
 
-    ``own_session`` starts the child in a session of its own (``setsid``).
-    Where the kernel groups processes by session for CPU scheduling
-    (``/proc/sys/kernel/sched_autogroup_enabled``), the server then gets its
-    own share of a busy machine instead of one it splits with this process.
-
     Attributes: ``url``, ``port``, ``proc`` (the :class:`subprocess.Popen`).
     """
 
@@ -53,7 +48,6 @@ class ServerProcess:
         *flags: str,
         start_timeout: float = 120.0,
         file_limit: int | None = None,
-        own_session: bool = False,
     ) -> None:
         self.log = Path(log)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -62,14 +56,7 @@ class ServerProcess:
         if file_limit is not None:  # set in the child itself (preexec_fn is unsafe in a threaded parent)
             command = [sys.executable, "-c", _LIMITED.format(limit=int(file_limit)), *args]
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.log.parent,
-                start_new_session=own_session,
-            )
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.log.parent)
         deadline = time.monotonic() + start_timeout
         while (match := _READY.search(self.output())) is None:
             if self.proc.poll() is not None or time.monotonic() > deadline:
