@@ -32,6 +32,10 @@ Peer: the same model and per-image work (JPEG decode and preprocess, batched
 model call, top-1 and its PNG heatmap) served by LitServe
 (:mod:`bench.peer_litserve`; JSON bodies with base64 JPEGs, as LitServe does
 not take raw image bodies) at 32 clients, paired with bare rounds the same way.
+What still differs, in small ways both directions: LitServe parses JSON and
+base64 (a third more bytes); gainx serve applies the EXIF orientation, checks
+the image header before decoding and answers with the image's size and source
+besides the prediction.
 Skipped, with the reason, when litserve is not installed (it is in the
 ``bench`` extra).
 
