@@ -120,8 +120,8 @@ def event_loop() -> str:
     """uvicorn's event loop: uvloop where installed (the ``serve`` extra has it, except on Windows), else asyncio.
 
     uvloop's C loop spends less of the GIL and of the cores on each request than asyncio's, leaving
-    them to decoding and the model (``bench/bench_serve.py``; docs/serve.md). The connection limits
-    (:mod:`gainx.serve.connections`) and ``tests/test_serve_http.py`` hold on both loops.
+    them to decoding and the model. The connection limits (:mod:`gainx.serve.connections`) and
+    ``tests/test_serve_http.py`` hold on both loops.
     """
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
