@@ -1,6 +1,6 @@
 """Run every benchmark in bench/ and write JSON + a markdown table.
 
-    python -m bench.run [--quick] [-k EXPR] [--out bench/results]
+    python -m bench.run [--quick] [-k EXPR] [--merge] [--out bench/results]
 
 Results go to ``bench/results/<device>/`` (``results.json``: pytest-benchmark's
 raw JSON; ``results.md``: one table per group with each member's median time
@@ -68,6 +68,11 @@ def markdown(data: dict) -> str:
         lines += [
             f"## {group}",
             "",
+            *(
+                [f"Kept from an earlier run ({kept['datetime']}, `--merge`).", ""]
+                if (kept := data.get("merged", {}).get(group))
+                else []
+            ),
             "| benchmark | median (ms) | mean (ms) | stddev (ms) | rounds | time / baseline | speedup | details |",
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -85,11 +90,31 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def merge(old: dict, new: dict) -> dict:
+    """``new`` plus the benchmarks of ``old`` whose group ``new`` did not measure (listed first, in their order).
+
+    The kept groups' run (date, commit, quick or not) goes to ``merged[group]``, as the top-level fields
+    describe ``new``'s run only.
+    """
+    measured = {b["group"] for b in new["benchmarks"]}
+    kept = [b for b in old["benchmarks"] if b["group"] not in measured]
+    merged = {g: v for g, v in old.get("merged", {}).items() if g not in measured}
+    run = {"datetime": old.get("datetime"), "commit_info": old.get("commit_info"), "quick": old.get("quick")}
+    for b in kept:
+        merged.setdefault(b["group"], run)
+    return {**new, "benchmarks": kept + new["benchmarks"], "merged": merged}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced sizes (GAINX_BENCH_QUICK=1)")
     parser.add_argument("-k", dest="select", default=None, help="pytest -k expression to run a subset")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the groups of an existing results.json that this run did not measure (with -k)",
+    )
     args = parser.parse_args(argv)
     from gainx.ops import extension
 
@@ -130,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     from gainx.io import atomic_write_text
 
     out = Path(args.out) / data["device"]
+    if args.merge and (out / "results.json").exists():
+        data = merge(json.loads((out / "results.json").read_text()), data)
     atomic_write_text(out / "results.json", json.dumps(data, indent=1))
     atomic_write_text(out / "results.md", markdown(data))
     print(f"wrote {out / 'results.md'}")

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
 
 from gainx.io import atomic_open
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def denormalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """``(3, H, W)`` normalized tensor -> ``(H, W, 3)`` uint8 RGB."""
+    import torch  # here, not at the top: the server renders heatmaps without loading torch
+
     m = torch.tensor(mean, dtype=image.dtype).view(3, 1, 1)
     s = torch.tensor(std, dtype=image.dtype).view(3, 1, 1)
     rgb = (image.detach().cpu() * s + m).clamp(0, 1)
@@ -25,9 +29,9 @@ def heatmap(attention: Tensor | np.ndarray) -> np.ndarray:
     """``(H, W)`` map in [0, 1] -> ``(H, W, 3)`` uint8 jet colours."""
     from matplotlib import colormaps
 
-    values = np.clip(
-        np.asarray(attention.detach().cpu() if isinstance(attention, Tensor) else attention, dtype=np.float32), 0, 1
-    )
+    if hasattr(attention, "detach"):  # a torch tensor (torch itself is not imported for numpy input)
+        attention = attention.detach().cpu()
+    values = np.clip(np.asarray(attention, dtype=np.float32), 0, 1)
     return (colormaps["jet"](values)[..., :3] * 255).round().astype(np.uint8)
 
 

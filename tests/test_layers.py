@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "_lazy": set(),
     "ops": {"gainx", "_extras"},
     "io": set(),
-    "data": {"io", "_extras"},
+    "data": {"io", "_extras", "_lazy"},
     "viz": {"io"},
     "models": {"io"},
     "attention": {"ops", "_extras"},

@@ -711,3 +711,40 @@ def test_model_that_fails_to_load_stops_startup(tmp_path, make, needle) -> None:
     assert proc.returncode != 0
     assert "gainx serve: error: cannot load model" in proc.stderr and needle in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# a serving process that answers real requests, then reports whether torch was ever imported
+_SERVE_WITHOUT_TORCH = """
+import io, sys
+from PIL import Image
+from starlette.testclient import TestClient
+from gainx.runtime import AttentionSession
+from gainx.serve.app import create_app
+
+model = sys.argv[1]
+app = create_app([AttentionSession(model)], model_path=model)
+with TestClient(app) as client:
+    for fmt in ("PNG", "JPEG"):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 28), (200, 30, 90)).save(buf, format=fmt)
+        r = client.post("/v1/predict?overlay=true&raw=9,13", content=buf.getvalue(),
+                        headers={"content-type": "image/" + fmt.lower()})
+        assert r.status_code == 200, r.text
+        assert {"heatmap_png", "overlay_png", "attention"} <= set(r.json()["predictions"][0]), r.text
+print("torch" in sys.modules)
+"""
+
+
+def test_serving_requests_never_imports_torch(model_path) -> None:
+    """Decoding, preprocessing, the model call and rendering (heatmap, overlay, raw maps) run without torch."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-c", _SERVE_WITHOUT_TORCH, str(model_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resize_rgb(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -22,4 +26,6 @@ def normalize(pixels: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torc
 
     ``mean`` and ``std`` are shaped ``(3, 1, 1)``.
     """
+    import torch  # here, not at the top: the server imports resize_rgb and never loads torch
+
     return (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255 - mean) / std
