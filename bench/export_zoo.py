@@ -8,8 +8,10 @@ models' logits near 1e-19 and the maps flat), and it is exported with
 :func:`gainx.export.export_onnx` at its default target layer. One JSON line per
 model: the target layer, whether H, W stayed dynamic, the largest ONNX Runtime
 vs PyTorch errors of the built-in verification (scores: absolute and relative
-to the largest score; maps: absolute), the file size against the parameters'
-size, and the export time. A failed export prints its error instead.
+to the largest score; maps: absolute, and where PyTorch's float32 maps are
+themselves more than 1e-4 from float64 ones, ONNX's and PyTorch's distance to
+those), the file size against the parameters' size, and the export time. A
+failed export prints its error instead.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def measure(spec: str, size: int, out: Path, num_classes: int = 5) -> dict:
         "scores_abs": errors["scores"],
         "scores_rel": errors["scores"] / max(1.0, scale[-1]),
         "attention_abs": errors["attention"],
+        **{key: errors[key] for key in ("attention_fp64", "pytorch_fp64") if key in errors},
         "onnx_mb": round(path.stat().st_size / 2**20, 2),
         "params_mb": round(params / 2**20, 2),
         "seconds": round(time.perf_counter() - start, 1),
