@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from gainx._extras import require
-from gainx.export.errors import first_line
+from gainx.export.errors import conversion_error, missing_onnx_op
 from gainx.export.graph import AttentionGraph, build_attention_graph
 from gainx.export.preflight import accepts_other_sizes, check_differentiable, check_spatial_evidence
 from gainx.export.verify import (
@@ -94,6 +94,12 @@ def _torch_export(
             opset_version=opset,
             verbose=False,
         )
+
+
+def _dynamic_hw(proto: Any) -> bool:
+    """Whether the graph input ``images`` kept symbolic H, W (torch.export specializes sizes the model fixes)."""
+    dims = next(i for i in proto.graph.input if i.name == "images").type.tensor_type.shape.dim
+    return all(not d.HasField("dim_value") for d in dims[2:])
 
 
 def _finalize(proto: Any, topk: int, metadata: dict[str, Any]) -> bytes:
@@ -179,10 +185,13 @@ def export_onnx(
         try:
             program = _torch_export(graph, size, num_classes, opset, dynamic_hw)
         except Exception as exc:
-            if dynamic_hw:  # fall back to the fixed size
+            if dynamic_hw and missing_onnx_op(exc) is None:  # fall back to the fixed size
                 log.info("dynamic H, W not exportable (%s); exporting for %s only", type(exc).__name__, size)
                 continue
-            raise ValueError(f"torch.onnx.export cannot convert the attention graph: {first_line(exc)}") from exc
+            raise conversion_error(exc) from exc
+        if dynamic_hw and not _dynamic_hw(program.model_proto):
+            log.info("torch.export fixed H, W (sizes baked into the model); the export is for %s only", size)
+            dynamic_hw = False
         metadata = _metadata(meta, size, topk, fp16, dynamic_hw)
         data = _finalize(program.model_proto, topk, metadata)
         if not verify:
