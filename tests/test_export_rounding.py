@@ -25,8 +25,7 @@ class _Cancelling(nn.Module):
     ``sum_k w_ck f_k`` (a range of a few units) computed from terms near 1000,
     so the float32 rounding of F (steps of 6e-5 at 1000) moves the normalized
     maps by ~1e-3, in PyTorch and in ONNX Runtime alike, as the 400 cancelling
-    channels of torchvision's regnet_x_400mf do at 64x64 (2x2 feature maps,
-    channel terms up to 48 times the map's peak).
+    channels of torchvision's regnet_x_400mf do at 64x64 (2x2 feature maps).
     """
 
     def __init__(self) -> None:

@@ -22,7 +22,7 @@ Tolerances (``atol`` is 1e-4 for fp32 graphs and 5e-2 for fp16 ones):
   different orders land on different sides of the exact map; the float64
   reference tells that rounding from a wrong graph. ``e32`` measures the
   rounding of that map; ONNX Runtime's may be up to ``ROUNDING_MARGIN = 2``
-  times as large (measured: 0.2-1.2 times PyTorch's on cancelling maps). A map
+  times as large (a margin for two samples of the same rounding noise). A map
   within ``atol`` of PyTorch always passes (``|onnx - f64| <= |onnx - f32| +
   e32``); the second test only admits maps on which float32 PyTorch is itself
   more than ``atol`` from exact, and a wrong graph on a well-conditioned map
