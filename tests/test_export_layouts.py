@@ -169,7 +169,9 @@ class _SpecialOp(nn.Module):
 
 
 def test_converter_limitation_names_the_op_and_a_way_out(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"no ONNX function for the operation 'aten.i0.*limitation of the converter"):
+    with pytest.raises(
+        ValueError, match=r"no ONNX function for the operation '[a-z_.]*i0'.*limitation of the converter"
+    ):
         export_onnx(
             _SpecialOp().eval(), tmp_path / "m.onnx", target_layer="conv", image_size=(8, 8), mean=MEAN, std=STD
         )
