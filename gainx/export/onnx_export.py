@@ -140,7 +140,8 @@ def export_onnx(
     redone for ``image_size`` only. With ``verify`` (default) the model is
     checked against PyTorch on random images and, with ``verify_images`` (a
     folder), on the user's images (see :mod:`gainx.export.verify`: maps within
-    1e-4, scores within 1e-4 relative to the largest score; 5e-2 for fp16) and
+    1e-4 of PyTorch's, or of float64 maps where float32 PyTorch is itself
+    inexact, scores within 1e-4 relative to the largest score; 5e-2 for fp16) and
     :class:`ExportVerificationError` is raised without writing anything when it
     fails. ``ValueError`` names the cause when the model cannot be split,
     differentiated or converted. ``reshape_transform`` maps the target layer's
