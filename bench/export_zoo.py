@@ -1,15 +1,18 @@
-"""ONNX export parity on a zoo of torchvision and timm CNNs (random weights, no download).
+"""ONNX export parity on a zoo of torchvision and timm CNNs, Swin and ViT (random weights, no download).
 
     python -m bench.export_zoo [--size 64] [-k NAME]
 
 Each model is built from its spec (:func:`gainx.models.build_model`), its
 batch-norm statistics are set from random images (fresh statistics leave some
 models' logits near 1e-19 and the maps flat), and it is exported with
-:func:`gainx.export.export_onnx` at its default target layer. One JSON line per
+:func:`gainx.export.export_onnx` at its target layer (the default one unless
+the list names one: Swin stages, ViT blocks). One JSON line per
 model: the target layer, whether H, W stayed dynamic, the largest ONNX Runtime
 vs PyTorch errors of the built-in verification (scores: absolute and relative
-to the largest score; maps: absolute), the file size against the parameters'
-size, and the export time. A failed export prints its error instead.
+to the largest score; maps: absolute, and where PyTorch's float32 maps are
+themselves more than 1e-4 from float64 ones, ONNX's and PyTorch's distance to
+those), the file size against the parameters' size, and the export time. A
+failed export prints its error instead.
 """
 
 from __future__ import annotations
@@ -27,19 +30,23 @@ from gainx.export import export_onnx, onnx_export
 from gainx.models import build_model, default_target_layer
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-ZOO = [
-    "torchvision.models:resnet18",
-    "torchvision.models:squeezenet1_1",
-    "torchvision.models:mobilenet_v3_small",
-    "torchvision.models:regnet_x_400mf",
-    "torchvision.models:efficientnet_b0",
-    "torchvision.models:convnext_tiny",
-    "torchvision.models:densenet121",
-    "timm:efficientnet_b0",
-    "timm:regnetx_002",
-    "timm:resnet10t",
-    "timm:mobilenetv3_small_050",
-    "timm:convnext_atto",
+# spec, its keyword arguments, target layer (None: the default one, gainx.models.default_target_layer)
+ZOO: list[tuple[str, dict, str | None]] = [
+    ("torchvision.models:resnet18", {}, None),
+    ("torchvision.models:squeezenet1_1", {}, None),
+    ("torchvision.models:mobilenet_v3_small", {}, None),
+    ("torchvision.models:regnet_x_400mf", {}, None),
+    ("torchvision.models:efficientnet_b0", {}, None),
+    ("torchvision.models:convnext_tiny", {}, None),
+    ("torchvision.models:densenet121", {}, None),
+    ("torchvision.models:swin_t", {}, "features"),  # channels-last (B, h, w, C)
+    ("timm:efficientnet_b0", {}, None),
+    ("timm:regnetx_002", {}, None),
+    ("timm:resnet10t", {}, None),
+    ("timm:mobilenetv3_small_050", {}, None),
+    ("timm:convnext_atto", {}, None),
+    ("timm:swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 4}, "layers"),
+    ("timm:vit_tiny_patch16_224", {"img_size": 64, "global_pool": "avg"}, "blocks"),  # tokens, averaged
 ]
 
 
@@ -47,10 +54,10 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
-def calibrated(spec: str, num_classes: int, size: int) -> nn.Module:
+def calibrated(spec: str, num_classes: int, size: int, model_kwargs: dict | None = None) -> nn.Module:
     """``spec`` with random weights and batch-norm statistics of random images, in eval mode."""
     torch.manual_seed(0)
-    model = build_model(spec, num_classes)
+    model = build_model(spec, num_classes, model_kwargs=model_kwargs)
     for m in model.modules():
         if isinstance(m, nn.Linear):
             m.reset_parameters()
@@ -63,9 +70,9 @@ def calibrated(spec: str, num_classes: int, size: int) -> nn.Module:
     return model.eval()
 
 
-def measure(spec: str, size: int, out: Path, num_classes: int = 5) -> dict:
-    model = calibrated(spec, num_classes, size)
-    layer = default_target_layer(spec, model, (size, size))
+def measure(spec: str, kwargs: dict, layer: str | None, size: int, out: Path, num_classes: int = 5) -> dict:
+    model = calibrated(spec, num_classes, size, kwargs)
+    layer = layer or default_target_layer(spec, model, (size, size))
     errors: dict[str, float] = {}
     scale: list[float] = []
     verify = onnx_export.verify_onnx
@@ -87,11 +94,13 @@ def measure(spec: str, size: int, out: Path, num_classes: int = 5) -> dict:
 
     return {
         "model": spec,
+        **({"model_kwargs": kwargs} if kwargs else {}),
         "target_layer": layer,
         "dynamic_hw": AttentionSession(path).dynamic_hw,
         "scores_abs": errors["scores"],
         "scores_rel": errors["scores"] / max(1.0, scale[-1]),
         "attention_abs": errors["attention"],
+        **{key: errors[key] for key in ("attention_fp64", "pytorch_fp64") if key in errors},
         "onnx_mb": round(path.stat().st_size / 2**20, 2),
         "params_mb": round(params / 2**20, 2),
         "seconds": round(time.perf_counter() - start, 1),
@@ -104,9 +113,9 @@ def main() -> None:
     parser.add_argument("-k", default="", help="only models whose spec contains this")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        for spec in [s for s in ZOO if args.k in s]:
+        for spec, kwargs, layer in [z for z in ZOO if args.k in z[0]]:
             try:
-                row = measure(spec, args.size, Path(tmp) / "model.onnx")
+                row = measure(spec, kwargs, layer, args.size, Path(tmp) / "model.onnx")
             except Exception as exc:  # noqa: BLE001 - report and go on to the next model
                 row = {"model": spec, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
             print(json.dumps(row), flush=True)

@@ -84,18 +84,10 @@ def _train_choices() -> dict[str, list[str]]:
     }
 
 
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"num_classes\": 5}}', got {text!r}")
-    return value
-
-
 def _add_train_args(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--batch-size`` for ``batch_size``); ``--model`` also sets ``arch``."""
+    from gainx.models.factory import model_kwargs_arg
+
     choices = _train_choices()
     for f in fields(TrainConfig):
         flags = ["--" + f.name.replace("_", "-")] + (["--model"] if f.name == "arch" else [])
@@ -105,7 +97,7 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
 
             help_text = f"{help_text}; built-in: {', '.join(ARCHS)}"
         if f.default_factory is not MISSING:  # model_kwargs
-            parser.add_argument(*flags, dest=f.name, type=_json_object, default=f.default_factory(), help=help_text)
+            parser.add_argument(*flags, dest=f.name, type=model_kwargs_arg, default=f.default_factory(), help=help_text)
         elif f.default is MISSING:
             parser.add_argument(*flags, dest=f.name, required=True, help=help_text)
         elif isinstance(f.default, bool):

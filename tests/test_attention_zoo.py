@@ -9,8 +9,9 @@ For every (model, target layer) pair:
   min-max normalization;
 * one GAINext step (``gainx.GAIN(..., method="gainext")``) gives finite losses.
 
-The pairs marked ``ci`` run in CI (small, a few seconds each); the whole zoo is
-``slow``. timm, transformers and captum come with the ``zoo`` extra.
+The pairs marked ``ci`` run by default (small, a few seconds each); the rest
+of the zoo is marked ``slow`` and runs with ``pytest --runslow``
+(tests/conftest.py). timm, transformers and captum come with the ``zoo`` extra.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""``gainx export`` end to end: checkpoint -> verified ONNX model + Triton repository."""
+"""``gainx export`` end to end: checkpoint or model spec -> verified ONNX model + Triton repository."""
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from gainx.attention import attention_maps
+from gainx.cli import main
 from gainx.export.cli import register
 from gainx.models import build_model
 from gainx.runtime import AttentionSession
@@ -89,3 +91,66 @@ def test_cli_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         _run(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m.onnx")])
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_export_model_spec_with_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3).eval()
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "m.onnx"
+    argv = ["export", "--model", "small_cnn", "--weights", str(weights), "--classes", "a", "b", "c", "--out", str(out)]
+    assert (
+        main([*argv, "--image-size", "24", "32", "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]) == 0
+    )
+    assert "target layer: features (the default for small_cnn" in capsys.readouterr().err
+    session = AttentionSession(out)
+    assert session.classes == ["a", "b", "c"] and session.image_size == (24, 32) and session.mean == [0.5] * 3
+    images = torch.rand(2, 3, 24, 32)
+    result = session.run(images, class_ids=np.array([[0, 2], [1, 0]]))
+    scores, maps = attention_maps(model, (images - 0.5) / 0.25, "features", classes=torch.from_numpy(result.classes))
+    np.testing.assert_allclose(result.scores, scores.numpy(), atol=1e-4)
+    np.testing.assert_allclose(result.attention, maps.numpy(), atol=1e-4)
+
+
+def test_cli_export_factory_spec_with_random_weights_on_purpose(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "m.onnx"
+    spec = "gainx.models.small_cnn:SmallCNN"
+    argv = ["export", "--model", spec, "--model-kwargs", '{"width": 4}', "--num-classes", "2", "--out", str(out)]
+    assert main([*argv, "--image-size", "16", "16", "--random-weights", "--no-verify"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: exporting random weights of {spec}" in err and "target layer: features" in err
+    assert AttentionSession(out).classes == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "without --weights would export random weights.*--random-weights to export them on purpose"),
+        (["--weights", "WEIGHTS", "--random-weights"], "not both"),
+        (["--weights", "NOT_TENSORS"], "not a state dict of tensors; entries \\['epochs'\\]"),
+        (["--weights", "OTHER_MODEL"], "do not fit SmallCNN: .*shapes differ"),
+    ],
+)
+def test_cli_export_model_spec_refusals(
+    tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    torch.manual_seed(0)
+    files = {
+        "WEIGHTS": build_model("small_cnn", 3).state_dict(),
+        "NOT_TENSORS": {**build_model("small_cnn", 3).state_dict(), "epochs": 3},
+        "OTHER_MODEL": build_model("small_cnn", 5).state_dict(),
+    }
+    for name, state in files.items():
+        torch.save(state, tmp_path / name)
+    extra = [str(tmp_path / a) if a in files else a for a in extra]
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", "small_cnn", "--num-classes", "3", "--out", str(out), *extra]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_cli_export_needs_a_checkpoint_or_a_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--out", str(tmp_path / "m.onnx")])
+    assert "one of the arguments --checkpoint --model is required" in capsys.readouterr().err

@@ -105,3 +105,74 @@ def test_vit_layers_that_cannot_be_exported_say_why(tmp_path: Path, layer: str, 
     with pytest.raises(ValueError, match=message):
         export_onnx(_tiny_vit(), tmp_path / "vit.onnx", target_layer=layer, image_size=(32, 32), mean=MEAN, std=STD)
     assert not list(tmp_path.iterdir())
+
+
+def test_vit_class_token_message_says_what_to_do_instead(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"gainx.attention_maps at the last block's ln_1 / norm1.*global_pool='avg'"):
+        export_onnx(_tiny_vit(), tmp_path / "vit.onnx", target_layer="encoder", image_size=(32, 32), mean=MEAN, std=STD)
+
+
+def _export_parity(model: nn.Module, layer: str, tmp_path: Path, size: int = 32, transform=None) -> AttentionSession:
+    path = export_onnx(model, tmp_path / "m.onnx", target_layer=layer, image_size=(size, size), mean=MEAN, std=STD)
+    _assert_parity(path, model, layer, torch.rand(2, 3, size, size), transform)
+    return AttentionSession(path)
+
+
+@pytest.mark.slow  # the same head as timm's Swin below, at twice the export time
+def test_torchvision_swin_exports(tmp_path: Path) -> None:
+    """Swin's head pools a permuted (channels-last strided) LayerNorm output to 1x1, restrided in place by ATen."""
+    torch.manual_seed(0)
+    model = torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=[4, 4], num_classes=5
+    ).eval()
+    session = _export_parity(model, "features", tmp_path, transform=channels_last_to_first)
+    assert not session.dynamic_hw  # window partitioning fixes H, W when torch.export traces it
+
+
+def test_timm_swin_exports(tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, num_classes=5, img_size=32, window_size=4, depths=(1, 1)
+    )
+    _export_parity(model.eval(), "layers", tmp_path, transform=channels_last_to_first)
+
+
+def test_vit_averaging_its_tokens_exports_through_the_detected_layout(tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=5,
+        img_size=32,
+        patch_size=8,
+        depth=1,
+        embed_dim=64,
+        num_heads=2,
+        global_pool="avg",
+    ).eval()
+    # the layout (class token + 4x4 patch tokens) is read off the shape; the reference is told it explicitly
+    _export_parity(model, "blocks", tmp_path, transform=TokensToMap(prefix=1, h=4, w=4))
+
+
+class _SpecialOp(nn.Module):
+    """A modified Bessel function after the target layer: torch.onnx has no ONNX function for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.special.i0(self.conv(x)).mean((2, 3)))
+
+
+def test_converter_limitation_names_the_op_and_a_way_out(tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError, match=r"no ONNX function for the operation '[a-z_.]*i0'.*limitation of the converter"
+    ):
+        export_onnx(
+            _SpecialOp().eval(), tmp_path / "m.onnx", target_layer="conv", image_size=(8, 8), mean=MEAN, std=STD
+        )
+    assert not list(tmp_path.iterdir())

@@ -1,23 +1,75 @@
-"""``gainx export``: checkpoint -> verified attention ONNX model (+ Triton repository)."""
+"""``gainx export``: a checkpoint or a model spec -> verified attention ONNX model (+ Triton repository)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
+
+from torch import nn
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def _model_from_spec(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+    """The ``--model`` classifier with its ``--weights`` (or, asked for, random ones) and its export settings."""
+    from gainx.models import build_model, default_target_layer, load_weights
+
+    if args.weights is None and not args.random_weights:
+        raise ValueError(
+            f"--model {args.model} without --weights would export random weights, whose scores and maps mean "
+            f"nothing: give --weights FILE (a state dict), or --random-weights to export them on purpose "
+            f"(e.g. to test a deployment)"
+        )
+    if args.weights is not None and args.random_weights:
+        raise ValueError("give --weights or --random-weights, not both")
+    num_classes = args.num_classes or (len(args.classes) if args.classes else None)
+    if num_classes is None:
+        raise ValueError(f"--model {args.model} needs --num-classes (or --classes NAME ...)")
+    model = build_model(args.model, num_classes, model_kwargs=args.model_kwargs)
+    if args.weights is not None:
+        load_weights(model, args.weights)
+    else:
+        print(f"gainx export: warning: exporting random weights of {args.model} (--random-weights)", file=sys.stderr)
+    size = args.image_size or [224, 224]
+    layer = args.target_layer
+    if layer is None:
+        layer = default_target_layer(args.model, model, size)
+        print(
+            f"gainx export: target layer: {layer} (the default for {args.model}; choose another with --target-layer)",
+            file=sys.stderr,
+        )
+    settings = {"target_layer": layer, "image_size": size, "mean": args.mean or IMAGENET_MEAN}
+    return model.eval(), {**settings, "std": args.std or IMAGENET_STD}
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from gainx.export.onnx_export import export_onnx
     from gainx.export.triton_repo import write_triton_repo
 
+    if args.checkpoint is not None:
+        for flag in ("weights", "random_weights", "num_classes", "model_kwargs"):
+            if getattr(args, flag):
+                raise ValueError(f"--{flag.replace('_', '-')} goes with --model; a checkpoint holds its own")
+        source: nn.Module | str = args.checkpoint
+        settings = {
+            "target_layer": args.target_layer,
+            "image_size": args.image_size,
+            "mean": args.mean,
+            "std": args.std,
+        }
+    else:
+        source, settings = _model_from_spec(args)
     path = export_onnx(
-        args.checkpoint,
+        source,
         args.out,
+        classes=args.classes,
         topk=args.topk,
-        image_size=args.image_size,
         opset=args.opset,
         fp16=args.fp16,
         verify=not args.no_verify,
         verify_images=args.verify_images,
+        **settings,
     )
     print(f"onnx: {path}")
     if args.triton_repo:
@@ -30,8 +82,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` subcommand to the ``gainx`` parser."""
+    from gainx.models.factory import model_kwargs_arg
+
     p = subparsers.add_parser("export", help="ONNX model returning scores, classes and attention maps")
-    p.add_argument("--checkpoint", required=True, help="gainx checkpoint (.pt)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="gainx checkpoint (.pt): model, classes, layer, size, normalization")
+    source.add_argument(
+        "--model",
+        help="classifier spec, as for gainx train: a built-in name, timm:<name> or package.module:factory "
+        "(with --weights, or --random-weights)",
+    )
+    p.add_argument("--model-kwargs", type=model_kwargs_arg, default=None, help="JSON keyword arguments of --model")
+    p.add_argument("--weights", default=None, help="state dict for --model (tensors only; must fit it exactly)")
+    p.add_argument("--random-weights", action="store_true", help="export --model with random weights, on purpose")
+    p.add_argument("--num-classes", type=int, default=None, help="outputs of --model (default: len(--classes))")
+    p.add_argument("--classes", nargs="+", default=None, metavar="NAME", help="class names (default: the checkpoint's)")
+    p.add_argument("--target-layer", default=None, help="attention layer (default: the checkpoint's or the model's)")
     p.add_argument("--out", required=True, help="output .onnx file (written only if verification passes)")
     p.add_argument("--topk", type=int, default=1, help="maps returned when no class_ids are given")
     p.add_argument(
@@ -40,8 +106,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs=2,
         metavar=("H", "W"),
         default=None,
-        help="export/verification image size (default: the checkpoint's)",
+        help="export/verification image size (default: the checkpoint's; with --model 224 224)",
     )
+    p.add_argument(
+        "--mean", type=float, nargs=3, default=None, help="RGB mean (default: the checkpoint's or ImageNet's)"
+    )
+    p.add_argument("--std", type=float, nargs=3, default=None, help="RGB std (default: the checkpoint's or ImageNet's)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--fp16", action="store_true", help="half-precision graph (fp32 inputs/outputs)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")

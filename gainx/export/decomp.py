@@ -6,7 +6,13 @@ It is linear: with the pooling matrices ``P_h`` (out_h, h) and ``P_w``
 (out_w, w), where row ``i`` averages input positions
 ``[floor(i n / o), ceil((i + 1) n / o))``, ``y = P_h x P_w^T`` and its
 vector-Jacobian product is ``dx = P_h^T dy P_w``: matmuls built from ``arange``,
-valid for symbolic sizes (dynamic H, W).
+valid for symbolic sizes (dynamic H, W). ``nn.AdaptiveAvgPool2d`` modules of
+the head are replaced by that product before tracing
+(:func:`pool_by_matrices`): for a 1x1 output ATen's own pooling is a mean
+that it then restrides in place (``as_strided_``) when the input has
+channels-last strides (Swin's permuted LayerNorm output), which torch.onnx
+cannot convert (``as_strided_scatter``), and the table above never sees that
+path.
 
 Convolution: ``aten.convolution_backward`` has no ONNX lowering. For
 ``y = conv(x, W)`` along an axis of length n (stride s, padding p, dilation
@@ -21,11 +27,12 @@ is taken with respect to the features, not the weights).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def pooling_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -76,6 +83,27 @@ def convolution_backward(
         p = padding[i - 2]
         pads += [-p, input.shape[i] + p - full.shape[i]]
     return torch.nn.functional.pad(full, pads), None, None
+
+
+class MatrixAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` as pooling-matrix products (:func:`adaptive_avg_pool2d`)."""
+
+    def __init__(self, output_size: int | None | Sequence[int | None]) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = [self.output_size] * 2 if not isinstance(self.output_size, Sequence) else list(self.output_size)
+        return adaptive_avg_pool2d(x, [x.shape[-2 + i] if o is None else o for i, o in enumerate(size)])
+
+
+def pool_by_matrices(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose ``nn.AdaptiveAvgPool2d`` submodules are :class:`MatrixAdaptiveAvgPool2d`."""
+    module = copy.deepcopy(module)
+    for name, child in list(module.named_modules()):
+        if isinstance(child, nn.AdaptiveAvgPool2d) and name:
+            module.set_submodule(name, MatrixAdaptiveAvgPool2d(child.output_size))
+    return module
 
 
 def export_decompositions() -> dict:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from gainx.attention.head import find_linear_head
 from gainx.attention.layout import ReshapeTransform, apply_transform, feature_layout
-from gainx.export.decomp import export_decompositions
+from gainx.export.decomp import export_decompositions, pool_by_matrices
 from gainx.export.errors import first_line
 from gainx.export.split import split_at_layer
 from gainx.ops import weighted_maps
@@ -85,7 +85,7 @@ def trace_head_vjp(
     try:
         with fx_config.patch(use_duck_shape=False), torch.no_grad():
             return make_fx(
-                head_vjp_attention(head, num_classes, transform),
+                head_vjp_attention(pool_by_matrices(head), num_classes, transform),
                 decomposition_table=export_decompositions(),
                 tracing_mode="symbolic",
                 _allow_non_fake_inputs=True,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from gainx._extras import require
-from gainx.export.errors import first_line
+from gainx.export.errors import conversion_error, missing_onnx_op
 from gainx.export.graph import AttentionGraph, build_attention_graph
 from gainx.export.preflight import accepts_other_sizes, check_differentiable, check_spatial_evidence
 from gainx.export.verify import (
@@ -96,6 +96,12 @@ def _torch_export(
         )
 
 
+def _dynamic_hw(proto: Any) -> bool:
+    """Whether the graph input ``images`` kept symbolic H, W (torch.export specializes sizes the model fixes)."""
+    dims = next(i for i in proto.graph.input if i.name == "images").type.tensor_type.shape.dim
+    return all(not d.HasField("dim_value") for d in dims[2:])
+
+
 def _finalize(proto: Any, topk: int, metadata: dict[str, Any]) -> bytes:
     """Make ``class_ids`` optional (default ``-1`` row) and attach the metadata."""
     from onnx import numpy_helper
@@ -134,7 +140,8 @@ def export_onnx(
     redone for ``image_size`` only. With ``verify`` (default) the model is
     checked against PyTorch on random images and, with ``verify_images`` (a
     folder), on the user's images (see :mod:`gainx.export.verify`: maps within
-    1e-4, scores within 1e-4 relative to the largest score; 5e-2 for fp16) and
+    1e-4 of PyTorch's, or of float64 maps where float32 PyTorch is itself
+    inexact, scores within 1e-4 relative to the largest score; 5e-2 for fp16) and
     :class:`ExportVerificationError` is raised without writing anything when it
     fails. ``ValueError`` names the cause when the model cannot be split,
     differentiated or converted. ``reshape_transform`` maps the target layer's
@@ -179,10 +186,13 @@ def export_onnx(
         try:
             program = _torch_export(graph, size, num_classes, opset, dynamic_hw)
         except Exception as exc:
-            if dynamic_hw:  # fall back to the fixed size
+            if dynamic_hw and missing_onnx_op(exc) is None:  # fall back to the fixed size
                 log.info("dynamic H, W not exportable (%s); exporting for %s only", type(exc).__name__, size)
                 continue
-            raise ValueError(f"torch.onnx.export cannot convert the attention graph: {first_line(exc)}") from exc
+            raise conversion_error(exc) from exc
+        if dynamic_hw and not _dynamic_hw(program.model_proto):
+            log.info("torch.export fixed H, W (sizes baked into the model); the export is for %s only", size)
+            dynamic_hw = False
         metadata = _metadata(meta, size, topk, fp16, dynamic_hw)
         data = _finalize(program.model_proto, topk, metadata)
         if not verify:

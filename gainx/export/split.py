@@ -11,7 +11,8 @@ by F alone. Nodes the output does not depend on (shape checks such as timm's
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import inspect
+from typing import Any, NamedTuple
 
 import torch.fx as fx
 from torch import nn
@@ -61,6 +62,16 @@ def _reader(node: fx.Node) -> str:
     return f"module {node.target!r}" if node.op == "call_module" else _describe(node)
 
 
+def _defaults(model: nn.Module) -> dict[str, Any]:
+    """``forward``'s optional arguments at their defaults: traced as constants, not as inputs.
+
+    Traced as inputs they are proxies, and a test such as timm ViT's
+    ``if attn_mask is not None`` takes the branch meant for a given mask.
+    """
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 def split_at_layer(model: nn.Module, target_layer: str) -> SplitModel:
     """Return ``(body, head)`` with ``head(body(x)) == model(x)``.
 
@@ -72,7 +83,7 @@ def split_at_layer(model: nn.Module, target_layer: str) -> SplitModel:
     tracer = LayerLeafTracer(target_layer)
     name = type(model).__name__
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=_defaults(model) or None)
     except Exception as exc:
         raise ValueError(
             f"cannot trace {name} with torch.fx to split it at {target_layer!r} ({first_line(exc)}); Python "

@@ -1,7 +1,7 @@
 """Classifier architectures and reading trained checkpoints."""
 
 from gainx.models.checkpoint import MODEL_KEYS, load_checkpoint, load_model
-from gainx.models.registry import ARCHS, build_model, default_target_layer, load_backbone_weights
+from gainx.models.registry import ARCHS, build_model, default_target_layer, load_backbone_weights, load_weights
 from gainx.models.small_cnn import SmallCNN
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "load_backbone_weights",
     "load_checkpoint",
     "load_model",
+    "load_weights",
 ]

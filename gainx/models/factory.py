@@ -9,6 +9,7 @@ arguments already set it.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import inspect
 import json
@@ -39,6 +40,17 @@ def check_model_kwargs(model_kwargs: Any) -> dict[str, Any]:
             f"model keyword arguments must be JSON values (they are stored in checkpoints): {exc}"
         ) from exc
     return dict(model_kwargs)
+
+
+def model_kwargs_arg(text: str) -> dict[str, Any]:
+    """``--model-kwargs`` of the command line: a JSON object (argparse type; errors name the problem)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"num_classes\": 5}}', got {text!r}")
+    return value
 
 
 def _import_factory(spec: str) -> Callable[..., Any]:

@@ -89,8 +89,12 @@ def build_model(
     return model
 
 
-def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local state dict, skipping entries whose shapes differ (the head)."""
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict (names -> tensors) from ``path``, read with ``torch.load(weights_only=True)``.
+
+    A gainx checkpoint gives its ``model`` entry. Errors name the file and
+    what it holds instead (a pickled module, other values).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -105,8 +109,35 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
         raise ValueError(f"{path}: not a state dict of tensors; entries {not_tensors[:5]} hold other values")
+    return state
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local state dict, skipping entries whose shapes differ (the head)."""
+    state = read_state_dict(path)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise ValueError(f"{path}: no tensor matches the model's parameters (wrong arch?)")
     model.load_state_dict(usable, strict=False)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local state dict that fits ``model`` exactly: every entry, every shape (the head included)."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    problems = [
+        f"{label} {names[:5]}{' ...' if len(names) > 5 else ''}"
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("shapes differ:", shapes))
+        if names
+    ]
+    if problems:
+        raise ValueError(f"{path}: the weights do not fit {type(model).__name__}: {'; '.join(problems)}")
+    model.load_state_dict(state)
