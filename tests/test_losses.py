@@ -23,6 +23,30 @@ def test_classification_loss_hand_values():
     sp = lambda z: math.log1p(math.exp(-z))  # -log sigmoid(z)
     soft_margin = ((sp(2) + sp(0)) / 2 + (sp(0) + sp(0)) / 2) / 2
     assert classification_loss(scores, multi, multilabel=True).item() == pytest.approx(soft_margin, rel=1e-6)
+    l0, l1 = -math.log(math.exp(2) / (math.exp(2) + 1)), -math.log(0.5)
+    weighted = classification_loss(scores, one_hot, multilabel=False, weights=torch.tensor([1.0, 3.0]))
+    assert weighted.item() == pytest.approx((l0 + 3 * l1) / 4, rel=1e-6)
+    with pytest.raises(ValueError, match=r"weights must be \(2,\)"):
+        classification_loss(scores, one_hot, multilabel=False, weights=torch.ones(3))
+
+
+def test_counterfactual_images_weigh_counterfactual_weight_in_l_cl():
+    model = SmallCNN(3, width=8).eval()  # batch-norm running statistics: rows do not depend on each other
+    images, labels, guide = _batch()
+    pasted = torch.randn(2, 3, 16, 16)
+    pasted_labels = torch.nn.functional.one_hot(torch.tensor([2, 0]), 3).float()
+    with torch.no_grad():
+        rows = torch.nn.functional.cross_entropy(
+            model(torch.cat([images, pasted])), torch.tensor([0, 1, 2, 0, 2, 0]), reduction="none"
+        )
+    for w in (1.0, 4.0):
+        gain = GAIN(model, "features", method="gainext", guidance="counterfactual", counterfactual_weight=w)
+        gain.bank.draw = lambda count: (pasted, pasted_labels, guide[:2])
+        out = gain(images, labels, guide, torch.ones(4, dtype=torch.bool), mining=False)
+        expected = (rows[:4].sum() + w * rows[4:].sum()) / (4 + 2 * w)
+        torch.testing.assert_close(out.loss_cl.detach(), expected)
+    with pytest.raises(ValueError, match="counterfactual_weight must be > 0"):
+        GAIN(model, "features", guidance="counterfactual", counterfactual_weight=0.0)
 
 
 def test_soft_mask_and_erase_hand_values():
