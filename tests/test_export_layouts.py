@@ -176,3 +176,49 @@ def test_converter_limitation_names_the_op_and_a_way_out(tmp_path: Path) -> None
             _SpecialOp().eval(), tmp_path / "m.onnx", target_layer="conv", image_size=(8, 8), mean=MEAN, std=STD
         )
     assert not list(tmp_path.iterdir())
+
+
+class _DictOutput(nn.Module):
+    """Returns ``{"logits": ..., "features": ...}`` as many detection-style and Hugging Face models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.features(x)
+        return {"logits": self.fc(f.mean((2, 3))), "features": f}
+
+
+def test_a_model_returning_a_dict_exports_with_an_output_selector(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _DictOutput().eval()
+    layer, kwargs = "features", dict(image_size=(16, 16), mean=MEAN, std=STD)
+    with pytest.raises(ValueError, match="output='logits'"):
+        export_onnx(model, tmp_path / "scores.onnx", target_layer=layer, **kwargs)
+    path = export_onnx(model, tmp_path / "dict.onnx", target_layer=layer, output="logits", **kwargs)
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ids = torch.tensor([[0, 2]] * 2)
+    session = AttentionSession(path)
+    result = session.run(images, class_ids=ids)
+    ref_scores, ref_maps = attention_maps(model, _normalize(images), layer, classes=ids, output="logits")
+    np.testing.assert_allclose(result.scores, ref_scores.numpy(), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(result.attention, ref_maps.numpy(), rtol=0, atol=ATOL)
+    assert session.metadata["target_layer"] == layer
+
+
+def test_hugging_face_model_says_why_it_cannot_be_split(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ResNetConfig(num_labels=3, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1])
+    model = transformers.ResNetForImageClassification(config).eval()
+    with pytest.raises(ValueError, match="cannot trace .* control flow"):
+        export_onnx(
+            model,
+            tmp_path / "hf.onnx",
+            target_layer="resnet.encoder.stages.1",
+            output="logits",
+            image_size=(32, 32),
+            mean=MEAN,
+            std=STD,
+        )

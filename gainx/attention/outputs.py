@@ -38,6 +38,17 @@ def select_scores(result: Any, output: OutputSelector = None) -> Tensor:
     Raises:
         TypeError / ValueError: naming what the model returned and how to select from it.
     """
+    scores = pick_output(result, output)
+    if not isinstance(scores, Tensor):
+        how = "" if output is not None else "; pass output= (a key, attribute, index or callable) to pick the scores"
+        raise TypeError(f"model returned {describe_output(result)}, not a (B, num_classes) score Tensor{how}")
+    if scores.dim() != 2:
+        raise ValueError(f"model scores must be (B, num_classes), got shape {tuple(scores.shape)}")
+    return scores
+
+
+def pick_output(result: Any, output: OutputSelector) -> Any:
+    """What ``output`` selects in ``result``, unchecked (so it also works on torch.fx proxies while tracing)."""
     if output is None:
         scores = result
     elif callable(output):
@@ -55,9 +66,4 @@ def select_scores(result: Any, output: OutputSelector = None) -> Tensor:
         scores = result[output]
     else:
         raise ValueError(f"output={output!r} cannot index what the model returned: {describe_output(result)}")
-    if not isinstance(scores, Tensor):
-        how = "" if output is not None else "; pass output= (a key, attribute, index or callable) to pick the scores"
-        raise TypeError(f"model returned {describe_output(result)}, not a (B, num_classes) score Tensor{how}")
-    if scores.dim() != 2:
-        raise ValueError(f"model scores must be (B, num_classes), got shape {tuple(scores.shape)}")
     return scores

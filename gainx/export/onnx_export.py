@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from gainx._extras import require
+from gainx.attention.outputs import OutputSelector, describe_output, pick_output
 from gainx.export.errors import conversion_error, missing_onnx_op
 from gainx.export.graph import AttentionGraph, build_attention_graph
 from gainx.export.preflight import accepts_other_sizes, check_differentiable, check_spatial_evidence
@@ -129,6 +130,7 @@ def export_onnx(
     verify: bool = True,
     verify_images: str | Path | None = None,
     reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    output: OutputSelector = None,
 ) -> Path:
     """Export an attention-producing classifier to ``out`` (atomic) and return the path.
 
@@ -148,7 +150,10 @@ def export_onnx(
     output to ``(N, C, h, w)`` as in :func:`gainx.attention_maps` (``None``:
     read channels-last maps and ViT tokens off the shape); it must be
     traceable (permute, reshape, slicing), and a transform with sizes fixed at
-    ``image_size`` gives a fixed-size export.
+    ``image_size`` gives a fixed-size export. ``output`` picks the scores out of
+    what the model returns (a key, attribute, index or callable, as in
+    :func:`gainx.attention_maps`; e.g. ``"logits"`` for Hugging Face
+    ``...ForImageClassification`` models); the exported graph returns those scores.
     """
 
     for module in ("onnx", "onnxscript", "onnxruntime"):
@@ -162,12 +167,18 @@ def export_onnx(
     }
     model, meta = _resolve(model_or_checkpoint, overrides)
     model = copy.deepcopy(model).cpu().eval()  # the caller's module keeps its device and mode
+    if output is not None:
+        model = ScoresOf(model, output)
+        meta["target_layer"] = f"{ScoresOf.INNER}.{meta['target_layer']}"
     size = [int(v) for v in meta["image_size"]]
     example = torch.rand(3, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         scores = model(example)
     if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
-        raise ValueError(f"the model must return (N, num_classes) scores, got {getattr(scores, 'shape', type(scores))}")
+        raise ValueError(
+            f"the model must return (N, num_classes) scores, got {describe_output(scores)}; pass output= (a key, "
+            "attribute, index or callable) to pick them, e.g. output='logits' for Hugging Face models"
+        )
     num_classes = scores.shape[1]
     meta.setdefault("classes", [str(i) for i in range(num_classes)])
     _check_args(meta, num_classes, topk)
@@ -193,7 +204,7 @@ def export_onnx(
         if dynamic_hw and not _dynamic_hw(program.model_proto):
             log.info("torch.export fixed H, W (sizes baked into the model); the export is for %s only", size)
             dynamic_hw = False
-        metadata = _metadata(meta, size, topk, fp16, dynamic_hw)
+        metadata = _metadata(meta, size, topk, fp16, dynamic_hw, output is not None)
         data = _finalize(program.model_proto, topk, metadata)
         if not verify:
             break
@@ -221,7 +232,26 @@ def export_onnx(
     return out
 
 
-def _metadata(meta: dict[str, Any], size: list[int], topk: int, fp16: bool, dynamic_hw: bool) -> dict[str, Any]:
+class ScoresOf(nn.Module):
+    """``model`` followed by the selection of its scores (:func:`gainx.attention.outputs.pick_output`).
+
+    The wrapped model's layers are named ``inner.<name>``.
+    """
+
+    INNER = "inner"
+
+    def __init__(self, model: nn.Module, output: OutputSelector) -> None:
+        super().__init__()
+        self.inner = model
+        self.output = output
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return pick_output(self.inner(images), self.output)
+
+
+def _metadata(
+    meta: dict[str, Any], size: list[int], topk: int, fp16: bool, dynamic_hw: bool, selected: bool
+) -> dict[str, Any]:
     from gainx import __version__
 
     return {
@@ -231,7 +261,7 @@ def _metadata(meta: dict[str, Any], size: list[int], topk: int, fp16: bool, dyna
         "image_size": size,
         "topk": topk,
         "arch": meta.get("arch"),
-        "target_layer": meta["target_layer"],
+        "target_layer": meta["target_layer"].removeprefix(f"{ScoresOf.INNER}.") if selected else meta["target_layer"],
         "multilabel": bool(meta.get("multilabel", False)),
         "version": __version__,
         "fp16": fp16,
