@@ -167,9 +167,10 @@ def export_onnx(
     }
     model, meta = _resolve(model_or_checkpoint, overrides)
     model = copy.deepcopy(model).cpu().eval()  # the caller's module keeps its device and mode
+    layer = meta["target_layer"]  # the user's name, recorded in the metadata
     if output is not None:
         model = ScoresOf(model, output)
-        meta["target_layer"] = f"{ScoresOf.INNER}.{meta['target_layer']}"
+        layer = f"{ScoresOf.INNER}.{layer}"  # its name inside the wrapper that is traced and verified
     size = [int(v) for v in meta["image_size"]]
     example = torch.rand(3, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -183,11 +184,11 @@ def export_onnx(
     meta.setdefault("classes", [str(i) for i in range(num_classes)])
     _check_args(meta, num_classes, topk)
     dtype = torch.float16 if fp16 else torch.float32
-    check_differentiable(model, meta["target_layer"], example)
+    check_differentiable(model, layer, example)
     graph = build_attention_graph(
-        model, meta["target_layer"], num_classes, meta["mean"], meta["std"], example, dtype, reshape_transform
+        model, layer, num_classes, meta["mean"], meta["std"], example, dtype, reshape_transform
     )
-    check_spatial_evidence(graph, example, meta["target_layer"])
+    check_spatial_evidence(graph, example, layer)
     own = (
         []
         if verify_images is None
@@ -204,7 +205,7 @@ def export_onnx(
         if dynamic_hw and not _dynamic_hw(program.model_proto):
             log.info("torch.export fixed H, W (sizes baked into the model); the export is for %s only", size)
             dynamic_hw = False
-        metadata = _metadata(meta, size, topk, fp16, dynamic_hw, output is not None)
+        metadata = _metadata(meta, size, topk, fp16, dynamic_hw)
         data = _finalize(program.model_proto, topk, metadata)
         if not verify:
             break
@@ -212,7 +213,7 @@ def export_onnx(
             errors = verify_onnx(
                 data,
                 model,
-                meta["target_layer"],
+                layer,
                 meta["mean"],
                 meta["std"],
                 default_cases(size, num_classes, topk, dynamic_hw) + own,
@@ -249,9 +250,7 @@ class ScoresOf(nn.Module):
         return pick_output(self.inner(images), self.output)
 
 
-def _metadata(
-    meta: dict[str, Any], size: list[int], topk: int, fp16: bool, dynamic_hw: bool, selected: bool
-) -> dict[str, Any]:
+def _metadata(meta: dict[str, Any], size: list[int], topk: int, fp16: bool, dynamic_hw: bool) -> dict[str, Any]:
     from gainx import __version__
 
     return {
@@ -261,7 +260,7 @@ def _metadata(
         "image_size": size,
         "topk": topk,
         "arch": meta.get("arch"),
-        "target_layer": meta["target_layer"].removeprefix(f"{ScoresOf.INNER}.") if selected else meta["target_layer"],
+        "target_layer": meta["target_layer"],
         "multilabel": bool(meta.get("multilabel", False)),
         "version": __version__,
         "fp16": fp16,
