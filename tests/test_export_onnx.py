@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.export_zoo import calibrate
 from gainx.attention import attention_maps
 from gainx.attention.head import find_linear_head
 from gainx.export import ExportVerificationError, export_onnx, onnx_export
@@ -40,16 +41,7 @@ def calibrated(arch: str) -> nn.Module:
     if arch == "vgg11_bn":  # same head structure (7x7 pool, MLP), 256 wide instead of 4096: 100x smaller file
         model.classifier[0], model.classifier[3] = nn.Linear(512 * 7 * 7, 256), nn.Linear(256, 256)
         model.classifier[6] = nn.Linear(256, NUM_CLASSES)
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            m.reset_parameters()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(_normalize(torch.rand(8, 3, SIZE, SIZE)))
-    return model.eval()
+    return calibrate(model, SIZE)
 
 
 @pytest.fixture(scope="module", params=ARCHS)
