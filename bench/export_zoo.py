@@ -1,4 +1,4 @@
-"""ONNX export parity on a zoo of torchvision and timm CNNs, Swin and ViT (random weights, no download).
+"""ONNX export parity on a zoo of torchvision, timm and Hugging Face models (random weights, no download).
 
     python -m bench.export_zoo [--size 64] [-k NAME]
 
@@ -22,6 +22,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -30,24 +31,51 @@ from gainx.export import export_onnx, onnx_export
 from gainx.models import build_model, default_target_layer
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-# spec, its keyword arguments, target layer (None: the default one, gainx.models.default_target_layer)
-ZOO: list[tuple[str, dict, str | None]] = [
-    ("torchvision.models:resnet18", {}, None),
-    ("torchvision.models:squeezenet1_1", {}, None),
-    ("torchvision.models:mobilenet_v3_small", {}, None),
-    ("torchvision.models:regnet_x_400mf", {}, None),
-    ("torchvision.models:efficientnet_b0", {}, None),
-    ("torchvision.models:convnext_tiny", {}, None),
-    ("torchvision.models:densenet121", {}, None),
-    ("torchvision.models:swin_t", {}, "features"),  # channels-last (B, h, w, C)
-    ("timm:efficientnet_b0", {}, None),
-    ("timm:regnetx_002", {}, None),
-    ("timm:resnet10t", {}, None),
-    ("timm:mobilenetv3_small_050", {}, None),
-    ("timm:convnext_atto", {}, None),
-    ("timm:swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 4}, "layers"),
-    ("timm:vit_tiny_patch16_224", {"img_size": 64, "global_pool": "avg"}, "blocks"),  # tokens, averaged
+
+
+class Row(NamedTuple):
+    spec: str
+    kwargs: dict
+    layer: str | None  # None: the default one, gainx.models.default_target_layer
+    output: str | None = None  # where the scores are in what the model returns (Hugging Face: "logits")
+
+
+HF = "bench.export_zoo:hugging_face"
+ZOO: list[Row] = [
+    Row("torchvision.models:resnet18", {}, None),
+    Row("torchvision.models:squeezenet1_1", {}, None),
+    Row("torchvision.models:mobilenet_v3_small", {}, None),
+    Row("torchvision.models:regnet_x_400mf", {}, None),
+    Row("torchvision.models:efficientnet_b0", {}, None),
+    Row("torchvision.models:convnext_tiny", {}, None),
+    Row("torchvision.models:densenet121", {}, None),
+    Row("torchvision.models:swin_t", {}, "features"),  # channels-last (B, h, w, C)
+    Row("timm:efficientnet_b0", {}, None),
+    Row("timm:regnetx_002", {}, None),
+    Row("timm:resnet10t", {}, None),
+    Row("timm:mobilenetv3_small_050", {}, None),
+    Row("timm:convnext_atto", {}, None),
+    Row("timm:swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 4}, "layers"),
+    Row("timm:vit_tiny_patch16_224", {"img_size": 64, "global_pool": "avg"}, "blocks"),  # tokens, averaged
+    Row(HF, {"arch": "ResNetForImageClassification"}, "resnet.encoder", "logits"),
+    Row(HF, {"arch": "ConvNextForImageClassification"}, "convnext.encoder", "logits"),
+    Row(HF, {"arch": "SwinForImageClassification", "image_size": 64, "window_size": 4}, "swin.layernorm", "logits"),
+    Row(  # the class token reads the last block's output: explained at the block before it
+        HF,
+        {"arch": "ViTForImageClassification", "image_size": 64, "num_hidden_layers": 4},
+        "vit.layers.2",
+        "logits",
+    ),
 ]
+
+
+def hugging_face(arch: str, num_classes: int, **config: object) -> nn.Module:
+    """``transformers.<arch>`` (an ``...ForImageClassification`` class) with random weights; ``config``
+    overrides its default configuration (e.g. ``image_size``)."""
+    import transformers
+
+    config_class = getattr(transformers, arch.replace("ForImageClassification", "Config"))
+    return getattr(transformers, arch)(config_class(num_labels=num_classes, **config))
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -75,7 +103,8 @@ def calibrate(model: nn.Module, size: int) -> nn.Module:
     return model.eval()
 
 
-def measure(spec: str, kwargs: dict, layer: str | None, size: int, out: Path, num_classes: int = 5) -> dict:
+def measure(row: Row, size: int, out: Path, num_classes: int = 5) -> dict:
+    spec, kwargs, layer = row.spec, row.kwargs, row.layer
     model = calibrated(spec, num_classes, size, kwargs)
     layer = layer or default_target_layer(spec, model, (size, size))
     errors: dict[str, float] = {}
@@ -91,7 +120,9 @@ def measure(spec: str, kwargs: dict, layer: str | None, size: int, out: Path, nu
     onnx_export.verify_onnx = recording
     start = time.perf_counter()
     try:
-        path = export_onnx(model, out, target_layer=layer, image_size=(size, size), mean=MEAN, std=STD)
+        path = export_onnx(
+            model, out, target_layer=layer, image_size=(size, size), mean=MEAN, std=STD, output=row.output
+        )
     finally:
         onnx_export.verify_onnx = verify
     params = sum(t.numel() * t.element_size() for t in model.state_dict().values() if t.is_floating_point())
@@ -100,6 +131,7 @@ def measure(spec: str, kwargs: dict, layer: str | None, size: int, out: Path, nu
     return {
         "model": spec,
         **({"model_kwargs": kwargs} if kwargs else {}),
+        **({"output": row.output} if row.output else {}),
         "target_layer": layer,
         "dynamic_hw": AttentionSession(path).dynamic_hw,
         "scores_abs": errors["scores"],
@@ -115,15 +147,15 @@ def measure(spec: str, kwargs: dict, layer: str | None, size: int, out: Path, nu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("-k", default="", help="only models whose spec contains this")
+    parser.add_argument("-k", default="", help="only models whose spec or keyword arguments contain this")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        for spec, kwargs, layer in [z for z in ZOO if args.k in z[0]]:
+        for row in [z for z in ZOO if args.k in z.spec + json.dumps(z.kwargs)]:
             try:
-                row = measure(spec, kwargs, layer, args.size, Path(tmp) / "model.onnx")
+                result = measure(row, args.size, Path(tmp) / "model.onnx")
             except Exception as exc:  # noqa: BLE001 - report and go on to the next model
-                row = {"model": spec, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
-            print(json.dumps(row), flush=True)
+                result = {"model": row.spec, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

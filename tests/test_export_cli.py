@@ -106,6 +106,7 @@ def test_cli_export_model_spec_with_weights(tmp_path: Path, capsys: pytest.Captu
     assert "target layer: features (the default for small_cnn" in capsys.readouterr().err
     session = AttentionSession(out)
     assert session.classes == ["a", "b", "c"] and session.image_size == (24, 32) and session.mean == [0.5] * 3
+    assert session.arch == "small_cnn"
     images = torch.rand(2, 3, 24, 32)
     result = session.run(images, class_ids=np.array([[0, 2], [1, 0]]))
     scores, maps = attention_maps(model, (images - 0.5) / 0.25, "features", classes=torch.from_numpy(result.classes))
@@ -120,7 +121,8 @@ def test_cli_export_factory_spec_with_random_weights_on_purpose(tmp_path: Path, 
     assert main([*argv, "--image-size", "16", "16", "--random-weights", "--no-verify"]) == 0
     err = capsys.readouterr().err
     assert f"warning: exporting random weights of {spec}" in err and "target layer: features" in err
-    assert AttentionSession(out).classes == ["0", "1"]
+    session = AttentionSession(out)
+    assert session.classes == ["0", "1"] and session.arch == spec
 
 
 @pytest.mark.parametrize(

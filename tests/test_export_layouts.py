@@ -97,7 +97,10 @@ def _tiny_vit() -> nn.Module:
 @pytest.mark.parametrize(
     ("layer", "message"),
     [
-        ("encoder.layers.encoder_layer_1.ln_1", "read `add` on the output of module .* skip connection around it"),
+        (
+            "encoder.layers.encoder_layer_1.ln_1",
+            "read the output of module .encoder.layers.encoder_layer_0. \\(in `add` .* skip connection around it",
+        ),
         ("encoder.layers.encoder_layer_1", "every Grad-CAM weight is zero .* only the class token reaches the head"),
     ],
 )
@@ -208,17 +211,64 @@ def test_a_model_returning_a_dict_exports_with_an_output_selector(tmp_path: Path
     assert session.metadata["target_layer"] == layer
 
 
-def test_hugging_face_model_says_why_it_cannot_be_split(tmp_path: Path) -> None:
+def _hugging_face(name: str) -> tuple[nn.Module, str, int]:
+    """A small Hugging Face ``...ForImageClassification`` model (random weights), its target layer and image size."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.ResNetConfig(num_labels=3, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1])
-    model = transformers.ResNetForImageClassification(config).eval()
-    with pytest.raises(ValueError, match="cannot trace .* control flow"):
+    if name == "resnet":
+        config = transformers.ResNetConfig(num_labels=3, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1])
+        return transformers.ResNetForImageClassification(config), "resnet.encoder.stages.1", 32
+    if name == "convnext":
+        config = transformers.ConvNextConfig(num_labels=3, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1])
+        return transformers.ConvNextForImageClassification(config), "convnext.encoder.stages.1", 64
+    if name == "swin":  # windowed attention (sdpa), tokens (B, L, C), an AdaptiveAvgPool1d pooler
+        config = transformers.SwinConfig(
+            num_labels=3, image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4
+        )
+        return transformers.SwinForImageClassification(config), "swin.layernorm", 32
+    config = transformers.ViTConfig(  # the first block's output: the second block carries it to the class token
+        num_labels=3,
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    model = transformers.ViTForImageClassification(config)
+    layer = next(n for n, _ in model.named_modules() if n.endswith(("layers.0", "layer.0")))  # transformers 5 / 4
+    return model, layer, 32
+
+
+@pytest.mark.parametrize("name", ["resnet", "convnext", "swin", "vit"])
+def test_hugging_face_models_export_with_parity(tmp_path: Path, name: str) -> None:
+    torch.manual_seed(0)
+    model, layer, size = _hugging_face(name)
+    model.eval()
+    path = export_onnx(
+        model, tmp_path / "hf.onnx", target_layer=layer, output="logits", image_size=(size, size), mean=MEAN, std=STD
+    )
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    ids = torch.tensor([[0, 2], [1, 0]])
+    session = AttentionSession(path)
+    result = session.run(images, class_ids=ids)
+    ref_scores, ref_maps = attention_maps(model, _normalize(images), layer, classes=ids, output="logits")
+    np.testing.assert_allclose(result.scores, ref_scores.numpy(), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(result.attention, ref_maps.numpy(), rtol=0, atol=ATOL)
+    assert (result.attention.reshape(4, -1).max(1) > 0.99).any()  # maps, not blanks
+    assert session.dynamic_hw == (name in ("resnet", "convnext"))  # the transformers fix their patch grid
+
+
+def test_hugging_face_pre_norm_layer_is_refused_for_its_skip_connection(tmp_path: Path) -> None:
+    model, first_block, size = _hugging_face("vit")
+    layer = first_block[: -len("0")] + "1.layernorm_before"  # the residual stream bypasses it
+    with pytest.raises(ValueError, match="read the output of module .*0' .*a skip connection around it"):
         export_onnx(
-            model,
+            model.eval(),
             tmp_path / "hf.onnx",
-            target_layer="resnet.encoder.stages.1",
+            target_layer=layer,
             output="logits",
-            image_size=(32, 32),
+            image_size=(size, size),
             mean=MEAN,
             std=STD,
         )
+    assert not list(tmp_path.iterdir())

@@ -73,14 +73,31 @@ def find_linear_head(model: nn.Module, target_layer: str | nn.Module) -> nn.Line
 
 class LayerLeafTracer(fx.Tracer):
     """Default :mod:`torch.fx` tracing, except that the module at ``target_layer``
-    is traced as one call (so its output F is a node of the graph)."""
+    is traced as one call (so its output F is a node of the graph), and so is
+    every module that runs before it and does not contain it; with
+    ``trace_after=False`` also every module after it that does not contain it.
 
-    def __init__(self, target_layer: str) -> None:
+    Only the modules that contain the target layer must be traced op by op
+    (to cut the graph at F); the others can be called as they are, so Python
+    control flow inside them (the shape checks of Hugging Face embeddings,
+    ``if pixel_values.shape[1] != num_channels``) never meets a proxy. The
+    modules after the target are traced by default because
+    :func:`find_linear_head` reads the pooling and linear layers inside them.
+    """
+
+    def __init__(self, target_layer: str, trace_after: bool = True) -> None:  # one tracer per trace
         super().__init__()
         self.target_layer = target_layer
+        self.trace_after = trace_after
+        self.target_called = False
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name == self.target_layer or super().is_leaf_module(m, module_qualified_name)
+        if module_qualified_name == self.target_layer:
+            self.target_called = True
+            return True
+        contains_target = module_qualified_name == "" or self.target_layer.startswith(module_qualified_name + ".")
+        off_path_leaf = not contains_target and not (self.target_called and self.trace_after)
+        return off_path_leaf or super().is_leaf_module(m, module_qualified_name)
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:

@@ -39,7 +39,7 @@ def _model_from_spec(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any
             f"gainx export: target layer: {layer} (the default for {args.model}; choose another with --target-layer)",
             file=sys.stderr,
         )
-    settings = {"target_layer": layer, "image_size": size, "mean": args.mean or IMAGENET_MEAN}
+    settings = {"arch": args.model, "target_layer": layer, "image_size": size, "mean": args.mean or IMAGENET_MEAN}
     return model.eval(), {**settings, "std": args.std or IMAGENET_STD}
 
 

@@ -7,7 +7,8 @@ It is linear: with the pooling matrices ``P_h`` (out_h, h) and ``P_w``
 ``[floor(i n / o), ceil((i + 1) n / o))``, ``y = P_h x P_w^T`` and its
 vector-Jacobian product is ``dx = P_h^T dy P_w``: matmuls built from ``arange``,
 valid for symbolic sizes (dynamic H, W). ``nn.AdaptiveAvgPool2d`` modules of
-the head are replaced by that product before tracing
+the head are replaced by that product before tracing, and
+``nn.AdaptiveAvgPool1d`` ones by ``y = x P^T``
 (:func:`pool_by_matrices`): for a 1x1 output ATen's own pooling is a mean
 that it then restrides in place (``as_strided_``) when the input has
 channels-last strides (Swin's permuted LayerNorm output), which torch.onnx
@@ -97,12 +98,25 @@ class MatrixAdaptiveAvgPool2d(nn.Module):
         return adaptive_avg_pool2d(x, [x.shape[-2 + i] if o is None else o for i, o in enumerate(size)])
 
 
+class MatrixAdaptiveAvgPool1d(nn.Module):
+    """``nn.AdaptiveAvgPool1d`` as one pooling-matrix product, ``y = x P^T`` (Hugging Face Swin's pooler)."""
+
+    def __init__(self, output_size: int | Sequence[int]) -> None:
+        super().__init__()
+        self.output_size = output_size[0] if isinstance(output_size, Sequence) else output_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.matmul(x, pooling_matrix(x.shape[-1], self.output_size, x.dtype, x.device).t())
+
+
 def pool_by_matrices(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose ``nn.AdaptiveAvgPool2d`` submodules are :class:`MatrixAdaptiveAvgPool2d`."""
+    """A copy of ``module`` whose ``nn.AdaptiveAvgPool1d/2d`` submodules are pooling-matrix products."""
     module = copy.deepcopy(module)
     for name, child in list(module.named_modules()):
         if isinstance(child, nn.AdaptiveAvgPool2d) and name:
             module.set_submodule(name, MatrixAdaptiveAvgPool2d(child.output_size))
+        elif isinstance(child, nn.AdaptiveAvgPool1d) and name:
+            module.set_submodule(name, MatrixAdaptiveAvgPool1d(child.output_size))
     return module
 
 

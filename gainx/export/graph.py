@@ -54,16 +54,21 @@ def head_vjp_attention(
 
     F is repeated K times so that one head forward and one pullback with
     ``(N K, C)`` one-hot cotangents give all K gradients (rows are independent
-    in eval mode); the scores are those of the first copy.
+    in eval mode); the scores are those of the first copy. The pullback is
+    ``torch.autograd.grad``: under ``torch.func.vjp`` a linear layer on tokens
+    ``(N K, L, D)`` traces with N K fixed to the example's value.
     """
 
     def attention(features: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n, k = features.shape[0], class_ids.shape[1]
         rep = features.unsqueeze(1).expand(n, k, *features.shape[1:]).reshape(n * k, *features.shape[1:])
-        scores_rep, pullback = torch.func.vjp(lambda f: head(f.clone()), rep)  # the head may work in place
-        scores = scores_rep.reshape(n, k, -1)[:, 0]
-        classes = requested_or_topk(scores, class_ids)
-        (grads,) = pullback(one_hot(classes.reshape(-1), num_classes, scores_rep.dtype))
+        with torch.enable_grad():
+            rep = rep.detach().requires_grad_(True)
+            scores_rep = head(rep.clone())  # the head may work in place
+            scores = scores_rep.detach().reshape(n, k, -1)[:, 0]
+            classes = requested_or_topk(scores, class_ids)
+            cotangents = one_hot(classes.reshape(-1), num_classes, scores_rep.dtype)
+            (grads,) = torch.autograd.grad(scores_rep, rep, cotangents)
         grads = grads if transform is None else transform(grads)
         return scores, classes, grads.mean(dim=(2, 3)).reshape(n, k, -1)
 
@@ -163,7 +168,7 @@ def build_attention_graph(
     (:func:`gainx.attention.layout.feature_layout`).
     """
     model = copy.deepcopy(model).eval().to(dtype)  # the caller's model keeps its mode and dtype
-    body, head = split_at_layer(model, target_layer)
+    body, head = split_at_layer(model, target_layer, example_images.to(dtype))
     with torch.no_grad():
         features = body(example_images.to(dtype))
     transform = reshape_transform

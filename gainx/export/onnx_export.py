@@ -25,7 +25,12 @@ from gainx._extras import require
 from gainx.attention.outputs import OutputSelector, describe_output, pick_output
 from gainx.export.errors import conversion_error, missing_onnx_op
 from gainx.export.graph import AttentionGraph, build_attention_graph
-from gainx.export.preflight import accepts_other_sizes, check_differentiable, check_spatial_evidence
+from gainx.export.preflight import (
+    accepts_other_sizes,
+    check_differentiable,
+    check_spatial_evidence,
+    use_eager_attention,
+)
 from gainx.export.verify import (
     FP16_ATOL,
     FP32_ATOL,
@@ -131,6 +136,7 @@ def export_onnx(
     verify_images: str | Path | None = None,
     reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     output: OutputSelector = None,
+    arch: str | None = None,
 ) -> Path:
     """Export an attention-producing classifier to ``out`` (atomic) and return the path.
 
@@ -154,11 +160,14 @@ def export_onnx(
     what the model returns (a key, attribute, index or callable, as in
     :func:`gainx.attention_maps`; e.g. ``"logits"`` for Hugging Face
     ``...ForImageClassification`` models); the exported graph returns those scores.
+    ``arch`` is recorded as ``gainx.arch`` (a checkpoint's own by default;
+    ``gainx export --model SPEC`` records the spec).
     """
 
     for module in ("onnx", "onnxscript", "onnxruntime"):
         require(module, extra="export", feature="ONNX export")
     overrides = {
+        "arch": arch,
         "target_layer": target_layer,
         "classes": list(classes) if classes is not None else None,
         "image_size": list(image_size) if image_size is not None else None,
@@ -167,6 +176,7 @@ def export_onnx(
     }
     model, meta = _resolve(model_or_checkpoint, overrides)
     model = copy.deepcopy(model).cpu().eval()  # the caller's module keeps its device and mode
+    use_eager_attention(model)
     layer = meta["target_layer"]  # the user's name, recorded in the metadata
     if output is not None:
         model = ScoresOf(model, output)

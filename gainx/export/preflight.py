@@ -11,6 +11,22 @@ from gainx.attention.capture import resolve_layer
 from gainx.export.verify import other_size
 
 
+def use_eager_attention(model: nn.Module) -> None:
+    """Switch Hugging Face attention computed by a fused kernel (``sdpa``, ...) to ``eager``, in place.
+
+    torch.onnx cannot decompose ``scaled_dot_product_attention`` with a
+    dynamic batch (Swin's windowed attention fails with a stride error);
+    the eager implementation is the same math in plain matmul and softmax.
+    Call it on the export's own copy of the model.
+    """
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "_attn_implementation", "eager") not in (None, "eager") and callable(
+            getattr(module, "set_attn_implementation", None)
+        ):
+            module.set_attn_implementation("eager")
+
+
 def check_differentiable(model: nn.Module, target_layer: str, example: Tensor) -> None:
     """Raise ``ValueError`` unless the scores depend differentiably on the target layer's output F.
 

@@ -12,10 +12,12 @@ by F alone. Nodes the output does not depend on (shape checks such as timm's
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any, NamedTuple
 
 import torch.fx as fx
-from torch import nn
+from torch import Tensor, nn
+from torch.fx.experimental.meta_tracer import MetaTracer
 
 from gainx.attention.capture import resolve_layer
 from gainx.attention.head import LayerLeafTracer
@@ -72,24 +74,57 @@ def _defaults(model: nn.Module) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
-def split_at_layer(model: nn.Module, target_layer: str) -> SplitModel:
+class _MetaLayerLeafTracer(LayerLeafTracer, MetaTracer):
+    """:class:`LayerLeafTracer` whose proxies carry meta tensors of the example's shapes and dtypes."""
+
+
+def _trace(model: nn.Module, target_layer: str, example: Tensor | None) -> tuple[fx.Tracer, fx.Graph]:
+    """Trace symbolically; if that fails and ``example`` is given, trace again with its shapes known.
+
+    Symbolic proxies keep sizes as graph values (a dynamic H, W export) but
+    cannot decide Python tests on shapes or dtypes, such as Hugging Face's
+    ``if pixel_values.dtype != expected_dtype``; with meta tensors attached
+    (:class:`torch.fx.experimental.meta_tracer.MetaTracer`) those tests are
+    decided for the example's size, which the graph is then fixed to.
+    """
+    concrete = _defaults(model) or None
+    try:
+        tracer = LayerLeafTracer(target_layer, trace_after=False)
+        return tracer, tracer.trace(model, concrete_args=concrete)
+    except Exception as exc:
+        if example is None:
+            raise _untraceable(model, target_layer, exc) from exc
+        symbolic_error = exc
+    first = next(iter(inspect.signature(model.forward).parameters))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "could not compute metadata" for ops whose shapes are never read
+            tracer = _MetaLayerLeafTracer(target_layer, trace_after=False)
+            return tracer, tracer.trace(model, {first: example.to("meta")}, concrete)
+    except Exception:
+        raise _untraceable(model, target_layer, symbolic_error) from symbolic_error
+
+
+def _untraceable(model: nn.Module, target_layer: str, exc: Exception) -> ValueError:
+    return ValueError(
+        f"cannot trace {type(model).__name__} with torch.fx to split it at {target_layer!r} ({first_line(exc)}); "
+        f"Python control flow on tensor values (if / for over a tensor) does not trace: write it with "
+        f"torch.where, or move it into a module before the target layer"
+    )
+
+
+def split_at_layer(model: nn.Module, target_layer: str, example: Tensor | None = None) -> SplitModel:
     """Return ``(body, head)`` with ``head(body(x)) == model(x)``.
 
-    Raises ``ValueError`` when the model cannot be traced by ``torch.fx``, when
-    the target layer runs more than once, or when the head needs a tensor of
-    the body other than F (e.g. a skip connection around the target layer).
+    ``example`` (images of the export size) lets a model whose Python code
+    tests shapes or dtypes be traced for that size (:func:`_trace`). Raises
+    ``ValueError`` when the model cannot be traced by ``torch.fx``, when the
+    target layer runs more than once, or when the head needs a tensor of the
+    body other than F (e.g. a skip connection around the target layer).
     """
     resolve_layer(model, target_layer)  # clear error for a wrong path
-    tracer = LayerLeafTracer(target_layer)
     name = type(model).__name__
-    try:
-        graph = tracer.trace(model, concrete_args=_defaults(model) or None)
-    except Exception as exc:
-        raise ValueError(
-            f"cannot trace {name} with torch.fx to split it at {target_layer!r} ({first_line(exc)}); Python "
-            f"control flow on tensor values (if / for over a tensor) does not trace: write it with torch.where, "
-            f"or move it into a module before the target layer"
-        ) from exc
+    tracer, graph = _trace(model, target_layer, example)
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == target_layer]
     if len(calls) != 1:
         raise ValueError(
