@@ -26,12 +26,18 @@ that it carries a heatmap, is checked.
 Extra info: ``images_per_s`` (from the median round), ``p50_ms`` / ``p99_ms``
 (per request for the server, per batch for the baseline), ``mean_batch``
 (images per model call in the server, from its /metrics),
-``throughput_vs_bare`` (paired, as above).
+``throughput_vs_bare`` (paired, as above), ``gainx_throughput_vs_peer``
+(the LitServe member, below).
 
 Peer: the same model and per-image work (JPEG decode and preprocess, batched
 model call, top-1 and its PNG heatmap) served by LitServe
 (:mod:`bench.peer_litserve`; JSON bodies with base64 JPEGs, as LitServe does
 not take raw image bodies) at 32 clients, paired with bare rounds the same way.
+Each LitServe round is also paired with a gainx serve round (32 clients) run
+right before it: ``gainx_throughput_vs_peer`` is the median over rounds of
+LitServe seconds / gainx seconds (>= 1: gainx serve at least as fast), the
+comparison least moved by the machine's drift (``gainx_vs_peer_rounds``
+lists every pair).
 What still differs, in small ways both directions: LitServe parses JSON and
 base64 (a third more bytes); gainx serve applies the EXIF orientation, checks
 the image header before decoding and answers with the image's size and source
@@ -46,8 +52,8 @@ Where the kernel shares a busy machine between sessions
 own would get a share of its own next to the bare loop's and beat it on a
 loaded machine; LitServe did, before. LitServe's processes also poll their
 queues when idle (about a sixth of a core here), so it is stopped (SIGSTOP)
-while its paired bare rounds run, as the idle gainx server costs them nothing;
-it is started after the gainx rounds, so it never runs beside them.
+while its paired bare and gainx rounds run, as the idle gainx server costs
+them nothing; it is started after the gainx members, so it never runs beside them.
 ``GAINX_BENCH_QUICK=1`` shrinks to 64x64 and 32 requests a round; or set
 ``GAINX_BENCH_SERVE="size,requests"``, e.g.::
 
@@ -282,23 +288,29 @@ def litserve_server(model, tmp_path_factory):
 
 
 @pytest.mark.benchmark(group="serve_resnet18")
-def test_litserve_peer_32_clients(benchmark, litserve_server, bare_inputs, jpegs):
+def test_litserve_peer_32_clients(benchmark, litserve_server, server, bare_inputs, jpegs):
     url, group = litserve_server
     rounds: list[list[float]] = []
     bare = BareLoop(bare_inputs)
+    gainx_seconds: list[float] = []
 
-    def bare_while_paused() -> None:  # LitServe's idle polling would slow the bare round it is compared with
+    def bare_and_gainx_while_paused() -> None:  # LitServe's idle polling would slow the rounds it is compared with
         os.killpg(group, signal.SIGSTOP)
         try:
             bare()
+            start = time.perf_counter()
+            asyncio.run(_send_all(server.url, jpegs, 32))
+            gainx_seconds.append(time.perf_counter() - start)
         finally:
             os.killpg(group, signal.SIGCONT)
 
     def round_() -> None:
         rounds.append(asyncio.run(_send_all(url, jpegs, 32, "/predict", _litserve_request)))
 
-    benchmark.pedantic(round_, setup=bare_while_paused, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    paired = [b / s for b, s in zip(bare.round_seconds()[1:], benchmark.stats.stats.data, strict=True)]
+    benchmark.pedantic(round_, setup=bare_and_gainx_while_paused, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    peer_s = benchmark.stats.stats.data
+    paired = [b / s for b, s in zip(bare.round_seconds()[1:], peer_s, strict=True)]
+    gainx_vs_peer = [p / g for g, p in zip(gainx_seconds[1:], peer_s, strict=True)]
     benchmark.extra_info.update(
         arch=ARCH,
         image_size=SIZE,
@@ -309,5 +321,7 @@ def test_litserve_peer_32_clients(benchmark, litserve_server, bare_inputs, jpegs
         images_per_s=REQUESTS / benchmark.stats.stats.median,
         **_percentiles(rounds),
         throughput_vs_bare=float(np.median(paired)),
+        gainx_throughput_vs_peer=float(np.median(gainx_vs_peer)),
+        gainx_vs_peer_rounds=[round(r, 3) for r in gainx_vs_peer],
         target=TARGET,
     )

@@ -49,6 +49,8 @@ ZOO: list[Row] = [
     Row("torchvision.models:efficientnet_b0", {}, None),
     Row("torchvision.models:convnext_tiny", {}, None),
     Row("torchvision.models:densenet121", {}, None),
+    Row("torchvision.models:mnasnet0_5", {}, None),
+    Row("torchvision.models:shufflenet_v2_x0_5", {}, None),
     Row("torchvision.models:swin_t", {}, "features"),  # channels-last (B, h, w, C)
     Row("timm:efficientnet_b0", {}, None),
     Row("timm:regnetx_002", {}, None),
@@ -57,9 +59,9 @@ ZOO: list[Row] = [
     Row("timm:convnext_atto", {}, None),
     Row("timm:swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 4}, "layers"),
     Row("timm:vit_tiny_patch16_224", {"img_size": 64, "global_pool": "avg"}, "blocks"),  # tokens, averaged
-    Row(HF, {"arch": "ResNetForImageClassification"}, "resnet.encoder", "logits"),
-    Row(HF, {"arch": "ConvNextForImageClassification"}, "convnext.encoder", "logits"),
-    Row(HF, {"arch": "SwinForImageClassification", "image_size": 64, "window_size": 4}, "swin.layernorm", "logits"),
+    Row(HF, {"arch": "ResNetForImageClassification"}, "resnet.encoder.stages.3", "logits"),
+    Row(HF, {"arch": "ConvNextForImageClassification"}, "convnext.encoder.stages.3", "logits"),
+    Row(HF, {"arch": "SwinForImageClassification", "image_size": 64, "window_size": 2}, "swin.layernorm", "logits"),
     Row(  # the class token reads the last block's output: explained at the block before it
         HF,
         {"arch": "ViTForImageClassification", "image_size": 64, "num_hidden_layers": 4},

@@ -41,6 +41,8 @@ TRAIN_HELP = {
     "counterfactuals": "counterfactual images (annotated objects pasted onto other classes' backgrounds) added to "
     "each batch with --guidance counterfactual",
     "counterfactual_weight": "weight of a counterfactual image in L_cl relative to an image of the batch",
+    "counterfactual_jitter": "change each pasted object first: none | colour (permute its colour channels) | "
+    "geometry (flip, rescale by 0.75-1.25) | all",
     "weights": "local backbone weights file (state dict); nothing is downloaded",
     "seed": "seed of weights, data order and augmentation",
     "workers": "data-loading worker processes",

@@ -8,6 +8,7 @@ import torch
 from gainx.data.counterfactual import (
     counterfactual_pairs,
     fill_objects,
+    jitter_objects,
     object_pixels,
     paste_objects,
     shift_objects,
@@ -77,6 +78,75 @@ def test_pairs_have_disjoint_labels():
     assert not (labels[pairs[:, 0]] * labels[pairs[:, 1]]).any()
     assert {tuple(p) for p in pairs.tolist()} == {(0, 2), (2, 0), (1, 2), (2, 1), (3, 2), (2, 3)}
     assert counterfactual_pairs(labels[[0, 3]], 5).numel() == 0
+
+
+def _l_shape(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` 12x12 images holding one L-shaped object (rows 2-7, columns 3-6; left-right asymmetric)
+    whose colour is its column, on a background of -1; guides in channel 1."""
+    images = torch.full((n, 3, 12, 12), -1.0)
+    guides = torch.zeros(n, 2, 12, 12, dtype=torch.uint8)
+    guides[:, 1, 2:8, 3:5] = 1
+    guides[:, 1, 6:8, 5:7] = 1
+    columns = torch.arange(12.0).expand(12, 12)
+    images[:, :, guides[0, 1].bool()] = columns[guides[0, 1].bool()]
+    return images, guides
+
+
+def test_jitter_objects_flips_the_object_and_its_guide_together():
+    images, guides = _l_shape(64)
+    out, out_guides = jitter_objects(images, guides, torch.Generator().manual_seed(0), scale=(1.0, 1.0))
+    mask = object_pixels(guides[:1])[0]
+    mirrored = torch.zeros_like(mask)
+    mirrored[:, 3:7] = mask[:, 3:7].flip(-1)  # the box spans columns 3-6: column c goes to 9 - c
+    columns = torch.arange(12.0).expand(12, 12)
+    flipped = 0
+    for img, guide in zip(out, out_guides):
+        obj = object_pixels(guide[None])[0]
+        if torch.equal(obj, mask):
+            assert torch.equal(img[0, obj], columns[obj])
+        else:
+            assert torch.equal(obj, mirrored) and torch.equal(img[0, obj], 9.0 - columns[obj])
+            flipped += 1
+    assert 16 < flipped < 48  # each image flipped with probability 1/2
+
+
+def test_jitter_objects_rescales_within_the_frame_and_keeps_the_guide_on_the_object():
+    images, guides = _l_shape(200)
+    out, out_guides = jitter_objects(images, guides, torch.Generator().manual_seed(1), scale=(0.5, 2.5), flip=False)
+    areas = object_pixels(out_guides).flatten(1).sum(1).float()
+    assert areas.min() < 16 * 0.5 and areas.max() > 16 * 3  # shrunk and grown (the object has 16 pixels)
+    for img, guide in zip(out, out_guides):
+        obj = object_pixels(guide[None])[0]
+        assert obj.any() and (img[:, obj] >= 3.0 - 1e-5).all()  # the guide marks object colours only
+        rows, cols = torch.nonzero(obj, as_tuple=True)
+        assert rows.max() - rows.min() + 1 <= 12 and cols.max() - cols.min() + 1 <= 12
+    with pytest.raises(ValueError, match=r"cannot jitter images \[0\]"):
+        jitter_objects(images[:1], torch.zeros(1, 2, 12, 12, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="scale must be"):
+        jitter_objects(images, guides, scale=(1.5, 1.0))
+
+
+def test_bank_jitter_changes_what_it_names():
+    images, guides = _l_shape(2)
+    images[1, 1] += 20.0  # channels differ: a permutation shows
+    labels = torch.tensor([[1.0, 0], [0, 1]])
+    drawn = {}
+    for jitter in ("none", "colour", "geometry", "all"):
+        torch.manual_seed(0)
+        bank = CounterfactualBank(jitter=jitter)
+        bank.add(images, guides, labels)
+        pasted, pasted_labels, pasted_guides = bank.draw(64)
+        obj = object_pixels(pasted_guides)
+        areas = set(obj.flatten(1).sum(1).tolist())
+        # the channel order of each pasted object: the source image's channel means, sorted or not
+        orders = {tuple(p[:, o].mean(1).argsort().tolist()) for p, o in zip(pasted, obj)}
+        drawn[jitter] = (len(areas), len(orders))
+    assert drawn["none"] == (1, 2)  # 16 pixels; the two source images' own channel orders
+    assert drawn["colour"][0] == 1 and drawn["colour"][1] > 2
+    assert drawn["geometry"][0] > 3 and drawn["geometry"][1] == 2
+    assert drawn["all"][0] > 3 and drawn["all"][1] > 2
+    with pytest.raises(ValueError, match="jitter must be one of"):
+        CounterfactualBank(jitter="hue")
 
 
 def test_bank_skips_images_without_objects_and_draws_other_backgrounds():

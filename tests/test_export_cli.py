@@ -156,3 +156,16 @@ def test_cli_export_needs_a_checkpoint_or_a_model(tmp_path: Path, capsys: pytest
     with pytest.raises(SystemExit):
         main(["export", "--out", str(tmp_path / "m.onnx")])
     assert "one of the arguments --checkpoint --model is required" in capsys.readouterr().err
+
+
+def test_cli_export_picks_the_scores_with_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "m.onnx"
+    spec = "test_export_layouts:_DictOutput"  # returns {"logits": ..., "features": ...}; tests/ is on sys.path
+    argv = ["export", "--model", spec, "--num-classes", "3", "--random-weights", "--target-layer", "features"]
+    argv += ["--image-size", "16", "16", "--out", str(out)]
+    assert main(argv) == 2
+    assert "gainx export --output" in capsys.readouterr().err and not out.exists()
+    assert main([*argv, "--output", "logits"]) == 0
+    session = AttentionSession(out)
+    assert session.arch == spec and session.classes == ["0", "1", "2"]
+    assert session.run(torch.rand(2, 3, 16, 16)).attention.shape == (2, 1, 16, 16)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from test_attention_zoo import ZOO, layer_path  # tests/ is on sys.path under pytest
 from torch import nn
 
 from gainx.attention import attention_maps
@@ -211,37 +212,22 @@ def test_a_model_returning_a_dict_exports_with_an_output_selector(tmp_path: Path
     assert session.metadata["target_layer"] == layer
 
 
+# the Hugging Face pairs of the attention zoo, at their sizes; ViT at its first block's output (the second
+# block carries it to the class token), Swin (sdpa windowed attention, an AdaptiveAvgPool1d pooler) at its norm
+HF_LAYERS = {"resnet": None, "convnext": None, "swin": None, "vit": "0"}
+
+
 def _hugging_face(name: str) -> tuple[nn.Module, str, int]:
     """A small Hugging Face ``...ForImageClassification`` model (random weights), its target layer and image size."""
-    transformers = pytest.importorskip("transformers")
-    if name == "resnet":
-        config = transformers.ResNetConfig(num_labels=3, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1])
-        return transformers.ResNetForImageClassification(config), "resnet.encoder.stages.1", 32
-    if name == "convnext":
-        config = transformers.ConvNextConfig(num_labels=3, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1])
-        return transformers.ConvNextForImageClassification(config), "convnext.encoder.stages.1", 64
-    if name == "swin":  # windowed attention (sdpa), tokens (B, L, C), an AdaptiveAvgPool1d pooler
-        config = transformers.SwinConfig(
-            num_labels=3, image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4
-        )
-        return transformers.SwinForImageClassification(config), "swin.layernorm", 32
-    config = transformers.ViTConfig(  # the first block's output: the second block carries it to the class token
-        num_labels=3,
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    model = transformers.ViTForImageClassification(config)
-    layer = next(n for n, _ in model.named_modules() if n.endswith(("layers.0", "layer.0")))  # transformers 5 / 4
-    return model, layer, 32
+    pair = next(p for p in ZOO if p.name == f"hf-{name}")
+    model = pair.build()
+    return model, layer_path(model, HF_LAYERS[name] or pair.layer), pair.size
 
 
 @pytest.mark.parametrize("name", ["resnet", "convnext", "swin", "vit"])
 def test_hugging_face_models_export_with_parity(tmp_path: Path, name: str) -> None:
     torch.manual_seed(0)
+    pytest.importorskip("transformers")
     model, layer, size = _hugging_face(name)
     model.eval()
     path = export_onnx(
@@ -259,8 +245,9 @@ def test_hugging_face_models_export_with_parity(tmp_path: Path, name: str) -> No
 
 
 def test_hugging_face_pre_norm_layer_is_refused_for_its_skip_connection(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
     model, first_block, size = _hugging_face("vit")
-    layer = first_block[: -len("0")] + "1.layernorm_before"  # the residual stream bypasses it
+    layer = first_block.removesuffix("0") + "1.layernorm_before"  # the residual stream bypasses it
     with pytest.raises(ValueError, match="read the output of module .*0' .*a skip connection around it"):
         export_onnx(
             model.eval(),
@@ -272,3 +259,19 @@ def test_hugging_face_pre_norm_layer_is_refused_for_its_skip_connection(tmp_path
             std=STD,
         )
     assert not list(tmp_path.iterdir())
+
+
+def test_a_target_layer_returning_no_tensor_is_named(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    model, layer, size = _hugging_face("resnet")
+    encoder = layer.rsplit(".stages", 1)[0]  # returns a BaseModelOutputWithNoAttention
+    with pytest.raises(TypeError, match="returns BaseModelOutputWithNoAttention, not a Tensor"):
+        export_onnx(
+            model.eval(),
+            tmp_path / "hf.onnx",
+            target_layer=encoder,
+            output="logits",
+            image_size=(size, size),
+            mean=MEAN,
+            std=STD,
+        )

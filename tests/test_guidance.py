@@ -119,6 +119,8 @@ def test_guidance_default_and_bad_name():
     assert GAIN(model, "features").guidance == "paper"
     with pytest.raises(ValueError, match="guidance must be one of"):
         GAIN(model, "features", guidance="paperr")
+    with pytest.raises(ValueError, match="counterfactual_jitter must be one of .*'hue'"):
+        GAIN(model, "features", method="gainext", guidance="counterfactual", counterfactual_jitter="hue")
     _, gain, (images, labels, guide, has_guide) = _toy("signed")
     with pytest.raises(ValueError, match="guide must be"):
         gain(images, labels, guide[..., :8], has_guide)

@@ -36,3 +36,18 @@ def test_every_guidance_trains_through_the_cli(datasets, tmp_path, guidance, kin
     for row in rows:
         assert all(math.isfinite(float(row[k])) for k in ("loss", "loss_cl", "loss_am", "loss_e"))
         assert float(row["loss_e"]) > 0  # the S_e stream saw the annotated images in every epoch
+
+
+@pytest.mark.parametrize("jitter", ["colour", "all"])
+def test_counterfactual_jitter_trains_through_the_cli(datasets, tmp_path, capsys, jitter):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(datasets["single-label masks"]), "--out", str(run), "--model", "small_cnn"]
+    args += ["--method", "gainext", "--guidance", "counterfactual", "--counterfactual-jitter", jitter]
+    args += ["--epochs", "1", "--am-warmup", "0", "--batch-size", "8", "--no-progress"]
+    args += ["--val-split", "none", "--allow-outside-root", "--threads", "1"]
+    assert main(args) == 0
+    with open(run / "metrics.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert math.isfinite(float(row["loss_cl"]))
+    assert main([*args, "--counterfactual-jitter", "hue", "--overwrite"]) == 2
+    assert "counterfactual_jitter must be one of" in capsys.readouterr().err

@@ -15,7 +15,8 @@ filled from the nearest background pixel in the same row, then the same column
 the context it shows is uninformative about its label. Optionally the object
 is first moved by a random translation that keeps all of its pixels in the
 frame (:func:`shift_objects`), so a few annotated objects are seen at many
-places on many backgrounds, not only where they stood.
+places on many backgrounds, not only where they stood, and before that
+flipped and rescaled (:func:`jitter_objects`), so they are seen at many sizes.
 """
 
 from __future__ import annotations
@@ -115,6 +116,65 @@ def shift_objects(
         shifted_images[i] = torch.roll(objects[i], (dy, dx), dims=(-2, -1))
         shifted_guides[i] = torch.roll(object_guides[i], (dy, dx), dims=(-2, -1))
     return shifted_images, shifted_guides
+
+
+def jitter_objects(
+    objects: Tensor,
+    object_guides: Tensor,
+    generator: torch.Generator | None = None,
+    scale: tuple[float, float] = (0.75, 1.25),
+    flip: bool = True,
+    permute_channels: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Flip and rescale each image's object (and its guide) about the centre of its bounding box.
+
+    The copy-paste augmentation of Ghiasi et al. 2021 ("Simple Copy-Paste"):
+    the bounding box of image i's object pixels is mirrored left-right with
+    probability 1/2 (``flip``), resized by ``s ~ U(scale)`` (nearest for the
+    guide; bilinear for the image, normalized over object pixels,
+    ``bilinear(I M) / bilinear(M)``, so the box's own background does not
+    bleed into the object's edge; ``s`` is capped so that the box fits the
+    frame) and put back centred where it was, moved inside the frame if it
+    sticks out. Pixels outside the new box are zero in the image and
+    background (0) in the guide, so only the object is pasted. A few annotated
+    objects are then seen at many sizes and both orientations. Images without
+    object pixels raise, as in :func:`paste_objects`.
+    """
+    if object_guides.shape[0] != objects.shape[0] or object_guides.shape[-2:] != objects.shape[-2:]:
+        raise ValueError(f"guides {tuple(object_guides.shape)} do not match images {tuple(objects.shape)}")
+    if not 0 < scale[0] <= scale[1]:
+        raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
+    mask = object_pixels(object_guides)
+    empty = torch.nonzero(~mask.flatten(1).any(dim=1)).flatten().tolist()
+    if empty:
+        raise ValueError(f"cannot jitter images {empty}: their guides mark no object pixel (value 1)")
+    height, width = objects.shape[-2:]
+    images, guides = torch.zeros_like(objects), torch.zeros_like(object_guides)
+    for i in range(objects.shape[0]):
+        ys, xs = torch.nonzero(mask[i], as_tuple=True)
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        image, guide = objects[i, :, y0:y1, x0:x1], object_guides[i, :, y0:y1, x0:x1]
+        flip_now = flip and float(torch.rand((), generator=generator)) < 0.5
+        if flip_now:
+            image, guide = image.flip(-1), guide.flip(-1)
+        s = scale[0] + (scale[1] - scale[0]) * float(torch.rand((), generator=generator))
+        s = min(s, height / (y1 - y0), width / (x1 - x0))
+        h, w = max(1, round((y1 - y0) * s)), max(1, round((x1 - x0) * s))
+        inside = mask[i, y0:y1, x0:x1].to(image.dtype)
+        if flip_now:
+            inside = inside.flip(-1)
+        # object pixels only: the box's own background must not bleed into the object's edge
+        weight = F.interpolate(inside[None, None], (h, w), mode="bilinear", align_corners=False)[0]
+        image = F.interpolate((image * inside)[None], (h, w), mode="bilinear", align_corners=False)[0]
+        image = image / weight.clamp_min(1e-6)
+        guide = F.interpolate(guide[None].float(), (h, w), mode="nearest")[0].to(object_guides.dtype)
+        top = min(max(round((y0 + y1 - h) / 2), 0), height - h)
+        left = min(max(round((x0 + x1 - w) / 2), 0), width - w)
+        if permute_channels:
+            image = image[torch.randperm(image.shape[0], generator=generator)]
+        images[i, :, top : top + h, left : left + w] = image
+        guides[i, :, top : top + h, left : left + w] = guide
+    return images, guides
 
 
 def _offset(occupied: Tensor, generator: torch.Generator | None) -> int:

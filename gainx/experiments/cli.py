@@ -6,6 +6,7 @@ import argparse
 import json
 
 from gainx.experiments.specs import REFERENCES
+from gainx.losses.counterfactual import JITTERS
 from gainx.losses.guidance import GUIDANCES
 
 
@@ -22,6 +23,7 @@ def _profile(args: argparse.Namespace):
         omega_e=args.omega_e,
         counterfactuals=args.counterfactuals,
         counterfactual_weight=args.counterfactual_weight,
+        counterfactual_jitter=args.counterfactual_jitter,
         am_warmup=args.am_warmup,
         second_order=args.second_order or None,
     )
@@ -93,6 +95,12 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
     )
     p.add_argument(
         "--counterfactual-weight", type=float, default=None, help="override their weight in L_cl (counterfactual)"
+    )
+    p.add_argument(
+        "--counterfactual-jitter",
+        choices=JITTERS,
+        default=None,
+        help="override what changes in each pasted object (counterfactual; gainx.losses.counterfactual.JITTERS)",
     )
     p.add_argument("--am-warmup", type=int, default=None, help="override the epochs of L_cl only before GAIN starts")
     p.add_argument(

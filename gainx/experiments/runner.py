@@ -79,6 +79,7 @@ def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile) -> Trai
         omega_e=profile.omega_e,
         counterfactuals=profile.counterfactuals,
         counterfactual_weight=profile.counterfactual_weight,
+        counterfactual_jitter=profile.counterfactual_jitter,
         second_order=profile.second_order,
         batch_size=profile.batch_size,
         optimizer="adamw",

@@ -64,6 +64,7 @@ class Profile:
     omega_e: float = 10.0  # weight of the guidance loss (eq. 8)
     counterfactuals: int = 32  # pasted images per batch (guidance "counterfactual")
     counterfactual_weight: float = 4.0  # their weight in L_cl relative to a batch image
+    counterfactual_jitter: str = "none"  # none | colour | geometry | all (gainx.losses.counterfactual.JITTERS)
     second_order: bool = False  # train through the Grad-CAM weights too
 
     def with_overrides(self, **values: Any) -> Profile:

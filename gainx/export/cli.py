@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -69,6 +70,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         fp16=args.fp16,
         verify=not args.no_verify,
         verify_images=args.verify_images,
+        output=args.output,
         **settings,
     )
     print(f"onnx: {path}")
@@ -78,6 +80,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         )
         print(f"triton model: {folder}")
     return 0
+
+
+def _output_arg(text: str) -> str | int:
+    """``--output``: an index when it is an integer (``0``, ``-1``), else a key or attribute name."""
+    return int(text) if re.fullmatch(r"-?[0-9]+", text) else text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -93,6 +100,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(with --weights, or --random-weights)",
     )
     p.add_argument("--model-kwargs", type=model_kwargs_arg, default=None, help="JSON keyword arguments of --model")
+    p.add_argument(
+        "--output",
+        type=_output_arg,
+        default=None,
+        metavar="KEY",
+        help="where the scores are in what the model returns: a key or attribute (logits for Hugging Face "
+        "...ForImageClassification models) or an index (default: the model returns the scores tensor)",
+    )
     p.add_argument("--weights", default=None, help="state dict for --model (tensors only; must fit it exactly)")
     p.add_argument("--random-weights", action="store_true", help="export --model with random weights, on purpose")
     p.add_argument("--num-classes", type=int, default=None, help="outputs of --model (default: len(--classes))")

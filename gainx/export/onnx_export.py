@@ -188,7 +188,8 @@ def export_onnx(
     if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
         raise ValueError(
             f"the model must return (N, num_classes) scores, got {describe_output(scores)}; pass output= (a key, "
-            "attribute, index or callable) to pick them, e.g. output='logits' for Hugging Face models"
+            "attribute, index or callable; gainx export --output) to pick them, e.g. output='logits' for Hugging "
+            "Face models"
         )
     num_classes = scores.shape[1]
     meta.setdefault("classes", [str(i) for i in range(num_classes)])

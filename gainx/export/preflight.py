@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from gainx.attention.capture import resolve_layer
+from gainx.attention.capture import capture_output, resolve_layer
 from gainx.export.verify import other_size
 
 
@@ -34,19 +34,10 @@ def check_differentiable(model: nn.Module, target_layer: str, example: Tensor) -
     ``torch.no_grad()``, an integer cast or an ``argmax`` between F and the
     scores leaves no gradient, and the maps would be blank.
     """
-    captured: list[Tensor] = []
-
-    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
-        captured.append(output.detach().requires_grad_(True))
-        return captured[-1].clone()  # not the leaf: the network may continue in place (DenseNet's ReLU)
-
-    handle = resolve_layer(model, target_layer).register_forward_hook(hook)
-    try:
-        with torch.enable_grad():
-            scores = model(example)
-    finally:
-        handle.remove()
-    used = scores.requires_grad and torch.autograd.grad(scores.sum(), captured, allow_unused=True)[0] is not None
+    with capture_output(resolve_layer(model, target_layer)) as captured, torch.enable_grad():
+        scores = model(example)  # a layer that returns no tensor raises a TypeError that says so
+    features = captured.features
+    used = scores.requires_grad and torch.autograd.grad(scores.sum(), features, allow_unused=True)[0] is not None
     if not used:
         raise ValueError(
             f"the scores of {type(model).__name__} do not depend differentiably on the output of {target_layer!r} "

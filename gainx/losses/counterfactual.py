@@ -21,20 +21,29 @@ from torch import Tensor
 from gainx.data.counterfactual import (
     counterfactual_pairs,
     fill_objects,
+    jitter_objects,
     object_pixels,
     paste_objects,
     shift_objects,
 )
 
+JITTERS = ("none", "colour", "geometry", "all")
+"""What :class:`CounterfactualBank` changes in each object before pasting it (:func:`jitter_objects`):
+``colour`` permutes its colour channels at random, ``geometry`` flips it left-right with probability 1/2
+and rescales it by ``U(0.75, 1.25)``, ``all`` does both."""
+
 
 class CounterfactualBank:
     """FIFO store of annotated images; :meth:`draw` pastes objects onto other classes' backgrounds."""
 
-    def __init__(self, capacity: int = 512, shift: bool = True) -> None:
+    def __init__(self, capacity: int = 512, shift: bool = True, jitter: str = "none") -> None:
         if capacity < 2:
             raise ValueError(f"counterfactual bank capacity must be >= 2, got {capacity}")
+        if jitter not in JITTERS:
+            raise ValueError(f"counterfactual jitter must be one of {JITTERS}, got {jitter!r}")
         self.capacity = capacity
         self.shift = shift  # move each pasted object by a random in-frame translation (shift_objects)
+        self.jitter = jitter  # change each pasted object first (jitter_objects; JITTERS)
         self.images: Tensor | None = None
         self.backgrounds: Tensor | None = None
         self.guides: Tensor | None = None
@@ -77,6 +86,15 @@ class CounterfactualBank:
             return None
         obj, bg = pairs[:, 0], pairs[:, 1]
         objects, guides = self.images[obj], self.guides[obj]
+        if self.jitter != "none":
+            geometry = self.jitter in ("geometry", "all")
+            objects, guides = jitter_objects(
+                objects,
+                guides,
+                scale=(0.75, 1.25) if geometry else (1.0, 1.0),
+                flip=geometry,
+                permute_channels=self.jitter in ("colour", "all"),
+            )
         if self.shift:
             objects, guides = shift_objects(objects, guides)
         pasted, guides = paste_objects(objects, guides, self.backgrounds[bg])

@@ -38,7 +38,7 @@ from gainx.attention import (
     select_scores,
 )
 from gainx.losses.bn import frozen_bn_stats
-from gainx.losses.counterfactual import CounterfactualBank
+from gainx.losses.counterfactual import JITTERS, CounterfactualBank
 from gainx.losses.guidance import all_classes_loss, check_guidance, rrr_loss, scaled_maps, signed_loss
 from gainx.losses.terms import AM_SCORES, attention_mining_loss, classification_loss, guidance_loss
 from gainx.ops import attention_erase, upsample
@@ -98,6 +98,10 @@ class GAIN(nn.Module):
         counterfactual_weight: weight of each counterfactual image in L_cl relative to an image of
             the batch, ``L_cl = (sum_batch l_i + w sum_cf l_j) / (B + w K)``; with ``w K > B`` most of
             L_cl comes from images whose context says nothing about their label.
+        counterfactual_jitter: what changes in each pasted object before it is moved and pasted
+            (:data:`gainx.losses.counterfactual.JITTERS`): ``"none"``, ``"colour"`` (a random
+            permutation of its colour channels), ``"geometry"`` (flip, rescale by ``U(0.75, 1.25)``)
+            or ``"all"``.
         rrr_scale: weight of the ``rrr`` term inside L_e; ``None`` calibrates it at the first guided
             step to ``L_cl / L_rrr`` (Ross et al. 2017), then keeps it.
     """
@@ -121,6 +125,7 @@ class GAIN(nn.Module):
         output: OutputSelector = None,
         counterfactuals: int = 32,
         counterfactual_weight: float = 4.0,
+        counterfactual_jitter: str = "none",
         rrr_scale: float | None = None,
     ) -> None:
         super().__init__()
@@ -147,7 +152,13 @@ class GAIN(nn.Module):
         if not counterfactual_weight > 0:
             raise ValueError(f"counterfactual_weight must be > 0, got {counterfactual_weight}")
         self.counterfactual_weight = counterfactual_weight
-        self.bank = CounterfactualBank() if method == "gainext" and guidance == "counterfactual" else None
+        if counterfactual_jitter not in JITTERS:
+            raise ValueError(f"counterfactual_jitter must be one of {JITTERS}, got {counterfactual_jitter!r}")
+        self.bank = (
+            CounterfactualBank(jitter=counterfactual_jitter)
+            if method == "gainext" and guidance == "counterfactual"
+            else None
+        )
         self.rrr_scale = rrr_scale
 
     def forward(

@@ -35,6 +35,7 @@ class TrainConfig:
     guidance: str = "paper"  # paper | scaled | all_classes | signed | rrr | counterfactual (gainx.losses.guidance)
     counterfactuals: int = 32  # pasted images added to each batch (guidance "counterfactual")
     counterfactual_weight: float = 4.0  # weight of a pasted image in L_cl relative to a batch image
+    counterfactual_jitter: str = "none"  # none | colour | geometry | all (gainx.losses.counterfactual.JITTERS)
     weights: str | None = None  # local backbone weights file
     seed: int = 0
     workers: int = 0

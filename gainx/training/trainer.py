@@ -133,6 +133,7 @@ class Trainer:
             guidance=cfg.guidance,
             counterfactuals=cfg.counterfactuals,
             counterfactual_weight=cfg.counterfactual_weight,
+            counterfactual_jitter=cfg.counterfactual_jitter,
         )
         self.step_module: nn.Module = self.objective
         if self.dist.enabled:
