@@ -224,15 +224,18 @@ def _hugging_face(name: str) -> tuple[nn.Module, str, int]:
     return model, layer_path(model, HF_LAYERS[name] or pair.layer), pair.size
 
 
+def _export_hugging_face(model: nn.Module, layer: str, size: int, out: Path) -> Path:
+    return export_onnx(
+        model.eval(), out, target_layer=layer, output="logits", image_size=(size, size), mean=MEAN, std=STD
+    )
+
+
 @pytest.mark.parametrize("name", ["resnet", "convnext", "swin", "vit"])
 def test_hugging_face_models_export_with_parity(tmp_path: Path, name: str) -> None:
     torch.manual_seed(0)
     pytest.importorskip("transformers")
     model, layer, size = _hugging_face(name)
-    model.eval()
-    path = export_onnx(
-        model, tmp_path / "hf.onnx", target_layer=layer, output="logits", image_size=(size, size), mean=MEAN, std=STD
-    )
+    path = _export_hugging_face(model, layer, size, tmp_path / "hf.onnx")
     images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     ids = torch.tensor([[0, 2], [1, 0]])
     session = AttentionSession(path)
@@ -249,15 +252,7 @@ def test_hugging_face_pre_norm_layer_is_refused_for_its_skip_connection(tmp_path
     model, first_block, size = _hugging_face("vit")
     layer = first_block.removesuffix("0") + "1.layernorm_before"  # the residual stream bypasses it
     with pytest.raises(ValueError, match="read the output of module .*0' .*a skip connection around it"):
-        export_onnx(
-            model.eval(),
-            tmp_path / "hf.onnx",
-            target_layer=layer,
-            output="logits",
-            image_size=(size, size),
-            mean=MEAN,
-            std=STD,
-        )
+        _export_hugging_face(model, layer, size, tmp_path / "hf.onnx")
     assert not list(tmp_path.iterdir())
 
 
@@ -266,12 +261,4 @@ def test_a_target_layer_returning_no_tensor_is_named(tmp_path: Path) -> None:
     model, layer, size = _hugging_face("resnet")
     encoder = layer.rsplit(".stages", 1)[0]  # returns a BaseModelOutputWithNoAttention
     with pytest.raises(TypeError, match="returns BaseModelOutputWithNoAttention, not a Tensor"):
-        export_onnx(
-            model.eval(),
-            tmp_path / "hf.onnx",
-            target_layer=encoder,
-            output="logits",
-            image_size=(size, size),
-            mean=MEAN,
-            std=STD,
-        )
+        _export_hugging_face(model, encoder, size, tmp_path / "hf.onnx")
