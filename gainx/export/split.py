@@ -3,10 +3,13 @@
 A forward hook can read F but cannot cut the graph; an ONNX graph that returns
 attention needs the head as a separate function of F (its vector-Jacobian
 product gives d s_c / d F, paper eq. 1). The model is traced with
-``torch.fx`` keeping the target module as one leaf call; the body is that call
-and its ancestors, the head is every other node the output depends on, fed
-by F alone. Nodes the output does not depend on (shape checks such as timm's
-``_assert(x.ndim == 4)`` on body tensors) are dropped.
+``torch.fx`` keeping the target module as one leaf call, and every module
+that does not contain it as one call too (only the path to the target layer
+is traced op by op); the body is the target's call and its ancestors, the
+head is every other node the output depends on, fed by F alone. Nodes the
+output does not depend on (shape checks such as timm's
+``_assert(x.ndim == 4)`` on body tensors) are dropped. A model whose code on
+that path tests shapes or dtypes is traced for the export size (:func:`_trace`).
 """
 
 from __future__ import annotations
