@@ -67,6 +67,18 @@ def fill_objects(images: Tensor, objects: Tensor) -> Tensor:
     return filled
 
 
+def _object_masks(objects: Tensor, object_guides: Tensor, verb: str) -> Tensor:
+    """``(N, H, W)`` object pixels of each image; raises if the guides do not match the images or an
+    image has no object pixel (nothing to ``verb``)."""
+    if object_guides.shape[0] != objects.shape[0] or object_guides.shape[-2:] != objects.shape[-2:]:
+        raise ValueError(f"guides {tuple(object_guides.shape)} do not match images {tuple(objects.shape)}")
+    mask = object_pixels(object_guides)
+    empty = torch.nonzero(~mask.flatten(1).any(dim=1)).flatten().tolist()
+    if empty:
+        raise ValueError(f"cannot {verb} images {empty}: their guides mark no object pixel (value 1)")
+    return mask
+
+
 def paste_objects(objects: Tensor, object_guides: Tensor, backgrounds: Tensor) -> tuple[Tensor, Tensor]:
     """Paste each image's annotated object onto a background: ``I' = B (1 - M_o) + I_o M_o``.
 
@@ -84,11 +96,7 @@ def paste_objects(objects: Tensor, object_guides: Tensor, backgrounds: Tensor) -
             f"objects {tuple(objects.shape)}, guides {tuple(object_guides.shape)} and backgrounds "
             f"{tuple(backgrounds.shape)} must be (N, 3, H, W), (N, C, H, W), (N, 3, H, W)"
         )
-    mask = object_pixels(object_guides)
-    empty = torch.nonzero(~mask.flatten(1).any(dim=1)).flatten().tolist()
-    if empty:
-        raise ValueError(f"cannot paste images {empty}: their guides mark no object pixel (value 1)")
-    m = mask.unsqueeze(1).to(objects.dtype)
+    m = _object_masks(objects, object_guides, "paste").unsqueeze(1).to(objects.dtype)
     return backgrounds * (1 - m) + objects * m, object_guides.clone()
 
 
@@ -102,13 +110,8 @@ def shift_objects(
     guide are rolled by it together (no pixel of the object wraps around).
     Images without object pixels raise, as in :func:`paste_objects`.
     """
-    if object_guides.shape[0] != objects.shape[0] or object_guides.shape[-2:] != objects.shape[-2:]:
-        raise ValueError(f"guides {tuple(object_guides.shape)} do not match images {tuple(objects.shape)}")
-    mask = object_pixels(object_guides)
+    mask = _object_masks(objects, object_guides, "shift")
     rows, cols = mask.any(dim=2), mask.any(dim=1)  # (N, H), (N, W)
-    empty = torch.nonzero(~rows.any(dim=1)).flatten().tolist()
-    if empty:
-        raise ValueError(f"cannot shift images {empty}: their guides mark no object pixel (value 1)")
     shifted_images, shifted_guides = torch.empty_like(objects), torch.empty_like(object_guides)
     for i in range(objects.shape[0]):
         dy = _offset(rows[i], generator)
@@ -140,29 +143,21 @@ def jitter_objects(
     objects are then seen at many sizes and both orientations. Images without
     object pixels raise, as in :func:`paste_objects`.
     """
-    if object_guides.shape[0] != objects.shape[0] or object_guides.shape[-2:] != objects.shape[-2:]:
-        raise ValueError(f"guides {tuple(object_guides.shape)} do not match images {tuple(objects.shape)}")
     if not 0 < scale[0] <= scale[1]:
         raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
-    mask = object_pixels(object_guides)
-    empty = torch.nonzero(~mask.flatten(1).any(dim=1)).flatten().tolist()
-    if empty:
-        raise ValueError(f"cannot jitter images {empty}: their guides mark no object pixel (value 1)")
+    mask = _object_masks(objects, object_guides, "jitter")
     height, width = objects.shape[-2:]
     images, guides = torch.zeros_like(objects), torch.zeros_like(object_guides)
     for i in range(objects.shape[0]):
         ys, xs = torch.nonzero(mask[i], as_tuple=True)
         y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
         image, guide = objects[i, :, y0:y1, x0:x1], object_guides[i, :, y0:y1, x0:x1]
-        flip_now = flip and float(torch.rand((), generator=generator)) < 0.5
-        if flip_now:
-            image, guide = image.flip(-1), guide.flip(-1)
+        inside = mask[i, y0:y1, x0:x1].to(image.dtype)
+        if flip and float(torch.rand((), generator=generator)) < 0.5:
+            image, guide, inside = image.flip(-1), guide.flip(-1), inside.flip(-1)
         s = scale[0] + (scale[1] - scale[0]) * float(torch.rand((), generator=generator))
         s = min(s, height / (y1 - y0), width / (x1 - x0))
         h, w = max(1, round((y1 - y0) * s)), max(1, round((x1 - x0) * s))
-        inside = mask[i, y0:y1, x0:x1].to(image.dtype)
-        if flip_now:
-            inside = inside.flip(-1)
         # object pixels only: the box's own background must not bleed into the object's edge
         weight = F.interpolate(inside[None, None], (h, w), mode="bilinear", align_corners=False)[0]
         image = F.interpolate((image * inside)[None], (h, w), mode="bilinear", align_corners=False)[0]

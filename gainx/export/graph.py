@@ -168,9 +168,10 @@ def build_attention_graph(
     (:func:`gainx.attention.layout.feature_layout`).
     """
     model = copy.deepcopy(model).eval().to(dtype)  # the caller's model keeps its mode and dtype
-    body, head = split_at_layer(model, target_layer, example_images.to(dtype))
+    example = example_images.to(dtype)
+    body, head = split_at_layer(model, target_layer, example)
     with torch.no_grad():
-        features = body(example_images.to(dtype))
+        features = body(example)
     transform = reshape_transform
     if transform is None:
         prefix = getattr(model, "num_prefix_tokens", None)

@@ -61,10 +61,11 @@ def check_spatial_evidence(graph: nn.Module, example: Tensor, target_layer: str)
         raise ValueError(
             f"the scores do not depend on the spatial positions of {target_layer!r}'s output: every Grad-CAM "
             f"weight is zero (e.g. after a ViT's last block only the class token reaches the head); choose a "
-            f"layer whose positions feed the scores. A ViT that pools its class token cannot be cut at an earlier "
-            f"block's norm either (the residual stream bypasses it): compute its maps in PyTorch "
-            f"(gainx.attention_maps at the last block's ln_1 / norm1), or use a ViT that averages its patch "
-            f"tokens (timm global_pool='avg'), which exports at its last block"
+            f"layer whose positions feed the scores. A ViT that pools its class token cannot be cut at a block's "
+            f"norm either (the residual stream bypasses it): export at an earlier block's output (the blocks after "
+            f"it carry the patch tokens to the class token), compute its maps in PyTorch (gainx.attention_maps at "
+            f"the last block's ln_1 / norm1), or use a ViT that averages its patch tokens (timm global_pool='avg'), "
+            f"which exports at its last block"
         )
 
 

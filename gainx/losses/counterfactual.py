@@ -33,17 +33,22 @@ JITTERS = ("none", "colour", "geometry", "all")
 and rescales it by ``U(0.75, 1.25)``, ``all`` does both."""
 
 
+def check_jitter(jitter: str) -> str:
+    """``jitter`` if it is one of :data:`JITTERS`, else a ``ValueError`` that lists them."""
+    if jitter not in JITTERS:
+        raise ValueError(f"counterfactual_jitter must be one of {JITTERS}, got {jitter!r}")
+    return jitter
+
+
 class CounterfactualBank:
     """FIFO store of annotated images; :meth:`draw` pastes objects onto other classes' backgrounds."""
 
     def __init__(self, capacity: int = 512, shift: bool = True, jitter: str = "none") -> None:
         if capacity < 2:
             raise ValueError(f"counterfactual bank capacity must be >= 2, got {capacity}")
-        if jitter not in JITTERS:
-            raise ValueError(f"counterfactual jitter must be one of {JITTERS}, got {jitter!r}")
         self.capacity = capacity
         self.shift = shift  # move each pasted object by a random in-frame translation (shift_objects)
-        self.jitter = jitter  # change each pasted object first (jitter_objects; JITTERS)
+        self.jitter = check_jitter(jitter)  # change each pasted object first (jitter_objects; JITTERS)
         self.images: Tensor | None = None
         self.backgrounds: Tensor | None = None
         self.guides: Tensor | None = None

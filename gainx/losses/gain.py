@@ -38,7 +38,7 @@ from gainx.attention import (
     select_scores,
 )
 from gainx.losses.bn import frozen_bn_stats
-from gainx.losses.counterfactual import JITTERS, CounterfactualBank
+from gainx.losses.counterfactual import CounterfactualBank, check_jitter
 from gainx.losses.guidance import all_classes_loss, check_guidance, rrr_loss, scaled_maps, signed_loss
 from gainx.losses.terms import AM_SCORES, attention_mining_loss, classification_loss, guidance_loss
 from gainx.ops import attention_erase, upsample
@@ -152,8 +152,7 @@ class GAIN(nn.Module):
         if not counterfactual_weight > 0:
             raise ValueError(f"counterfactual_weight must be > 0, got {counterfactual_weight}")
         self.counterfactual_weight = counterfactual_weight
-        if counterfactual_jitter not in JITTERS:
-            raise ValueError(f"counterfactual_jitter must be one of {JITTERS}, got {counterfactual_jitter!r}")
+        check_jitter(counterfactual_jitter)  # also when no bank is built: a wrong name is never ignored
         self.bank = (
             CounterfactualBank(jitter=counterfactual_jitter)
             if method == "gainext" and guidance == "counterfactual"
