@@ -62,10 +62,11 @@ def _run(
     images: torch.Tensor,
     index: torch.Tensor,
     weights: list[torch.Tensor] | None = None,
+    **hyper: float,
 ) -> tuple[list, list, list]:
     """Outputs of ``fn`` and the gradients of a random weighted sum of them w.r.t. the leaves."""
     leaves = [t.detach().requires_grad_(True) for t in (features, grads, images)]
-    out = fn(*leaves, index)
+    out = fn(*leaves, index, **hyper)
     if weights is None:
         gen = torch.Generator().manual_seed(1)
         weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device) for o in out]
@@ -81,13 +82,14 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what
     assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol:g} x {scale:.3g}"
 
 
-def _compare(shape: tuple, dtype: torch.dtype, device: str, make: Callable | None = None) -> None:
-    """Triton on ``dtype`` inputs vs eager on the same inputs upcast to fp64."""
+def _compare(shape: tuple, dtype: torch.dtype, device: str, make: Callable | None = None, **hyper: float) -> None:
+    """Triton on ``dtype`` inputs vs eager on the same inputs upcast to fp64 (``hyper``: sigma, omega, eps)."""
     features, grads, images, index = _inputs(shape, dtype, device)
     if make is not None:
         features, grads, images = make(features, grads, images)
-    ref_out, ref_grads, weights = _run(attention_erase_eager, features.double(), grads.double(), images.double(), index)
-    out, grads_, _ = _run(ops.attention_erase_triton, features, grads, images, index, weights)
+    double = (features.double(), grads.double(), images.double(), index)
+    ref_out, ref_grads, weights = _run(attention_erase_eager, *double, **hyper)
+    out, grads_, _ = _run(ops.attention_erase_triton, features, grads, images, index, weights, **hyper)
     assert out[0].dtype == dtype and out[1].dtype == dtype
     for name, a, e in zip(("cam", "erased"), out, ref_out):
         _assert_close(a, e, TOL[dtype], name)
@@ -100,6 +102,13 @@ def _compare(shape: tuple, dtype: torch.dtype, device: str, make: Callable | Non
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 def test_values_and_gradients_match_eager(shape: tuple, dtype: torch.dtype, device: str) -> None:
     _compare(shape, dtype, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp64_hyperparameters_are_not_rounded(device: str) -> None:
+    """sigma, omega and eps that fp32 cannot hold: fp64 results still match the reference to 1e-12
+    (a compiled kernel would otherwise receive them as fp32)."""
+    _compare(SHAPES["odd_7x5_to_33x29"], torch.float64, device, sigma=0.55, omega=10.3, eps=1.1e-7)
 
 
 @pytest.mark.parametrize("device", DEVICES)

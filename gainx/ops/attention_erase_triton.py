@@ -114,6 +114,17 @@ def _upsample_adjoint(g, rh, rw):
 
 
 @triton.jit
+def _scalar(x, dtype: tl.constexpr):
+    """A host float in the kernel's accumulation dtype.
+
+    The scalar arguments are declared ``tl.float64``: a plain Python float
+    reaches a compiled kernel as fp32, and ``1 + eps`` or a ``sigma`` such as
+    0.55 would then carry fp32 rounding into fp64 results.
+    """
+    return tl.full((), x, dtype)
+
+
+@triton.jit
 def _soft_mask(n, sigma, omega):
     """``T = sigmoid(omega (n - sigma))`` (eq. 4)."""
     return 1.0 / (1.0 + tl.exp(-omega * (n - sigma)))
@@ -204,7 +215,7 @@ def _map_stats_kernel(
     w,
     H,
     W,
-    eps,
+    eps: tl.float64,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
     HP: tl.constexpr,
@@ -212,6 +223,7 @@ def _map_stats_kernel(
 ):
     """``S = sum of partials``; ``lo, hi`` = min, max of ``up(ReLU(S))``; ``cam``."""
     p = tl.program_id(0).to(tl.int64)
+    eps = _scalar(eps, s_ptr.dtype.element_ty)
     off, inside = _low_res_offsets(h, w, HP, WP)
     hw = h * w
     s = tl.zeros((HP, WP), dtype=s_ptr.dtype.element_ty)
@@ -246,9 +258,9 @@ def _erase_kernel(
     w,
     H,
     W,
-    eps,
-    sigma,
-    omega,
+    eps: tl.float64,
+    sigma: tl.float64,
+    omega: tl.float64,
     si_b,
     si_k,
     si_h,
@@ -261,6 +273,8 @@ def _erase_kernel(
 ):
     """``I*[p] = I[index[p]] (1 - T)`` on one (BLOCK_H, BLOCK_W) tile of pair ``p``."""
     p = tl.program_id(0).to(tl.int64)
+    acc_ty = s_ptr.dtype.element_ty
+    eps, sigma, omega = _scalar(eps, acc_ty), _scalar(sigma, acc_ty), _scalar(omega, acc_ty)
     y0 = tl.program_id(1) * BLOCK_H
     x0 = tl.program_id(2) * BLOCK_W
     cam = _load_cam(s_ptr, stats_ptr, p, h, w, eps, HP, WP)
@@ -291,9 +305,9 @@ def _erase_backward_kernel(
     w,
     H,
     W,
-    eps,
-    sigma,
-    omega,
+    eps: tl.float64,
+    sigma: tl.float64,
+    omega: tl.float64,
     si_b,
     si_k,
     si_h,
@@ -322,6 +336,7 @@ def _erase_backward_kernel(
     xs = (x0 + tl.arange(0, BLOCK_W))[None, None, :]
     inside = (k < K) & (ys < H) & (xs < W)
     acc_ty = s_ptr.dtype.element_ty
+    eps, sigma, omega = _scalar(eps, acc_ty), _scalar(sigma, acc_ty), _scalar(omega, acc_ty)
     x = tl.load(img_ptr + b * si_b + k * si_k + ys * si_h + xs * si_w, mask=inside, other=0.0).to(acc_ty)
     dx = tl.zeros((KP, BLOCK_H, BLOCK_W), dtype=acc_ty)
     off, low_inside = _low_res_offsets(h, w, HP, WP)
@@ -353,7 +368,7 @@ def _map_backward_kernel(
     w,
     H,
     W,
-    eps,
+    eps: tl.float64,
     sc_p,
     sc_h,
     sc_w,
@@ -369,6 +384,7 @@ def _map_backward_kernel(
     ``dA/dS = 1[S > 0]``. A flat map's ``cam`` is constant zero: ``dL/dS = 0``.
     """
     p = tl.program_id(0).to(tl.int64)
+    eps = _scalar(eps, s_ptr.dtype.element_ty)
     off, inside = _low_res_offsets(h, w, HP, WP)
     i = tl.arange(0, HP)[:, None]
     j = tl.arange(0, WP)[None, :]
