@@ -36,13 +36,15 @@ TRAIN_HELP = {
     "am_score": "how s_c(I*) is read (eq. 5); auto: sigmoid for multi-label data, else softmax",
     "am_warmup": "epochs of L_cl only before the attention streams start",
     "backend": "where attention -> mask -> erase runs",
-    "guidance": "S_e loss of gainext: paper (eq. 7) | scaled | all_classes | signed | rrr | counterfactual "
-    "(gainx.losses.guidance)",
+    "guidance": "S_e loss of gainext: paper (eq. 7) | scaled | all_classes | signed | rrr | rrr_classes | "
+    "counterfactual (gainx.losses.guidance)",
     "counterfactuals": "counterfactual images (annotated objects pasted onto other classes' backgrounds) added to "
     "each batch with --guidance counterfactual",
     "counterfactual_weight": "weight of a counterfactual image in L_cl relative to an image of the batch",
     "counterfactual_jitter": "change each pasted object first: none | colour (permute its colour channels) | "
     "geometry (flip, rescale by 0.75-1.25) | all",
+    "counterfactual_backgrounds": "object-free backgrounds of annotated images, labelled with no class (trained "
+    "towards the uniform prediction), added to each batch with --guidance counterfactual",
     "weights": "local backbone weights file (state dict); nothing is downloaded",
     "seed": "seed of weights, data order and augmentation",
     "workers": "data-loading worker processes",

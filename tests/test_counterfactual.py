@@ -15,6 +15,7 @@ from gainx.data.counterfactual import (
 )
 from gainx.losses import GAIN
 from gainx.losses.counterfactual import CounterfactualBank
+from gainx.losses.terms import classification_loss
 from gainx.models import SmallCNN
 
 
@@ -187,10 +188,11 @@ def _biased_batch(n: int, conflicting: bool, seed: int):
     return images + 0.1 * torch.randn(images.shape, generator=g), labels, guide
 
 
-def _conflicting_accuracy(guidance: str) -> float:
+def _trained_on_biased_batches(**gain_kwargs) -> SmallCNN:
+    """A SmallCNN after 40 steps of L_cl only (alpha = omega_e = 0) on biased, fully annotated batches."""
     torch.manual_seed(0)
     model = SmallCNN(num_classes=2, width=4)
-    gain = GAIN(model, "features", method="gainext", guidance=guidance, omega_e=0.0, alpha=0.0, counterfactuals=32)
+    gain = GAIN(model, "features", method="gainext", omega_e=0.0, alpha=0.0, **gain_kwargs)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(40):
         images, labels, guide = _biased_batch(32, False, step)
@@ -198,9 +200,14 @@ def _conflicting_accuracy(guidance: str) -> float:
         opt.zero_grad()
         out.loss.backward()
         opt.step()
+    return model.eval()
+
+
+def _conflicting_accuracy(guidance: str) -> float:
+    model = _trained_on_biased_batches(guidance=guidance, counterfactuals=32)
     images, labels, _ = _biased_batch(200, True, 999)
     with torch.no_grad():
-        return (model.eval()(images).argmax(1) == labels.argmax(1)).float().mean().item()
+        return (model(images).argmax(1) == labels.argmax(1)).float().mean().item()
 
 
 def test_counterfactual_images_remove_a_background_bias():
@@ -220,3 +227,69 @@ def test_gain_appends_counterfactuals_and_reports_batch_scores():
     assert int(out.pair_index.max()) >= 8  # the counterfactual images have attention pairs too
     with pytest.raises(ValueError, match="counterfactuals must be >= 0"):
         GAIN(SmallCNN(num_classes=2, width=4), "features", guidance="counterfactual", counterfactuals=-1)
+
+
+def test_bank_draws_object_free_backgrounds_with_no_label():
+    bank = CounterfactualBank(capacity=4)
+    assert bank.draw_backgrounds(3) is None  # empty bank
+    images = torch.stack([torch.full((3, 4, 4), float(i)) for i in range(2)])
+    images[0, :, :2, :2] = 9.0  # the object of image 0
+    images[1, :, 2:, 2:] = 9.0
+    guides = torch.zeros(2, 2, 4, 4, dtype=torch.uint8)
+    guides[0, 0, :2, :2] = 1
+    guides[1, 1, 2:, 2:] = 1
+    bank.add(images, guides, torch.tensor([[1.0, 0], [0, 1]]))
+    backgrounds, labels, bg_guides = bank.draw_backgrounds(6)
+    assert backgrounds.shape == (6, 3, 4, 4) and not (backgrounds == 9.0).any()  # objects removed
+    assert set(backgrounds.flatten(1).amax(1).tolist()) <= {0.0, 1.0}
+    assert not labels.any() and labels.shape == (6, 2)
+    assert bg_guides.shape == (6, 2, 4, 4) and not bg_guides.any()
+    assert bank.draw_backgrounds(0) is None
+
+
+def test_unlabelled_rows_are_trained_towards_the_uniform_prediction():
+    scores = torch.tensor([[2.0, -1.0, 0.5], [0.3, 0.1, -2.0]], requires_grad=True)
+    labels = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    per_image = torch.stack([classification_loss(scores[i : i + 1], labels[i : i + 1], False) for i in range(2)])
+    assert torch.allclose(per_image[0], torch.nn.functional.cross_entropy(scores[:1], torch.tensor([1])))
+    assert torch.allclose(per_image[1], -torch.log_softmax(scores[1], 0).mean())
+    (grad,) = torch.autograd.grad(classification_loss(scores[1:], labels[1:], False), scores)
+    assert torch.allclose(grad[1], torch.softmax(scores[1], 0) - 1 / 3)  # zero only at the uniform prediction
+    multi = classification_loss(scores[1:], labels[1:], True)  # multi-label: every class absent
+    assert torch.allclose(multi, torch.nn.functional.softplus(scores[1]).mean())
+
+
+def test_gain_appends_object_free_backgrounds_weighted_like_the_pasted_images():
+    images, labels, guide = _biased_batch(8, False, 0)
+    gain = GAIN(
+        SmallCNN(num_classes=2, width=4),
+        "features",
+        method="gainext",
+        guidance="counterfactual",
+        counterfactuals=5,
+        counterfactual_backgrounds=3,
+        alpha=0.0,
+        omega_e=0.0,
+    )
+    out = gain(images, labels, guide, torch.ones(8, dtype=torch.bool))
+    assert out.counterfactual.shape == (8, 3, 8, 8)  # 5 pasted, then 3 object-free
+    assert out.scores.shape == (8, 2) and int(out.pair_index.max()) < 13  # backgrounds make no pairs
+    with pytest.raises(ValueError, match="counterfactual_backgrounds must be >= 0"):
+        GAIN(SmallCNN(num_classes=2, width=4), "features", guidance="counterfactual", counterfactual_backgrounds=-1)
+
+
+def _background_evidence(backgrounds: int) -> float:
+    """Mean top softmax probability on object-free images of the biased data after training."""
+    model = _trained_on_biased_batches(
+        guidance="counterfactual", counterfactuals=8, counterfactual_backgrounds=backgrounds
+    )
+    images, _, guide = _biased_batch(200, False, 999)
+    empty = fill_objects(images, object_pixels(guide))
+    with torch.no_grad():
+        return torch.softmax(model(empty), 1).amax(1).mean().item()
+
+
+def test_object_free_backgrounds_remove_the_evidence_of_the_context():
+    # same objective and pasted images, with and without the object-free backgrounds
+    assert _background_evidence(0) > 0.8  # the context alone still names a class
+    assert _background_evidence(8) < 0.65

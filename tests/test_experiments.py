@@ -227,3 +227,22 @@ def test_figure_column_titles():
     assert column_title("gainext-masks-0.05-signed") == "GAINext masks 5%\nsigned"
     assert column_title("gainext-boxes-0.1") == "GAINext boxes 10%"
     assert column_title("baseline") == "baseline"
+
+
+def test_experiment_overrides_reach_every_run(tmp_path):
+    from gainx.cli import build_parser
+    from gainx.experiments.cli import _profile
+    from gainx.experiments.runner import train_config
+    from gainx.experiments.specs import FULL
+
+    args = build_parser().parse_args(
+        ["experiment", "bias", "--benchmark", "cooccur", "--out", str(tmp_path), "--epochs", "20"]
+        + ["--counterfactual-jitter", "colour", "--counterfactual-backgrounds", "8", "--counterfactuals", "16"]
+    )
+    profile = _profile(args)
+    assert (profile.epochs, profile.counterfactual_jitter) == (20, "colour")
+    assert (profile.counterfactual_backgrounds, profile.counterfactuals) == (8, 16)
+    assert profile.train_size == FULL.train_size  # not overridden: the profile's
+    spec = RunSpec("gainext", 0, annotation="masks", budget=0.05, guidance="counterfactual")
+    cfg = train_config(spec, tmp_path / "data", tmp_path / "run", profile)
+    assert (cfg.epochs, cfg.counterfactual_backgrounds, cfg.counterfactual_jitter) == (20, 8, "colour")

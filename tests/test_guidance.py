@@ -154,3 +154,52 @@ def test_rrr_is_calibrated_to_the_cross_entropy_at_its_first_step():
     images = batch[0].detach().requires_grad_(True)
     raw = rrr_loss(images, fixed.model(images), torch.arange(4), batch[2][:4], False)
     assert out.loss_e.item() == pytest.approx(2.0 * raw.item(), rel=1e-3)
+
+
+class TwoPixelModel(nn.Module):
+    """scores = a * x_object + v * x_background on a (1, 1, 1, 2) image."""
+
+    def __init__(self, a: torch.Tensor, v: torch.Tensor) -> None:
+        super().__init__()
+        self.a, self.v = a, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0, 0, :1] * self.a + x[:, 0, 0, 1:] * self.v
+
+
+def _blind_spot() -> tuple[TwoPixelModel, torch.Tensor, torch.Tensor]:
+    """A background pixel whose evidence ``v`` lies in the blind direction of ``sum_c log p_c``:
+    orthogonal to ``1 - C p`` at the image, yet it moves the classes against each other."""
+    a = torch.tensor([2.0, 0.0, -1.0, 0.5])
+    image = torch.tensor([[[[1.0, 0.0]]]])  # background pixel at 0: scores = a, whatever v is
+    d = 1 - 4 * torch.softmax(a, 0)  # d/ds sum_c log p_c at the image
+    u = torch.tensor([0.0, -1.0, 3.0, 1.0])
+    v = u - (u @ d) / (d @ d) * d
+    model = TwoPixelModel(a, v)
+    guide = torch.zeros(1, 4, 1, 2, dtype=torch.uint8)
+    guide[0, 0, 0, 0] = 1  # the object is the left pixel; the right one is background
+    return model, image, guide
+
+
+def test_rrr_classes_sees_evidence_in_the_blind_direction_of_rrr():
+    model, image, guide = _blind_spot()
+    images = image.clone().requires_grad_(True)
+    scores = model(images)
+    rows = torch.tensor([0])
+    p = torch.softmax(scores[0].detach(), 0)
+    assert not torch.allclose(model.v, model.v.mean().expand(4))  # the background changes the prediction
+    assert rrr_loss(images, scores, rows, guide, False).item() < 1e-10
+    # sum_c (d log p_c / dx_bg)^2 = sum_c ((e_c - p) . v)^2: what rrr_classes estimates
+    exact = ((model.v - p @ model.v) ** 2).sum().item()
+    torch.manual_seed(0)
+    draws = [rrr_loss(images, scores, rows, guide, False, each_class=True).item() for _ in range(4000)]
+    assert exact > 0.1
+    assert sum(draws) / len(draws) == pytest.approx(exact, rel=0.08)
+
+
+def test_rrr_classes_trains_through_gain():
+    _, gain, batch = _toy("rrr_classes")
+    out = gain(*batch)
+    assert gain.rrr_scale > 0 and out.loss_e.item() > 0
+    grads = torch.autograd.grad(out.loss_e, [p for p in gain.model.parameters() if p.requires_grad])
+    assert all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)

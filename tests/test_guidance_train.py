@@ -51,3 +51,18 @@ def test_counterfactual_jitter_trains_through_the_cli(datasets, tmp_path, capsys
     assert math.isfinite(float(row["loss_cl"]))
     assert main([*args, "--counterfactual-jitter", "hue", "--overwrite"]) == 2
     assert "counterfactual_jitter must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["multi-label boxes", "single-label masks"])
+def test_counterfactual_backgrounds_train_through_the_cli(datasets, tmp_path, capsys, kind):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(datasets[kind]), "--out", str(run), "--model", "small_cnn"]
+    args += ["--method", "gainext", "--guidance", "counterfactual", "--counterfactual-backgrounds", "4"]
+    args += ["--epochs", "1", "--am-warmup", "0", "--batch-size", "8", "--no-progress"]
+    args += ["--val-split", "none", "--allow-outside-root", "--threads", "1"]
+    assert main(args) == 0
+    with open(run / "metrics.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert all(math.isfinite(float(row[k])) for k in ("loss_cl", "loss_e"))
+    assert main([*args, "--counterfactual-backgrounds", "-1", "--overwrite"]) == 2
+    assert "counterfactual_backgrounds must be >= 0" in capsys.readouterr().err

@@ -24,6 +24,7 @@ def _profile(args: argparse.Namespace):
         counterfactuals=args.counterfactuals,
         counterfactual_weight=args.counterfactual_weight,
         counterfactual_jitter=args.counterfactual_jitter,
+        counterfactual_backgrounds=args.counterfactual_backgrounds,
         am_warmup=args.am_warmup,
         second_order=args.second_order or None,
     )
@@ -101,6 +102,12 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
         choices=JITTERS,
         default=None,
         help="override what changes in each pasted object (counterfactual; gainx.losses.counterfactual.JITTERS)",
+    )
+    p.add_argument(
+        "--counterfactual-backgrounds",
+        type=int,
+        default=None,
+        help="override the object-free backgrounds (no label) per batch (counterfactual)",
     )
     p.add_argument("--am-warmup", type=int, default=None, help="override the epochs of L_cl only before GAIN starts")
     p.add_argument(

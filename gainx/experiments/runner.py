@@ -80,6 +80,7 @@ def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile) -> Trai
         counterfactuals=profile.counterfactuals,
         counterfactual_weight=profile.counterfactual_weight,
         counterfactual_jitter=profile.counterfactual_jitter,
+        counterfactual_backgrounds=profile.counterfactual_backgrounds,
         second_order=profile.second_order,
         batch_size=profile.batch_size,
         optimizer="adamw",

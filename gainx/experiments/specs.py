@@ -65,6 +65,7 @@ class Profile:
     counterfactuals: int = 32  # pasted images per batch (guidance "counterfactual")
     counterfactual_weight: float = 4.0  # their weight in L_cl relative to a batch image
     counterfactual_jitter: str = "none"  # none | colour | geometry | all (gainx.losses.counterfactual.JITTERS)
+    counterfactual_backgrounds: int = 0  # object-free backgrounds per batch, labelled with no class
     second_order: bool = False  # train through the Grad-CAM weights too
 
     def with_overrides(self, **values: Any) -> Profile:

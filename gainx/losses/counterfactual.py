@@ -4,7 +4,11 @@ A batch holds only a few annotated images (5% of 64 is three), too few to
 pair every object with backgrounds of other classes. The bank keeps the last
 ``capacity`` annotated images seen in training (image, cleaned background,
 guide, labels; detached) and draws ``count`` (object, background) pairs with
-disjoint label sets from it (:mod:`gainx.data.counterfactual`).
+disjoint label sets from it (:mod:`gainx.data.counterfactual`). It also gives
+the cleaned backgrounds alone, labelled with no class (:meth:`draw_backgrounds`):
+Chang et al. 2021 ("Towards robust classification model by counterfactual and
+invariant data generation") train such object-free images towards the uniform
+prediction, so the context alone carries no evidence for any class.
 
 Rules: only images that carry a guide with at least one object pixel enter
 the bank (a guide that marks no object pixel gives no object to paste and is
@@ -104,3 +108,11 @@ class CounterfactualBank:
             objects, guides = shift_objects(objects, guides)
         pasted, guides = paste_objects(objects, guides, self.backgrounds[bg])
         return pasted, self.labels[obj], guides
+
+    def draw_backgrounds(self, count: int) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``count`` cleaned backgrounds (objects removed, drawn with replacement) with all-zero labels
+        and guides (no class anywhere), or ``None`` while the bank is empty."""
+        if self.size == 0 or count <= 0:
+            return None
+        rows = torch.randint(self.size, (count,), device=self.labels.device)
+        return self.backgrounds[rows], torch.zeros_like(self.labels[rows]), torch.zeros_like(self.guides[rows])

@@ -39,7 +39,14 @@ from gainx.attention import (
 )
 from gainx.losses.bn import frozen_bn_stats
 from gainx.losses.counterfactual import CounterfactualBank, check_jitter
-from gainx.losses.guidance import all_classes_loss, check_guidance, rrr_loss, scaled_maps, signed_loss
+from gainx.losses.guidance import (
+    INPUT_GRADIENT_GUIDANCES,
+    all_classes_loss,
+    check_guidance,
+    rrr_loss,
+    scaled_maps,
+    signed_loss,
+)
 from gainx.losses.terms import AM_SCORES, attention_mining_loss, classification_loss, guidance_loss
 from gainx.ops import attention_erase, upsample
 
@@ -88,7 +95,8 @@ class GAIN(nn.Module):
             :func:`gainx.losses.terms.am_class_score`.
         backend: where attention -> mask -> erase runs (:mod:`gainx.ops.attention_erase`).
         guidance: the S_e loss of ``method="gainext"``: ``"paper"`` (eq. 7), ``"scaled"``,
-            ``"all_classes"``, ``"signed"``, ``"rrr"`` or ``"counterfactual"`` (:mod:`gainx.losses.guidance`).
+            ``"all_classes"``, ``"signed"``, ``"rrr"``, ``"rrr_classes"`` or ``"counterfactual"``
+            (:mod:`gainx.losses.guidance`).
         reshape_transform: maps the target layer's output (and its gradient)
             to ``(B, C, h, w)``; ``None`` reads the layout off its shape
             (as :func:`gainx.attention_maps`).
@@ -102,8 +110,12 @@ class GAIN(nn.Module):
             (:data:`gainx.losses.counterfactual.JITTERS`): ``"none"``, ``"colour"`` (a random
             permutation of its colour channels), ``"geometry"`` (flip, rescale by ``U(0.75, 1.25)``)
             or ``"all"``.
-        rrr_scale: weight of the ``rrr`` term inside L_e; ``None`` calibrates it at the first guided
-            step to ``L_cl / L_rrr`` (Ross et al. 2017), then keeps it.
+        counterfactual_backgrounds: object-free images added to each batch (``guidance="counterfactual"``):
+            cleaned backgrounds of annotated images with no label, so L_cl pulls their prediction to the
+            uniform distribution (single-label) or every class to absent (multi-label); weighted like
+            the pasted images (Chang et al. 2021).
+        rrr_scale: weight of the ``rrr`` (or ``rrr_classes``) term inside L_e; ``None`` calibrates it at
+            the first guided step to ``L_cl / L_rrr`` (Ross et al. 2017), then keeps it.
     """
 
     def __init__(
@@ -126,6 +138,7 @@ class GAIN(nn.Module):
         counterfactuals: int = 32,
         counterfactual_weight: float = 4.0,
         counterfactual_jitter: str = "none",
+        counterfactual_backgrounds: int = 0,
         rrr_scale: float | None = None,
     ) -> None:
         super().__init__()
@@ -149,6 +162,9 @@ class GAIN(nn.Module):
         if counterfactuals < 0:
             raise ValueError(f"counterfactuals must be >= 0, got {counterfactuals}")
         self.counterfactuals = counterfactuals
+        if counterfactual_backgrounds < 0:
+            raise ValueError(f"counterfactual_backgrounds must be >= 0, got {counterfactual_backgrounds}")
+        self.counterfactual_backgrounds = counterfactual_backgrounds
         if not counterfactual_weight > 0:
             raise ValueError(f"counterfactual_weight must be > 0, got {counterfactual_weight}")
         self.counterfactual_weight = counterfactual_weight
@@ -192,7 +208,7 @@ class GAIN(nn.Module):
         pair_index, pair_class = torch.nonzero(labels > 0.5, as_tuple=True)
         weighted = self.alpha != 0 or (self.method == "gainext" and self.omega_e != 0)
         attend = mining and self.method != "baseline" and weighted and pair_index.numel() > 0
-        if attend and self.method == "gainext" and self.guidance == "rrr":
+        if attend and self.method == "gainext" and self.guidance in INPUT_GRADIENT_GUIDANCES:
             images = images.detach().requires_grad_(True)  # rrr differentiates the scores w.r.t. the input
         with capture_output(self.layer) as captured:
             scores = select_scores(self.model(images), self.output)
@@ -253,20 +269,22 @@ class GAIN(nn.Module):
     def _add_counterfactuals(
         self, images: Tensor, labels: Tensor, guide: Tensor, has_guide: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-        """Store the batch's annotated images in the bank and append the counterfactual images it draws."""
+        """Store the batch's annotated images in the bank and append the counterfactual images it draws
+        (pasted objects, then object-free backgrounds)."""
         rows = has_guide.to(torch.bool)
         self.bank.add(images[rows], guide[rows], labels[rows])
-        drawn = self.bank.draw(self.counterfactuals)
-        if drawn is None:
+        drawn = [self.bank.draw(self.counterfactuals), self.bank.draw_backgrounds(self.counterfactual_backgrounds)]
+        drawn = [d for d in drawn if d is not None]
+        if not drawn:
             return images, labels, guide, has_guide, None
-        pasted, pasted_labels, pasted_guide = drawn
-        flags = torch.ones(pasted.shape[0], dtype=has_guide.dtype, device=has_guide.device)
+        extra, extra_labels, extra_guide = (torch.cat(parts) for parts in zip(*drawn))
+        flags = torch.ones(extra.shape[0], dtype=has_guide.dtype, device=has_guide.device)
         return (
-            torch.cat([images, pasted.to(images.dtype)]),
-            torch.cat([labels, pasted_labels.to(labels.dtype)]),
-            torch.cat([guide, pasted_guide]),
+            torch.cat([images, extra.to(images.dtype)]),
+            torch.cat([labels, extra_labels.to(labels.dtype)]),
+            torch.cat([guide, extra_guide]),
             torch.cat([has_guide, flags]),
-            pasted,
+            extra,
         )
 
     def _paper_guidance(
@@ -316,8 +334,8 @@ class GAIN(nn.Module):
         if rows.numel() == 0:
             return scores.new_zeros(())
         rows_guide = guide.index_select(0, rows)
-        if self.guidance == "rrr":
-            loss = rrr_loss(images, scores, rows, rows_guide, self.multilabel)
+        if self.guidance in INPUT_GRADIENT_GUIDANCES:
+            loss = rrr_loss(images, scores, rows, rows_guide, self.multilabel, self.guidance == "rrr_classes")
             if self.rrr_scale is None and loss.item() > 0:
                 self.rrr_scale = loss_cl.item() / loss.item()
             return loss * (self.rrr_scale or 1.0)

@@ -47,6 +47,15 @@ ReLU), bilinearly upsampled to the image size.
   calibrated so the term starts comparable to the cross-entropy: ``GAIN`` scales
   it by ``L_cl / L_rrr`` measured (without gradient) at the first guided step,
   then keeps that constant (``rrr_scale``).
+* ``rrr_classes``: ``rrr`` for every class's log-probability, not their sum,
+  ``L = mean_images sum_{x in B} sum_ch sum_c (d log p_c / dI_x)^2``. The sum
+  has a blind direction: ``d/ds_j sum_c log p_c = 1 - C p_j``, so background
+  evidence that moves the scores orthogonally to that vector (raising the
+  predicted class and one unlikely class together, say) changes the prediction
+  while ``rrr`` stays zero. One Gaussian projection per image and step,
+  ``(d/dI_x sum_c r_c log p_c)^2`` with ``r ~ N(0, I)``, is an unbiased
+  estimate of the per-class sum (Hutchinson 1990) at the cost of one double
+  backward, like ``rrr``; calibrated the same way.
 """
 
 from __future__ import annotations
@@ -58,7 +67,8 @@ from torch import Tensor
 from gainx.losses.terms import masked_squared_error
 from gainx.ops.cam import EPS, upsample
 
-GUIDANCES = ("paper", "scaled", "all_classes", "signed", "rrr", "counterfactual")
+GUIDANCES = ("paper", "scaled", "all_classes", "signed", "rrr", "rrr_classes", "counterfactual")
+INPUT_GRADIENT_GUIDANCES = ("rrr", "rrr_classes")  # differentiate the scores w.r.t. the input images
 
 
 def check_guidance(name: str) -> str:
@@ -111,8 +121,11 @@ def signed_loss(evidence: Tensor, guide: Tensor, labels: Tensor) -> Tensor:
     return per_map.mean(dim=1).mean()
 
 
-def rrr_loss(images: Tensor, scores: Tensor, rows: Tensor, guide: Tensor, multilabel: bool) -> Tensor:
-    """Ross et al. 2017: squared input gradient of ``sum_c log p_c`` on the background.
+def rrr_loss(
+    images: Tensor, scores: Tensor, rows: Tensor, guide: Tensor, multilabel: bool, each_class: bool = False
+) -> Tensor:
+    """Ross et al. 2017: squared input gradient of ``sum_c log p_c`` on the background; with
+    ``each_class``, of ``sum_c r_c log p_c``, ``r ~ N(0, I)`` per image (``rrr_classes``).
 
     ``images`` must require grad and ``scores`` must have been computed from
     them; the result carries a graph (``create_graph=True``).
@@ -123,8 +136,10 @@ def rrr_loss(images: Tensor, scores: Tensor, rows: Tensor, guide: Tensor, multil
         raise ValueError(
             f"guide {tuple(guide.shape)} does not match {rows.numel()} images of size {tuple(images.shape[-2:])}"
         )
-    logp = F.logsigmoid(scores) if multilabel else F.log_softmax(scores, dim=1)
-    (grad,) = torch.autograd.grad(logp.index_select(0, rows).sum(), images, create_graph=True)
+    logp = (F.logsigmoid(scores) if multilabel else F.log_softmax(scores, dim=1)).index_select(0, rows)
+    if each_class:
+        logp = logp * torch.randn_like(logp)
+    (grad,) = torch.autograd.grad(logp.sum(), images, create_graph=True)
     bg = background(guide).to(grad.dtype)
     return (grad.index_select(0, rows).pow(2).sum(dim=1) * bg).flatten(1).sum(1).mean()
 

@@ -14,12 +14,17 @@ AM_SCORES = ("auto", "sigmoid", "softmax", "logit")
 def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool, weights: Tensor | None = None) -> Tensor:
     """L_cl: multi-label soft margin (multi-label data, as in the paper) or cross-entropy.
 
-    ``weights`` (``(B,)``, optional) gives each image's share: ``sum_i w_i l_i / sum_i w_i``.
+    A row of ``labels`` with no class (all zeros; an object-free counterfactual image) asks for
+    every class absent (multi-label) or, with cross-entropy, for the uniform distribution:
+    ``l_i = -(1/C) sum_c log p_ic``. ``weights`` (``(B,)``, optional) gives each image's share:
+    ``sum_i w_i l_i / sum_i w_i``.
     """
     if multilabel:
         per_image = F.multilabel_soft_margin_loss(scores, labels.to(scores.dtype), reduction="none")
     else:
         per_image = F.cross_entropy(scores, labels.argmax(dim=1), reduction="none")
+        uniform = -F.log_softmax(scores, dim=1).mean(dim=1)
+        per_image = torch.where(labels.amax(dim=1) > 0.5, per_image, uniform)
     if weights is None:
         return per_image.mean()
     if weights.shape != per_image.shape:

@@ -32,10 +32,11 @@ class TrainConfig:
     am_score: str = "auto"
     am_warmup: int = 0  # epochs of L_cl only before the attention streams start
     backend: str = "auto"
-    guidance: str = "paper"  # paper | scaled | all_classes | signed | rrr | counterfactual (gainx.losses.guidance)
+    guidance: str = "paper"  # paper | scaled | all_classes | signed | rrr | rrr_classes | counterfactual
     counterfactuals: int = 32  # pasted images added to each batch (guidance "counterfactual")
     counterfactual_weight: float = 4.0  # weight of a pasted image in L_cl relative to a batch image
     counterfactual_jitter: str = "none"  # none | colour | geometry | all (gainx.losses.counterfactual.JITTERS)
+    counterfactual_backgrounds: int = 0  # object-free backgrounds (no label) added to each batch
     weights: str | None = None  # local backbone weights file
     seed: int = 0
     workers: int = 0

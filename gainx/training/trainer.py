@@ -134,6 +134,7 @@ class Trainer:
             counterfactuals=cfg.counterfactuals,
             counterfactual_weight=cfg.counterfactual_weight,
             counterfactual_jitter=cfg.counterfactual_jitter,
+            counterfactual_backgrounds=cfg.counterfactual_backgrounds,
         )
         self.step_module: nn.Module = self.objective
         if self.dist.enabled:
