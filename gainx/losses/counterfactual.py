@@ -115,4 +115,5 @@ class CounterfactualBank:
         if self.size == 0 or count <= 0:
             return None
         rows = torch.randint(self.size, (count,), device=self.labels.device)
-        return self.backgrounds[rows], torch.zeros_like(self.labels[rows]), torch.zeros_like(self.guides[rows])
+        labels = self.labels.new_zeros(count, *self.labels.shape[1:])
+        return self.backgrounds[rows], labels, self.guides.new_zeros(count, *self.guides.shape[1:])
