@@ -25,6 +25,15 @@ if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker takes its share of the cores: torch's default (all of them per process)
+    oversubscribes the machine as soon as two workers run tensor code at once."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // workers))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--runslow", action="store_true", help="also run the tests marked slow (the full model zoos, end-to-end runs)"

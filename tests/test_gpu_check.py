@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -341,7 +342,9 @@ def test_cuda_only_benchmark_members_skip_with_a_reason() -> None:
         "-k",
         "amp or CUDAExecutionProvider or triton",
     ]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    # pytest-benchmark disables itself in a child that inherits an xdist worker's environment
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "8 skipped" in res.stdout and "passed" not in res.stdout, res.stdout[-3000:]
     assert "timed on CUDA only (autocast fp16 + GradScaler)" in res.stdout
