@@ -335,7 +335,9 @@ class GAIN(nn.Module):
             return scores.new_zeros(())
         rows_guide = guide.index_select(0, rows)
         if self.guidance in INPUT_GRADIENT_GUIDANCES:
-            loss = rrr_loss(images, scores, rows, rows_guide, self.multilabel, self.guidance == "rrr_classes")
+            loss = rrr_loss(
+                images, scores, rows, rows_guide, self.multilabel, each_class=self.guidance == "rrr_classes"
+            )
             if self.rrr_scale is None and loss.item() > 0:
                 self.rrr_scale = loss_cl.item() / loss.item()
             return loss * (self.rrr_scale or 1.0)

@@ -22,8 +22,9 @@ def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool, weight
     if multilabel:
         per_image = F.multilabel_soft_margin_loss(scores, labels.to(scores.dtype), reduction="none")
     else:
-        per_image = F.cross_entropy(scores, labels.argmax(dim=1), reduction="none")
-        uniform = -F.log_softmax(scores, dim=1).mean(dim=1)
+        logp = F.log_softmax(scores, dim=1)
+        per_image = F.nll_loss(logp, labels.argmax(dim=1), reduction="none")  # cross-entropy
+        uniform = -logp.mean(dim=1)
         per_image = torch.where(labels.amax(dim=1) > 0.5, per_image, uniform)
     if weights is None:
         return per_image.mean()
