@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 
 from gainx._extras import MissingExtraError
-from gainx.data import IGNORE, DatasetError, load_dataset
+from gainx.data import IGNORE, DatasetError, coco_segments, load_dataset
 
 mask_api = pytest.importorskip("pycocotools.mask", reason="the COCO layout needs pycocotools (gainx[coco])")
 
@@ -125,3 +126,157 @@ def test_missing_pycocotools_names_the_extra(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setitem(sys.modules, "pycocotools.mask", None)
     with pytest.raises(MissingExtraError, match=r"needs 'pycocotools'.*pip install \"gainx\[coco\]\""):
         load_dataset(root, "train2017")
+
+
+def _rewrite(root: Path, change: Callable[[dict], None], split: str = "train2017") -> None:
+    """Apply ``change`` to the instances file of ``split`` in place."""
+    path = root / "annotations" / f"instances_{split}.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_symlinked_split_folder_is_outside_the_root(tmp_path: Path) -> None:
+    root = build_coco(tmp_path / "data")
+    (root / "train2017").rename(tmp_path / "elsewhere")
+    (root / "train2017").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DatasetError, match=r"image id 1: file_name 'a\.jpg' leaves the dataset folder .*data"):
+        load_dataset(root, "train2017")
+    assert len(load_dataset(root, "train2017", allow_outside_root=True)) == 2
+
+
+def test_file_name_may_leave_the_split_folder_within_the_root(tmp_path: Path) -> None:
+    root = build_coco(tmp_path)
+    (root / "shared").mkdir()
+    (root / "train2017" / "a.jpg").rename(root / "shared" / "a.jpg")
+    _rewrite(root, lambda d: d["images"][0].update(file_name="../shared/a.jpg"))
+    assert load_dataset(root, "train2017", guide="none").samples[0].image.resolve() == (root / "shared/a.jpg").resolve()
+
+
+def _triangle_fan(points: int) -> list[float]:
+    """A polygon of ``points`` points inside the test image."""
+    angles = np.linspace(0, 2 * np.pi, points, endpoint=False)
+    return np.stack([10 + 5 * np.cos(angles), 8 + 5 * np.sin(angles)], 1).ravel().round(2).tolist()
+
+
+def test_polygon_over_the_point_limit_is_refused_on_build(tmp_path: Path) -> None:
+    root = build_coco(tmp_path)
+    too_long = _triangle_fan(coco_segments.MAX_POLYGON_POINTS + 1)
+    _rewrite(root, lambda d: d["annotations"][0].update(segmentation=[too_long]))
+    message = (
+        rf"instances_train2017\.json image id 1 annotation 10: a polygon of {coco_segments.MAX_POLYGON_POINTS + 1} "
+        rf"points, more than {coco_segments.MAX_POLYGON_POINTS} \(MAX_POLYGON_POINTS\)"
+    )
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(root, "train2017")
+    assert len(load_dataset(root, "train2017", guide="boxes")) == 2  # outlines are only read for mask guides
+
+
+def test_too_many_annotations_on_one_image_are_refused(tmp_path: Path) -> None:
+    root = build_coco(tmp_path)
+    box = {"image_id": 2, "category_id": 2, "iscrowd": 0, "bbox": [1, 1, 2, 2]}
+    extra = [{**box, "id": 100 + i} for i in range(coco_segments.MAX_ANNOTATIONS_PER_IMAGE + 1)]
+    _rewrite(root, lambda d: d["annotations"].extend(extra))
+    limit = coco_segments.MAX_ANNOTATIONS_PER_IMAGE
+    for guide in ("masks", "boxes"):
+        with pytest.raises(DatasetError, match=rf"instances_train2017\.json image id 2: more than {limit} annotations"):
+            load_dataset(root, "train2017", guide=guide)
+
+
+def _ann(segmentation: object, id: int = 5) -> dict:
+    return {"id": id, "segmentation": segmentation}
+
+
+def test_segmentation_limits_at_their_boundaries() -> None:
+    limit = coco_segments.MAX_POLYGON_POINTS
+    coco_segments.check_segmentations([_ann([[0.0, 0.0] * limit])], "f image id 1")
+    with pytest.raises(DatasetError, match=rf"f image id 1 annotation 5: a polygon of {limit + 1} points"):
+        coco_segments.check_segmentations([_ann([[0.0, 0.0] * (limit + 1)])], "f image id 1")
+    triangle = [0, 0, 1, 0, 1, 1]
+    polygons = coco_segments.MAX_POLYGONS_PER_IMAGE
+    coco_segments.check_segmentations([_ann([triangle] * (polygons - 1)), _ann([triangle], 6)], "f")
+    with pytest.raises(DatasetError, match=rf"f annotation 6: more than {polygons} polygons"):
+        coco_segments.check_segmentations([_ann([triangle] * polygons), _ann([triangle], 6)], "f")
+    per_polygon = coco_segments.MAX_IMAGE_POINTS // 10
+    assert per_polygon <= limit
+    coco_segments.check_segmentations([_ann([[0.0, 0.0] * per_polygon] * 10)], "f")
+    with pytest.raises(DatasetError, match=r"polygons hold more than .* points \(MAX_IMAGE_POINTS\)"):
+        coco_segments.check_segmentations([_ann([[0.0, 0.0] * per_polygon] * 10), _ann([triangle], 6)], "f")
+
+
+@pytest.mark.parametrize(
+    "segmentation, message",
+    [
+        ([[1, 2, 3, 4]], r"at least 3 points"),
+        ([[1, 2, 3, 4, 5, 6, 7]], r"at least 3 points"),
+        ([[1, 2, 3, 4, 5, float("nan")]], r"finite numbers"),
+        ([[1, 2, 3, 4, 5, "6"]], r"finite numbers"),
+        ({"size": [4, 4], "counts": [10]}, r"RLE runs cover 10 pixels, the size \[4, 4\] has 16"),
+        ({"size": [4, 4], "counts": [10, 7]}, r"RLE runs cover 17 pixels"),
+        ({"size": [4, 4], "counts": [10, -2, 8]}, r"non-negative ints"),
+        ({"size": [4, 0], "counts": []}, r"RLE size must be \[height, width\] of positive ints"),
+        ({"size": [4, 4], "counts": "P"}, r"end in the middle of a run"),
+        ({"size": [4, 4], "counts": "1~"}, r"outside '0'\.\.'o'"),
+        ({"size": [4, 4], "counts": "0"}, r"RLE runs cover 0 pixels"),
+        ({"counts": [16]}, r"segmentation must be a list of polygons or an RLE dict"),
+    ],
+)
+def test_malformed_outlines_are_named(segmentation: object, message: str) -> None:
+    with pytest.raises(DatasetError, match=r"^f annotation 5: .*" + message):
+        coco_segments.check_segmentations([_ann(segmentation)], "f")
+
+
+def test_compressed_rle_decodes_to_the_runs_of_pycocotools() -> None:
+    rng = np.random.default_rng(0)
+    for h, w in [(1, 1), (16, 20), (64, 48)]:
+        mask = rng.random((h, w)) < rng.random()
+        counts = mask_api.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
+        runs = coco_segments.decode_rle_string(counts, "f")
+        assert runs == _uncompressed_rle(mask)["counts"] and sum(runs) == h * w
+        coco_segments.check_rle({"size": [h, w], "counts": counts}, "f")
+
+
+@pytest.mark.parametrize(
+    "counts, covered",
+    [([10], 10), ("::", 20), ([65_530, 10], 65_540)],  # "::" is the compressed form of [10, 10]
+)
+def test_rle_not_covering_the_image_is_refused_on_build(tmp_path: Path, counts: object, covered: int) -> None:
+    """Short runs would leave pycocotools' output buffer partly unset; runs past the image would overrun it."""
+    root = build_coco(tmp_path)
+    Image.new("RGB", (256, 256)).save(root / "train2017" / "b.jpg")
+    rle = {"size": [256, 256], "counts": counts}
+    _rewrite(root, lambda d: d["annotations"].append({"id": 77, "image_id": 2, "category_id": 7, "segmentation": rle}))
+    message = rf"image id 2 annotation 77: RLE runs cover {covered} pixels, the size \[256, 256\] has 65536"
+    with pytest.raises(DatasetError, match=r"instances_train2017\.json " + message):
+        load_dataset(root, "train2017")
+
+
+def test_each_class_is_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The union of a class's instances is one decode, and equals the union of the instances decoded one by one."""
+    root = build_coco(tmp_path)
+    polygons = [[2, 4, 8, 4, 8, 9, 2, 9]] + [[x, 10, x + 3, 10, x + 3, 15, x, 15] for x in (1, 6, 13)]
+    more_dogs = [{"id": 20 + i, "image_id": 1, "category_id": 2, "segmentation": [p]} for i, p in enumerate(polygons)]
+    _rewrite(root, lambda d: d["annotations"].extend(more_dogs[1:]))
+    dogs = np.zeros((H, W), bool)
+    for p in polygons:
+        dogs |= mask_api.decode(mask_api.frPyObjects([p], H, W)).any(-1).astype(bool)
+    decoded: list[int] = []
+    decode = mask_api.decode
+    monkeypatch.setattr(mask_api, "decode", lambda rles: decoded.append(len(rles)) or decode(rles))
+    guide = load_dataset(root, "train2017", image_size=(H, W))[0]["guide"].numpy()
+    assert decoded == [1, 1, 1]  # dog, cat, crowd: one union each
+    crowd = _crowd_mask()
+    assert (guide[:, crowd] == IGNORE).all()
+    assert (guide[DOG][~crowd] == dogs[~crowd]).all() and (guide[CAT][~crowd] == _cat_mask()[~crowd]).all()
+
+
+def test_far_away_polygon_point_is_refused_on_decode(tmp_path: Path) -> None:
+    """pycocotools walks every edge pixel by pixel: a point 10^5 pixels away would cost memory per pixel walked."""
+    root = build_coco(tmp_path)
+    _rewrite(root, lambda d: d["annotations"][0].update(segmentation=[[0, 0, 100_000, 0, 0, 10]]))
+    ds = load_dataset(root, "train2017")
+    with pytest.raises(
+        DatasetError,
+        match=r"image id 1: polygon points span x 0\.\.100000, y 0\.\.10, more than one image side beyond the 20x16",
+    ):
+        ds[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -375,3 +376,30 @@ def test_sixteen_bit_grayscale_png_is_rescaled(tmp_path: Path) -> None:
     pixels = ds[0]["image"] * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     expected = torch.tensor([0, 1, 128, 255], dtype=torch.float32) / 255
     assert torch.allclose(pixels, expected.expand(3, 1, 4), atol=1e-5)
+
+
+@pytest.mark.parametrize("column", ["path", "mask"])
+def test_path_with_a_nul_byte_names_the_line(simple: Path, column: str) -> None:
+    row = {"path": "b.png", "mask": "a_mask.png", column: "b\x00.png"}
+    _manifest(simple, ["a.png,dog,train,,", f"{row['path']},dog,train,{row['mask']},"])
+    what = "image path" if column == "path" else "mask path"
+    for allow in (False, True):
+        with pytest.raises(DatasetError, match=rf"manifest\.csv line 3: {what} 'b\\x00\.png' holds a NUL byte"):
+            load_dataset(simple, "train", allow_outside_root=allow)
+
+
+def test_long_class_list_is_refused_briefly(simple: Path) -> None:
+    names = [f"class{i}" for i in range(3000)]
+    (simple / "classes.txt").write_text("\n".join(names * 2))
+    with pytest.raises(DatasetError) as error:
+        load_dataset(simple, "train")
+    assert re.fullmatch(r".*classes\.txt: 6000 classes, more than the 254 a uint8 label map holds", str(error.value))
+
+
+def test_duplicate_classes_are_named_briefly(simple: Path) -> None:
+    names = ["cat", "dog", *(f"c{i}" for i in range(100))]
+    (simple / "classes.txt").write_text("\n".join(names + names[:9] + ["dog"]))
+    with pytest.raises(
+        DatasetError, match=r"classes\.txt: duplicate classes \['cat', 'dog', 'c0', 'c1', 'c2'\] and 4 more$"
+    ):
+        load_dataset(simple, "train")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +249,57 @@ def test_class_outside_the_class_file(tmp_path: Path) -> None:
 def test_voc_names_subset_keeps_the_twenty_classes(tmp_path: Path) -> None:
     root = _custom_voc(tmp_path, {"x": [("dog", 1, 1, 5, 5)]})
     assert load_dataset(root, "train").classes == list(VOC_CLASSES)
+
+
+def _outside_files(outside: Path) -> None:
+    """An image, its annotation and its mask in a folder beside the VOC root."""
+    outside.mkdir()
+    Image.new("RGB", (W, H), (1, 2, 3)).save(outside / "leak.jpg")
+    (outside / "leak.xml").write_text(_xml([("cat", 1, 1, 5, 5)]))
+    _palette_png(outside / "leak.png", _label_map([("cat", 1, 1, 5, 5)]))
+
+
+LINKS = {"image": ("JPEGImages", ".jpg"), "annotation": ("Annotations", ".xml"), "mask": ("SegmentationClass", ".png")}
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "image", "annotation", "mask"])
+def test_split_ids_leaving_the_root_are_refused(tmp_path: Path, how: str) -> None:
+    """An id climbing out, an absolute id, or a file of the id symlinked outside (the last three)."""
+    voc = build_voc(tmp_path / "VOC2012")
+    outside = tmp_path / "outside"
+    _outside_files(outside)
+    if how in LINKS:
+        image_id, (folder, ext) = "2008_000001", LINKS[how]
+        (voc / folder / f"{image_id}{ext}").unlink()
+        (voc / folder / f"{image_id}{ext}").symlink_to(outside / f"leak{ext}")
+    else:
+        image_id, folder, ext = "../../outside/leak" if how == "dotdot" else str(outside / "leak"), "JPEGImages", ".jpg"
+    (voc / "ImageSets/Main/train.txt").write_text(f"2008_000002\n\n{image_id}\n")
+    split_list = voc / "ImageSets/Main/train.txt"
+    message = f"{split_list} line 3: {folder} file '{image_id}{ext}' leaves the dataset folder {voc}"
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        load_dataset(voc, "train")
+    sample = load_dataset(voc, "train", allow_outside_root=True).samples[1]
+    used = {"JPEGImages": sample.image, "Annotations": None, "SegmentationClass": sample.mask}[folder]
+    if used is None:
+        assert sample.labels == (CAT,)  # from the outside annotation
+    else:
+        assert used.resolve() == (outside / f"leak{ext}").resolve()
+
+
+def test_split_id_inside_the_root_with_dotdot_is_accepted(voc: Path) -> None:
+    (voc / "ImageSets/Main/train.txt").write_text("../JPEGImages/2008_000001\n")
+    with pytest.raises(
+        FileNotFoundError, match=r"annotation not found: .*Annotations/\.\./JPEGImages/2008_000001\.xml"
+    ):
+        load_dataset(voc, "train")  # inside the root: looked up, not refused
+
+
+def test_labelmap_duplicates_are_named_briefly(tmp_path: Path) -> None:
+    root = _custom_voc(tmp_path, OWN)
+    names = [f"c{i}" for i in range(50)]
+    (root / "labelmap.txt").write_text("".join(f"{n}:0,0,0::\n" for n in names + names[:7]))
+    with pytest.raises(
+        DatasetError, match=r"labelmap\.txt: duplicate classes \['c0', 'c1', 'c2', 'c3', 'c4'\] and 2 more$"
+    ):
+        load_dataset(root, "train")

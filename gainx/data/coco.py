@@ -4,7 +4,10 @@
 or the root (the COCO 2017 download), or Roboflow's export ``<split>/_annotations.coco.json`` beside its
 images. Image-level labels are the categories of an image's annotations (multi-label; an image without
 annotations has no labels). Guides: the instance outlines (polygons or RLE, decoded by pycocotools, the
-``coco`` extra), the boxes, or none; ``iscrowd`` instances are ignore regions (masks) or dropped (boxes).
+``coco`` extra; bounded and checked by :mod:`gainx.data.coco_segments` when the index is read), the boxes, or
+none; ``iscrowd`` instances are ignore regions (masks) or dropped (boxes). Image files must lie inside ``root``
+(the data folder, not the split folder: a split folder symlinked elsewhere is outside) unless
+``allow_outside_root``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from gainx._extras import require
+from gainx.data.coco_segments import check_annotation_count, check_segmentations
 from gainx.data.dataset import GainDataset
+from gainx.data.names import check_class_names
 from gainx.data.paths import resolve_inside
 from gainx.data.records import Box, DatasetError, Sample, Segment
 
@@ -64,7 +69,9 @@ def load_coco(
             raise DatasetError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
         if ann.get("category_id") not in category_index:
             raise DatasetError(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
-        per_image[ann["image_id"]].append(ann)
+        anns = per_image[ann["image_id"]]
+        anns.append(ann)
+        check_annotation_count(len(anns), f"{ann_file} image id {ann['image_id']}")
     samples = [
         _sample(root, image_dir, ann_file, images[i], per_image[i], category_index, guide, allow_outside_root)
         for i in images
@@ -108,9 +115,7 @@ def _categories(path: Path, categories: list[dict]) -> tuple[list[str], dict[Any
         raise DatasetError(f"{path}: every category needs an 'id' and a 'name'") from None
     if not names:
         raise DatasetError(f"{path}: 'categories' is empty")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise DatasetError(f"{path}: repeated category names {repeated}")
+    check_class_names(names, f"{path} 'categories'")
     return names, {c["id"]: i for i, c in enumerate(ordered)}
 
 
@@ -125,13 +130,14 @@ def _sample(
     allow_outside_root: bool,
 ) -> Sample:
     where = f"{ann_file.name} image id {image['id']}"
-    path = resolve_inside(image_dir, image["file_name"], where, "file_name", allow_outside_root)
+    path = resolve_inside(root, image["file_name"], where, "file_name", allow_outside_root, base=image_dir)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path} ({where})")
     labels = tuple(sorted({category_index[a["category_id"]] for a in anns}))
     segments: tuple[Segment, ...] = ()
     boxes: tuple[Box, ...] = ()
     if guide == "masks":
+        check_segmentations(anns, f"{ann_file} image id {image['id']}")
         segments = tuple(
             Segment(category_index[a["category_id"]], a["segmentation"], bool(a.get("iscrowd", 0)))
             for a in anns

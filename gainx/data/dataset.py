@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from gainx.data.decode import read_image, read_mask
 from gainx.data.guides import label_map_to_guide, rasterize_boxes, rasterize_segments
-from gainx.data.records import IGNORE, IMAGENET_MEAN, IMAGENET_STD, DatasetError, Sample, as_size
+from gainx.data.records import IGNORE, IMAGENET_MEAN, IMAGENET_STD, MAX_CLASSES, DatasetError, Sample, as_size
 from gainx.data.transforms import normalize, resize_rgb
 
 
@@ -52,8 +52,8 @@ class GainDataset(Dataset):
             raise DatasetError("a GainDataset needs at least one sample")
         if not classes:
             raise DatasetError("a GainDataset needs at least one class")
-        if len(classes) >= IGNORE:
-            raise DatasetError(f"at most {IGNORE - 1} classes fit a uint8 label map, got {len(classes)}")
+        if len(classes) > MAX_CLASSES:
+            raise DatasetError(f"at most {MAX_CLASSES} classes fit a uint8 label map, got {len(classes)}")
         self.samples = list(samples)
         self.classes = list(classes)
         self.multilabel = bool(multilabel)

@@ -11,6 +11,8 @@ from gainx.data.manifest import MANIFEST, load_manifest
 from gainx.data.records import DatasetError
 from gainx.data.voc import find_voc_root, load_voc
 
+GUIDED_LAYOUTS = ("voc", "coco")  # the layouts whose guide= picks masks, boxes or none
+
 
 def load_dataset(
     root: str | Path,
@@ -42,18 +44,43 @@ def load_dataset(
     layout = _layout(root, voc)
     if voc_split_source is not None and layout != "voc":
         raise ValueError(f"{root} is a {layout} dataset; voc_split_source applies to VOC only")
-    if guide is not None and layout not in ("voc", "coco"):
+    if guide is not None and layout not in GUIDED_LAYOUTS:
         raise ValueError(f"{root} is a {layout} dataset; guide= applies to the VOC and COCO layouts only")
     if layout == "manifest":
         return load_manifest(root, split, image_size, augment, allow_outside_root=allow_outside_root)
     if layout == "voc":
         assert voc is not None
-        return load_voc(voc, split, image_size, augment, split_source=voc_split_source, guide=guide or "masks")
+        return load_voc(
+            voc,
+            split,
+            image_size,
+            augment,
+            split_source=voc_split_source,
+            guide=guide or "masks",
+            allow_outside_root=allow_outside_root,
+        )
     if layout == "coco":
         return load_coco(
             root, split, image_size, augment, guide=guide or "masks", allow_outside_root=allow_outside_root
         )
     return load_imagefolder(root, split, image_size, augment, allow_outside_root=allow_outside_root)
+
+
+def dataset_layout(root: str | Path) -> str:
+    """The layout :func:`load_dataset` reads at ``root``: ``manifest``, ``voc``, ``coco`` or ``imagefolder``."""
+    root = Path(root)
+    return _layout(root, find_voc_root(root))
+
+
+def unused_boxes_hint(root: str | Path, split: str, guide: str | None, allow_outside_root: bool = False) -> str:
+    """A sentence for an error about missing guides: how many images of ``split`` carry boxes that
+    ``guide`` (VOC and COCO; default ``"masks"``) leaves unused, and the flag that uses them; else ``""``."""
+    if guide == "boxes" or dataset_layout(root) not in GUIDED_LAYOUTS:
+        return ""
+    with_boxes = load_dataset(root, split, guide="boxes", allow_outside_root=allow_outside_root).num_guided
+    if not with_boxes:
+        return ""
+    return f"; {with_boxes} of its images have boxes, unused with guide {guide or 'masks'!r}: use --guide boxes"
 
 
 def _layout(root: Path, voc: Path | None) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gainx.data.dataset import GainDataset
+from gainx.data.names import check_class_names
 from gainx.data.paths import resolve_inside
 from gainx.data.records import IMAGENET_MEAN, IMAGENET_STD, Box, DatasetError, Sample, as_size
 from gainx.io import atomic_open, atomic_write_text
@@ -47,8 +48,9 @@ def load_manifest(
     fixed = read_classes(root / CLASSES) if (root / CLASSES).exists() else None
     names = {line: _split_labels(row["labels"], manifest, line) for line, row in rows}
     if fixed is not None:
+        known = set(fixed)
         for line, labels in names.items():
-            unknown = [n for n in labels if n not in fixed]
+            unknown = [n for n in labels if n not in known]
             if unknown:
                 raise DatasetError(f"{manifest} line {line}: labels {unknown} are not in {root / CLASSES}")
     classes = fixed if fixed is not None else sorted({n for labels in names.values() for n in labels})
@@ -109,6 +111,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def read_classes(path: Path) -> list[str]:
+    """The class names of ``path`` (one per line, blank lines skipped), checked by :func:`check_class_names`."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -116,9 +119,7 @@ def read_classes(path: Path) -> list[str]:
     classes = [line.strip() for line in lines if line.strip()]
     if not classes:
         raise DatasetError(f"{path} lists no classes")
-    dup = sorted({c for c in classes if classes.count(c) > 1})
-    if dup:
-        raise DatasetError(f"{path}: duplicate classes {dup}")
+    check_class_names(classes, str(path))
     bad = [c for c in classes if ";" in c or ":" in c]
     if bad:
         raise DatasetError(f"{path}: class names may not contain ';' or ':': {bad}")

@@ -13,6 +13,7 @@ from typing import Any
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 IGNORE = 255  # guide / label-map value for "no supervision here" (VOC object borders)
+MAX_CLASSES = IGNORE - 1  # label maps hold 0 (background), k + 1 (class k) and IGNORE in a uint8
 MAX_IMAGE_SIDE = 4096  # largest model input side: a size read from a file may not ask for more memory than this
 
 

@@ -13,10 +13,13 @@ names of all annotations.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 from gainx.data.dataset import GainDataset
 from gainx.data.manifest import read_classes
+from gainx.data.names import check_class_names
+from gainx.data.paths import resolve_inside
 from gainx.data.records import Box, DatasetError, Sample
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -46,6 +49,7 @@ def load_voc(
     augment: bool = False,
     split_source: str | None = None,
     guide: str = "masks",
+    allow_outside_root: bool = False,
 ) -> GainDataset:
     """Build ``split`` of the VOC tree at ``root`` (as returned by :func:`find_voc_root`).
 
@@ -54,6 +58,9 @@ def load_voc(
             (ImageSets/Segmentation); default: Main if it lists ``split``.
         guide: ``"masks"`` (SegmentationClass PNGs where present), ``"boxes"``
             (object boxes from the XML) or ``"none"``.
+        allow_outside_root: accept ids whose image, annotation or mask file lies outside ``root``
+            (an id holding ``..``, an absolute id, a symlink out); refused by default, naming the
+            split list, its line and the path.
     """
     if guide not in GUIDES:
         raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}")
@@ -62,11 +69,13 @@ def load_voc(
         text = ids_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read split list {ids_file}: {exc}") from exc
-    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
+    ids = [(n, line.split()[0]) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not ids:
         raise DatasetError(f"{ids_file}: split {split!r} lists no images")
     classes, source = voc_classes(root)
-    samples = [_sample(root, ids_file, i, guide, classes, source) for i in ids]
+    index = {name: i for i, name in enumerate(classes)}
+    files = _Files(root, ids_file, allow_outside_root)
+    samples = [_sample(files, line, image_id, guide, index, source) for line, image_id in ids]
     return GainDataset(samples, classes, True, image_size if image_size is not None else DEFAULT_IMAGE_SIZE, augment)
 
 
@@ -94,9 +103,7 @@ def _read_labelmap(path: Path) -> list[str]:
         names = names[1:]
     if not names or any(not n for n in names):
         raise DatasetError(f"{path}: expected one 'name:r,g,b:parts:actions' line per class")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise DatasetError(f"{path}: duplicate classes {repeated}")
+    check_class_names(names, str(path))
     return names
 
 
@@ -118,36 +125,52 @@ def _split_file(root: Path, split: str, source: str | None) -> Path:
     raise DatasetError(f"{root}: no split list for {split!r} in ImageSets/{{{folders}}}; available: {available}")
 
 
-def _sample(root: Path, ids_file: Path, image_id: str, guide: str, classes: list[str], source: str) -> Sample:
-    where = f"{ids_file.name} id {image_id}"
-    image = _image_file(root, image_id, where)
-    xml = root / "Annotations" / f"{image_id}.xml"
+@dataclass(frozen=True)
+class _Files:
+    """Where the files of one split list's ids are, and whether they may lie outside ``root``."""
+
+    root: Path
+    ids_file: Path
+    allow_outside_root: bool
+
+    def find(self, folder: str, name: str, line: int) -> Path:
+        """``root/folder/name``, refused (naming the split list and ``line``) when it leaves ``root``."""
+        where = f"{self.ids_file} line {line}"
+        return resolve_inside(self.root, name, where, f"{folder} file", self.allow_outside_root, self.root / folder)
+
+
+def _sample(files: _Files, line: int, image_id: str, guide: str, index: dict[str, int], source: str) -> Sample:
+    where = f"{files.ids_file.name} id {image_id}"
+    image = _image_file(files, line, image_id, where)
+    xml = files.find("Annotations", f"{image_id}.xml", line)
     if not xml.is_file():
         raise FileNotFoundError(f"annotation not found: {xml} ({where})")
-    index = {name: i for i, name in enumerate(classes)}
     boxes = []
     for name, n, (xmin, ymin, xmax, ymax) in _read_objects(xml):
         if name not in index:
-            raise DatasetError(f"{xml}: object {n} has unknown class {name!r}; classes (from {source}) are {classes}")
+            raise DatasetError(
+                f"{xml}: object {n} has unknown class {name!r}; classes (from {source}) are {list(index)}"
+            )
         boxes.append(Box(index[name], xmin - 1, ymin - 1, xmax, ymax))
     labels = tuple(sorted({b.label for b in boxes}))
-    mask = root / "SegmentationClass" / f"{image_id}.png"
+    mask = files.find("SegmentationClass", f"{image_id}.png", line) if guide == "masks" else None
     return Sample(
         image=image,
         labels=labels,
         origin=f"{where}, {xml.name}",
-        mask=mask if guide == "masks" and mask.is_file() else None,
+        mask=mask if mask is not None and mask.is_file() else None,
         boxes=tuple(boxes) if guide == "boxes" else (),
     )
 
 
-def _image_file(root: Path, image_id: str, where: str) -> Path:
+def _image_file(files: _Files, line: int, image_id: str, where: str) -> Path:
     """``JPEGImages/<id>.jpg``, or the same stem with another image extension."""
     for ext in IMAGE_EXTENSIONS:
-        image = root / "JPEGImages" / f"{image_id}{ext}"
+        image = files.find("JPEGImages", f"{image_id}{ext}", line)
         if image.is_file():
             return image
-    raise FileNotFoundError(f"image not found: {root / 'JPEGImages' / image_id}.jpg (or .jpeg, .png) ({where})")
+    folder = files.root / "JPEGImages"
+    raise FileNotFoundError(f"image not found: {folder / image_id}.jpg (or .jpeg, .png) ({where})")
 
 
 def _read_objects(xml: Path) -> list[tuple[str, int, tuple[float, float, float, float]]]:
