@@ -91,6 +91,13 @@ def test_per_image_mean_skips_images_without_pairs():
     assert per_image_mean(torch.tensor([]), torch.tensor([], dtype=torch.long), 3).item() == 0.0
 
 
+def test_per_image_mean_gradient_is_one_over_pairs_times_images():
+    values = torch.tensor([1.0, 3.0, 10.0, -2.0], requires_grad=True)
+    index = torch.tensor([0, 0, 2, 3])  # image 1 has no pair: 3 images count
+    per_image_mean(values, index, 5).backward()
+    torch.testing.assert_close(values.grad, torch.tensor([1 / 6, 1 / 6, 1 / 3, 1 / 3]))
+
+
 def test_guidance_loss_hand_values_and_ignore():
     maps = torch.tensor([[[0.5, 1.0], [0.0, 0.2]]])
     targets = torch.tensor([[[1, 1], [0, 255]]], dtype=torch.uint8)

@@ -24,18 +24,27 @@ def pairs_by_rank(index: Tensor) -> Tensor:
     """Rank of each pair among the pairs of its image (0 for the first class, 1, ...).
 
     ``index`` must be sorted; pairs of equal rank belong to distinct images and
-    can share one backward pass.
+    can share one backward pass. ``rank_p = p - start_p`` with ``start_p`` the
+    position of the first pair of p's image: a running maximum of the positions
+    where the image changes (fixed-shape, nothing waits for the device).
     """
     if index.numel() == 0:
         return index.clone()
+    positions = torch.arange(index.numel(), device=index.device)
     first = torch.ones_like(index, dtype=torch.bool)
     first[1:] = index[1:] != index[:-1]
-    starts = torch.nonzero(first).squeeze(1)
-    counts = torch.diff(torch.cat([starts, starts.new_tensor([index.numel()])]))
-    return torch.arange(index.numel(), device=index.device) - starts.repeat_interleave(counts)
+    starts = torch.where(first, positions, torch.zeros_like(positions)).cummax(dim=0).values
+    return positions - starts
 
 
-def class_gradients(scores: Tensor, features: Tensor, index: Tensor, classes: Tensor, create_graph: bool) -> Tensor:
+def class_gradients(
+    scores: Tensor,
+    features: Tensor,
+    index: Tensor,
+    classes: Tensor,
+    create_graph: bool,
+    num_ranks: int | None = None,
+) -> Tensor:
     """``d scores[index[p], classes[p]] / d features[index[p]]`` for every pair p.
 
     One backward pass per rank (see :func:`pairs_by_rank`), so a single-label
@@ -43,22 +52,32 @@ def class_gradients(scores: Tensor, features: Tensor, index: Tensor, classes: Te
     gradients carry a graph (second-order GAIN: L_am trains through the
     Grad-CAM weights too); otherwise they are detached (eq. 1 as published).
 
+    ``num_ranks`` is the most pairs any image has (the number of passes) when the
+    caller knows it on the host; ``None`` reads it off ``index``, which waits for
+    the device once. Given it, the call is free of host syncs: pass r seeds the
+    pairs of rank r (a fixed-shape scatter of the rank mask) and pair p reads
+    row ``index[p]`` of pass ``rank[p]`` from the stacked passes (one gather).
+
     Images are independent in eval mode. In train mode a batch-norm layer
     *after* the target layer couples the images of a batch through its batch
     statistics, so each gradient also carries the (small) cross-image terms,
     as in every batched Grad-CAM.
     """
-    grads = features.new_empty((index.numel(), *features.shape[1:]))
     rank = pairs_by_rank(index)
-    num_ranks = int(rank.max()) + 1 if rank.numel() else 0
+    if num_ranks is None:
+        num_ranks = int(rank.max()) + 1 if rank.numel() else 0
+    if num_ranks == 0:
+        return features.new_zeros((0, *features.shape[1:]))
+    passes = []
     for r in range(num_ranks):
-        sel = torch.nonzero(rank == r).squeeze(1)
-        onehot = torch.zeros_like(scores)
-        onehot[index[sel], classes[sel]] = 1.0
+        seeds = (rank == r).to(scores.dtype)
+        onehot = scores.new_zeros(scores.numel()).scatter_add_(0, index * scores.shape[1] + classes, seeds)
+        onehot = onehot.view(scores.shape)
         (g,) = torch.autograd.grad(scores, features, onehot, retain_graph=True, create_graph=create_graph)
-        rows = g.index_select(0, index[sel])
-        grads = grads.index_copy(0, sel, rows) if create_graph else grads.index_copy_(0, sel, rows.detach())
-    return grads
+        passes.append(g if create_graph else g.detach())
+    # (num_ranks * B, ...): row r * B + i is image i of pass r (one pass: no copy)
+    stacked = passes[0] if num_ranks == 1 else torch.stack(passes).flatten(0, 1)
+    return stacked.index_select(0, rank * features.shape[0] + index)
 
 
 def class_evidence(
@@ -72,9 +91,10 @@ def class_evidence(
     target layer's resolution; one backward pass per class.
     """
     num_classes = scores.shape[1]
-    index = rows.repeat_interleave(num_classes)
+    index = rows.unsqueeze(1).expand(-1, num_classes).reshape(-1)
     classes = torch.arange(num_classes, device=rows.device).repeat(rows.numel())
-    grads = apply_transform(class_gradients(scores, output, index, classes, create_graph=create_graph), transform)
+    grads = class_gradients(scores, output, index, classes, create_graph=create_graph, num_ranks=num_classes)
+    grads = apply_transform(grads, transform)
     weights = grads.mean(dim=(2, 3)).view(rows.numel(), num_classes, -1)  # (G, C, channels)
     # contracted per image: no copy of the features per class
     return torch.einsum("gkc,gchw->gkhw", weights, apply_transform(output.index_select(0, rows), transform))
@@ -205,8 +225,9 @@ def _gradient_maps(
     """Maps from one backward pass per class rank, in the layer's layout read by :func:`layer_transform`."""
     transform = layer_transform(model, images, output, reshape_transform)
     num_images, k = chosen.shape
-    index = torch.arange(num_images, device=scores.device).repeat_interleave(k)
-    grads = apply_transform(class_gradients(scores, output, index, chosen.reshape(-1), create_graph), transform)
+    index = torch.arange(num_images, device=scores.device).unsqueeze(1).expand(-1, k).reshape(-1)
+    grads = class_gradients(scores, output, index, chosen.reshape(-1), create_graph, num_ranks=k)
+    grads = apply_transform(grads, transform)
     features = apply_transform(output.index_select(0, index), transform)
     return gradcam(features, grads, size).reshape(num_images, k, *size)
 

@@ -12,19 +12,26 @@ from torch import nn
 def frozen_bn_stats(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Batch norm still normalizes with batch statistics, but its running
     mean/var (and batch counter) are not updated: the erased images of the
-    attention-mining stream do not shift the statistics used at test time."""
+    attention-mining stream do not shift the statistics used at test time.
+
+    Each batch-norm layer in train mode that tracks running statistics is switched
+    to ``track_running_stats=False`` for the duration: in train mode that is exactly
+    "normalize with the batch statistics, pass no running buffers" (the layer's own
+    contract), so entering and leaving cost no device work at all, whatever the number
+    of layers, and the layers skip their running-average and counter updates.
+    """
     if not enabled:
         yield
         return
-    saved = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
-            saved.append((m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()))
-            m.momentum = 0.0
+    switched = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    for m in switched:
+        m.track_running_stats = False
     try:
         yield
     finally:
-        for m, momentum, count in saved:
-            m.momentum = momentum
-            if count is not None:
-                m.num_batches_tracked.copy_(count)
+        for m in switched:
+            m.track_running_stats = True

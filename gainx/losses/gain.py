@@ -39,6 +39,7 @@ from gainx.attention import (
 )
 from gainx.losses.bn import frozen_bn_stats
 from gainx.losses.counterfactual import CounterfactualBank, check_jitter
+from gainx.losses.graphs import GraphedSteps
 from gainx.losses.guidance import (
     INPUT_GRADIENT_GUIDANCES,
     all_classes_loss,
@@ -47,6 +48,7 @@ from gainx.losses.guidance import (
     scaled_maps,
     signed_loss,
 )
+from gainx.losses.pairs import PairPlan, plan_pairs
 from gainx.losses.terms import AM_SCORES, attention_mining_loss, classification_loss, guidance_loss
 from gainx.ops import attention_erase, upsample
 
@@ -116,6 +118,16 @@ class GAIN(nn.Module):
             the pasted images (Chang et al. 2021).
         rrr_scale: weight of the ``rrr`` (or ``rrr_classes``) term inside L_e; ``None`` calibrates it at
             the first guided step to ``L_cl / L_rrr`` (Ross et al. 2017), then keeps it.
+        cuda_graph: capture each step (forward and backward) in a CUDA graph and replay it while
+            the batch's shapes and pair structure repeat (:mod:`gainx.losses.graphs`): CUDA tensors
+            only; not with ``guidance="counterfactual"`` (its bank draws on the host) nor with
+            ``rrr_scale=None`` (the calibration reads a loss on the host); under ``torch.autocast``
+            with ``cache_enabled=False``. Only ``loss`` then propagates gradients; the tensors of
+            :class:`GAINOutput` are the graph's outputs, overwritten by the next step of the same shapes.
+
+    Pairs are planned on the host from ``labels`` (and ``has_guide``): given on the CPU, as a
+    data loader yields them, the step makes no host sync; on the device, it makes one (the
+    copy of their ``> 0.5`` mask).
     """
 
     def __init__(
@@ -140,6 +152,7 @@ class GAIN(nn.Module):
         counterfactual_jitter: str = "none",
         counterfactual_backgrounds: int = 0,
         rrr_scale: float | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -175,6 +188,7 @@ class GAIN(nn.Module):
             else None
         )
         self.rrr_scale = rrr_scale
+        self.graphs = _graphed_steps(self) if cuda_graph else None
 
     def forward(
         self,
@@ -205,9 +219,30 @@ class GAIN(nn.Module):
             images, labels, guide, has_guide, counterfactual = self._add_counterfactuals(
                 images, labels, guide, has_guide
             )
-        pair_index, pair_class = torch.nonzero(labels > 0.5, as_tuple=True)
+        plan = plan_pairs(labels, has_guide if self.method == "gainext" else None, images.device)
+        labels = labels.to(images.device, non_blocking=True)
         weighted = self.alpha != 0 or (self.method == "gainext" and self.omega_e != 0)
-        attend = mining and self.method != "baseline" and weighted and pair_index.numel() > 0
+        attend = mining and self.method != "baseline" and weighted and plan.num_pairs > 0
+        guided = attend and self.method == "gainext"
+        if guided:
+            _guided_rows(guide, has_guide, labels, images)
+            guide = guide.to(images.device, non_blocking=True)
+        if self.graphs is not None:
+            return self._graphed_step(images, labels, guide if guided else None, plan, attend)
+        return self._step(images, labels, guide, plan, attend, num_batch, counterfactual)
+
+    def _step(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        guide: Tensor | None,
+        plan: PairPlan,
+        attend: bool,
+        num_batch: int,
+        counterfactual: Tensor | None,
+    ) -> GAINOutput:
+        """The three streams on a planned batch (every tensor on the images' device): no host sync."""
+        pair_index, pair_class = plan.index, plan.classes
         if attend and self.method == "gainext" and self.guidance in INPUT_GRADIENT_GUIDANCES:
             images = images.detach().requires_grad_(True)  # rrr differentiates the scores w.r.t. the input
         with capture_output(self.layer) as captured:
@@ -225,7 +260,9 @@ class GAIN(nn.Module):
 
         layer_out = captured.features
         transform = layer_transform(self.model, images, layer_out, self.reshape_transform)
-        grads = class_gradients(scores, layer_out, pair_index, pair_class, create_graph=self.second_order)
+        grads = class_gradients(
+            scores, layer_out, pair_index, pair_class, create_graph=self.second_order, num_ranks=plan.num_ranks
+        )
         features, grads = apply_transform(layer_out, transform), apply_transform(grads, transform)  # (., C, h, w)
         pairs = attention_erase(
             features.index_select(0, pair_index),
@@ -242,13 +279,12 @@ class GAIN(nn.Module):
         loss_am = attention_mining_loss(scores_am, pair_index, pair_class, num_images, self.am_score, self.multilabel)
         loss_e = zero
         if self.method == "gainext":
-            guided = _guided_rows(guide, has_guide, labels, images)
             if self.guidance == "paper":
-                loss_e = self._paper_guidance(pairs.cam, guide, guided, pair_index, pair_class, num_images)
+                loss_e = self._paper_guidance(pairs.cam, guide, plan, num_images)
             elif self.guidance in ("scaled", "counterfactual"):
-                loss_e = self._scaled_guidance(features, grads, guide, guided, pair_index, pair_class, num_images)
+                loss_e = self._scaled_guidance(features, grads, guide, plan, num_images)
             else:
-                loss_e = self._guidance_variant(images, labels, scores, layer_out, transform, guide, guided, loss_cl)
+                loss_e = self._guidance_variant(images, labels, scores, layer_out, transform, guide, plan, loss_cl)
         loss = loss_cl + self.alpha * loss_am
         if self.method == "gainext":
             loss = loss + self.omega_e * loss_e
@@ -265,6 +301,27 @@ class GAIN(nn.Module):
             scores_am,
             counterfactual,
         )
+
+    def _graphed_step(
+        self, images: Tensor, labels: Tensor, guide: Tensor | None, plan: PairPlan, attend: bool
+    ) -> GAINOutput:
+        """:meth:`_step` replayed from a CUDA graph (:mod:`gainx.losses.graphs`); only ``loss`` propagates gradients."""
+        num_ranks, num_batch = plan.num_ranks, images.shape[0]
+
+        def step(images: Tensor, labels: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+            index, classes, guided_pairs, guided_rows, *guide = rest
+            planned = PairPlan(index, classes, num_ranks, guided_pairs, guided_rows)
+            out = self._step(images, labels, guide[0] if guide else None, planned, attend, num_batch, None)
+            kept = (out.loss_cl, out.loss_am, out.loss_e, out.scores, out.cam, out.erased, out.scores_am)
+            return (out.loss, *(t.detach() for t in kept if t is not None))
+
+        tensors = (images, labels, plan.index, plan.classes, plan.guided_pairs, plan.guided_rows)
+        tensors += () if guide is None else (guide,)
+        modes = (self.training, *(m.training for m in self.model.modules()))
+        autocast = (torch.is_autocast_enabled(images.device.type), torch.get_autocast_dtype(images.device.type))
+        key = (attend, num_ranks, modes, torch.is_grad_enabled(), autocast)
+        loss, loss_cl, loss_am, loss_e, scores, *attention = self.graphs.run(key, step, tensors)
+        return GAINOutput(loss, loss_cl, loss_am, loss_e, scores, plan.index, plan.classes, *attention)
 
     def _add_counterfactuals(
         self, images: Tensor, labels: Tensor, guide: Tensor, has_guide: Tensor
@@ -287,32 +344,23 @@ class GAIN(nn.Module):
             extra,
         )
 
-    def _paper_guidance(
-        self, cam: Tensor, guide: Tensor, guided: Tensor, pair_index: Tensor, pair_class: Tensor, num_images: int
-    ) -> Tensor:
+    def _paper_guidance(self, cam: Tensor, guide: Tensor, plan: PairPlan, num_images: int) -> Tensor:
         """L_e (eq. 7) on the pairs whose image carries a guide (stream S_e)."""
-        pairs = torch.nonzero(guided[pair_index]).squeeze(1)
+        pairs = plan.guided_pairs
         if pairs.numel() == 0:
             return cam.new_zeros(())
-        idx, cls = pair_index[pairs], pair_class[pairs]
+        idx, cls = plan.index.index_select(0, pairs), plan.classes.index_select(0, pairs)
         maps = upsample(cam.index_select(0, pairs), (guide.shape[-2], guide.shape[-1]))
         return guidance_loss(maps, guide[idx, cls], idx, num_images)
 
     def _scaled_guidance(
-        self,
-        features: Tensor,
-        grads: Tensor,
-        guide: Tensor,
-        guided: Tensor,
-        pair_index: Tensor,
-        pair_class: Tensor,
-        num_images: int,
+        self, features: Tensor, grads: Tensor, guide: Tensor, plan: PairPlan, num_images: int
     ) -> Tensor:
         """eq. 7 on the signed evidence scaled by a constant (``guidance="scaled"``), on the guided pairs."""
-        pairs = torch.nonzero(guided[pair_index]).squeeze(1)
+        pairs = plan.guided_pairs
         if pairs.numel() == 0:
             return features.new_zeros(())
-        idx, cls = pair_index[pairs], pair_class[pairs]
+        idx, cls = plan.index.index_select(0, pairs), plan.classes.index_select(0, pairs)
         weights = grads.index_select(0, pairs).mean(dim=(2, 3), keepdim=True)
         evidence = (weights * features.index_select(0, idx)).sum(dim=1)
         maps = scaled_maps(evidence, (guide.shape[-2], guide.shape[-1]))
@@ -326,11 +374,11 @@ class GAIN(nn.Module):
         layer_out: Tensor,
         transform: ReshapeTransform | None,
         guide: Tensor,
-        guided: Tensor,
+        plan: PairPlan,
         loss_cl: Tensor,
     ) -> Tensor:
         """The non-paper guidance losses on the images that carry a guide (stream S_e)."""
-        rows = torch.nonzero(guided).squeeze(1)
+        rows = plan.guided_rows
         if rows.numel() == 0:
             return scores.new_zeros(())
         rows_guide = guide.index_select(0, rows)
@@ -344,6 +392,17 @@ class GAIN(nn.Module):
         evidence = class_evidence(scores, layer_out, rows, create_graph=self.second_order, transform=transform)
         loss = all_classes_loss if self.guidance == "all_classes" else signed_loss
         return loss(evidence, rows_guide, labels.index_select(0, rows))
+
+
+def _graphed_steps(gain: GAIN) -> GraphedSteps:
+    """The captured steps of ``gain``, after checking that its step can be captured."""
+    if gain.bank is not None:
+        raise ValueError("cuda_graph=True cannot capture guidance='counterfactual': its bank draws on the host")
+    if gain.method == "gainext" and gain.guidance in INPUT_GRADIENT_GUIDANCES and gain.rrr_scale is None:
+        raise ValueError(
+            f"cuda_graph=True with guidance={gain.guidance!r} needs rrr_scale (its calibration reads the host)"
+        )
+    return GraphedSteps(gain.model)
 
 
 def _guided_rows(guide: Tensor | None, has_guide: Tensor | None, labels: Tensor, images: Tensor) -> Tensor:

@@ -34,13 +34,19 @@ def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool, weight
 
 
 def per_image_mean(values: Tensor, index: Tensor, num_images: int) -> Tensor:
-    """Average pair values per image (the 1/n sum_c of eq. 5 and 7), then over images."""
+    """Average pair values per image (the 1/n sum_c of eq. 5 and 7), then over images.
+
+    ``mean_{i: n_i > 0} (1/n_i) sum_{p: index_p = i} values_p`` with ``n_i`` the pairs of image i
+    (0 without pairs). Fixed-shape: the sums and counts are scattered into ``(num_images,)``
+    tensors and images without pairs are masked out, so nothing waits for the device.
+    """
     if values.numel() == 0:
         return values.new_zeros(())
     sums = values.new_zeros(num_images).index_add(0, index, values)
-    counts = torch.bincount(index, minlength=num_images).to(values.dtype)
+    counts = values.new_zeros(num_images).index_add(0, index, torch.ones_like(values))
     present = counts > 0
-    return (sums[present] / counts[present]).mean()
+    per_image = torch.where(present, sums / counts.clamp_min(1.0), torch.zeros_like(sums))
+    return per_image.sum() / present.sum().to(values.dtype)
 
 
 def am_class_score(scores_am: Tensor, classes: Tensor, kind: str, multilabel: bool) -> Tensor:
