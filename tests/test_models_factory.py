@@ -38,8 +38,8 @@ def _not_a_model() -> str:
     ("spec", "kwargs", "message"),
     [
         ("no_such_package_x.models:net", None, "cannot import 'no_such_package_x.models'"),
-        ("torchvision.models:resnet999", None, "has no attribute 'resnet999'"),
-        ("torchvision.models:__name__", None, "is a str, not a callable"),
+        ("torchvision.models:resnet999", None, "torchvision.models has no model builder 'resnet999'"),
+        (f"{__name__}:SMALL", None, "'SMALL' is a str, not a class or function returning a model"),
         (f"{__name__}:_not_a_model", None, "returned a str, not a torch.nn.Module"),
         (SMALL, {"width": (4, 4)}, "must be JSON values"),
         (SMALL, {"depth": 3}, "cannot be built with keyword arguments"),
@@ -90,7 +90,7 @@ def _checkpoint(path: Path, model: nn.Module, arch: str, **extra) -> Path:
 def test_checkpoint_records_the_factory_and_reimports_it(tmp_path: Path) -> None:
     model = build_model(SMALL, 3, model_kwargs={"width": 4}).eval()
     path = _checkpoint(tmp_path / "factory.pt", model, SMALL, model_kwargs={"width": 4})
-    loaded, meta = load_model(path)
+    loaded, meta = load_model(path, model=SMALL)
     assert meta["arch"] == SMALL and meta["model_kwargs"] == {"width": 4}
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
@@ -106,7 +106,7 @@ def test_checkpoint_of_the_old_format_loads(tmp_path: Path) -> None:
 def test_checkpoint_whose_weights_do_not_fit_the_factory(tmp_path: Path) -> None:
     path = _checkpoint(tmp_path / "bad.pt", SmallCNN(3, width=8), SMALL, model_kwargs={"width": 4})
     with pytest.raises(ValueError, match="the weights do not fit 'gainx.models.small_cnn:SmallCNN'"):
-        load_model(path)
+        load_model(path, model=SMALL)
 
 
 @pytest.mark.parametrize(
@@ -152,6 +152,6 @@ def test_training_a_factory_model_records_it_and_says_the_target_layer(decoy_dir
     cfg.progress = False
     path = train(cfg)
     assert "target layer: features (the default for gainx.models.small_cnn:SmallCNN" in capsys.readouterr().err
-    model, meta = load_model(path)
+    model, meta = load_model(path, model=SMALL)
     assert meta["target_layer"] == "features" and meta["model_kwargs"] == {"width": 4}
     assert model.fc.in_features == 16

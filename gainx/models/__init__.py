@@ -3,6 +3,7 @@
 from gainx.models.checkpoint import MODEL_KEYS, load_checkpoint, load_model
 from gainx.models.registry import ARCHS, build_model, default_target_layer, load_backbone_weights, load_weights
 from gainx.models.small_cnn import SmallCNN
+from gainx.models.trust import is_stock_spec
 
 __all__ = [
     "ARCHS",
@@ -10,6 +11,7 @@ __all__ = [
     "SmallCNN",
     "build_model",
     "default_target_layer",
+    "is_stock_spec",
     "load_backbone_weights",
     "load_checkpoint",
     "load_model",

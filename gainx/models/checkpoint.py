@@ -10,6 +10,11 @@ arguments; absent in older checkpoints: none), ``num_classes``, ``classes`` (nam
 ``optimizer``, ``scheduler``, ``rng`` (torch / numpy / python RNG states as
 tensors and lists). Training writes them (:mod:`gainx.training.checkpoint`);
 inference, export and evaluation only read them, through this module.
+
+Rebuilding the model of a checkpoint whose ``arch`` is not stock (a built-in
+name, ``timm:<name>`` or a ``torchvision.models`` builder) would run the code
+it names; :func:`load_model` refuses it unless the caller allows it
+(:mod:`gainx.models.trust`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from gainx.models.factory import check_model_kwargs
 from gainx.models.registry import build_model
+from gainx.models.trust import check_checkpoint_model
 
 MODEL_KEYS = ("arch", "num_classes", "classes", "target_layer", "image_size", "mean", "std", "multilabel")
 
@@ -51,27 +58,51 @@ def non_finite_tensors(state: dict[str, Any]) -> list[str]:
     ]
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def check_finite_weights(path: str | Path, weights: dict[str, Any], consequence: str) -> None:
+    """Raise ``ValueError`` naming ``path``, the count and the first of the ``weights`` holding NaN or infinity."""
+    bad = non_finite_tensors(weights)
+    if bad:
+        raise ValueError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}); {consequence}"
+        )
+
+
+def load_model(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    model: str | nn.Module | None = None,
+    trust_model_code: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the trained classifier (in eval mode) and return it with its metadata.
 
     Weights holding NaN or infinity (a diverged run) are refused: every score
-    such a model gives is meaningless.
+    such a model gives is meaningless. A checkpoint whose model spec is not
+    stock (:mod:`gainx.models.trust`) is refused before anything is imported
+    unless ``model`` is that same spec (the caller vouches for it) or
+    ``trust_model_code`` is true. ``model`` may also be a built ``nn.Module``:
+    the weights are loaded into it and nothing is rebuilt.
     """
     state = load_checkpoint(path, map_location)
-    bad = non_finite_tensors(state["model"])
-    if bad:
-        raise ValueError(
-            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}); "
-            f"the run that wrote it diverged"
-        )
-    model_kwargs = state.get("model_kwargs") or {}
-    model = build_model(state["arch"], state["num_classes"], model_kwargs=model_kwargs)
+    check_finite_weights(path, state["model"], "the run that wrote it diverged")
+    arch = state["arch"]
+    if not isinstance(arch, str):
+        raise ValueError(f"{path}: 'arch' must be a model spec (a string), got {type(arch).__name__}")
     try:
-        model.load_state_dict(state["model"])
+        model_kwargs = check_model_kwargs(state.get("model_kwargs"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if isinstance(model, nn.Module):
+        net = model
+    else:
+        check_checkpoint_model(path, arch, model_kwargs, model, trust_model_code)
+        net = build_model(arch, state["num_classes"], model_kwargs=model_kwargs)
+    try:
+        net.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise ValueError(f"{path}: the weights do not fit {state['arch']!r} {model_kwargs or ''}: {exc}") from exc
-    model.eval()
+        raise ValueError(f"{path}: the weights do not fit {arch!r} {model_kwargs or ''}: {exc}") from exc
+    net.eval()
     meta = {k: state[k] for k in MODEL_KEYS}
     meta["model_kwargs"] = model_kwargs
     meta["config"] = state.get("config", {})
-    return model, meta
+    return net, meta

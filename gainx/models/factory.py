@@ -2,9 +2,16 @@
 
 A spec names a callable returning an ``nn.Module``; checkpoints record the
 spec and its JSON-able keyword arguments (never a pickled module), and
-loading a checkpoint imports the factory again. ``num_classes`` is passed to
+loading a checkpoint imports the factory again (only for specs it may
+rebuild: :mod:`gainx.models.trust`). ``num_classes`` is passed to
 factories that take it (torchvision and timm builders do) unless the keyword
 arguments already set it.
+
+A factory is one name defined in the module the spec names: a subclass of
+``nn.Module`` or a Python function whose ``__module__`` is that module (no
+attribute chains such as ``os.path:os.system``, no builtins, bound methods or
+callable objects). ``torchvision.models[.<submodule>]:<name>`` must name one
+of torchvision's registered model builders (``torchvision.models.list_models()``).
 """
 
 from __future__ import annotations
@@ -13,12 +20,16 @@ import argparse
 import importlib
 import inspect
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 TIMM_PREFIX = "timm:"
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_MODULE = re.compile(rf"{_NAME}(\.{_NAME})*")
+_TORCHVISION_MODULE = re.compile(rf"torchvision\.models(\.{_NAME})*")
 
 
 def is_factory_spec(spec: str) -> bool:
@@ -53,20 +64,60 @@ def model_kwargs_arg(text: str) -> dict[str, Any]:
     return value
 
 
-def _import_factory(spec: str) -> Callable[..., Any]:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"model {spec!r}: expected 'package.module:factory'")
+def split_spec(spec: str) -> tuple[str, str]:
+    """``package.module:factory`` -> ``(module, factory)``; the factory is one name, never an attribute chain."""
+    module_name, colon, attr = spec.partition(":")
+    if not colon or not _MODULE.fullmatch(module_name) or not re.fullmatch(_NAME, attr):
+        raise ValueError(
+            f"model {spec!r}: expected 'package.module:factory' (a module path, a colon and one name defined in "
+            f"that module)"
+        )
+    return module_name, attr
+
+
+def is_torchvision_spec(spec: str) -> bool:
+    """Whether ``spec`` names a builder of ``torchvision.models`` or of one of its submodules."""
+    return _TORCHVISION_MODULE.fullmatch(spec.partition(":")[0]) is not None
+
+
+def _import_module(spec: str, module_name: str) -> Any:
     try:
-        target: Any = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"model {spec!r}: cannot import {module_name!r} ({exc})") from exc
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise ValueError(f"model {spec!r}: {module_name!r} has no attribute {attr!r}")
-        target = getattr(target, part)
-    if not callable(target):
-        raise ValueError(f"model {spec!r}: {attr!r} is a {type(target).__name__}, not a callable returning a model")
+
+
+def _torchvision_builder(spec: str, module_name: str, attr: str) -> Callable[..., Any]:
+    from torchvision import models
+
+    builder = getattr(_import_module(spec, module_name), attr, None)
+    if not any(builder is models.get_model_builder(name) for name in models.list_models()):
+        raise ValueError(
+            f"model {spec!r}: {module_name} has no model builder {attr!r} (see torchvision.models.list_models())"
+        )
+    return builder
+
+
+def _import_factory(spec: str) -> Callable[..., Any]:
+    module_name, attr = split_spec(spec)
+    if is_torchvision_spec(spec):
+        return _torchvision_builder(spec, module_name, attr)
+    module = _import_module(spec, module_name)
+    if not hasattr(module, attr):
+        raise ValueError(f"model {spec!r}: {module_name!r} has no attribute {attr!r}")
+    target = getattr(module, attr)
+    if inspect.isclass(target):
+        if not issubclass(target, nn.Module):
+            raise ValueError(f"model {spec!r}: {attr!r} is a class that is not a torch.nn.Module")
+    elif not inspect.isfunction(target):
+        raise ValueError(
+            f"model {spec!r}: {attr!r} is a {type(target).__name__}, not a class or function returning a model"
+        )
+    if target.__module__ != module_name:
+        raise ValueError(
+            f"model {spec!r}: {attr!r} is defined in {target.__module__!r}, not in {module_name!r}; a factory is "
+            f"named by the module that defines it"
+        )
     return target
 
 
