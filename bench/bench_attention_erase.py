@@ -1,4 +1,9 @@
-"""Attention-mining step (eq. 1-4): eager vs torch.compile(eager) vs fused Triton.
+"""Attention-mining step (eq. 1-4): eager vs torch.compile(eager) vs the two Triton backends.
+
+Members: ``eager`` (the baseline), ``compile`` (``torch.compile`` of eager),
+``triton`` (:mod:`gainx.ops.attention_erase_triton`) and ``fused``
+(:mod:`gainx.ops.attention_erase_fused`: 2 launches forward, 3 backward, no host
+work).
 
 Groups ``attention_erase_{forward,backward,full}``; the eager reference is the
 baseline of each. Shapes default to ResNet-50: B = 32 images x 2
@@ -10,7 +15,11 @@ float16, bfloat16), e.g. for a quick CPU run::
     GAINX_BENCH_QUICK=1 python -m pytest bench/bench_attention_erase.py --benchmark-only -q
 
 Triton runs only on CUDA (skipped on CPU: the interpreter is a correctness
-tool, not a speed one). Extra info: ``peak_mem_mb`` (CUDA peak allocated
+tool, not a speed one). Wall times (pytest-benchmark's stats) are what a user
+sees, host overhead included. Extra info: ``device_time_ms`` (summed kernel
+time of one call from the profiler, :func:`bench.common.device_time_ms`; NaN
+on CPU), ``device_bandwidth_frac_of_peak`` (bytes moved / device time / peak),
+``peak_mem_mb`` (CUDA peak allocated
 during one step above what was allocated before it; n/a on CPU), ``bytes_moved_mb`` (bytes that
 must move: every input read once, every output written once),
 ``bandwidth_gbs`` (bytes moved / median time) and ``bandwidth_frac_of_peak``
@@ -28,7 +37,7 @@ import pytest
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from bench.common import QUICK, bench_device, peak_bandwidth, peak_memory_mb, sync
+from bench.common import QUICK, bench_device, device_time_ms, peak_bandwidth, peak_memory_mb, sync
 from gainx.ops import attention_erase_eager
 
 DEVICE = bench_device()
@@ -47,6 +56,10 @@ def _impl(name: str) -> Callable:
         return attention_erase_eager
     if name == "compile":
         return _compiled()
+    if name == "fused":
+        from gainx.ops.attention_erase_fused import attention_erase_fused
+
+        return attention_erase_fused
     from gainx.ops.attention_erase_triton import attention_erase_triton
 
     return attention_erase_triton
@@ -101,25 +114,23 @@ def _record(benchmark: BenchmarkFixture, phase: str, name: str, step: Callable[[
     if name == "eager":
         info["baseline"] = True
     info["peak_mem_mb"] = peak_memory_mb(step, DEVICE)
+    info["device_time_ms"] = device_time_ms(step, DEVICE)
     median = benchmark.stats.stats.median if benchmark.stats else None
+    peak = peak_bandwidth(DEVICE)
+    if peak:
+        info["peak_bandwidth_gbs"], info["peak_bandwidth_source"] = peak[0] / 1e9, peak[1]
+        if info["device_time_ms"] > 0:
+            info["device_bandwidth_frac_of_peak"] = _bytes_moved(phase) / (info["device_time_ms"] / 1e3) / peak[0]
     if median:
         info["bandwidth_gbs"] = _bytes_moved(phase) / median / 1e9
-        peak = peak_bandwidth(DEVICE)
         if peak:
-            info["peak_bandwidth_gbs"], info["peak_bandwidth_source"] = peak[0] / 1e9, peak[1]
             info["bandwidth_frac_of_peak"] = _bytes_moved(phase) / median / peak[0]
 
 
-VARIANTS = [
-    "eager",
-    "compile",
-    pytest.param(
-        "triton",
-        marks=pytest.mark.skipif(
-            not CUDA, reason="Triton kernels are timed on CUDA only; the CPU interpreter is for correctness"
-        ),
-    ),
-]
+_CUDA_ONLY = pytest.mark.skipif(
+    not CUDA, reason="Triton kernels are timed on CUDA only; the CPU interpreter is for correctness"
+)
+VARIANTS = ["eager", "compile", *(pytest.param(name, marks=_CUDA_ONLY) for name in ("triton", "fused"))]
 
 
 def _setup(name: str) -> tuple[Callable, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:

@@ -21,7 +21,6 @@ graph (under autocast with ``cache_enabled=False``, which graphs require).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import pytest
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from bench.common import QUICK, bench_device, peak_memory_mb, sync
+from bench.common import QUICK, bench_device, device_time_ms, peak_memory_mb, sync
 from bench.targets import AMP_BATCH, AMP_SIZE
 from gainx.losses import GAIN
 
@@ -71,17 +70,6 @@ def _setup(
 
     step()  # warm-up (allocator, cudnn autotune, graph capture)
     return step
-
-
-def device_time_ms(step: Callable[[], None], device: torch.device) -> float:
-    """Summed duration of the kernels one call of ``step`` runs (torch profiler), in ms; NaN off CUDA."""
-    if device.type != "cuda":
-        return math.nan
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
-    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
 
 
 def _run(benchmark, step: Callable[[], None], batch: int = BATCH, size: int = SIZE, **info) -> None:

@@ -66,3 +66,17 @@ def peak_bandwidth(device: torch.device) -> tuple[float, str] | None:
     if clock_khz > 0 and bus_bits > 0:
         return 2 * clock_khz * 1e3 * bus_bits / 8, f"device properties: {clock_khz / 1e3:g} MHz x {bus_bits} bit DDR"
     return next(((bw, f"data sheet value for {key}") for key, bw in PEAK_BANDWIDTH_BY_NAME if key in props.name), None)
+
+
+def device_time_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Summed duration (ms) of the device kernels one call of ``fn`` runs, from the torch profiler: the time the
+    GPU works, without the host's launch and Python overhead (which shows as wall time above it). NaN off CUDA."""
+    if device.type != "cuda":
+        return float("nan")
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize(device)
+    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3

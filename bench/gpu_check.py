@@ -1,7 +1,8 @@
 """The GPU check as one command: build the extension with CUDA, run the CUDA tests and the kernel benchmarks,
 evaluate the performance targets.
 
-    bench/gpu_check.sh [--dry-run] [--skip-build] [--skip-tests] [--skip-bench] [--budget-s 540] [--out bench/results]
+    bench/gpu_check.sh [--dry-run] [--skip-build] [--skip-tests] [--skip-bench] [--attention] [--budget-s 540]
+                       [--out bench/results]
 
 Steps, each with its log under ``<out>/cuda-<gpu name>/logs/``:
 
@@ -15,6 +16,12 @@ Steps, each with its log under ``<out>/cuda-<gpu name>/logs/``:
    target shapes pinned by :data:`bench.targets.BENCH_ENV`; merged into ``results.{json,md}``.
 4. summary: ``gpu_check.{md,json}`` (:mod:`bench.gpu_summary`) with the targets of :mod:`bench.targets` evaluated
    on ``results.json``.
+
+``--attention`` checks the attention-mining step alone, into ``<out>/cuda-<gpu name>/attention/``: the same build,
+then ``tests`` runs the CUDA tests of the two Triton backends (``tests/test_attention_erase_{fused,triton}.py``),
+``tune`` sweeps the fused backend's tiles (:mod:`bench.tune_attention_erase`, :data:`TUNE_SHARE` of the budget,
+``tuning.json``), and one ``bench-attention_erase-<run>`` step per run of :data:`ATTENTION_RUNS` times eager,
+``torch.compile`` of eager, the ``triton`` and the ``fused`` backends (wall and device time).
 
 Each step may use what is left of ``--budget-s`` minus :data:`SUMMARY_RESERVE_S`; a step that runs out is stopped
 and reported as timed out, and the summary is written whatever happened. Exit status 0 only when every step
@@ -39,7 +46,7 @@ from pathlib import Path
 
 from bench.gpu_summary import StepOutcome, collect_environment, junit_counts, write_summary
 from bench.run import device_name, markdown
-from bench.targets import BENCH_ENV, evaluate
+from bench.targets import ATTN_SHAPE, BENCH_ENV, evaluate
 from gainx.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +54,16 @@ BENCH_MODULES = ("bench_attention_erase", "bench_class_attention", "bench_gain_s
 SUMMARY_RESERVE_S = 30  # kept back from the budget for the environment probe and the summary
 MIN_STEP_S = 20  # a step with less time left than this is skipped
 PLACEHOLDER_FOLDER = "cuda-<gpu name>"  # the results folder's name in a dry run without a GPU
+ATTENTION_TESTS = ("tests/test_attention_erase_fused.py", "tests/test_attention_erase_triton.py")
+# --attention benchmark runs: (B, classes, C, h, w, H, W), dtype; ResNet-50 shapes in fp32 and bf16, a small
+# batch, a large map
+ATTENTION_RUNS = {
+    "resnet50": (ATTN_SHAPE, "float32"),
+    "resnet50-bf16": (ATTN_SHAPE, "bfloat16"),
+    "batch4": ((4, *ATTN_SHAPE[1:]), "float32"),
+    "map14-448": ((*ATTN_SHAPE[:3], 14, 14, 448, 448), "float32"),
+}
+TUNE_SHARE = 0.25  # of --budget-s, for the --attention tile sweep
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-build", action="store_true", help="use the gainx._C already built in place")
     parser.add_argument("--skip-tests", action="store_true", help="do not run pytest -m cuda")
     parser.add_argument("--skip-bench", action="store_true", help="evaluate the targets on the existing results.json")
+    parser.add_argument(
+        "--attention",
+        action="store_true",
+        help="the attention-mining step alone: its CUDA tests, the fused tile sweep, old vs new vs eager vs compile",
+    )
     parser.add_argument("--budget-s", type=_budget, default=540.0, help="wall-clock limit of the whole check (540)")
     parser.add_argument(
         "--arch",
@@ -112,9 +134,12 @@ def plan(args: argparse.Namespace, folder: Path, work: Path) -> list[Step]:
             Step("build-inplace", [py, "setup.py", "build_ext", "--inplace"], logs / "build-inplace.log", env),
         ]
     if not args.skip_tests:
-        options = ["-m", "cuda", "tests", "-p", "no:cacheprovider", "-q", "-rfEs", "--continue-on-collection-errors"]
+        where = list(ATTENTION_TESTS) if args.attention else ["tests"]
+        options = ["-m", "cuda", *where, "-p", "no:cacheprovider", "-q", "-rfEs", "--continue-on-collection-errors"]
         pytest = [py, "-m", "pytest", *options, f"--junitxml={logs / 'tests.xml'}"]
         steps.append(Step("tests", pytest, logs / "tests.log"))
+    if args.attention:
+        return steps + ([] if args.skip_bench else _attention_bench(args, folder, work))
     if not args.skip_bench:
         steps += [
             Step(
@@ -127,6 +152,26 @@ def plan(args: argparse.Namespace, folder: Path, work: Path) -> list[Step]:
             for module in BENCH_MODULES
         ]
     return steps
+
+
+def _attention_bench(args: argparse.Namespace, folder: Path, work: Path) -> list[Step]:
+    """The --attention mode's tile sweep and its benchmark of the four members at each shape."""
+    logs, py = folder / "logs", sys.executable
+    tune = [py, "-m", "bench.tune_attention_erase", "--budget-s", f"{args.budget_s * TUNE_SHARE:.0f}"]
+    shapes = sorted({",".join(map(str, shape)) for shape, _ in ATTENTION_RUNS.values()})
+    steps = [Step("tune", [*tune, "--out", str(folder / "tuning.json"), "--shapes", *shapes], logs / "tune.log")]
+    for label, (shape, dtype) in ATTENTION_RUNS.items():
+        env = {"GAINX_BENCH_ATTN": ",".join(map(str, shape)), "GAINX_BENCH_DTYPE": dtype}
+        out = work / f"attention_erase-{label}"
+        cmd = [py, "-m", "bench.run", "--quick", "-k", "bench_attention_erase", "--out", str(out)]
+        steps.append(Step(f"bench-attention_erase-{label}", cmd, logs / f"bench_attention_erase-{label}.log", env, out))
+    return steps
+
+
+def results_folder(args: argparse.Namespace, device_folder: str) -> Path:
+    """``<out>/<device folder>``, or its ``attention/`` subfolder for --attention."""
+    folder = args.out / device_folder
+    return folder / "attention" if args.attention else folder
 
 
 def describe(step: Step) -> str:
@@ -212,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     cuda = torch.cuda.is_available()
-    folder = args.out / (device_name() if cuda else PLACEHOLDER_FOLDER)
+    folder = results_folder(args, device_name() if cuda else PLACEHOLDER_FOLDER)
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
         steps = plan(args, folder, Path(work))
         if args.dry_run:

@@ -1,11 +1,7 @@
 """The Triton attention-mining kernels against the eager reference (values and gradients).
 
-Without a CUDA device the kernels run in Triton's interpreter: ``TRITON_INTERPRET``
-is read when ``@triton.jit`` decorates a kernel, i.e. when
-``gainx.ops.attention_erase_triton`` is first imported in the process, so this module sets
-it before that import. If some earlier module imported the kernels without it,
-the module fails at collection with instructions (run this file in its own
-process, or the whole CPU suite with ``TRITON_INTERPRET=1``).
+Without a CUDA device the kernels run in Triton's interpreter (``erase_helpers`` sets ``TRITON_INTERPRET``
+before the kernels are imported; the module fails at collection with instructions when that was too late).
 """
 
 from __future__ import annotations
@@ -13,102 +9,48 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 
 import pytest
 import torch
+from erase_helpers import (  # tests/ is on sys.path under pytest
+    CUDA,
+    DEVICES,
+    SHAPES,
+    TOL,
+    assert_close,
+    assert_gain_step_matches_eager,
+    compare,
+    inputs,
+    require_interpreter,
+    run,
+)
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from gainx.ops import EPS, attention_erase, attention_erase_eager
+from gainx.ops import attention_erase_triton as ops
 
-from gainx.ops import EPS, ErasedPairs, attention_erase, attention_erase_eager  # noqa: E402
-from gainx.ops import attention_erase_triton as ops  # noqa: E402
-
-if not CUDA and not ops._INTERPRETED:
-    pytest.fail(
-        "gainx.ops.attention_erase_triton was imported before TRITON_INTERPRET=1 was set and there is no CUDA "
-        "device: run `TRITON_INTERPRET=1 pytest tests/test_attention_erase_triton.py`",
-        pytrace=False,
-    )
-
-DEVICES = ["cpu"] if not CUDA else [pytest.param("cuda", marks=pytest.mark.cuda)]
-# max |triton - reference| / max |reference| allowed, per input dtype (reference: eager in fp64)
-TOL = {torch.float64: 1e-12, torch.float32: 1e-4, torch.float16: 3e-3, torch.bfloat16: 6e-2}
-
-# (P, C, h, w, B, H, W, index)
-SHAPES = {
-    "odd_7x5_to_33x29": (3, 5, 7, 5, 2, 33, 29, [0, 1, 0]),
-    "one_class_per_image": (2, 3, 4, 6, 2, 16, 24, [0, 1]),
-    "many_classes_multi_tile": (5, 20, 3, 3, 2, 20, 40, [1, 1, 1, 0, 1]),  # 2 x 2 tiles
-    "unused_image_downsample": (2, 7, 9, 9, 3, 5, 6, [2, 0]),
-    "tall_map_17x3_padded_to_32": (1, 2, 17, 3, 1, 24, 8, [0]),
-}
-
-
-def _inputs(shape: tuple, dtype: torch.dtype, device: str, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    P, C, h, w, B, H, W, index = shape
-    gen = torch.Generator().manual_seed(seed)
-    features = torch.randn(P, C, h, w, generator=gen).to(device, dtype)
-    grads = torch.randn(P, C, h, w, generator=gen).to(device, dtype)
-    images = torch.rand(B, 3, H, W, generator=gen).to(device, dtype)
-    return features, grads, images, torch.tensor(index, dtype=torch.int64, device=device)
-
-
-def _run(
-    fn: Callable[..., ErasedPairs],
-    features: torch.Tensor,
-    grads: torch.Tensor,
-    images: torch.Tensor,
-    index: torch.Tensor,
-    weights: list[torch.Tensor] | None = None,
-    **hyper: float,
-) -> tuple[list, list, list]:
-    """Outputs of ``fn`` and the gradients of a random weighted sum of them w.r.t. the leaves."""
-    leaves = [t.detach().requires_grad_(True) for t in (features, grads, images)]
-    out = fn(*leaves, index, **hyper)
-    if weights is None:
-        gen = torch.Generator().manual_seed(1)
-        weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device) for o in out]
-    loss = sum((o.double() * wt).sum() for o, wt in zip(out, weights))
-    return list(out), list(torch.autograd.grad(loss, leaves)), weights
-
-
-def _assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
-    assert actual.shape == expected.shape, what
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    err = (actual.double() - expected.double()).abs().max().item()
-    scale = max(expected.double().abs().max().item(), 1e-12)
-    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol:g} x {scale:.3g}"
-
-
-def _compare(shape: tuple, dtype: torch.dtype, device: str, make: Callable | None = None, **hyper: float) -> None:
-    """Triton on ``dtype`` inputs vs eager on the same inputs upcast to fp64 (``hyper``: sigma, omega, eps)."""
-    features, grads, images, index = _inputs(shape, dtype, device)
-    if make is not None:
-        features, grads, images = make(features, grads, images)
-    double = (features.double(), grads.double(), images.double(), index)
-    ref_out, ref_grads, weights = _run(attention_erase_eager, *double, **hyper)
-    out, grads_, _ = _run(ops.attention_erase_triton, features, grads, images, index, weights, **hyper)
-    assert out[0].dtype == dtype and out[1].dtype == dtype
-    for name, a, e in zip(("cam", "erased"), out, ref_out):
-        _assert_close(a, e, TOL[dtype], name)
-    for name, a, e in zip(("d features", "d grads", "d images"), grads_, ref_grads):
-        _assert_close(a, e, TOL[dtype], name)
+require_interpreter(ops._INTERPRETED, "tests/test_attention_erase_triton.py")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 def test_values_and_gradients_match_eager(shape: tuple, dtype: torch.dtype, device: str) -> None:
-    _compare(shape, dtype, device)
+    compare(ops.attention_erase_triton, shape, dtype, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_fp64_hyperparameters_are_not_rounded(device: str) -> None:
     """sigma, omega and eps that fp32 cannot hold: fp64 results still match the reference to 1e-12
     (a compiled kernel would otherwise receive them as fp32)."""
-    _compare(SHAPES["odd_7x5_to_33x29"], torch.float64, device, sigma=0.55, omega=10.3, eps=1.1e-7)
+    compare(
+        ops.attention_erase_triton,
+        SHAPES["odd_7x5_to_33x29"],
+        torch.float64,
+        device,
+        sigma=0.55,
+        omega=10.3,
+        eps=1.1e-7,
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -120,13 +62,13 @@ def test_non_contiguous_inputs(device: str) -> None:
         assert not (nhwc.is_contiguous() or wide.is_contiguous() or flipped.is_contiguous())
         return nhwc, wide, flipped
 
-    _compare(SHAPES["odd_7x5_to_33x29"], torch.float32, device, views)
+    compare(ops.attention_erase_triton, SHAPES["odd_7x5_to_33x29"], torch.float32, device, views)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_output_gradients(device: str) -> None:
     """Output gradients with stride 0 (broadcast) and column-major pixels."""
-    features, grads, images, index = _inputs(SHAPES["odd_7x5_to_33x29"], torch.float64, device)
+    features, grads, images, index = inputs(SHAPES["odd_7x5_to_33x29"], torch.float64, device)
     grad_cam = torch.tensor(0.3, dtype=torch.float64, device=device).expand(3, 7, 5)
     grad_erased = torch.randn(3, 3, 29, 33, dtype=torch.float64, device=device).transpose(2, 3)
     results = []
@@ -135,32 +77,38 @@ def test_non_contiguous_output_gradients(device: str) -> None:
         out = fn(*leaves, index)
         results.append(torch.autograd.grad(list(out), leaves, [grad_cam, grad_erased]))
     for name, a, e in zip(("d features", "d grads", "d images"), *results):
-        _assert_close(a, e, TOL[torch.float64], name)
+        assert_close(a, e, TOL[torch.float64], name)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_mixed_precision_features_fp32_images(device: str) -> None:
     """Autocast case: fp16 features/grads, fp32 images; erased keeps the image dtype."""
-    features, grads, images, index = _inputs(SHAPES["odd_7x5_to_33x29"], torch.float16, device)
+    features, grads, images, index = inputs(SHAPES["odd_7x5_to_33x29"], torch.float16, device)
     ref = attention_erase_eager(features.double(), grads.double(), images.double(), index)
     out = ops.attention_erase_triton(features, grads, images.float(), index)
     assert out.cam.dtype == torch.float16 and out.erased.dtype == torch.float32
-    _assert_close(out.cam, ref.cam, TOL[torch.float16], "cam")
-    _assert_close(out.erased, ref.erased, TOL[torch.float16], "erased")
+    assert_close(out.cam, ref.cam, TOL[torch.float16], "cam")
+    assert_close(out.erased, ref.erased, TOL[torch.float16], "erased")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_zero_map_matches_eager_without_nan(device: str) -> None:
     """ReLU kills everything: constant zero map, cam = 0, no NaN anywhere."""
     shape = SHAPES["odd_7x5_to_33x29"]
-    _compare(shape, torch.float64, device, lambda f, g, i: (f.abs(), -g.abs(), i))
+    compare(ops.attention_erase_triton, shape, torch.float64, device, lambda f, g, i: (f.abs(), -g.abs(), i))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_positive_map_min_gradient(dtype: torch.dtype, device: str) -> None:
     """No ReLU zeros: the gradient through the map's minimum reaches the features."""
-    _compare(SHAPES["odd_7x5_to_33x29"], dtype, device, lambda f, g, i: (f.abs() + 0.1, g.abs(), i))
+    compare(
+        ops.attention_erase_triton,
+        SHAPES["odd_7x5_to_33x29"],
+        dtype,
+        device,
+        lambda f, g, i: (f.abs() + 0.1, g.abs(), i),
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -169,7 +117,7 @@ def test_gradcheck_fp64(device: str) -> None:
 
     Positive features and grads keep the map away from the ReLU kink, and random values have a
     unique minimum and maximum, so the map is differentiable at the point checked."""
-    features, grads, images, index = _inputs((2, 3, 4, 3, 2, 9, 7, [1, 0]), torch.float64, device)
+    features, grads, images, index = inputs((2, 3, 4, 3, 2, 9, 7, [1, 0]), torch.float64, device)
     leaves = (features.abs() + 0.1, grads.abs() + 0.1, images)
 
     def op(f: torch.Tensor, g: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,12 +129,12 @@ def test_gradcheck_fp64(device: str) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_positive_constant_map_is_finite(device: str) -> None:
     """A constant positive map normalizes to 0 (range 0, eps guards): erased = I (1 - T(0)), finite grads."""
-    features, grads, images, index = _inputs(SHAPES["odd_7x5_to_33x29"], torch.float32, device)
+    features, grads, images, index = inputs(SHAPES["odd_7x5_to_33x29"], torch.float32, device)
     features, grads = torch.ones_like(features), torch.ones_like(grads)
-    out, grads_, _ = _run(ops.attention_erase_triton, features, grads, images, index)
+    out, grads_, _ = run(ops.attention_erase_triton, features, grads, images, index)
     assert out[0].abs().max().item() <= 1e-6
     keep = 1 - torch.sigmoid(torch.tensor(-10.0 * 0.5, dtype=torch.float64))
-    _assert_close(out[1], images.double()[index] * keep, 1e-5, "erased")
+    assert_close(out[1], images.double()[index] * keep, 1e-5, "erased")
     assert all(torch.isfinite(g).all() for g in grads_)
 
 
@@ -198,8 +146,8 @@ def test_nearly_constant_map_is_flat_like_eager(dtype: torch.dtype, device: str)
     def near_constant(f: torch.Tensor, g: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return 3.7 + 1e-7 * f, torch.ones_like(g), i
 
-    _compare(SHAPES["odd_7x5_to_33x29"], dtype, device, near_constant)
-    features, grads, images, index = _inputs(SHAPES["odd_7x5_to_33x29"], dtype, device)
+    compare(ops.attention_erase_triton, SHAPES["odd_7x5_to_33x29"], dtype, device, near_constant)
+    features, grads, images, index = inputs(SHAPES["odd_7x5_to_33x29"], dtype, device)
     out = ops.attention_erase_triton(*near_constant(features, grads, images), index)
     assert torch.equal(out.cam, torch.zeros_like(out.cam))
 
@@ -208,19 +156,19 @@ def test_nearly_constant_map_is_flat_like_eager(dtype: torch.dtype, device: str)
 @pytest.mark.parametrize("wrt", [0, 1, 2], ids=["features", "grads", "images"])
 def test_gradient_of_one_input_only(wrt: int, device: str) -> None:
     """One input requires grad (e.g. detached grads = first-order GAIN); only ``erased`` is used."""
-    inputs = list(_inputs(SHAPES["many_classes_multi_tile"], torch.float64, device))
+    data = list(inputs(SHAPES["many_classes_multi_tile"], torch.float64, device))
     weights = torch.randn(5, 3, 20, 40, dtype=torch.float64, device=device)
     got, ref = [], []
     for fn, result in ((ops.attention_erase_triton, got), (attention_erase_eager, ref)):
-        args = list(inputs)
+        args = list(data)
         args[wrt] = args[wrt].clone().requires_grad_(True)
         result.extend(torch.autograd.grad((fn(*args).erased * weights).sum(), args[wrt]))
-    _assert_close(got[0], ref[0], TOL[torch.float64], f"gradient of input {wrt}")
+    assert_close(got[0], ref[0], TOL[torch.float64], f"gradient of input {wrt}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_no_pairs(device: str) -> None:
-    features, grads, images, index = _inputs((0, 4, 3, 3, 2, 8, 8, []), torch.float32, device)
+    features, grads, images, index = inputs((0, 4, 3, 3, 2, 8, 8, []), torch.float32, device)
     images.requires_grad_(True)
     out = ops.attention_erase_triton(features, grads, images, index)
     ref = attention_erase_eager(features, grads, images, index)
@@ -231,7 +179,7 @@ def test_no_pairs(device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_inputs_raise_clear_errors(device: str) -> None:
-    features, grads, images, index = _inputs(SHAPES["odd_7x5_to_33x29"], torch.float32, device)
+    features, grads, images, index = inputs(SHAPES["odd_7x5_to_33x29"], torch.float32, device)
     cases = [
         ((features[0], grads, images, index), ValueError, "features and grads"),
         ((features, grads[:, :2], images, index), ValueError, "features and grads"),
@@ -273,30 +221,9 @@ def test_cpu_without_interpreter_says_what_to_do(tmp_path) -> None:
     assert "TRITON_INTERPRET=1" in done.stderr and "backend='eager'" in done.stderr, done.stderr[-2000:]
 
 
-def _gain_step(backend: str, device: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """GAINext loss and parameter gradients of a tiny SmallCNN, second-order, fp64."""
-    from gainx import GAIN
-    from gainx.models import SmallCNN
-
-    torch.manual_seed(0)
-    model = SmallCNN(num_classes=4, width=4).double().to(device)
-    images = torch.rand(2, 3, 20, 28, dtype=torch.float64, device=device)
-    labels = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0]], dtype=torch.float64, device=device)
-    guide = (torch.rand(2, 4, 20, 28, device=device) > 0.5).to(torch.uint8)
-    has_guide = torch.tensor([True, True], device=device)
-    objective = GAIN(model, "features", method="gainext", second_order=True, backend=backend)
-    out = objective(images, labels, guide, has_guide)
-    params = [p for p in model.parameters() if p.requires_grad]
-    return out.loss.detach(), [g.detach() for g in torch.autograd.grad(out.loss, params)]
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_gain_loss_triton_equals_eager(device: str) -> None:
-    loss_eager, grads_eager = _gain_step("eager", device)
-    loss_triton, grads_triton = _gain_step("triton", device)
-    _assert_close(loss_triton, loss_eager, 1e-10, "GAIN loss")
-    for i, (a, e) in enumerate(zip(grads_triton, grads_eager)):
-        _assert_close(a, e, 1e-8, f"parameter {i} gradient")
+    assert_gain_step_matches_eager("triton", device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -327,9 +254,9 @@ def test_am_loss_through_backends_on_small_cnn(device: str) -> None:
 
     loss_e, grads_e = loss_for("eager")
     loss_t, grads_t = loss_for("triton")
-    _assert_close(loss_t, loss_e, 1e-10, "L_am")
+    assert_close(loss_t, loss_e, 1e-10, "L_am")
     for i, (a, e) in enumerate(zip(grads_t, grads_e)):
-        _assert_close(a, e, 1e-8, f"parameter {i} gradient")
+        assert_close(a, e, 1e-8, f"parameter {i} gradient")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -337,7 +264,7 @@ def test_opcheck(device: str) -> None:
     """Schema, fake tensor and autograd registration of the op; on CUDA also AOT dispatch
     (the interpreter cannot trace kernels with fake tensors: wrap_triton passes
     interpreted kernels through untraced)."""
-    features, grads, images, index = _inputs(SHAPES["odd_7x5_to_33x29"], torch.float64, device)
+    features, grads, images, index = inputs(SHAPES["odd_7x5_to_33x29"], torch.float64, device)
     args = (features.requires_grad_(), grads.requires_grad_(), images.requires_grad_(), index, 0.5, 10.0, EPS)
     utils = ["test_schema", "test_autograd_registration", "test_faketensor"]
     if device == "cuda":
@@ -348,9 +275,9 @@ def test_opcheck(device: str) -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="torch.compile of the user-defined Triton kernels needs a CUDA device")
 def test_torch_compile_sees_through_the_op() -> None:
-    features, grads, images, index = _inputs(SHAPES["odd_7x5_to_33x29"], torch.float32, "cuda")
+    features, grads, images, index = inputs(SHAPES["odd_7x5_to_33x29"], torch.float32, "cuda")
     compiled = torch.compile(ops.attention_erase_triton, fullgraph=True)
     ref = attention_erase_eager(features.double(), grads.double(), images.double(), index)
     out = compiled(features, grads, images, index)
-    _assert_close(out.cam, ref.cam, TOL[torch.float32], "cam")
-    _assert_close(out.erased, ref.erased, TOL[torch.float32], "erased")
+    assert_close(out.cam, ref.cam, TOL[torch.float32], "cam")
+    assert_close(out.erased, ref.erased, TOL[torch.float32], "erased")

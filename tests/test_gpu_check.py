@@ -136,6 +136,60 @@ def test_dry_run_skip_build_and_arch(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "TORCH_CUDA_ARCH_LIST='8.0;9.0'" in capsys.readouterr().out
 
 
+def test_dry_run_attention_mode(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--attention: build, the two Triton backends' CUDA tests, the tile sweep with its share of the budget, one
+    benchmark step per shape; everything under <out>/cuda-<gpu>/attention/."""
+    assert gpu_check.main(["--dry-run", "--attention", "--budget-s", "400", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"results folder: {tmp_path / gpu_check.PLACEHOLDER_FOLDER / 'attention'}" in out
+    assert "pip install --no-build-isolation" in out and "build_ext --inplace" in out
+    assert "-m pytest -m cuda tests/test_attention_erase_fused.py tests/test_attention_erase_triton.py " in out
+    assert f"-m bench.tune_attention_erase --budget-s {400 * gpu_check.TUNE_SHARE:.0f} --out" in out
+    for label, (shape, dtype) in gpu_check.ATTENTION_RUNS.items():
+        env = f"GAINX_BENCH_ATTN={','.join(map(str, shape))} GAINX_BENCH_DTYPE={dtype}"
+        assert f"bench-attention_erase-{label}: {env}" in out
+    assert "-k bench_attention_erase " in out and "bench_class_attention" not in out
+    assert "[9/9] summary:" in out and list(tmp_path.iterdir()) == []
+    gpu_check.main(["--dry-run", "--attention", "--skip-build", "--skip-bench", "--out", str(tmp_path)])
+    assert "[1/2] tests:" in capsys.readouterr().out
+
+
+def test_tuning_sweep_prunes_spilling_tiles_and_respects_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep times only non-spilling candidates, lists what the budget left untimed, restores the defaults
+    and reports the fastest tile per phase and shape (spills and timings stand-ins: no GPU here)."""
+    from bench import sm90
+    from bench import tune_attention_erase as tune
+    from gainx.ops import attention_erase_fused as fused
+
+    spilling = fused.TILE_CANDIDATES[0]
+    monkeypatch.setattr(
+        sm90, "fused_tile_usage", lambda tile, phase: {"registers": 255 if tile == spilling else 100,
+                                                       "spill_bytes": 8 if tile == spilling else 0}
+    )  # fmt: skip
+    clock = iter(range(1000))
+    monkeypatch.setattr(tune.time, "monotonic", lambda: float(next(clock)))
+
+    def timer(shape: tuple[int, ...], phase: str):  # noqa: ANN202
+        tiles = {"forward": fused.FORWARD_TILE, "backward": fused.BACKWARD_TILE}
+        return lambda: float(tiles[phase].block_w * (2 if phase == "backward" else 1) + shape[0])
+
+    monkeypatch.setattr(tune, "_phase_timer", timer)
+    defaults = (fused.FORWARD_TILE, fused.BACKWARD_TILE)
+    shapes = [(2, 1, 4, 3, 3, 8, 8), (1, 1, 4, 3, 3, 8, 8)]
+    report = tune.sweep(shapes, budget_s=14)
+    assert (fused.FORWARD_TILE, fused.BACKWARD_TILE) == defaults
+    assert {tuple(p["tile"]) for p in report["pruned"]} == {spilling} and report["pruned"][0]["phase"] == "forward"
+    assert report["timed"] and all(tuple(t["tile"]) != spilling for t in report["timed"])
+    assert report["not_timed"], "a 14 s budget on a clock that ticks 1 s per call cannot time everything"
+    timed = {(t["phase"], tuple(t["tile"]), tuple(t["shape"])) for t in report["timed"]}
+    assert not timed & {(n["phase"], tuple(n["tile"]), tuple(n["shape"])) for n in report["not_timed"]}
+    for best in report["best"]:
+        same = [t["median_ms"] for t in report["timed"] if (t["phase"], t["shape"]) == (best["phase"], best["shape"])]
+        assert best["median_ms"] == min(same)
+    with pytest.raises(SystemExit):
+        tune.parse_args(["--shapes", "1,2,3"])
+
+
 @NO_CUDA
 def test_without_cuda_the_check_refuses_to_start(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert gpu_check.main(["--skip-build", "--out", str(tmp_path)]) == 2
@@ -340,14 +394,14 @@ def test_cuda_only_benchmark_members_skip_with_a_reason() -> None:
         "-q",
         "-rs",
         "-k",
-        "amp or CUDAExecutionProvider or triton",
+        "amp or CUDAExecutionProvider or triton or fused",
     ]
     # pytest-benchmark disables itself in a child that inherits an xdist worker's environment
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "8 skipped" in res.stdout and "passed" not in res.stdout, res.stdout[-3000:]
-    assert "timed on CUDA only (autocast fp16 + GradScaler)" in res.stdout
+    assert "12 skipped" in res.stdout and "passed" not in res.stdout, res.stdout[-3000:]
+    assert "timed on CUDA only (autocast fp16 + GradScaler, CUDA graphs)" in res.stdout
     assert "ONNX Runtime has no CUDA execution provider" in res.stdout
 
 

@@ -3,26 +3,36 @@ so CI catches kernels that the interpreter runs but the compiler rejects, and ch
 that the interpreter cannot show: under ``TRITON_INTERPRET=1`` a Python float stays a float64, while a
 compiled kernel receives it as the type its signature declares.
 
+The fused backend's tile kernels are also checked for register spills at their default tiles (ptxas' report).
+
 The compile runs in a child process without ``TRITON_INTERPRET`` (the test session sets it before the
-kernels are imported, which makes them interpreted functions)."""
+kernels are imported, which makes them interpreted functions); the machinery is :mod:`bench.sm90`."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-KERNELS = (
-    "_gradcam_partial_kernel",
-    "_map_stats_kernel",
-    "_erase_kernel",
-    "_erase_backward_kernel",
-    "_map_backward_kernel",
-    "_gradcam_backward_kernel",
+ROOT = Path(__file__).resolve().parents[1]
+# (module, kernel): every kernel of both Triton backends (the fused one reuses the two channel kernels)
+KERNELS = tuple(
+    ("gainx.ops.attention_erase_triton", name)
+    for name in (
+        "_gradcam_partial_kernel",
+        "_map_stats_kernel",
+        "_erase_kernel",
+        "_erase_backward_kernel",
+        "_map_backward_kernel",
+        "_gradcam_backward_kernel",
+    )
+) + tuple(
+    ("gainx.ops.attention_erase_fused", name)
+    for name in ("_map_erase_kernel", "_erase_backward_kernel", "_map_backward_kernel")
 )
 CONSTEXPRS = {
     "BLOCK_H": 16,
@@ -35,41 +45,41 @@ CONSTEXPRS = {
     "NEED_IMAGES": True,
     "NEED_FEATURES": True,
     "NEED_GRADS": True,
+    "HC": 8,
+    "WC": 8,
+    "NEED_MAP": True,
+    "HAS_GE": True,
+    "HAS_GCAM": True,
 }
-INDEX_POINTERS = ("index_ptr", "order_ptr", "offsets_ptr")
-FLOAT_ARGS = ("eps", "sigma", "omega")  # the op passes these as Python floats, every other scalar as an int
+
+
+def _name(module: str, kernel: str) -> str:
+    return f"{module.rsplit('.', 1)[1]}.{kernel}"
 
 
 def _ptx(dtype: str) -> dict[str, str]:
-    """PTX of every kernel with ``dtype`` ("fp32" or "fp64") data pointers, its scalars typed as Triton's
-    launcher types the op's arguments: by the kernel's annotation, else by the Python value passed."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.runtime.jit import JITFunction, mangle_type
+    """PTX of every kernel with ``dtype`` ("fp32" or "fp64") data pointers (:func:`bench.sm90.compile_ptx`)."""
+    import importlib
 
-    import gainx.ops.attention_erase_triton as kernels
+    from bench.sm90 import compile_ptx
 
-    out = {}
-    for name in KERNELS:
-        kernel = getattr(kernels, name)
-        assert isinstance(kernel, JITFunction), f"{name} is interpreted: TRITON_INTERPRET is set"
-        signature, constexprs = {}, {}
-        for i, (param, spec) in enumerate(zip(inspect.signature(kernel.fn).parameters, kernel.params)):
-            if param in CONSTEXPRS:
-                signature[param] = "constexpr"
-                constexprs[(i,)] = CONSTEXPRS[param]
-            elif param.endswith("_ptr"):
-                signature[param] = "*i64" if param in INDEX_POINTERS else f"*{dtype}"
-            else:
-                signature[param] = spec.annotation_type or mangle_type(0.5 if param in FLOAT_ARGS else 7)
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32))
-        out[name] = compiled.asm["ptx"]
-    return out
+    return {
+        _name(module, kernel): compile_ptx(getattr(importlib.import_module(module), kernel), dtype, CONSTEXPRS)
+        for module, kernel in KERNELS
+    }
+
+
+def _usage() -> dict[str, dict[str, int]]:
+    """ptxas registers and spills of the fused tile kernels at their default forward and backward tiles."""
+    from bench.sm90 import fused_tile_usage
+    from gainx.ops.attention_erase_fused import BACKWARD_TILE, FORWARD_TILE
+
+    tiles = {"forward": FORWARD_TILE, "backward": BACKWARD_TILE}
+    return {phase: fused_tile_usage(tile, phase) for phase, tile in tiles.items()}
 
 
 @pytest.fixture(scope="module")
-def ptx() -> dict[str, dict[str, str]]:
+def compiled() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(
         [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600, cwd=os.getcwd()
@@ -78,11 +88,24 @@ def ptx() -> dict[str, dict[str, str]]:
     return json.loads(done.stdout)
 
 
+@pytest.fixture(scope="module")
+def ptx(compiled: dict) -> dict[str, dict[str, str]]:
+    return compiled["ptx"]
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 def test_every_kernel_compiles_for_sm90(ptx: dict[str, dict[str, str]], dtype: str) -> None:
-    assert sorted(ptx[dtype]) == sorted(KERNELS)
+    assert sorted(ptx[dtype]) == sorted(_name(*k) for k in KERNELS)
     for name, code in ptx[dtype].items():
-        assert f".entry {name}" in code, name
+        assert f".entry {name.split('.')[1]}" in code, name
+
+
+def test_fused_tile_kernels_do_not_spill_at_their_default_tiles(compiled: dict) -> None:
+    """Spilled registers go to local memory on every access: a default tile that spills is a regression."""
+    assert sorted(compiled["usage"]) == ["backward", "forward"]
+    for phase, usage in compiled["usage"].items():
+        assert usage["spill_bytes"] == 0, f"{phase} tile: {usage}"
+        assert 0 < usage["registers"] <= 255, f"{phase} tile: {usage}"
 
 
 def test_fp64_kernels_take_fp64_scalars(ptx: dict[str, dict[str, str]]) -> None:
@@ -101,4 +124,5 @@ def test_fp32_kernels_compute_in_fp32(ptx: dict[str, dict[str, str]]) -> None:
 
 
 if __name__ == "__main__":
-    print(json.dumps({dtype: _ptx(dtype) for dtype in ("fp32", "fp64")}))
+    sys.path.insert(0, str(ROOT))  # bench/ (the checkout's tooling)
+    print(json.dumps({"ptx": {dtype: _ptx(dtype) for dtype in ("fp32", "fp64")}, "usage": _usage()}))

@@ -4,7 +4,8 @@
   normalization, bilinear upsampling), the reference of every kernel.
 * :mod:`gainx.ops.attention_erase`: the attention-mining step (eq. 1-4), its
   eager reference and the ``backend=`` dispatch; fused Triton kernels in
-  :mod:`gainx.ops.attention_erase_triton` (imported only when that backend runs).
+  :mod:`gainx.ops.attention_erase_triton` and :mod:`gainx.ops.attention_erase_fused`
+  (each imported only when its backend runs).
 * :mod:`gainx.ops.class_attention`: batched maps of many classes (``class_attention``,
   ``gradcam``) through the C++/CUDA extension ``gainx._C`` (:mod:`gainx.ops.extension`),
   with eager fallbacks.

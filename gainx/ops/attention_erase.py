@@ -12,13 +12,16 @@ For P (image, class) pairs with target-layer features ``F`` and gradients ``G``
 CPU path). :func:`attention_erase` runs the step on a chosen *backend*, the one
 seam behind which it runs: ``"eager"`` (the reference), ``"triton"`` (fused
 Triton kernels, :mod:`gainx.ops.attention_erase_triton`, on CUDA or under
-``TRITON_INTERPRET=1``) and ``"auto"`` (triton on CUDA tensors when it can be
-imported, eager otherwise). Every backend has the reference's signature and
+``TRITON_INTERPRET=1``), ``"fused"`` (redesigned Triton kernels with fewer
+launches and no host work, :mod:`gainx.ops.attention_erase_fused`, same
+devices) and ``"auto"`` (triton on CUDA tensors when it can be imported, eager
+otherwise). Every backend has the reference's signature and
 semantics and returns :class:`ErasedPairs`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -70,14 +73,25 @@ def attention_erase_eager(
 Impl = Callable[..., ErasedPairs]
 
 
-def _triton_loader() -> Impl:
-    require("triton", extra="triton", feature="the Triton attention-mining backend")
-    from gainx.ops.attention_erase_triton import attention_erase_triton
+def _triton_backend(module: str, name: str, feature: str) -> Callable[[], Impl]:
+    """A loader that imports ``module.name`` (a Triton backend) when first asked for it."""
 
-    return attention_erase_triton
+    def load() -> Impl:
+        require("triton", extra="triton", feature=feature)
+        return getattr(importlib.import_module(module), name)
+
+    return load
 
 
-_BACKENDS: dict[str, Callable[[], Impl]] = {"eager": lambda: attention_erase_eager, "triton": _triton_loader}
+_BACKENDS: dict[str, Callable[[], Impl]] = {
+    "eager": lambda: attention_erase_eager,
+    "triton": _triton_backend(
+        "gainx.ops.attention_erase_triton", "attention_erase_triton", "the Triton attention-mining backend"
+    ),
+    "fused": _triton_backend(
+        "gainx.ops.attention_erase_fused", "attention_erase_fused", "the fused Triton attention-mining backend"
+    ),
+}
 
 
 def register_backend(name: str, loader: Callable[[], Impl]) -> None:

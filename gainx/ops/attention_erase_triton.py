@@ -713,8 +713,8 @@ def _backward(
 _attention_erase_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_inputs(features: Tensor, grads: Tensor, images: Tensor, index: Tensor) -> None:
-    """Clear errors for inputs the kernels cannot take (shape, dtype, device, index range)."""
+def _check_inputs(features: Tensor, grads: Tensor, images: Tensor, index: Tensor, index_range: bool = True) -> None:
+    """Clear errors for inputs the kernels cannot take (shape, dtype, device and, with ``index_range``, index range)."""
     if features.dim() != 4 or grads.shape != features.shape:
         raise ValueError(
             f"features and grads must both be (P, C, h, w); got features {tuple(features.shape)}, "
@@ -749,7 +749,7 @@ def _check_inputs(features: Tensor, grads: Tensor, images: Tensor, index: Tensor
             f"feature maps up to {_MAX_MAP_SIDE}x{_MAX_MAP_SIDE} are supported by the triton backend; "
             f"got {h}x{w} (use backend='eager')"
         )
-    if P and not torch.compiler.is_compiling():
+    if index_range and P and not torch.compiler.is_compiling():
         _check_index_range(index, images.shape[0])
 
 
