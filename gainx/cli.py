@@ -6,13 +6,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
 
 from gainx.training.config import TrainConfig
 
 TRAIN_HELP = {
-    "data": "data set root (CSV manifest folder or Pascal VOC 2012)",
+    "data": "data set root, layout detected: CSV manifest (manifest.csv), Pascal VOC (JPEGImages/, Annotations/), "
+    "COCO instances (annotations/instances_<split>.json) or ImageFolder (<split>/<class>/<image>); docs/data.md",
     "out": "run folder: checkpoints (last.pt, best.pt), metrics.csv, tensorboard/",
     "arch": "classifier: a built-in name (gainx.models.ARCHS), timm:<name> or package.module:factory",
     "model_kwargs": "JSON object of keyword arguments for a timm: or package.module:factory model",
@@ -25,8 +26,11 @@ TRAIN_HELP = {
     "optimizer": "optimizer",
     "momentum": "SGD momentum",
     "scheduler": "per-epoch learning-rate schedule (cosine: annealed to 0 at the last epoch)",
-    "image_size": "network input size in pixels (default: the data set's)",
-    "augment": "random flips and crops of the training images",
+    "image_size": "network input size in pixels (default: a manifest's dataset.json image_size, else 224 for a "
+    "manifest or ImageFolder and 320 for VOC or COCO, whatever the images' own size)",
+    "guide": "VOC and COCO: the annotations that become GAINext's guides: masks (segmentation masks; the default), "
+    "boxes (the annotation boxes) or none",
+    "augment": "random horizontal flips of the training images (with their guides)",
     "alpha": "weight of L_am (eq. 6)",
     "omega_e": "weight of L_e (eq. 8)",
     "sigma": "soft-mask threshold (eq. 4)",
@@ -36,8 +40,7 @@ TRAIN_HELP = {
     "am_score": "how s_c(I*) is read (eq. 5); auto: sigmoid for multi-label data, else softmax",
     "am_warmup": "epochs of L_cl only before the attention streams start",
     "backend": "where attention -> mask -> erase runs",
-    "guidance": "S_e loss of gainext: paper (eq. 7) | scaled | all_classes | signed | rrr | rrr_classes | "
-    "counterfactual (gainx.losses.guidance)",
+    "guidance": "S_e loss of gainext; paper is eq. 7, the others are described in gainx.losses.guidance",
     "counterfactuals": "counterfactual images (annotated objects pasted onto other classes' backgrounds) added to "
     "each batch with --guidance counterfactual",
     "counterfactual_weight": "weight of a counterfactual image in L_cl relative to an image of the batch",
@@ -45,14 +48,18 @@ TRAIN_HELP = {
     "geometry (flip, rescale by 0.75-1.25) | all",
     "counterfactual_backgrounds": "object-free backgrounds of annotated images, labelled with no class (trained "
     "towards the uniform prediction), added to each batch with --guidance counterfactual",
-    "weights": "local backbone weights file (state dict); nothing is downloaded",
+    "weights": "local backbone weights file (state dict; the classifier head is re-initialized for the data's "
+    "classes), or pretrained: the file an installed package ships for the arch (efficientnet_lite0); nothing is "
+    "downloaded",
     "seed": "seed of weights, data order and augmentation",
     "workers": "data-loading worker processes",
     "amp": "mixed precision (CUDA only)",
     "device": "auto | cpu | cuda | cuda:N",
     "train_split": "split to train on",
-    "val_split": "split evaluated after every epoch to keep best.pt; auto: the data set's val (else test) split; "
-    "none: no validation",
+    "val_split": "split evaluated after every epoch to keep best.pt; auto: the data set's val split, else "
+    "--val-fraction of the training split held out (never a test split); none: no validation",
+    "val_fraction": "with --val-split auto and no val split: the fraction of the training split held out to select "
+    "best.pt (stratified by class, seeded by --seed, excluded from training; recorded in the checkpoint); 0: none",
     "resume": "continue the run in --out from its last.pt (a larger --epochs extends the cosine schedule)",
     "overwrite": "replace the run in --out (checkpoints, metrics.csv, tensorboard/)",
     "progress": "progress bar during each epoch (the per-epoch summary line is always printed)",
@@ -71,6 +78,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _train_choices() -> dict[str, list[str]]:
     """The allowed values of the TrainConfig fields that have a fixed set."""
+    from gainx.data.voc import GUIDES
     from gainx.losses import METHODS
     from gainx.losses.guidance import GUIDANCES
     from gainx.losses.terms import AM_SCORES
@@ -85,12 +93,15 @@ def _train_choices() -> dict[str, list[str]]:
         "am_score": list(AM_SCORES),
         "backend": ["auto", *available_backends()],
         "guidance": list(GUIDANCES),
+        "guide": list(GUIDES),
     }
 
 
 def _add_train_args(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (``--batch-size`` for ``batch_size``); ``--model`` also sets ``arch``."""
+    """One flag per TrainConfig field (``--batch-size`` for ``batch_size``); ``--model`` also sets ``arch``;
+    ``--preset`` (a flag given explicitly wins over the preset's value)."""
     from gainx.models.factory import model_kwargs_arg
+    from gainx.training.preset_args import BooleanGiven, StoreGiven, add_preset_arg
 
     choices = _train_choices()
     for f in fields(TrainConfig):
@@ -101,13 +112,18 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
 
             help_text = f"{help_text}; built-in: {', '.join(ARCHS)}"
         if f.default_factory is not MISSING:  # model_kwargs
-            parser.add_argument(*flags, dest=f.name, type=model_kwargs_arg, default=f.default_factory(), help=help_text)
+            parser.add_argument(
+                *flags,
+                dest=f.name,
+                action=StoreGiven,
+                type=model_kwargs_arg,
+                default=f.default_factory(),
+                help=help_text,
+            )
         elif f.default is MISSING:
             parser.add_argument(*flags, dest=f.name, required=True, help=help_text)
         elif isinstance(f.default, bool):
-            parser.add_argument(
-                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
-            )
+            parser.add_argument(*flags, dest=f.name, action=BooleanGiven, default=f.default, help=help_text)
         else:
             kind = {"int | None": int, "float": float, "int": int}.get(str(f.type), str)
             allowed = choices.get(f.name)
@@ -115,8 +131,16 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
             if allowed and len(",".join(allowed)) > 40:  # a long set is listed in the help, not in the usage line
                 metavar, help_text = f.name.upper(), f"{help_text}: {', '.join(allowed)}"
             parser.add_argument(
-                *flags, dest=f.name, type=kind, default=f.default, choices=allowed, metavar=metavar, help=help_text
+                *flags,
+                dest=f.name,
+                action=StoreGiven,
+                type=kind,
+                default=f.default,
+                choices=allowed,
+                metavar=metavar,
+                help=help_text,
             )
+    add_preset_arg(parser)
 
 
 def _positive_int(text: str) -> int:
@@ -139,10 +163,8 @@ def _set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-def _held_out_split(data: str, split: str | None) -> str:
-    """``split``, or when None the data set's test split (announced on stderr)."""
-    if split is not None:
-        return split
+def _default_split(data: str) -> str:
+    """The data set's test split (announced on stderr)."""
     from gainx.data.splits import dataset_splits, held_out_split
 
     splits = dataset_splits(data)
@@ -157,10 +179,11 @@ def _held_out_split(data: str, split: str | None) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from gainx.training.preset_args import preset_values
     from gainx.training.run_folder import BEST
     from gainx.training.trainer import train
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    cfg = TrainConfig(**preset_values(args, [f.name for f in fields(TrainConfig)]))
     path = train(cfg)
     best = path.parent / BEST
     print(f"checkpoint: {path}" + (f"; best validation epoch: {best}" if best.exists() else ""))
@@ -168,36 +191,57 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    if args.cues:
-        from gainx.experiments.cues import evaluate_cues
+    """One JSON report (numbers rounded, ``null`` with a reason where undefined); with several ``--split``
+    values, one JSON object mapping each split to its report."""
+    from gainx.evaluation.report import json_report
 
-        split = _held_out_split(args.data, args.split)
-        print(json.dumps({**evaluate_cues(args.cues, args.data, split), "split": split}, indent=2))
-        return 0
-    if not args.checkpoint:
+    if not args.cues and not args.checkpoint:
         raise ValueError("give --checkpoint (evaluate a model) or --cues (score a cue folder)")
+    evaluate_split = _cue_evaluator(args) if args.cues else _model_evaluator(args)
+    splits = args.split or [_default_split(args.data)]
+    reports = {split: json_report({**evaluate_split(split), "split": split}) for split in splits}
+    print(json.dumps(reports[splits[0]] if len(splits) == 1 else reports, indent=2))
+    return 0
+
+
+def _cue_evaluator(args: argparse.Namespace) -> Callable[[str], dict]:
+    from gainx.experiments.cues import evaluate_cues
+
+    return lambda split: evaluate_cues(args.cues, args.data, split)
+
+
+def _model_evaluator(args: argparse.Namespace) -> Callable[[str], dict]:
     from gainx.data import load_dataset
     from gainx.evaluation import evaluate
     from gainx.models import load_model
 
-    model, meta = load_model(args.checkpoint)
-    split = _held_out_split(args.data, args.split)
-    dataset = load_dataset(args.data, split, image_size=tuple(meta["image_size"]))
-    if list(dataset.classes) != list(meta["classes"]):
-        raise ValueError(f"{args.data}: classes {dataset.classes} differ from the checkpoint's {meta['classes']}")
-    report = evaluate(
-        model, dataset, meta["target_layer"], batch_size=args.batch_size, localization=not args.no_localization
-    )
-    report["split"] = split
-    print(json.dumps(report, indent=2))
-    return 0
+    model, meta = load_model(args.checkpoint, model=args.model, trust_model_code=args.trust_model_code)
+
+    def evaluate_split(split: str) -> dict:
+        dataset = load_dataset(args.data, split, image_size=tuple(meta["image_size"]))
+        if list(dataset.classes) != list(meta["classes"]):
+            raise ValueError(f"{args.data}: classes {dataset.classes} differ from the checkpoint's {meta['classes']}")
+        return evaluate(
+            model, dataset, meta["target_layer"], batch_size=args.batch_size, localization=not args.no_localization
+        )
+
+    return evaluate_split
 
 
 def _cmd_attention(args: argparse.Namespace) -> int:
     from gainx.explain import explain_files
 
-    for done in explain_files(args.checkpoint, args.images, args.out, topk=args.topk, class_names=args.classes):
-        print(f"{done.image}: {done.class_name} {done.score:.3f} -> {done.overlay}")
+    explained = explain_files(
+        args.checkpoint,
+        args.images,
+        args.out,
+        topk=args.topk,
+        class_names=args.classes,
+        model=args.model,
+        trust_model_code=args.trust_model_code,
+    )
+    for done in explained:
+        print(f"{done.image}: {done.class_name} probability {done.probability:.4f} -> {done.overlay}")
     return 0
 
 
@@ -212,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gainx.data.cli import register as register_data
     from gainx.experiments.cli import register as register_experiments
     from gainx.export.cli import register as register_export
+    from gainx.models.trust import add_trust_args
     from gainx.serve.cli import register as register_serve
 
     parser = argparse.ArgumentParser(prog="gainx", description="Guided Attention Inference Networks (GAIN / GAINext)")
@@ -244,12 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="data set root")
     ev.add_argument(
         "--split",
+        nargs="+",
+        action="extend",
         default=None,
-        help="split to evaluate (default: the data set's test split: test, else the "
-        "first test* split by name, else val)",
+        help="split(s) to evaluate, e.g. --split val test (default: the data set's test split: test, else the "
+        "first test* split by name, else val); several splits print one JSON object keyed by split",
     )
     ev.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     ev.add_argument("--no-localization", action="store_true", help="skip the attention metrics")
+    add_trust_args(ev)
     _add_threads_arg(ev)
     ev.set_defaults(func=_cmd_eval)
 
@@ -263,15 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--out", required=True, help="output folder for the PNG overlays")
     att.add_argument("--topk", type=int, default=1, help="explain each image's K highest-scoring classes")
     att.add_argument("--classes", nargs="*", default=None, help="class names to explain instead of the top-k")
+    add_trust_args(att)
     _add_threads_arg(att)
     att.set_defaults(func=_cmd_attention)
 
     register_export(sub)
     register_serve(sub)
+    debug_help = "on an error, show the full Python traceback"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    for command in sub.choices.values():  # also after the command name; SUPPRESS keeps a --debug given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gainx.cli_errors import describe_error
+
     args = build_parser().parse_args(argv)
     try:
         _set_threads(args)
@@ -280,8 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _stdout_closed()
-    except (ValueError, OSError, RuntimeError, TypeError) as exc:  # OSError: missing files, full disks, permissions
-        print(f"gainx {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(describe_error(args.command, exc), file=sys.stderr)
         return 2
 
 

@@ -4,6 +4,7 @@ side-by-side figures of several checkpoints on a data set split."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,38 @@ class Explanation:
 
     image: Path
     class_name: str
-    score: float
+    probability: float
     overlay: Path
+
+
+def overlay_stems(images: Sequence[Path]) -> list[str]:
+    """A distinct file-name stem for each image: its own stem, prefixed by as many parent folders as it
+    takes to tell it from the others (``a/x.jpg``, ``b/x.jpg`` -> ``a_x``, ``b_x``), then suffixed by its
+    extension where only that differs (``x.jpg``, ``x.png`` -> ``x_jpg``, ``x_png``).
+
+    Raises:
+        ValueError: an image is given twice, or two images cannot be told apart by name.
+    """
+    paths = [Path(p).resolve() for p in images]
+    twice = sorted(str(p) for p, n in Counter(paths).items() if n > 1)
+    if twice:
+        raise ValueError(f"images given more than once: {twice}")
+    stems = [_safe(p.stem) for p in paths]
+    for depth in range(2, max((len(p.parts) for p in paths), default=1) + 1):
+        clashes = Counter(stems)
+        if len(clashes) == len(stems):
+            break
+        stems = [
+            _safe("_".join(p.with_suffix("").parts[-depth:])) if clashes[s] > 1 else s for p, s in zip(paths, stems)
+        ]
+    clashes = Counter(stems)
+    stems = [f"{s}_{_safe(p.suffix.lstrip('.'))}" if clashes[s] > 1 else s for p, s in zip(paths, stems)]
+    clashes = Counter(stems)
+    if len(clashes) < len(stems):
+        raise ValueError(
+            f"images whose overlays would share a file name: {[str(p) for p, s in zip(paths, stems) if clashes[s] > 1]}"
+        )
+    return stems
 
 
 def explain_files(
@@ -40,14 +71,19 @@ def explain_files(
     out: str | Path,
     topk: int = 1,
     class_names: Sequence[str] | None = None,
+    *,
+    model: str | None = None,
+    trust_model_code: bool = False,
 ) -> list[Explanation]:
     """Write ``OUT/<image stem>_<class>.png`` overlays at each image's own size; returns what was written.
+    Images that share a stem get distinct names (:func:`overlay_stems`), so no overlay overwrites another.
 
     Explains ``class_names`` when given, else each image's ``topk`` classes. The model sees the image resized
     to its input size; the Grad-CAM map (eq. 1-2) is upsampled from the feature map straight to the image's
-    original height and width and drawn over the original pixels.
+    original height and width and drawn over the original pixels. ``model`` and ``trust_model_code`` allow
+    rebuilding a checkpoint whose model spec is not stock, as in :func:`gainx.models.load_model`.
     """
-    model, meta = load_model(checkpoint)
+    net, meta = load_model(checkpoint, model=model, trust_model_code=trust_model_code)
     classes = list(meta["classes"])
     wanted = None
     if class_names:
@@ -59,16 +95,16 @@ def explain_files(
     mean = torch.tensor(meta["mean"]).view(3, 1, 1)
     std = torch.tensor(meta["std"]).view(3, 1, 1)
     written = []
-    for path in map(Path, images):
+    for path, stem in zip(map(Path, images), overlay_stems(images)):
         image = read_image(path, "command line")
         original = np.asarray(image, dtype=np.uint8)
         x = normalize(resize_rgb(image, (h, w)), mean, std).unsqueeze(0)
         size = (image.height, image.width)
-        scores, maps = attention_maps(model, x, meta["target_layer"], classes=wanted, topk=topk, size=size)
+        scores, maps = attention_maps(net, x, meta["target_layer"], classes=wanted, topk=topk, size=size)
         probs = scores[0].sigmoid() if meta["multilabel"] else scores[0].softmax(0)
         chosen = wanted[0] if wanted is not None else scores[0].topk(topk).indices
         for k, cls in enumerate(chosen.tolist()):
-            target = Path(out) / f"{_safe(path.stem)}_{_safe(classes[cls])}.png"
+            target = Path(out) / f"{stem}_{_safe(classes[cls])}.png"
             save_png(overlay(original, maps[0, k]), target)
             written.append(Explanation(path, classes[cls], float(probs[cls]), target))
     return written

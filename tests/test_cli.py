@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from folder_helpers import write_imagefolder, write_voc_with_boxes  # tests/ is on sys.path under pytest
 from PIL import Image
 
 from gainx.cli import main
@@ -93,9 +95,9 @@ def test_data_train_eval_attention(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     scores = []
-    for line in lines:  # "<image>: <class> <probability> -> <overlay>"
+    for line in lines:  # "<image>: <class> probability <p> -> <overlay>"
         head, path = line.split(" -> ")
-        name, cls, score = head.rsplit(" ", 2)
+        name, cls, _, score = head.rsplit(" ", 3)
         assert name == f"{image}:" and Path(path) == out / f"digit_{cls}.png" and Path(path).is_file()
         scores.append(float(score))
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
@@ -140,9 +142,10 @@ def test_errors_name_the_problem(tmp_path, capsys):
     assert "unknown class names ['cat']" in capsys.readouterr().err
 
 
-def test_demo_writes_table_and_figure(tmp_path):
+def test_demo_writes_table_and_figure(tmp_path, capsys):
     tiny = DemoProfile(image_size=20, train_size=64, test_size=16, epochs=1, mask_fraction=0.25)
     results = run_demo(out=tmp_path, profile=tiny)
+    assert capsys.readouterr().err.count("target layer:") == 1  # four runs, one announcement
     assert set(results["methods"]) == {"baseline", "gain", "gainext", "gainext-counterfactual"}
     for row in results["methods"].values():
         for split in ("test_consistent", "test_random"):
@@ -175,3 +178,135 @@ def test_closed_stdout_pipe_exits_quietly(tmp_path):
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=600) == 141, stderr
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
+def _train(data: Path, run: Path, *flags: str) -> list[str]:
+    return ["train", "--data", str(data), "--model", "small_cnn", "--epochs", "1", "--out", str(run), "--no-progress",
+            *flags]  # fmt: skip
+
+
+def test_voc_boxes_train_with_guide_and_the_error_names_them(tmp_path, capsys):
+    voc = write_voc_with_boxes(tmp_path / "voc")
+    assert main(_train(voc, tmp_path / "r1", "--method", "gainext", "--image-size", "32")) == 2
+    err = capsys.readouterr().err
+    assert "needs masks or boxes" in err and "4 of its images have boxes" in err and "--guide boxes" in err
+    assert main(_train(voc, tmp_path / "r2", "--method", "gainext", "--image-size", "32", "--guide", "none")) == 2
+    assert "unused with guide 'none'" in capsys.readouterr().err
+    assert main(_train(voc, tmp_path / "r3", "--method", "gainext", "--image-size", "32", "--guide", "boxes")) == 0
+    err = capsys.readouterr().err
+    assert "data: voc layout" in err and re.search(r"'train' (\d+) images \(\1 with guides\)", err)
+    folder = write_imagefolder(tmp_path / "folder", {"train": 2})
+    assert main(_train(folder, tmp_path / "r4", "--guide", "boxes")) == 2
+    assert "applies to the VOC and COCO layouts only" in capsys.readouterr().err
+
+
+def test_train_prints_what_it_will_do_and_warns_of_coarse_maps(tmp_path, capsys):
+    data = write_imagefolder(tmp_path / "photos", {"train": 3, "val": 2})
+    assert main(_train(data, tmp_path / "run", "--image-size", "32")) == 0
+    err = capsys.readouterr().err
+    assert "data: imagefolder layout at" in err and "'train' 6 images (0 with guides)" in err
+    assert "validation on val: 4 images" in err
+    assert "input size: 32x32 (--image-size)" in err
+    assert "target layer: features (the default for small_cnn" in err and "feature maps 8x8" in err
+    assert "warning" not in err
+    assert main(_train(data, tmp_path / "coarse", "--image-size", "16")) == 0
+    err = capsys.readouterr().err
+    assert "feature maps 4x4" in err and "warning: the attention maps have only 4x4 cells at 16x16 input" in err
+    assert main(_train(data, tmp_path / "default")) == 0
+    assert "input size: 224x224 (the data set's default" in capsys.readouterr().err
+
+
+def test_eval_prints_strict_rounded_json_for_several_splits(tmp_path, capsys):
+    data = write_imagefolder(tmp_path / "photos", {"train": 3, "val": 2, "test": 2})
+    run = tmp_path / "run"
+    assert main(_train(data, run, "--image-size", "32")) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--data", str(data), "--split", "val", "test"]) == 0
+
+    def no_constants(name: str):
+        raise AssertionError(f"not JSON: {name}")
+
+    reports = json.loads(capsys.readouterr().out, parse_constant=no_constants)
+    assert list(reports) == ["val", "test"] and reports["test"]["split"] == "test"
+    for report in reports.values():
+        assert report["num_images"] == 4 and round(report["accuracy"], 4) == report["accuracy"]
+        loc = report["localization"]  # ImageFolder without masks: nothing to score the maps against
+        assert loc["miou"] is None and loc["pointing_game"] is None and loc["num_maps"] == 0
+        assert "no image of the split carries a mask or boxes" in loc["miou_undefined"]
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--data", str(data), "--split", "val"]) == 0
+    assert json.loads(capsys.readouterr().out)["split"] == "val"  # one split: the report itself
+
+
+def test_attention_names_overlays_apart_and_prints_probabilities(tmp_path, capsys):
+    data = write_imagefolder(tmp_path / "photos", {"train": 2})
+    run = tmp_path / "run"
+    assert main(_train(data, run, "--image-size", "32")) == 0
+    capsys.readouterr()
+    same_stem = [data / "train" / "cat" / "0.jpg", data / "train" / "dog" / "0.jpg"]
+    out = tmp_path / "overlays"
+    assert main(["attention", *map(str, same_stem), "--checkpoint", str(run / "last.pt"), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    written = [Path(line.split(" -> ")[1]) for line in lines]
+    assert len(set(written)) == 2 and all(p.is_file() for p in written)
+    assert {p.name.split("_0_")[0] for p in written} == {"cat", "dog"}
+    for line in lines:  # "<image>: <class> probability <p> -> <overlay>"
+        head = line.split(" -> ")[0]
+        assert head.split()[-2] == "probability" and 0 < float(head.split()[-1]) <= 1
+    twice = [str(same_stem[0])] * 2
+    assert main(["attention", *twice, "--checkpoint", str(run / "last.pt"), "--out", str(out)]) == 2
+    assert "given more than once" in capsys.readouterr().err
+
+
+def test_missing_tensorboard_is_one_plain_line(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    from gainx._extras import MissingExtraError
+    from gainx.training import metrics_log
+
+    def missing(*args, **kwargs):
+        raise MissingExtraError("TensorBoard logging needs the 'tensorboard' extra: pip install 'gainx[tensorboard]'")
+
+    monkeypatch.setattr(metrics_log, "require", missing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics_log.MetricsLog(tmp_path)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics go to metrics.csv only" in err and "tensorboard" in err
+
+
+def test_internal_errors_show_their_cause_and_the_debug_hint(tmp_path, capsys, monkeypatch):
+    import gainx.cli
+
+    def broken_import(args):
+        try:
+            raise KeyError("torchvision::nms")
+        except KeyError as exc:
+            raise RuntimeError("operator torchvision::nms does not exist") from exc
+
+    monkeypatch.setattr(gainx.cli, "_cmd_eval", broken_import)
+    argv = ["eval", "--checkpoint", "x.pt", "--data", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "gainx eval: internal error: RuntimeError: operator torchvision::nms does not exist" in err
+    assert "caused by KeyError" in err and "raised at" in err and "--debug" in err
+    with pytest.raises(RuntimeError, match="nms"):
+        main([*argv, "--debug"])
+    with pytest.raises(RuntimeError, match="nms"):
+        main(["--debug", *argv])
+    monkeypatch.undo()
+    assert main(["eval", "--checkpoint", str(tmp_path / "nope.pt"), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err  # the user's error: still one line
+    assert err.count("\n") == 1 and "nope.pt" in err and "internal error" not in err
+
+
+def test_train_help_says_what_the_code_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "-h"])
+    text = " ".join(capsys.readouterr().out.split())
+    for layout in ("CSV manifest", "Pascal VOC", "COCO", "ImageFolder"):
+        assert layout in text.split("--data DATA data set root")[1].split("--out OUT")[0]
+    assert "crops" not in text and "horizontal flips" in text
+    guidance = text.split("--guidance GUIDANCE")[-1].split("--counterfactuals")[0]
+    assert guidance.count("rrr_classes") == 1
+    assert "224 for a manifest or ImageFolder and 320 for VOC or COCO" in text
+    assert "--guide {masks,boxes,none}" in text

@@ -61,3 +61,31 @@ def test_block_reader_sees_code_and_markers(tmp_path: Path) -> None:
         "text\n```python\nx = 1\n```\n<!-- docs-test: skip (needs VOC) -->\n\n```python\ny\n```\n```bash\nz\n```\n"
     )
     assert python_blocks(doc) == [(3, "x = 1\n", None), (8, "y\n", "needs VOC")]
+
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\[[^\]]*\]\((?P<target>[^)\s]+)\)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_relative_links_point_at_files(page: Path) -> None:
+    targets = [m["target"].split("#")[0] for m in LINK.finditer(page.read_text(encoding="utf-8"))]
+    local = [t for t in targets if t and "://" not in t and not t.startswith("mailto:")]
+    missing = [t for t in local if not (page.parent / t).exists()]
+    assert not missing, f"{page.relative_to(ROOT)} links to missing files: {missing}"
+
+
+def test_docs_index_lists_every_page() -> None:
+    index = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
+    listed = {m["target"] for m in LINK.finditer(index)}
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")} - {"README.md"}
+    assert pages <= listed, f"docs/README.md does not list {sorted(pages - listed)}"
+
+
+def test_readme_is_short_and_keeps_the_ci_test_command() -> None:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200
+    marker = lines.index("<!-- test-command -->")
+    assert lines[marker + 1] == "```bash" and lines[marker + 2].startswith('pip install ".[test]" && pytest')
+    text = "\n".join(lines)
+    assert "--model" in text and "timm:<name>" in text and "package.module:factory" in text and "--arch" not in text

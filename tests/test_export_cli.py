@@ -64,7 +64,14 @@ def test_cli_export_checkpoint_with_triton_repo(checkpoint, tmp_path: Path, caps
         )
         == 0
     )
-    assert f"onnx: {out}" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"onnx: {out}" in captured.out
+    progress = [line for line in captured.err.splitlines() if line.startswith("gainx export: ")]
+    assert any("checking that the attention at features is differentiable" in line for line in progress)
+    assert any("tracing the attention graph into ONNX" in line for line in progress)
+    verified = re.search(r"verified: max score difference (\S+), max map difference (\S+), on (.+)", captured.err)
+    assert verified and float(verified[1]) <= 1e-4 and float(verified[2]) <= 1e-4
+    assert "random images, top-k (2 at 24x32)" in verified[3] and "given class_ids (3 at 24x32)" in verified[3]
     session = AttentionSession(out)
     assert session.classes == META["classes"] and session.image_size == (24, 32) and session.topk == 2
     assert session.arch == "small_cnn" and session.multilabel is True and session.mean == META["mean"]

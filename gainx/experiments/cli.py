@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from gainx.experiments.specs import REFERENCES
+from gainx.experiments.specs import RECIPES, REFERENCES
 from gainx.losses.counterfactual import JITTERS
 from gainx.losses.guidance import GUIDANCES
+from gainx.training.presets import PRESETS
+
+DATA_FLAGS = ("consistent_split", "conflicting_split", "oracle_split")  # --data only
 
 
 def _profile(args: argparse.Namespace):
@@ -31,19 +34,46 @@ def _profile(args: argparse.Namespace):
 
 
 def _cmd_bias(args: argparse.Namespace) -> int:
-    from gainx.experiments.bias import run_bias
+    from gainx.experiments.bias import run_bias, run_bias_data
 
-    run_bias(
-        args.benchmark,
+    if args.data is None:
+        given = [f"--{name.replace('_', '-')}" for name in DATA_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} name splits of --data DIR; --benchmark {args.benchmark} has its own")
+        run_bias(
+            args.benchmark,
+            args.out,
+            seeds=args.seeds,
+            budgets=args.budgets,
+            guidance_budget=args.guidance_budget,
+            guidances=list(GUIDANCES) if args.guidances is None else args.guidances,
+            profile=_profile(args),
+            threads=args.threads,
+            jobs=args.jobs,
+            references=tuple(args.references),
+            recipes=tuple(args.recipes),
+        )
+        return 0
+    missing = [f"--{name.replace('_', '-')}" for name in DATA_FLAGS[:2] if getattr(args, name) is None]
+    if missing:
+        raise ValueError(
+            f"--data needs {' and '.join(missing)}: the names of its bias-consistent and bias-conflicting splits"
+        )
+    run_bias_data(
+        args.data,
         args.out,
+        args.consistent_split,
+        args.conflicting_split,
+        train_split=args.train_split,
+        oracle_split=args.oracle_split,
+        image_size=args.image_size,
         seeds=args.seeds,
-        budgets=args.budgets,
-        guidance_budget=args.guidance_budget,
-        guidances=args.guidances,
+        guidances=["paper"] if args.guidances is None else args.guidances,
         profile=_profile(args),
         threads=args.threads,
         jobs=args.jobs,
         references=tuple(args.references),
+        recipes=tuple(args.recipes),
     )
     return 0
 
@@ -67,7 +97,15 @@ def _cmd_localization(args: argparse.Namespace) -> int:
 def _cmd_cues(args: argparse.Namespace) -> int:
     from gainx.experiments.cues import evaluate_cues, write_cues
 
-    out = write_cues(args.checkpoint, args.data, args.split, args.out, batch_size=args.batch_size)
+    out = write_cues(
+        args.checkpoint,
+        args.data,
+        args.split,
+        args.out,
+        batch_size=args.batch_size,
+        model=args.model,
+        trust_model_code=args.trust_model_code,
+    )
     print(f"cues written to {out}")
     if args.score:
         print(json.dumps(evaluate_cues(out, args.data, args.split), indent=2))
@@ -121,25 +159,60 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``experiment bias``, ``experiment localization`` and ``cues`` to the gainx CLI."""
+    from gainx.models.trust import add_trust_args
+
     exp = subparsers.add_parser("experiment", help="reproduce the paper's claims (bias removal, localization)")
     which = exp.add_subparsers(dest="experiment", required=True)
     bias = which.add_parser(
-        "bias", help="baseline / GAIN / GAINext (masks, boxes, budgets, guidance losses) on a bias benchmark"
+        "bias",
+        help="baseline / GAIN / GAINext (masks, boxes, budgets, guidance losses) and the recipes on a bias "
+        "benchmark or on your own data (--data)",
     )
-    bias.add_argument("--benchmark", choices=("decoy", "cooccur"), required=True)
+    source = bias.add_mutually_exclusive_group(required=True)
+    source.add_argument("--benchmark", choices=("decoy", "cooccur"), help="a generated bias benchmark")
+    source.add_argument(
+        "--data",
+        default=None,
+        help="your own data set (any layout gainx train reads) with a bias-consistent and a bias-conflicting test "
+        "split (--consistent-split, --conflicting-split); trained on --train-split with the masks or boxes it has "
+        "(--budgets, --guidance-budget, --train-size and --test-size do not apply)",
+    )
+    bias.add_argument("--consistent-split", default=None, help="--data: the split where the bias holds")
+    bias.add_argument(
+        "--conflicting-split", default=None, help="--data: the split where the bias is broken (the headline)"
+    )
+    bias.add_argument("--train-split", default="train", help="--data: the split to train on")
+    bias.add_argument(
+        "--oracle-split",
+        default=None,
+        help="--data: a training split drawn without the bias; the oracle (the baseline trained on it) is the "
+        "reference of what the network can learn at this size (without it the oracle is skipped)",
+    )
     _common(bias, [0.01, 0.02, 0.05, 0.10])
     bias.add_argument(
         "--guidance-budget", type=float, default=0.05, help="budget (masks) of the guidance-loss variants"
     )
     bias.add_argument(
-        "--guidances", nargs="+", choices=GUIDANCES, default=list(GUIDANCES), help="guidance losses compared"
+        "--guidances",
+        nargs="*",
+        choices=GUIDANCES,
+        default=None,
+        help="guidance losses of the GAINext runs (default: all with --benchmark, paper with --data)",
+    )
+    bias.add_argument(
+        "--recipes",
+        nargs="*",
+        choices=list(PRESETS),
+        default=list(RECIPES),
+        help="presets (gainx.training.presets) run as recipes of their own, with their settings",
     )
     bias.add_argument(
         "--references",
         nargs="*",
         choices=REFERENCES,
         default=list(REFERENCES),
-        help="runs without annotation (oracle: the baseline on the benchmark without its bias, cooccur only)",
+        help="runs without annotation (oracle: the baseline trained without the bias: cooccur, or --data with "
+        "--oracle-split)",
     )
     bias.set_defaults(func=_cmd_bias)
     loc = which.add_parser(
@@ -161,4 +234,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cues.add_argument("--out", required=True)
     cues.add_argument("--batch-size", type=int, default=64)
     cues.add_argument("--score", action="store_true", help="also print the cues' mIoU against the split's masks")
+    add_trust_args(cues)
     cues.set_defaults(func=_cmd_cues)

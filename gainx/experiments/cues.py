@@ -45,9 +45,22 @@ def cue_label_map(maps: Tensor, classes: Tensor) -> np.ndarray:
     return out.to(torch.uint8).cpu().numpy()
 
 
-def write_cues(checkpoint: str | Path, data: str | Path, split: str, out: str | Path, batch_size: int = 64) -> Path:
-    """Write one cue PNG per image of ``split`` (at the image's stored size) and a manifest; returns ``out``."""
-    model, meta = load_model(checkpoint)
+def write_cues(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str,
+    out: str | Path,
+    batch_size: int = 64,
+    *,
+    model: str | None = None,
+    trust_model_code: bool = False,
+) -> Path:
+    """Write one cue PNG per image of ``split`` (at the image's stored size) and a manifest; returns ``out``.
+
+    ``model`` and ``trust_model_code`` allow rebuilding a checkpoint whose model spec is not stock, as in
+    :func:`gainx.models.load_model`.
+    """
+    net, meta = load_model(checkpoint, model=model, trust_model_code=trust_model_code)
     dataset = load_dataset(data, split, image_size=tuple(meta["image_size"]))
     if list(dataset.classes) != list(meta["classes"]):
         raise ValueError(f"{data}: classes {dataset.classes} differ from the checkpoint's {meta['classes']}")
@@ -63,7 +76,7 @@ def write_cues(checkpoint: str | Path, data: str | Path, split: str, out: str | 
         labels = torch.stack([b["labels"] for b in items])
         pair_img, pair_cls = torch.nonzero(labels > 0.5, as_tuple=True)
         maps = (
-            attention_maps(model, images[pair_img], meta["target_layer"], classes=pair_cls.unsqueeze(1))[1][:, 0]
+            attention_maps(net, images[pair_img], meta["target_layer"], classes=pair_cls.unsqueeze(1))[1][:, 0]
             if pair_img.numel()
             else None
         )

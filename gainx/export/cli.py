@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
@@ -51,28 +54,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.checkpoint is not None:
         for flag in ("weights", "random_weights", "num_classes", "model_kwargs"):
             if getattr(args, flag):
-                raise ValueError(f"--{flag.replace('_', '-')} goes with --model; a checkpoint holds its own")
+                raise ValueError(f"--{flag.replace('_', '-')} goes with --model alone; a checkpoint holds its own")
         source: nn.Module | str = args.checkpoint
         settings = {
             "target_layer": args.target_layer,
             "image_size": args.image_size,
             "mean": args.mean,
             "std": args.std,
+            "model_spec": args.model,
+            "trust_model_code": args.trust_model_code,
         }
+    elif args.trust_model_code:
+        raise ValueError("--trust-model-code goes with --checkpoint (it allows rebuilding the checkpoint's model)")
     else:
         source, settings = _model_from_spec(args)
-    path = export_onnx(
-        source,
-        args.out,
-        classes=args.classes,
-        topk=args.topk,
-        opset=args.opset,
-        fp16=args.fp16,
-        verify=not args.no_verify,
-        verify_images=args.verify_images,
-        output=args.output,
-        **settings,
-    )
+    with progress_on_stderr():
+        path = export_onnx(
+            source,
+            args.out,
+            classes=args.classes,
+            topk=args.topk,
+            opset=args.opset,
+            fp16=args.fp16,
+            verify=not args.no_verify,
+            verify_images=args.verify_images,
+            output=args.output,
+            **settings,
+        )
+    if args.no_verify:
+        print("gainx export: not verified (--no-verify)", file=sys.stderr)
     print(f"onnx: {path}")
     if args.triton_repo:
         folder = write_triton_repo(
@@ -80,6 +90,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
         )
         print(f"triton model: {folder}")
     return 0
+
+
+@contextmanager
+def progress_on_stderr() -> Iterator[None]:
+    """Print the exporter's progress and verification result (its INFO log records: the checks, the
+    tracing, the images verified on and the largest score and map differences) as ``gainx export: ...``
+    lines on stderr while the context is open."""
+    logger = logging.getLogger("gainx.export")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("gainx export: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _output_arg(text: str) -> str | int:
@@ -90,15 +118,18 @@ def _output_arg(text: str) -> str | int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` subcommand to the ``gainx`` parser."""
     from gainx.models.factory import model_kwargs_arg
+    from gainx.models.trust import add_trust_args
 
     p = subparsers.add_parser("export", help="ONNX model returning scores, classes and attention maps")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="gainx checkpoint (.pt): model, classes, layer, size, normalization")
-    source.add_argument(
+    p.add_argument("--checkpoint", help="gainx checkpoint (.pt): model, classes, layer, size, normalization")
+    p.add_argument(
         "--model",
+        metavar="SPEC",
         help="classifier spec, as for gainx train: a built-in name, timm:<name> or package.module:factory "
-        "(with --weights, or --random-weights)",
+        "(with --weights, or --random-weights); with --checkpoint, the checkpoint's own spec, given to allow "
+        "rebuilding it (it must equal the recorded one)",
     )
+    add_trust_args(p, model_flag=False)
     p.add_argument("--model-kwargs", type=model_kwargs_arg, default=None, help="JSON keyword arguments of --model")
     p.add_argument(
         "--output",
@@ -136,4 +167,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--triton-repo", default=None, help="also write a Triton Inference Server model repository here")
     p.add_argument("--triton-model-name", default="gainx_attention")
     p.add_argument("--triton-max-batch-size", type=int, default=32)
-    p.set_defaults(func=_cmd_export)
+    p.set_defaults(func=_needs_a_source(p))
+
+
+def _needs_a_source(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``_cmd_export``, after the usage error of a command line giving neither --checkpoint nor --model."""
+
+    def run(args: argparse.Namespace) -> int:
+        if args.checkpoint is None and args.model is None:
+            parser.error("one of the arguments --checkpoint --model is required")
+        return _cmd_export(args)
+
+    return run
