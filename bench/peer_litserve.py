@@ -2,7 +2,7 @@
 
 ``python -m bench.peer_litserve MODEL.onnx PORT MAX_BATCH`` serves ``POST /predict`` with a JSON body
 ``{"image": "<base64 JPEG>"}`` (LitServe parses JSON or forms, not raw image bodies) and answers
-``{"class_id", "name", "score", "heatmap_png"}`` for the top-1 class: JPEG decoding and
+``{"class_id", "name", "probability", "logit", "heatmap_png"}`` for the top-1 class: JPEG decoding and
 ``AttentionSession.preprocess``, one batched ``AttentionSession.run`` of up to MAX_BATCH images, and
 the PNG heatmap of :func:`gainx.serve.render.heatmap_png`, as gainx serve does them. One inference
 worker (LitServe's own process) with an ONNX Runtime session on every core, dynamic batching with a
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from gainx.runtime import AttentionSession
-from gainx.serve.render import heatmap_png
+from gainx.serve.render import heatmap_png, probabilities
 
 
 class AttentionAPI(ls.LitAPI):
@@ -51,7 +51,8 @@ class AttentionAPI(ls.LitAPI):
         return {
             "class_id": top,
             "name": self.session.classes[top],
-            "score": float(scores[top]),
+            "probability": float(probabilities(scores, self.session.multilabel)[top]),
+            "logit": float(scores[top]),
             "heatmap_png": heatmap_png(attention[0]),
         }
 

@@ -62,6 +62,11 @@ def test_flags_and_defaults() -> None:
         (["--max-connections", "0"], "max_connections"),
         (["--max-raw-values", "0"], "max_raw_values"),
         (["--max-request-pixels", "0"], "max_request_pixels"),
+        (["--send-timeout", "0"], "send_timeout_s"),
+        (["--keep-alive-timeout", "nan"], "keep_alive_s"),
+        (["--max-buffered-bytes", "0"], "max_buffered_bytes"),
+        (["--max-pixels-in-flight", "1000", "--max-image-pixels", "2000"], "max_pixels_in_flight (1000)"),
+        (["--max-body-bytes-in-flight", "1000", "--max-body-bytes", "2000"], "max_body_bytes_in_flight (1000)"),
         (["--max-connections", str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])], "open-file limit"),
     ],
 )
@@ -70,6 +75,31 @@ def test_bad_settings_exit_2_before_loading(tmp_path, capsys, flags, needle) -> 
     assert run(parse(str(tmp_path / "absent.onnx"), *flags)) == 2
     err = capsys.readouterr().err
     assert err.startswith("gainx serve: error:") and needle in err and "cannot load" not in err
+
+
+def test_new_limit_flags() -> None:
+    args = parse("m.onnx", "--send-timeout", "2.5", "--keep-alive-timeout", "1", "--max-buffered-bytes", "7")
+    assert (args.send_timeout, args.keep_alive_timeout, args.max_buffered_bytes) == (2.5, 1.0, 7)
+    args = parse("m.onnx", "--max-body-bytes-in-flight", "9", "--max-pixels-in-flight", "11")
+    assert (args.max_body_bytes_in_flight, args.max_pixels_in_flight) == (9, 11)
+
+
+# first versions fixed for the multipart denial-of-service advisories of each (see the comments in pyproject.toml)
+MULTIPART_FIXES = {"starlette": "0.47.2", "python-multipart": "0.0.27"}
+
+
+@pytest.mark.parametrize("name", sorted(MULTIPART_FIXES))
+def test_serve_extra_requires_versions_with_the_multipart_fixes(name: str) -> None:
+    """The lowest version the ``serve`` extra allows has the fixes (so does every later one)."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads TOML")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirement = next(r for r in map(Requirement, project["optional-dependencies"]["serve"]) if r.name == name)
+    fixed = Version(MULTIPART_FIXES[name])
+    floors = [Version(s.version) for s in requirement.specifier if s.operator in (">=", "==", "~=")]
+    assert floors and min(floors) >= fixed, f"{requirement}: versions before {fixed} are allowed"
 
 
 def test_listen_sets_up_a_tcp_socket() -> None:

@@ -29,15 +29,13 @@ import pytest
 import torch
 from image_helpers import encode, image_bytes, png_pixels, png_with_header  # tests/ on sys.path
 from PIL import Image
+from serve_helpers import CLASSES, export_small_model
 
-from gainx.export import export_onnx
-from gainx.models import build_model
 from gainx.runtime import AttentionSession
 from gainx.serve.testing import REPO
 from gainx.serve.testing import ServerProcess as Server
 from gainx.viz import heatmap
 
-CLASSES = ["cat", "dog", "bird", "fish"]
 BODY_LIMIT = 300_000
 FILE_LIMIT, MAX_CONNECTIONS = 144, 48  # 200 hostile sockets exceed the server's open-file limit
 # uvicorn re-raises the SIGTERM it handled once the graceful shutdown is done
@@ -46,18 +44,7 @@ GRACEFUL_EXIT = (0, -signal.SIGTERM)
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("serve_model") / "small.onnx"
-    return export_onnx(
-        build_model("small_cnn", len(CLASSES)),
-        out,
-        target_layer="features",
-        classes=CLASSES,
-        topk=3,
-        image_size=(32, 32),
-        mean=[0.5, 0.5, 0.5],
-        std=[0.25, 0.25, 0.25],
-    )
+    return export_small_model(tmp_path_factory.mktemp("serve_model") / "small.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +102,10 @@ def assert_matches(result: dict, ref, k: int, session: AttentionSession) -> None
     preds = result["predictions"]
     assert [p["class_id"] for p in preds] == ref.classes[0, :k].tolist()
     assert [p["name"] for p in preds] == [session.classes[c] for c in ref.classes[0, :k]]
-    np.testing.assert_allclose([p["score"] for p in preds], ref.scores[0, ref.classes[0, :k]], rtol=1e-5, atol=1e-5)
+    logits = ref.scores[0].astype(np.float64)
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()  # softmax: not a multi-label model
+    np.testing.assert_allclose([p["logit"] for p in preds], logits[ref.classes[0, :k]], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([p["probability"] for p in preds], probs[ref.classes[0, :k]], rtol=1e-5, atol=1e-6)
     for j, p in enumerate(preds):
         raw = np.asarray(p["attention"], np.float32)
         np.testing.assert_allclose(raw, ref.attention[0, j], rtol=0, atol=1e-5)
@@ -158,7 +148,8 @@ def test_explicit_classes(client, session) -> None:
 
 def test_heatmap_can_be_left_out(client) -> None:
     r = client.post("/v1/predict?heatmap=false", content=image_bytes(4), headers={"content-type": "image/png"})
-    assert r.status_code == 200 and all(set(p) == {"class_id", "name", "score"} for p in r.json()["predictions"])
+    assert r.status_code == 200
+    assert all(set(p) == {"class_id", "name", "probability", "logit"} for p in r.json()["predictions"])
 
 
 def test_batch_endpoint_keeps_order(client, session) -> None:

@@ -19,7 +19,7 @@ from gainx.serve.options import (
     parse_options,
     parse_query,
 )
-from gainx.serve.render import heatmap_png, overlay_png, resize_maps
+from gainx.serve.render import heatmap_png, overlay_png, probabilities, resize_maps
 from gainx.viz import heatmap, overlay
 
 LIMITS = ModelLimits(
@@ -272,3 +272,14 @@ def test_metrics_label_escaping() -> None:
     m = Metrics(max_batch=1)
     m.observe_request('a"b\\c\nd', "GET", 404, 0.1)
     assert 'endpoint="a\\"b\\\\c\\nd"' in m.render()
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_probabilities_are_those_gainx_attention_reports(multilabel: bool) -> None:
+    """Softmax over the classes (sigmoid per class for multi-label models), finite for extreme logits."""
+    logits = np.array([3.0, -1.5, 0.25, 800.0, -800.0], np.float32)
+    torch_logits = torch.from_numpy(logits).double()
+    want = torch_logits.sigmoid() if multilabel else torch_logits.softmax(0)
+    got = probabilities(logits, multilabel)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-12, atol=0)
+    assert np.isfinite(got).all() and (multilabel or abs(got.sum() - 1) < 1e-12)

@@ -5,9 +5,10 @@ Endpoints (all answers JSON except ``/metrics``):
 * ``POST /v1/predict`` — one image, as a multipart upload in field ``file`` or
   as a raw ``image/jpeg`` / ``image/png`` body; query parameters in
   :mod:`gainx.serve.options`. Answer: the image's size, the model input size
-  and ``predictions``: per class ``class_id``, ``name``, ``score`` (logit),
-  ``heatmap_png`` (base64), and on request ``overlay_png`` and ``attention``
-  (the raw float map, rows of columns).
+  and ``predictions``: per class ``class_id``, ``name``, ``probability``
+  (softmax over the classes, or the class's sigmoid for a multi-label model:
+  what ``gainx attention`` prints), ``logit``, ``heatmap_png`` (base64), and on
+  request ``overlay_png`` and ``attention`` (the raw float map, rows of columns).
 * ``POST /v1/predict/batch`` — several multipart files (field ``file`` or
   ``files``, repeated); answer ``{"results": [...]}`` in upload order.
 * ``GET /healthz``, ``GET /v1/model`` (graph contract, classes, metadata,
@@ -24,7 +25,11 @@ needs. One request decodes at most half of those threads' worth of images at
 a time, so a request with many large images cannot hold every thread while a
 small request waits behind it; the declared pixels of all images of one
 request are bounded (``max_request_pixels``), and so are the raw-map values of
-one answer (``max_raw_values``). Model calls go through
+one answer (``max_raw_values``). Across all requests, the body bytes held
+(``max_body_bytes_in_flight``: 503 with ``Retry-After`` past it) and the
+pixels being decoded (``max_pixels_in_flight``: images wait their turn) are
+bounded too; a decoded image is freed once the model's input is made from it,
+and a request's uploaded bytes once all its images are. Model calls go through
 :class:`DynamicBatcher`; when a client disconnects before its answer is ready,
 its images still waiting there are dropped.
 """
@@ -37,7 +42,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -54,13 +59,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gainx.serve.batcher import DynamicBatcher, Prediction
 from gainx.serve.body import read_body, read_files
+from gainx.serve.budget import Budget, Hold
 from gainx.serve.config import ServeConfig
 from gainx.serve.contract import graph_contract
 from gainx.serve.errors import ApiError
+from gainx.serve.framing import RefuseAmbiguousLength
 from gainx.serve.images import SUPPORTED_CONTENT_TYPES, load_rgb, open_image
 from gainx.serve.metrics import CONTENT_TYPE, Metrics
 from gainx.serve.options import ModelLimits, PredictOptions, check_raw_budget, parse_options, parse_query
-from gainx.serve.render import heatmap_png, overlay_png, resize_maps
+from gainx.serve.render import heatmap_png, overlay_png, probabilities, resize_maps
 
 log = logging.getLogger("gainx.serve")
 ENDPOINTS = ("/healthz", "/metrics", "/v1/model", "/v1/predict", "/v1/predict/batch")
@@ -119,10 +126,19 @@ class _Service:
         if config.topk is not None and config.topk > first.topk:
             raise ValueError(f"--topk {config.topk} is more than the model ranks ({first.topk})")
         self.sessions, self.config, self.first = sessions, config, first
+        self.multilabel = bool(getattr(first, "multilabel", False))
         self.image_pool: ThreadPoolExecutor | None = None  # started with the app (lifespan)
         self.metrics = Metrics(config.max_batch)
         self.batcher = DynamicBatcher(sessions, config.max_batch, config.max_wait_ms, config.max_queue, self.metrics)
         self.metrics.add_gauge("gainx_queue_depth", "Images waiting for a worker.", lambda: self.batcher.queue_depth)
+        self.body_bytes = Budget(config.max_body_bytes_in_flight)
+        self.decoded_pixels = Budget(config.max_pixels_in_flight)
+        self.metrics.add_gauge(
+            "gainx_body_bytes_in_flight", "Request body bytes held by requests.", lambda: self.body_bytes.held
+        )
+        self.metrics.add_gauge(
+            "gainx_decoded_pixels_in_flight", "Pixels of images being decoded.", lambda: self.decoded_pixels.held
+        )
         self.limits = ModelLimits(
             classes=first.classes,
             topk=first.topk,
@@ -153,6 +169,8 @@ class _Service:
                 "max_request_pixels": config.max_request_pixels,
                 "max_raw_values": config.max_raw_values,
                 "max_files": config.max_files,
+                "max_body_bytes_in_flight": config.max_body_bytes_in_flight,
+                "max_pixels_in_flight": config.max_pixels_in_flight,
                 "image_threads": self.image_threads,
                 "default_topk": self.limits.default_topk,
                 "content_types": ["multipart/form-data", *SUPPORTED_CONTENT_TYPES],
@@ -181,8 +199,8 @@ class _Service:
         """``fn(*args)`` on the image thread pool."""
         return await asyncio.get_running_loop().run_in_executor(self.image_pool, fn, *args)
 
-    async def _in_pool_fairly(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """``[fn(*args) for args in calls]`` on the pool, at most :attr:`request_threads` at a time.
+    async def _in_pool_fairly(self, job: Callable[..., Awaitable[Any]], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``[await job(*args) for args in calls]``, at most :attr:`request_threads` jobs at a time.
 
         The pool serves its queue in order, so a request that queued all its
         images at once would make every later request wait for all of them.
@@ -192,7 +210,7 @@ class _Service:
 
         async def one(args: tuple[Any, ...]) -> Any:
             async with gate:
-                return await self._in_pool(fn, *args)
+                return await job(*args)
 
         tasks = [asyncio.ensure_future(one(args)) for args in calls]
         try:
@@ -220,63 +238,71 @@ class _Service:
 
     async def _predict(self, request: Request, batch: bool) -> Response:
         opts = parse_options(parse_query(request.scope["query_string"]), self.limits)  # before reading the body
-        with self.batcher.arriving():  # the collector may wait for these images (see DynamicBatcher)
-            uploads = await self._uploads(request, batch)
-            check_raw_budget(opts, len(uploads), self.limits)
-            # its first step (entering arriving()) runs before the collector wakes up on leaving this block
-            work = asyncio.ensure_future(self._answer(uploads, opts, batch))
-        gone = asyncio.ensure_future(_until_disconnect(request))
-        try:
-            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if not work.done():  # the client left: cancelling drops its images not yet run by the model
-            work.cancel()
-            raise ApiError(499, "client_closed_request", "the client closed the connection before the answer")
+        with self.body_bytes.hold() as body:  # given back once the images are decoded, or on any way out
+            with self.batcher.arriving():  # the collector may wait for these images (see DynamicBatcher)
+                uploads = await self._uploads(request, batch, body)
+                check_raw_budget(opts, len(uploads), self.limits)
+                # its first step (entering arriving()) runs before the collector wakes up on leaving this block
+                work = asyncio.ensure_future(self._answer(uploads, opts, batch, body))
+            gone = asyncio.ensure_future(_until_disconnect(request))
+            try:
+                await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if not work.done():  # the client left: cancelling drops its images not yet run by the model
+                work.cancel()
+                raise ApiError(499, "client_closed_request", "the client closed the connection before the answer")
         return Response(work.result(), media_type="application/json")
 
-    async def _answer(self, uploads: list[tuple[str, bytes]], opts: PredictOptions, batch: bool) -> bytes:
-        """The JSON answer: headers checked, images decoded, run through the model, rendered."""
+    async def _answer(self, uploads: list[tuple[str, bytes]], opts: PredictOptions, batch: bool, body: Hold) -> bytes:
+        """The JSON answer: headers checked, images decoded, run through the model, rendered.
+
+        Once every image is decoded and preprocessed, the uploaded bytes are dropped (``uploads`` is
+        emptied) and given back to the body budget (``body``).
+        """
+        labels = [label for label, _ in uploads]
         try:
             with self.batcher.arriving():
-                opened = await self._in_pool(self._open_all, uploads)
-                calls = [(image, label) for image, (label, _) in zip(opened, uploads)]
-                prepared = await self._in_pool_fairly(self._prepare, calls)
+                sizes = await self._in_pool(self._check_sizes, uploads)
+                calls = [(data, label, width * height) for (label, data), (width, height) in zip(uploads, sizes)]
+                prepared = await self._in_pool_fairly(self._decode, calls)
+                del calls
+                uploads.clear()
+                body.release()
                 queued = self.batcher.enqueue([image for image, _ in prepared], opts.class_ids)
         except asyncio.CancelledError:
-            self.metrics.observe_abandoned(len(uploads))
+            self.metrics.observe_abandoned(len(labels))
             raise
         preds = await asyncio.gather(*queued)  # on cancel the batcher drops the images it has not run (and counts them)
         results = await asyncio.gather(
             *(
-                self._in_pool(self._result, pred, image, size, name, opts)
-                for pred, (image, size), (name, _) in zip(preds, prepared, uploads)
+                self._in_pool(self._result, pred, image, size, label, opts)
+                for pred, (image, size), label in zip(preds, prepared, labels)
             )
         )
         return b'{"results":[' + b",".join(results) + b"]}" if batch else results[0]
 
-    def _open_all(self, uploads: list[tuple[str, bytes]]) -> list[Any]:
-        """Every upload opened lazily (headers only) and checked, one by one then together."""
+    def _check_sizes(self, uploads: list[tuple[str, bytes]]) -> list[tuple[int, int]]:
+        """Every upload's (width, height) from its header (nothing decoded), checked one by one then together."""
         cfg = self.config
-        opened = [open_image(data, cfg.max_image_pixels, cfg.max_image_side, label) for label, data in uploads]
-        pixels = sum(image.width * image.height for image in opened)
+        sizes = [open_image(data, cfg.max_image_pixels, cfg.max_image_side, label).size for label, data in uploads]
+        pixels = sum(width * height for width, height in sizes)
         if pixels > cfg.max_request_pixels:
             raise ApiError(
                 422,
                 "request_too_large",
-                f"the {len(opened)} images of this request hold {pixels} pixels "
+                f"the {len(sizes)} images of this request hold {pixels} pixels "
                 f"in all; the limit is {cfg.max_request_pixels} per request",
             )
-        return opened
+        return sizes
 
-    async def _uploads(self, request: Request, batch: bool) -> list[tuple[str, bytes]]:
-        """The uploaded images as ``(label, bytes)``, from a multipart or a raw image body."""
+    async def _uploads(self, request: Request, batch: bool, body: Hold) -> list[tuple[str, bytes]]:
+        """The uploaded images as ``(label, bytes)``, from a multipart or a raw image body (counted in ``body``)."""
         cfg = self.config
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        limits = (cfg.max_body_bytes, cfg.body_timeout_s, cfg.body_deadline_s)
         if media_type in SUPPORTED_CONTENT_TYPES:
-            return [
-                ("request body", await read_body(request, cfg.max_body_bytes, cfg.body_timeout_s, cfg.body_deadline_s))
-            ]
+            return [("request body", await read_body(request, *limits, body))]
         if media_type != "multipart/form-data":
             given = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
             raise ApiError(
@@ -284,7 +310,7 @@ class _Service:
                 "unsupported_media_type",
                 f"{given}: send multipart/form-data with the image in field 'file', or an image/jpeg or image/png body",
             )
-        files = await read_files(request, cfg.max_body_bytes, cfg.body_timeout_s, cfg.body_deadline_s, cfg.max_files)
+        files = await read_files(request, *limits, cfg.max_files, body)
         fields = ("file", "files") if batch else ("file",)
         wrong = sorted({name for name, _, _ in files if name not in fields})
         if wrong:
@@ -300,10 +326,33 @@ class _Service:
             for i, (_, filename, data) in enumerate(files)
         ]
 
-    def _prepare(self, opened: Any, label: str) -> tuple[np.ndarray, tuple[int, int]]:
-        """Decode an opened image, then the session's own preprocessing; returns (image, (width, height))."""
-        image = load_rgb(opened, label)
-        return self.first.preprocess(image), image.size
+    async def _decode(self, data: bytes, label: str, pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """:meth:`_prepare` on the pool, holding ``pixels`` of the decoded-pixel budget until it has finished.
+
+        The budget is given back when the thread is done, not when this coroutine is cancelled (a client
+        that leaves does not stop a decode already running).
+        """
+        await self.decoded_pixels.take(pixels)
+        loop = asyncio.get_running_loop()
+        try:
+            done = self.image_pool.submit(self._prepare, data, label)
+        except BaseException:
+            self.decoded_pixels.give(pixels)
+            raise
+        done.add_done_callback(lambda _: loop.call_soon_threadsafe(self.decoded_pixels.give, pixels))
+        return await asyncio.wrap_future(done)
+
+    def _prepare(self, data: bytes, label: str) -> tuple[np.ndarray, tuple[int, int]]:
+        """Decode an upload, then the session's own preprocessing; returns (image, (width, height)).
+
+        The decoded image is closed (its pixels freed) as soon as the model's input is made from it.
+        """
+        cfg = self.config
+        image = load_rgb(open_image(data, cfg.max_image_pixels, cfg.max_image_side, label), label)
+        try:
+            return self.first.preprocess(image), image.size
+        finally:
+            image.close()
 
     def _result(
         self, pred: Prediction, image: np.ndarray, size: tuple[int, int], label: str, opts: PredictOptions
@@ -311,13 +360,15 @@ class _Service:
         """The JSON answer for one image (raw maps encoded row by row: see :func:`_json_with`)."""
         count = len(opts.class_ids) if opts.class_ids is not None else opts.topk
         ids, maps = pred.classes[:count], pred.attention[:count]
+        probs = probabilities(pred.scores, self.multilabel)
         raw = None if opts.raw_size is None else resize_maps(maps, opts.raw_size)
         predictions = []
         for j, class_id in enumerate(int(c) for c in ids):
             entry: dict[str, Any] = {
                 "class_id": class_id,
                 "name": self.first.classes[class_id],
-                "score": float(pred.scores[class_id]),
+                "probability": float(probs[class_id]),
+                "logit": float(pred.scores[class_id]),
             }
             if opts.heatmap:
                 entry["heatmap_png"] = heatmap_png(maps[j])
@@ -363,7 +414,7 @@ def _quiet_out_of_files(loop: asyncio.AbstractEventLoop, context: dict[str, Any]
 async def _api_error(request: Request, exc: ApiError) -> Response:
     if exc.status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc.message)
-    return _json(exc.payload(), exc.status)
+    return Response(_dumps(exc.payload()), exc.status, headers=exc.headers, media_type="application/json")
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
@@ -412,9 +463,10 @@ def create_app(
             Route("/v1/predict", service.predict, methods=["POST"]),
             Route("/v1/predict/batch", service.predict_batch, methods=["POST"]),
         ],
-        middleware=[Middleware(_MetricsMiddleware, metrics=service.metrics)],
+        middleware=[Middleware(_MetricsMiddleware, metrics=service.metrics), Middleware(RefuseAmbiguousLength)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # "/healthz/" is a 404, not a redirect built from the client's Host header
     app.state.service = service
     return app

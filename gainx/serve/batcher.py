@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from gainx.serve.errors import ApiError
+from gainx.serve.errors import ApiError, busy
 from gainx.serve.metrics import Metrics
 
 log = logging.getLogger("gainx.serve")
@@ -140,11 +140,10 @@ class DynamicBatcher:
         if self._collector is None or self._closing:
             raise ApiError(503, "shutting_down", "the server is shutting down")
         if len(self._pending) + len(images) > self.max_queue:
-            raise ApiError(
-                503,
-                "queue_full",
+            raise busy(
                 f"{len(self._pending)} images are waiting and this request adds "
-                f"{len(images)} (queue limit {self.max_queue}); try again shortly",
+                f"{len(images)} (queue limit {self.max_queue})",
+                code="queue_full",
             )
         loop = asyncio.get_running_loop()
         ids = None if class_ids is None else tuple(class_ids)

@@ -5,7 +5,9 @@ byte is read; a body without one (chunked) is counted as it streams and
 refused as soon as it crosses the limit. A client that stalls mid-body gets a
 408 after ``timeout`` seconds instead of holding a worker forever, and one that
 sends its body in a slow drip (each byte inside ``timeout``) gets a 408 once
-the whole body has taken ``deadline`` seconds.
+the whole body has taken ``deadline`` seconds. Every byte read is also taken
+from the server-wide budget of body bytes in flight (a :class:`Hold` on it):
+past that budget the request gets a 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
-from gainx.serve.errors import ApiError
+from gainx.serve.budget import Hold
+from gainx.serve.errors import ApiError, busy
 
 
 def check_declared_length(request: Request, limit: int) -> None:
@@ -32,8 +35,11 @@ def check_declared_length(request: Request, limit: int) -> None:
         raise ApiError(413, "body_too_large", f"request body of {declared} bytes is over the limit of {limit} bytes")
 
 
-async def limited_stream(request: Request, limit: int, timeout: float, deadline: float) -> AsyncIterator[bytes]:
-    """Yield the body's chunks; 413 past ``limit`` bytes, 408 after ``timeout`` s idle or ``deadline`` s in all."""
+async def limited_stream(
+    request: Request, limit: int, timeout: float, deadline: float, held: Hold
+) -> AsyncIterator[bytes]:
+    """Yield the body's chunks; 413 past ``limit`` bytes, 408 after ``timeout`` s idle or ``deadline`` s in all,
+    503 when the chunk does not fit the budget of ``held``."""
     check_declared_length(request, limit)
     seen = 0
     chunks = request.stream().__aiter__()
@@ -53,16 +59,19 @@ async def limited_stream(request: Request, limit: int, timeout: float, deadline:
         seen += len(chunk)
         if seen > limit:
             raise ApiError(413, "body_too_large", f"request body is over the limit of {limit} bytes")
+        if not held.try_add(len(chunk)):
+            budget = held.budget
+            raise busy(f"the request bodies in progress hold {budget.held} bytes (limit {budget.limit} in all)")
         yield chunk
 
 
-async def read_body(request: Request, limit: int, timeout: float, deadline: float) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float, deadline: float, held: Hold) -> bytes:
     """The whole body as bytes, under the limits of :func:`limited_stream`."""
-    return b"".join([chunk async for chunk in limited_stream(request, limit, timeout, deadline)])
+    return b"".join([chunk async for chunk in limited_stream(request, limit, timeout, deadline, held)])
 
 
 async def read_files(
-    request: Request, limit: int, timeout: float, deadline: float, max_files: int
+    request: Request, limit: int, timeout: float, deadline: float, max_files: int, held: Hold
 ) -> list[tuple[str, str, bytes]]:
     """Parse a ``multipart/form-data`` body into ``(field, filename, bytes)`` for each file part.
 
@@ -71,7 +80,7 @@ async def read_files(
     """
     parser = MultiPartParser(
         request.headers,
-        limited_stream(request, limit, timeout, deadline),
+        limited_stream(request, limit, timeout, deadline, held),
         max_files=max_files,
         max_fields=16,
         max_part_size=limit,

@@ -78,10 +78,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a connection may take to send a complete request head (then it is closed)",
     )
     parser.add_argument(
+        "--send-timeout",
+        type=float,
+        default=_DEFAULTS.send_timeout_s,
+        help="seconds an answer's unsent bytes may wait for the client to read any of them (then it is aborted)",
+    )
+    parser.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=_DEFAULTS.keep_alive_s,
+        help="seconds an idle kept-alive connection stays open",
+    )
+    parser.add_argument(
         "--max-connections",
         type=int,
         default=_DEFAULTS.max_connections,
-        help="open connections; past it the longest-idle one is closed (must fit the open-file limit)",
+        help="open connections; past it the longest-idle one is closed, else the writer waiting longest on its "
+        "client (must fit the open-file limit)",
+    )
+    parser.add_argument(
+        "--max-buffered-bytes",
+        type=int,
+        default=_DEFAULTS.max_buffered_bytes,
+        help="unsent answer bytes of all connections; past it the writers waiting longest on their clients are aborted",
+    )
+    parser.add_argument(
+        "--max-body-bytes-in-flight",
+        type=int,
+        default=_DEFAULTS.max_body_bytes_in_flight,
+        help="request body bytes held by all requests at once (503 with Retry-After past it)",
+    )
+    parser.add_argument(
+        "--max-pixels-in-flight",
+        type=int,
+        default=_DEFAULTS.max_pixels_in_flight,
+        help="decoded pixels of all requests at once; images past it wait until decoded ones are freed",
     )
     parser.add_argument(
         "--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight requests after SIGTERM/SIGINT"
@@ -164,7 +195,12 @@ def run(args: argparse.Namespace) -> int:
             body_timeout_s=args.body_timeout,
             body_deadline_s=args.body_deadline,
             header_timeout_s=args.header_timeout,
+            send_timeout_s=args.send_timeout,
+            keep_alive_s=args.keep_alive_timeout,
             max_connections=args.max_connections,
+            max_buffered_bytes=args.max_buffered_bytes,
+            max_body_bytes_in_flight=args.max_body_bytes_in_flight,
+            max_pixels_in_flight=args.max_pixels_in_flight,
             max_image_pixels=args.max_image_pixels,
             max_request_pixels=args.max_request_pixels,
             max_raw_values=args.max_raw_values,
@@ -205,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
             server_header=False,
             timeout_graceful_shutdown=args.graceful_timeout,
             backlog=ACCEPT_BACKLOG,
-            http=guarded_protocol(config.header_timeout_s, config.max_connections),
+            timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # uvicorn takes seconds as a float too
+            http=guarded_protocol(config),
             loop=event_loop(),
         )
     )

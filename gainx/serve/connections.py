@@ -1,70 +1,177 @@
-"""Connection limits below the application: a header deadline and a cap on open connections.
+"""Connection limits below the application: deadlines, a cap on open connections, a budget of unsent bytes.
 
 uvicorn's HTTP/1.1 protocol (h11) holds a connection for as long as the
-client keeps it open while it has not sent a whole request head: a socket
-that sends nothing, or half a header, is never closed, and with the usual
-limit of 1,024 open files about a thousand of them stop the server from
-accepting anyone else. :func:`guarded_protocol` returns a subclass of
-uvicorn's ``H11Protocol`` that adds
+client keeps it open: a socket that sends nothing, or half a header, is never
+closed; a client that pipelines requests and never reads their answers leaves
+uvicorn waiting in ``drain()`` forever with the connection busy; and
+``transport.close()`` waits for unsent bytes to be flushed, which for such a
+client never happens. :func:`guarded_protocol` returns a subclass of uvicorn's
+``H11Protocol`` that adds
 
 * a header deadline: a connection must deliver a complete request head within
   ``header_timeout`` seconds of opening, or of the first byte of its next
   request on a kept-alive connection (the unread rest of a body the
   application refused early counts as such bytes); otherwise it is closed;
+* a send deadline (nginx's ``send_timeout``): a connection holding answer
+  bytes the client has not taken for ``send_timeout`` seconds (no byte of them
+  moved into the kernel) is aborted; checked every ``send_timeout / 4``
+  seconds, so it goes between ``send_timeout`` and 1.25 x ``send_timeout``
+  after its last progress;
 * a connection cap: when a new connection would make more than
   ``max_connections``, the connection that has been idle (no request being
-  handled) the longest is closed; if every other connection is handling a
-  request, the new one is closed instead. A client that opens many idle
-  sockets therefore cannot lock others (or ``/healthz``) out.
+  handled) the longest is closed; if none is idle, the writer that has waited
+  longest on its client (answer bytes buffered, none moved since) is aborted;
+  if there is neither, the new one is closed. Clients that open many idle
+  sockets, or pipeline requests and never read, therefore cannot lock others
+  (or ``/healthz``) out;
+* a budget of unsent answer bytes: the bytes waiting in the connections'
+  write buffers, summed over all connections, may not exceed
+  ``max_buffered_bytes``; past it, the writers that have waited longest on
+  their clients are aborted until the sum fits again.
 
-Idle kept-alive connections are closed by uvicorn after ``timeout_keep_alive``
-seconds; a request body that arrives too slowly is cut by the application
+A connection is closed politely only when nothing it was sent is still
+buffered; otherwise it is aborted (``transport.abort()`` with a zero linger
+time: a TCP reset, the bytes buffered in the process and in the kernel
+dropped), since a polite close would wait for a flush that a
+non-reading client never allows. The same holds for uvicorn's keep-alive
+timeout (``keep_alive``): an idle connection with unsent bytes is aborted. A
+request body that arrives too slowly is cut by the application
 (:mod:`gainx.serve.body`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
+from collections.abc import Callable
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from gainx.serve.config import ServeConfig
 
-class _Idle:
-    """Connections not handling a request, oldest idle first (dicts keep insertion order)."""
+_LINGER_OFF = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}: close() sends a reset
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Abort ``transport`` with a TCP reset, dropping what the kernel still holds for the client too.
+
+    ``transport.abort()`` drops the process's buffer, but closing a socket whose kernel send buffer is
+    not empty still queues a FIN behind those bytes: the kernel would keep the connection (and up to
+    a few MB) until the client reads them. A zero linger time makes the close a reset instead.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+        except OSError:  # already closed by the peer
+            pass
+    transport.abort()
+
+
+class _CountingTransport:
+    """The connection's transport, counting the bytes written to it (so that ``written - buffered`` is sent).
+
+    uvicorn writes every answer through ``transport.write``; asyncio tells a
+    protocol when its buffer crosses a watermark but not when bytes leave it.
+    """
+
+    def __init__(self, transport: asyncio.Transport, on_write: Callable[[], None]) -> None:
+        self._transport = transport
+        self._on_write = on_write
+        self.written = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._transport.write(data)
+        self.written += len(data)
+        self._on_write()
+
+    def sent(self) -> int:
+        """Bytes written that have left the write buffer (into the kernel)."""
+        return self.written - self._transport.get_write_buffer_size()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _Connections:
+    """What the connections of one server share: idle ones and waiting writers in order, and unsent bytes."""
 
     def __init__(self) -> None:
-        self.connections: dict[H11Protocol, None] = {}
+        self.idle: dict[H11Protocol, None] = {}  # oldest idle first (dicts keep insertion order)
+        self.waiting: dict[H11Protocol, None] = {}  # writers with unsent bytes, longest without progress first
+        self.buffered: dict[H11Protocol, int] = {}  # unsent bytes per connection, as last seen
+        self.total_buffered = 0
 
-    def add(self, conn: H11Protocol) -> None:
-        self.connections.pop(conn, None)
-        self.connections[conn] = None
+    def set_idle(self, conn: H11Protocol) -> None:
+        self.idle.pop(conn, None)
+        self.idle[conn] = None
 
-    def discard(self, conn: H11Protocol) -> None:
-        self.connections.pop(conn, None)
+    def progressed(self, conn: H11Protocol) -> None:
+        """``conn`` has unsent bytes and moved some just now (or just got some): last in the waiting order."""
+        self.waiting.pop(conn, None)
+        self.waiting[conn] = None
 
-    def oldest_except(self, conn: H11Protocol) -> H11Protocol | None:
-        return next((other for other in self.connections if other is not conn), None)
+    def set_buffered(self, conn: H11Protocol, size: int) -> None:
+        self.total_buffered += size - self.buffered.pop(conn, 0)
+        if size:
+            self.buffered[conn] = size
+        else:
+            self.waiting.pop(conn, None)
+
+    def forget(self, conn: H11Protocol) -> None:
+        self.idle.pop(conn, None)
+        self.waiting.pop(conn, None)
+        self.set_buffered(conn, 0)
 
 
-def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Protocol]:
-    """An ``H11Protocol`` subclass enforcing ``header_timeout`` and ``max_connections`` (see the module doc)."""
-    if header_timeout <= 0 or max_connections < 1:
-        raise ValueError(f"need header_timeout > 0 and max_connections >= 1, got {header_timeout}, {max_connections}")
-    idle = _Idle()
+def guarded_protocol(config: ServeConfig) -> type[H11Protocol]:
+    """An ``H11Protocol`` subclass enforcing the connection limits of ``config`` (see the module doc); one per server.
+
+    ``header_timeout``, ``send_timeout``, ``keep_alive``, ``max_connections`` and ``max_buffered_bytes`` above
+    are ``config``'s ``header_timeout_s``, ``send_timeout_s``, ``keep_alive_s``, ``max_connections`` and
+    ``max_buffered_bytes``.
+    """
+    shared = _Connections()
+    tick = config.send_timeout_s / 4
 
     class GuardedH11Protocol(H11Protocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._header_timer: asyncio.TimerHandle | None = None
+            self._send_timer: asyncio.TimerHandle | None = None
+            self._last_sent = 0
+            self._last_progress = 0.0
 
+        # -- state -------------------------------------------------------------------
         def _handling_request(self) -> bool:
             return self.cycle is not None and not self.cycle.response_complete
 
+        def _unsent(self) -> int:
+            return self.transport.get_write_buffer_size()
+
+        # -- closing -----------------------------------------------------------------
+        def _close(self) -> None:
+            """Close politely when nothing is left to send, else abort (a close would wait for the client)."""
+            shared.forget(self)
+            if self._unsent():
+                _reset(self.transport)
+            elif not self.transport.is_closing():
+                try:
+                    self.conn.send(h11.ConnectionClosed())
+                except h11.LocalProtocolError:  # mid-request-head: h11 cannot say goodbye politely
+                    pass
+                self.transport.close()
+
+        def timeout_keep_alive_handler(self) -> None:
+            self._close()
+
+        # -- header deadline -----------------------------------------------------------
         def _arm_header_timer(self) -> None:
             if self._header_timer is None:
-                self._header_timer = self.loop.call_later(header_timeout, self._header_deadline_passed)
+                self._header_timer = self.loop.call_later(config.header_timeout_s, self._header_deadline_passed)
 
         def _disarm_header_timer(self) -> None:
             if self._header_timer is not None:
@@ -76,26 +183,50 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Pro
             if not self._handling_request():
                 self._close()
 
-        def _close(self) -> None:
-            if not self.transport.is_closing():
-                try:
-                    self.conn.send(h11.ConnectionClosed())
-                except h11.LocalProtocolError:  # mid-request-head: h11 cannot say goodbye politely
-                    pass
-                self.transport.close()
+        # -- send deadline and unsent-bytes budget ---------------------------------------
+        def _after_write(self) -> None:
+            unsent = self._unsent()
+            shared.set_buffered(self, unsent)
+            if not unsent:
+                return
+            if self not in shared.waiting:  # waiting on the client starts now
+                shared.progressed(self)
+            if self._send_timer is None:
+                self._last_sent, self._last_progress = self.transport.sent(), self.loop.time()
+                self._send_timer = self.loop.call_later(tick, self._send_check)
+            if shared.total_buffered > config.max_buffered_bytes:
+                _enforce_budget()
 
+        def _send_check(self) -> None:
+            self._send_timer = None
+            unsent = self._unsent()
+            shared.set_buffered(self, unsent)
+            if not unsent:
+                return
+            sent, now = self.transport.sent(), self.loop.time()
+            if sent > self._last_sent:
+                self._last_sent, self._last_progress = sent, now
+                shared.progressed(self)
+            elif now - self._last_progress >= config.send_timeout_s:
+                self._close()
+                return
+            self._send_timer = self.loop.call_later(tick, self._send_check)
+
+        # -- uvicorn's protocol ----------------------------------------------------------
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            idle.add(self)
+            super().connection_made(_CountingTransport(transport, self._after_write))  # type: ignore[arg-type]
+            shared.set_idle(self)
             self._arm_header_timer()
-            if len(self.connections) > max_connections:
-                victim = idle.oldest_except(self)
+            if len(self.connections) > config.max_connections:
+                victim = next((other for other in shared.idle if other is not self), None)
+                if victim is None:
+                    victim = next((other for other in shared.waiting if other is not self), None)
                 (victim or self)._close()
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)  # cancels uvicorn's keep-alive timer
             if self._handling_request():
-                idle.discard(self)
+                shared.idle.pop(self, None)
                 self._disarm_header_timer()
             elif self.transport.is_closing():
                 pass
@@ -112,12 +243,28 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Pro
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self._handling_request():  # not straight into a pipelined request
-                idle.add(self)
+            if not self._handling_request() and not self.transport.is_closing():  # not into a pipelined request
+                shared.set_idle(self)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            idle.discard(self)
+            shared.forget(self)
             self._disarm_header_timer()
+            if self._send_timer is not None:
+                self._send_timer.cancel()
+                self._send_timer = None
             super().connection_lost(exc)
+
+    def _enforce_budget() -> None:
+        """Abort the writers waiting longest on their clients until the unsent bytes fit the budget.
+
+        The sizes recorded may be stale (buffers drain between checks): they are
+        re-read before anyone is aborted.
+        """
+        for conn in list(shared.buffered):
+            shared.set_buffered(conn, conn.transport.get_write_buffer_size())
+        for conn in list(shared.waiting):
+            if shared.total_buffered <= config.max_buffered_bytes:
+                return
+            conn._close()
 
     return GuardedH11Protocol

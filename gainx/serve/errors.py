@@ -10,11 +10,20 @@ class ApiError(Exception):
     ``"body_too_large"``, ...); ``message`` says what was wrong in words.
     """
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}  # extra response headers (``Retry-After``)
 
     def payload(self) -> dict[str, dict[str, object]]:
         return {"error": {"status": self.status, "code": self.code, "message": self.message}}
+
+
+RETRY_AFTER_S = 1  # what a 503 for a momentary overload tells the client to wait
+
+
+def busy(message: str, code: str = "server_busy") -> ApiError:
+    """A 503 for a momentary overload, with ``Retry-After`` (``message`` says which limit was reached)."""
+    return ApiError(503, code, f"{message}; try again shortly", {"Retry-After": str(RETRY_AFTER_S)})

@@ -1,4 +1,4 @@
-"""Turn attention maps into what a client can use: PNG heatmaps, overlays, raw arrays.
+"""Turn model outputs into what a client can use: PNG heatmaps, overlays, raw arrays, class probabilities.
 
 Attention values are in [0, 1] (the normalized Grad-CAM map of eq. 1-2, as
 the exported graph returns it). Heatmaps and overlays are those of
@@ -91,3 +91,16 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     left, right, dx = _source_index(maps.shape[-1], size[1])
     rows = maps[:, top, :] * (1 - dy)[:, None] + maps[:, bottom, :] * dy[:, None]
     return rows[:, :, left] * (1 - dx) + rows[:, :, right] * dx
+
+
+def probabilities(logits: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Class probabilities of one image's ``(C,)`` logits, as ``gainx attention`` reports them.
+
+    Softmax over the classes, ``exp(z_c - max z) / sum_j exp(z_j - max z)``, or for a multi-label model
+    each class's own sigmoid ``1 / (1 + exp(-z_c))``; computed in float64.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if multilabel:
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # the sigmoid, without overflow for large |z|
+    e = np.exp(z - z.max())
+    return e / e.sum()
