@@ -246,3 +246,15 @@ def test_experiment_overrides_reach_every_run(tmp_path):
     spec = RunSpec("gainext", 0, annotation="masks", budget=0.05, guidance="counterfactual")
     cfg = train_config(spec, tmp_path / "data", tmp_path / "run", profile)
     assert (cfg.epochs, cfg.counterfactual_backgrounds, cfg.counterfactual_jitter) == (20, 8, "colour")
+
+
+def test_recipe_and_data_matrix_keys():
+    from gainx.experiments.specs import data_matrix
+
+    keys = [s.key for s in bias_matrix([0], [], 0.05, [], recipes=("counterfactual",))]
+    assert keys == ["baseline", "gain", "recipe-counterfactual-masks-0.05"]
+    keys = [s.key for s in data_matrix([0], 0.1, ["paper", "signed"], oracle=True)]
+    assert keys == ["baseline", "gain", "gainext", "gainext-signed", "recipe-counterfactual", "baseline-unbiased-data"]
+    specs = data_matrix([0, 1], 0.1, [], oracle=False, references=("oracle",), recipes=("paper",))
+    assert [s.name for s in specs] == ["recipe-paper-seed0", "recipe-paper-seed1"]  # no oracle without its split
+    assert (specs[0].method, specs[0].guidance, specs[0].budget) == ("gainext", "paper", 0.1)

@@ -2,25 +2,42 @@
 
 On a bias benchmark (decoy digits or the co-occurring background), over seeds:
 baseline (L_cl, plain Grad-CAM), GAIN (eq. 6), GAINext (eq. 8) with masks
-and with boxes on a fraction (the budget) of the training images, and GAINext
-with each non-paper guidance loss (:mod:`gainx.losses.guidance`) at one
-budget. Writes ``results.json`` (every run and the aggregate), ``results.md``
-(mean ± std: accuracy on the bias-conflicting and bias-consistent test sets,
-cue mIoU and pointing game on the bias-conflicting set; and where the logits
-come from, :mod:`gainx.experiments.evidence`) and figures.
+and with boxes on a fraction (the budget) of the training images, GAINext
+with each non-paper guidance loss (:mod:`gainx.losses.guidance`) and each
+recipe (a preset of :mod:`gainx.training.presets`) at one budget.
+:func:`run_bias_data` runs the same comparison on a data set on disk, with its
+own annotations and its bias-consistent and bias-conflicting splits named.
+Writes ``results.json`` (every run and the aggregate; ``null`` for a metric
+that is undefined), ``results.md`` (mean ± std: accuracy on the
+bias-conflicting and bias-consistent test sets, cue mIoU and pointing game on
+the bias-conflicting set; where the logits come from,
+:mod:`gainx.experiments.evidence`) and figures.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from gainx.experiments.evidence import evidence_split
 from gainx.experiments.figures import budget_figure, titled
-from gainx.experiments.runner import base_data, data_dir, finished_checkpoints, run_dir, run_matrix
-from gainx.experiments.specs import BENCHMARKS, FULL, QUICK, REFERENCES, Benchmark, Profile, bias_matrix
+from gainx.experiments.runner import base_data, finished_checkpoints, run_dir, run_matrix
+from gainx.experiments.specs import (
+    BENCHMARKS,
+    FULL,
+    QUICK,
+    RECIPES,
+    REFERENCES,
+    Benchmark,
+    Profile,
+    RunSpec,
+    bias_matrix,
+    data_matrix,
+)
 from gainx.experiments.tables import aggregate, markdown
+from gainx.experiments.user_data import annotated_fraction, data_benchmark, has_guides
 from gainx.explain import attention_figure
 from gainx.io import atomic_write_text
 from gainx.losses.guidance import GUIDANCES
@@ -48,6 +65,7 @@ def run_bias(
     threads: int = 1,
     jobs: int = 1,
     references: tuple[str, ...] = REFERENCES,
+    recipes: tuple[str, ...] = RECIPES,
 ) -> dict[str, Any]:
     """Run the bias comparison on ``benchmark``; returns what ``results.json`` holds."""
     if benchmark not in BIAS_BENCHMARKS:
@@ -55,45 +73,13 @@ def run_bias(
     bench = BENCHMARKS[benchmark]
     profile = profile or (QUICK if quick else FULL)
     out = Path(out)
-    oracle = bench.unbiased is not None
-    specs = bias_matrix(list(seeds), list(budgets), guidance_budget, list(guidances), oracle, tuple(references))
-    results = run_matrix(specs, bench, out, profile, threads, jobs=jobs)
-    consistent = next(s for s in bench.splits if s != bench.main_split)
-    metrics = {
-        "acc_conflicting": (bench.main_split, "accuracy"),
-        "acc_consistent": (consistent, "accuracy"),
-        "miou": (bench.main_split, "miou"),
-        "pointing_game": (bench.main_split, "pointing_game"),
-    }
-    rows = aggregate(results, metrics)
-    report = {
-        "benchmark": benchmark,
-        "description": bench.description,
-        "profile": profile.__dict__,
-        "splits": {"conflicting": bench.main_split, "consistent": consistent},
-        "seeds": list(seeds),
-        "budgets": list(budgets),
-        "table": rows,
-        "runs": results,
-    }
-    headers = {
-        "acc_conflicting": f"acc. bias-conflicting ({bench.main_split})",
-        "acc_consistent": f"acc. bias-consistent ({consistent})",
-        "miou": "cue mIoU (conflicting)",
-        "pointing_game": "pointing game (conflicting)",
-    }
-    table = markdown(rows, headers)
-    for r in results:
-        r["evidence"] = _evidence(r, bench, out, profile)
-    report["evidence_table"] = aggregate(results, {k: ("evidence", k) for k in EVIDENCE_HEADERS})
-    evidence_table = markdown(report["evidence_table"], EVIDENCE_HEADERS)
-    atomic_write_text(out / "results.json", json.dumps(report, indent=2))
-    atomic_write_text(
-        out / "results.md",
-        f"{bench.description}; mean ± std over seeds {list(seeds)}\n\n{table}\n\n"
-        f"Signed evidence (contribution to the logit) on {bench.main_split}, from the object mask and "
-        f"from the rest of the image:\n\n{evidence_table}\n",
+    specs = bias_matrix(
+        list(seeds), list(budgets), guidance_budget, list(guidances), bench.has_oracle, tuple(references), recipes
     )
+    report = _compare(
+        bench, specs, out, profile, threads, jobs, {"profile": profile.__dict__, "budgets": list(budgets)}
+    )
+    rows = report["table"]
     budget_figure(
         rows,
         "acc_conflicting",
@@ -104,17 +90,150 @@ def run_bias(
     budget_figure(
         rows, "miou", "cue mIoU", f"{benchmark}: attention cue mIoU (bias-conflicting)", out / f"{benchmark}_miou.png"
     )
-    seed = seeds[0]
     figure_keys = ["baseline", "gain", f"gainext-masks-{guidance_budget:g}"]
-    figure_keys += [f"gainext-masks-{guidance_budget:g}-{g}" for g in guidances if g != "paper"]
-    attention_figure(
-        titled(finished_checkpoints(out, benchmark, figure_keys, seed)),
-        data_dir(out, benchmark, seed),
-        bench.main_split,
-        out / f"{benchmark}_attention.png",
+    figure_keys += [r["key"] for r in rows if r["annotation"] != "none" and (r["guidance"] != "paper" or r["preset"])]
+    _attention_figure(bench, out, profile, figure_keys, seeds[0])
+    return report
+
+
+def run_bias_data(
+    data: str | Path,
+    out: str | Path,
+    consistent_split: str,
+    conflicting_split: str,
+    train_split: str = "train",
+    oracle_split: str | None = None,
+    image_size: int | None = None,
+    seeds: list[int] = (0, 1, 2),
+    guidances: list[str] = ("paper",),
+    profile: Profile | None = None,
+    threads: int = 1,
+    jobs: int = 1,
+    references: tuple[str, ...] = REFERENCES,
+    recipes: tuple[str, ...] = RECIPES,
+) -> dict[str, Any]:
+    """The bias comparison on the data set at ``data`` (any layout of :func:`gainx.data.load_dataset`), trained
+    on ``train_split`` with the masks or boxes it has: baseline, GAIN, GAINext with each of ``guidances``, the
+    ``recipes``, and the oracle (the baseline trained on ``oracle_split``, a training split drawn without
+    the bias) when there is one. Writes ``results.json`` and ``results.md`` as :func:`run_bias` does."""
+    bench = data_benchmark(data, consistent_split, conflicting_split, train_split, oracle_split, image_size)
+    profile = profile or FULL
+    annotated = annotated_fraction(bench)
+    if annotated == 0 and (guidances or recipes):
+        raise ValueError(
+            f"{bench.root}: no image of the training split {train_split!r} has a mask or boxes; GAINext and the "
+            "recipes learn from annotated images: annotate a few, or compare the references alone "
+            "(no guidances, no recipes)"
+        )
+    notes = [
+        f"{annotated:.1%} of the training images ({train_split!r}) carry a mask or boxes; every run trains "
+        f"{profile.epochs} epoch{'' if profile.epochs == 1 else 's'}."
+    ]
+    if "oracle" in references:
+        notes.append(
+            f"the oracle is the baseline trained on {oracle_split!r}: a method far below it on the bias-conflicting "
+            "split may be under-trained rather than biased (compare at more --epochs)."
+            if bench.has_oracle
+            else "oracle skipped: no training split drawn without the bias was named (--oracle-split); without "
+            "it the table cannot say whether a method is compared under-trained."
+        )
+    localized = has_guides(bench, conflicting_split)
+    if not localized:
+        notes.append(
+            f"cue mIoU, pointing game and evidence not measured: the split {conflicting_split!r} has no masks or boxes."
+        )
+    for note in notes:
+        print(f"gainx experiment bias: {note}")
+    specs = data_matrix(list(seeds), annotated, list(guidances), bench.has_oracle, tuple(references), recipes)
+    report = _compare(
+        bench,
+        specs,
+        Path(out),
+        profile,
+        threads,
+        jobs,
+        {"data": str(bench.root), "epochs": profile.epochs, "training": profile.training_overrides()},
+        notes,
+        evidence=localized,
     )
+    _attention_figure(bench, Path(out), profile, [r["key"] for r in report["table"] if not r["unbiased"]], seeds[0])
+    return report
+
+
+def _compare(
+    bench: Benchmark,
+    specs: list[RunSpec],
+    out: Path,
+    profile: Profile,
+    threads: int,
+    jobs: int,
+    about: dict[str, Any],
+    notes: list[str] = (),
+    evidence: bool = True,
+) -> dict[str, Any]:
+    """Train and evaluate ``specs`` on ``bench``; write ``results.json`` and ``results.md``
+    (``about`` and ``notes`` describe the comparison); returns the report."""
+    results = run_matrix(specs, bench, out, profile, threads, jobs=jobs)
+    consistent = next(s for s in bench.splits if s != bench.main_split)
+    metrics = {
+        "acc_conflicting": (bench.main_split, "accuracy"),
+        "acc_consistent": (consistent, "accuracy"),
+        "miou": (bench.main_split, "miou"),
+        "pointing_game": (bench.main_split, "pointing_game"),
+    }
+    seeds = sorted({s.seed for s in specs})
+    report = {
+        "benchmark": bench.name,
+        "description": bench.description,
+        **about,
+        "splits": {"conflicting": bench.main_split, "consistent": consistent},
+        "seeds": seeds,
+        "notes": list(notes),
+        "table": aggregate(results, metrics),
+        "runs": results,
+    }
+    headers = {
+        "acc_conflicting": f"acc. bias-conflicting ({bench.main_split})",
+        "acc_consistent": f"acc. bias-consistent ({consistent})",
+        "miou": "cue mIoU (conflicting)",
+        "pointing_game": "pointing game (conflicting)",
+    }
+    table = markdown(report["table"], headers)
+    text = f"{bench.description}; mean ± std over seeds {seeds}\n\n{table}\n"
+    text += "".join(f"\n* {note}" for note in notes) + ("\n" if notes else "")
+    if evidence:
+        for r in results:
+            r["evidence"] = _evidence(r, bench, out, profile)
+        report["evidence_table"] = aggregate(results, {k: ("evidence", k) for k in EVIDENCE_HEADERS})
+        text += (
+            f"\nSigned evidence (contribution to the logit) on {bench.main_split}, from the object mask and "
+            f"from the rest of the image:\n\n{markdown(report['evidence_table'], EVIDENCE_HEADERS)}\n"
+        )
+    atomic_write_text(out / "results.json", json.dumps(_finite(report), indent=2))
+    atomic_write_text(out / "results.md", text)
     print(table)
     return report
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN float replaced by None (``null``: JSON has no NaN)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _attention_figure(bench: Benchmark, out: Path, profile: Profile, keys: list[str], seed: int) -> None:
+    """The attention of the finished runs among ``keys`` at ``seed`` on the bias-conflicting split."""
+    attention_figure(
+        titled(finished_checkpoints(out, bench.name, keys, seed)),
+        base_data(bench, out, seed, profile),
+        bench.main_split,
+        out / f"{bench.name}_attention.png",
+    )
 
 
 def _evidence(result: dict[str, Any], bench: Benchmark, out: Path, profile: Profile) -> dict[str, Any]:

@@ -20,7 +20,9 @@ def budget_figure(rows: list[dict[str, Any]], column: str, ylabel: str, title: s
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for annotation, marker in (("masks", "o"), ("boxes", "s")):
         pts = sorted(
-            (r["budget"], r[column]) for r in rows if r["annotation"] == annotation and r["guidance"] == "paper"
+            (r["budget"], r[column])
+            for r in rows
+            if r["annotation"] == annotation and r["guidance"] == "paper" and not r.get("preset")
         )
         if pts:
             ax.errorbar(
@@ -40,7 +42,7 @@ def budget_figure(rows: list[dict[str, Any]], column: str, ylabel: str, title: s
                 color="gray" if r["method"] == "baseline" else "black",
                 label=r["key"] if r["unbiased"] else f"{r['method']} (no annotation)",
             )
-        elif r["guidance"] != "paper":
+        elif r["guidance"] != "paper" or r.get("preset"):
             ax.errorbar(
                 [100 * r["budget"]],
                 [r[column]["mean"]],
@@ -48,7 +50,9 @@ def budget_figure(rows: list[dict[str, Any]], column: str, ylabel: str, title: s
                 marker="^",
                 capsize=3,
                 linestyle="none",
-                label=f"GAINext, {r['annotation']}, {r['guidance']}",
+                label=f"recipe {r['preset']}, {r['annotation']}"
+                if r.get("preset")
+                else f"GAINext, {r['annotation']}, {r['guidance']}",
             )
     ax.set_xscale("log")
     ax.set_xlabel("training images with annotation (%)")

@@ -25,6 +25,7 @@ from gainx.experiments.variants import write_variant
 from gainx.io import atomic_write_text
 from gainx.models import load_model
 from gainx.training import TrainConfig
+from gainx.training.presets import EXPERIMENT_TRAINING, preset
 from gainx.training.trainer import train
 
 RESULT = "result.json"
@@ -49,9 +50,12 @@ def finished_checkpoints(root: Path, bench_name: str, keys: list[str], seed: int
 
 def base_data(bench: Benchmark, root: Path, seed: int, profile: Profile, unbiased: bool = False) -> Path:
     """The fully annotated benchmark of ``seed`` (written once, reused afterwards);
-    ``unbiased``: its variant without the bias (``Benchmark.unbiased``)."""
-    if unbiased and bench.unbiased is None:
+    ``unbiased``: its variant without the bias (``Benchmark.unbiased``). A data set on disk
+    (``Benchmark.root``) is the same for every seed (its oracle trains on ``Benchmark.oracle_split``)."""
+    if unbiased and not bench.has_oracle:
         raise ValueError(f"benchmark {bench.name!r} has no unbiased variant")
+    if bench.root is not None:
+        return bench.root
     out = data_dir(root, bench.name, seed, unbiased)
     if not (out / "manifest.csv").exists():
         bench.write(
@@ -66,35 +70,31 @@ def base_data(bench: Benchmark, root: Path, seed: int, profile: Profile, unbiase
     return out
 
 
-def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile) -> TrainConfig:
-    """The training configuration shared by every experiment run."""
-    return TrainConfig(
-        data=str(data),
-        out=str(out),
-        arch=ARCH,
-        method=spec.method,
-        guidance=spec.guidance,
-        epochs=profile.epochs,
-        alpha=profile.alpha,
-        omega_e=profile.omega_e,
-        counterfactuals=profile.counterfactuals,
-        counterfactual_weight=profile.counterfactual_weight,
-        counterfactual_jitter=profile.counterfactual_jitter,
-        counterfactual_backgrounds=profile.counterfactual_backgrounds,
-        second_order=profile.second_order,
-        batch_size=profile.batch_size,
-        optimizer="adamw",
-        lr=profile.lr,
-        weight_decay=1e-4,
-        augment=False,
-        seed=spec.seed,
-        am_warmup=min(profile.am_warmup, profile.epochs - 1),
-        resume=True,
-        val_split="none",  # each run is evaluated on its benchmark's test splits afterwards
-        progress=False,
-        device="cpu",
-        allow_outside_root=True,  # budget variants list the base data set's images (../../train/...)
-    )
+def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile, bench: Benchmark | None = None) -> TrainConfig:
+    """The training configuration of an experiment run: :data:`~gainx.training.presets.EXPERIMENT_TRAINING`,
+    over it the run's preset (a recipe), over that the profile's overrides; then the run's own fields (method,
+    guidance, seed, epochs), on ``bench``'s training split (the oracle split for the oracle of a data set on
+    disk)."""
+    settings = {**EXPERIMENT_TRAINING, **(preset(spec.preset) if spec.preset else {}), **profile.training_overrides()}
+    on_disk = bench is not None and bench.root is not None
+    run = {
+        "data": str(data),
+        "out": str(out),
+        "arch": ARCH,
+        "method": spec.method,
+        "guidance": spec.guidance,
+        "epochs": profile.epochs,
+        "seed": spec.seed,
+        "am_warmup": min(settings["am_warmup"], profile.epochs - 1),
+        "image_size": bench.image_size if on_disk else None,
+        "train_split": bench.oracle_split if on_disk and spec.unbiased else (bench.train_split if bench else "train"),
+        "resume": True,
+        "val_split": "none",  # each run is evaluated on its benchmark's test splits afterwards
+        "progress": False,
+        "device": "cpu",
+        "allow_outside_root": not on_disk,  # budget variants list the base data set's images (../../train/...)
+    }
+    return TrainConfig(**{**settings, **run})
 
 
 def run_one(
@@ -113,9 +113,9 @@ def run_one(
     done = out / RESULT
     if done.exists():
         return json.loads(done.read_text(encoding="utf-8"))
-    data = write_variant(base, spec.annotation, spec.budget, seed=spec.seed)
+    data = base if bench.root is not None else write_variant(base, spec.annotation, spec.budget, seed=spec.seed)
     start = time.perf_counter()
-    checkpoint = train(train_config(spec, data, out, profile))
+    checkpoint = train(train_config(spec, data, out, profile, bench))
     result: dict[str, Any] = {
         **spec.to_dict(),
         "benchmark": bench.name,
@@ -123,7 +123,7 @@ def run_one(
     }
     model, meta = load_model(checkpoint)
     for split in bench.splits:
-        report = evaluate(model, load_dataset(base, split), meta["target_layer"])
+        report = evaluate(model, load_dataset(base, split, image_size=tuple(meta["image_size"])), meta["target_layer"])
         metric = report["metric"]
         result[split] = {metric: report[metric], **report["localization"]}
     if extra is not None:
@@ -142,7 +142,7 @@ def _run_logged(
 ) -> dict[str, Any]:
     """One run of :func:`run_matrix` with ``threads`` intra-op threads (in this process or a worker)."""
     torch.set_num_threads(threads)
-    base = data_dir(root, bench.name, spec.seed, spec.unbiased)
+    base = base_data(bench, root, spec.seed, profile, spec.unbiased)
     return run_one(spec, bench, base, run_dir(root, bench.name, spec.key, spec.seed), profile, extra)
 
 

@@ -9,18 +9,28 @@ from typing import Any
 
 from gainx.data.synthetic import SHAPES, write_cooccur, write_decoy, write_shapes
 from gainx.losses.guidance import GUIDANCES
+from gainx.training.presets import PRESETS
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A generated data set and the roles of its test splits."""
+    """A data set, generated (``write``) or the user's own (``root``), and the roles of its splits."""
 
     name: str
-    write: Callable[..., Path]  # write(out, image_size=, seed=, mask_fraction=, train_size=, test_size=)
+    write: Callable[..., Path] | None  # write(out, image_size=, seed=, mask_fraction=, train_size=, test_size=)
     splits: tuple[str, ...]  # evaluated test splits
     main_split: str  # the split whose accuracy is the headline (bias-conflicting, or the test set)
     description: str
     unbiased: dict[str, Any] | None = None  # generator arguments without the bias (for the oracle run)
+    root: Path | None = None  # a data set on disk (every seed trains on it) instead of a generated one
+    train_split: str = "train"
+    oracle_split: str | None = None  # with ``root``: a training split drawn without the bias (the oracle's)
+    image_size: int | None = None  # with ``root``: the network's input size (None: the data set's default)
+
+    @property
+    def has_oracle(self) -> bool:
+        """Whether the oracle (the baseline trained without the bias) can run."""
+        return self.unbiased is not None or self.oracle_split is not None
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -51,25 +61,47 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 @dataclass(frozen=True)
 class Profile:
-    """Data and training sizes of one experiment scale."""
+    """Data sizes and epochs of one experiment scale, and training settings that override every run's.
+
+    A training setting left at None takes the run's value: its preset's (:mod:`gainx.training.presets`),
+    else :data:`gainx.training.presets.EXPERIMENT_TRAINING`, else the ``TrainConfig`` default.
+    """
 
     image_size: int
     train_size: int
     test_size: int
     epochs: int
-    batch_size: int = 64
-    lr: float = 3e-3
-    am_warmup: int = 1
-    alpha: float = 1.0  # weight of L_am (eq. 6)
-    omega_e: float = 10.0  # weight of the guidance loss (eq. 8)
-    counterfactuals: int = 32  # pasted images per batch (guidance "counterfactual")
-    counterfactual_weight: float = 4.0  # their weight in L_cl relative to a batch image
-    counterfactual_jitter: str = "none"  # none | colour | geometry | all (gainx.losses.counterfactual.JITTERS)
-    counterfactual_backgrounds: int = 0  # object-free backgrounds per batch, labelled with no class
-    second_order: bool = False  # train through the Grad-CAM weights too
+    batch_size: int | None = None
+    lr: float | None = None
+    am_warmup: int | None = None  # epochs of L_cl only (at most epochs - 1)
+    alpha: float | None = None  # weight of L_am (eq. 6)
+    omega_e: float | None = None  # weight of the guidance loss (eq. 8)
+    counterfactuals: int | None = None  # pasted images per batch (guidance "counterfactual")
+    counterfactual_weight: float | None = None  # their weight in L_cl relative to a batch image
+    counterfactual_jitter: str | None = None  # none | colour | geometry | all (gainx.losses.counterfactual.JITTERS)
+    counterfactual_backgrounds: int | None = None  # object-free backgrounds per batch, labelled with no class
+    second_order: bool | None = None  # train through the Grad-CAM weights too
 
     def with_overrides(self, **values: Any) -> Profile:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    def training_overrides(self) -> dict[str, Any]:
+        """The training settings set in this profile (TrainConfig field -> value)."""
+        return {f: getattr(self, f) for f in TRAINING_FIELDS if getattr(self, f) is not None}
+
+
+TRAINING_FIELDS = (
+    "batch_size",
+    "lr",
+    "am_warmup",
+    "alpha",
+    "omega_e",
+    "counterfactuals",
+    "counterfactual_weight",
+    "counterfactual_jitter",
+    "counterfactual_backgrounds",
+    "second_order",
+)
 
 
 # Full size: the whole set (decoy 13 + cooccur 14 configurations + localization 3, x 3 seeds = 90 runs)
@@ -84,20 +116,23 @@ class RunSpec:
 
     method: str  # baseline | gain | gainext
     seed: int
-    annotation: str = "none"  # none | masks | boxes
+    annotation: str = "none"  # none | masks | boxes | data (the data set's own masks or boxes)
     budget: float = 0.0  # fraction of training images that carry the annotation
     guidance: str = "paper"
     unbiased: bool = False  # train on the benchmark without its bias (an upper reference)
+    preset: str | None = None  # a recipe of gainx.training.presets: its settings, method and guidance
 
     @property
     def key(self) -> str:
         """Name of the configuration (the same for every seed)."""
         if self.unbiased:
             return f"{self.method}-unbiased-data"
-        if self.method != "gainext":
+        if self.method != "gainext" and self.preset is None:
             return self.method
-        tail = "" if self.guidance == "paper" else f"-{self.guidance}"
-        return f"gainext-{self.annotation}-{self.budget:g}{tail}"
+        head = f"recipe-{self.preset}" if self.preset else "gainext"
+        where = "" if self.annotation == DATA else f"-{self.annotation}-{self.budget:g}"
+        tail = "" if self.preset or self.guidance == "paper" else f"-{self.guidance}"
+        return head + where + tail
 
     @property
     def name(self) -> str:
@@ -108,6 +143,18 @@ class RunSpec:
 
 
 REFERENCES = ("baseline", "gain", "oracle")  # the runs without annotation
+RECIPES = ("counterfactual",)  # the presets run by default as a recipe of their own
+DATA = "data"  # annotation: the data set's own masks or boxes, as they are
+
+
+def recipe(name: str, seed: int, annotation: str, budget: float) -> RunSpec:
+    """The run of the preset ``name`` (:data:`gainx.training.presets.PRESETS`): its method (GAINext unless
+    it names one) and guidance, trained with its settings."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown recipe {name!r}; choose from the presets {', '.join(PRESETS)}")
+    settings = PRESETS[name]
+    method, guidance = settings.get("method", "gainext"), settings.get("guidance", "paper")
+    return RunSpec(method, seed, annotation, budget, guidance, preset=name)
 
 
 def bias_matrix(
@@ -117,10 +164,11 @@ def bias_matrix(
     guidances: list[str],
     oracle: bool = False,
     references: tuple[str, ...] = REFERENCES,
+    recipes: tuple[str, ...] = (),
 ) -> list[RunSpec]:
     """The ``references`` without annotation (baseline, GAIN and, with ``oracle``, the baseline trained on
-    the benchmark without its bias), GAINext with the paper's L_e (masks and boxes at every budget) and
-    the other guidance losses (masks at ``guidance_budget``)."""
+    the benchmark without its bias), GAINext with the paper's L_e (masks and boxes at every budget), the
+    other guidance losses and the ``recipes`` (presets; masks at ``guidance_budget``)."""
     _check_budgets(budgets + [guidance_budget])
     _check_guidances(guidances)
     _check_references(references, REFERENCES)
@@ -129,6 +177,28 @@ def bias_matrix(
         runs += [RunSpec(method, seed) for method in ("baseline", "gain") if method in references]
         runs += [RunSpec("gainext", seed, kind, b) for kind in ("masks", "boxes") for b in budgets]
         runs += [RunSpec("gainext", seed, "masks", guidance_budget, g) for g in guidances if g != "paper"]
+        runs += [recipe(name, seed, "masks", guidance_budget) for name in recipes]
+        runs += [RunSpec("baseline", seed, unbiased=True)] if oracle and "oracle" in references else []
+    return runs
+
+
+def data_matrix(
+    seeds: list[int],
+    annotated: float,
+    guidances: list[str],
+    oracle: bool,
+    references: tuple[str, ...] = REFERENCES,
+    recipes: tuple[str, ...] = RECIPES,
+) -> list[RunSpec]:
+    """On a data set as it is (its own masks or boxes on the fraction ``annotated`` of the training images):
+    the ``references``, GAINext with each of ``guidances`` and the ``recipes``."""
+    _check_guidances(guidances)
+    _check_references(references, REFERENCES)
+    runs = []
+    for seed in seeds:
+        runs += [RunSpec(method, seed) for method in ("baseline", "gain") if method in references]
+        runs += [RunSpec("gainext", seed, DATA, annotated, g) for g in guidances]
+        runs += [recipe(name, seed, DATA, annotated) for name in recipes]
         runs += [RunSpec("baseline", seed, unbiased=True)] if oracle and "oracle" in references else []
     return runs
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from gainx.experiments.specs import DATA
+
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
     """Mean and sample standard deviation (ddof = 1; 0 for a single value), ignoring NaN."""
@@ -29,6 +31,7 @@ def aggregate(results: list[dict[str, Any]], metrics: dict[str, tuple[str, str]]
     for runs in keys.values():
         first = runs[0]
         row = {k: first[k] for k in ("key", "method", "annotation", "budget", "guidance")}
+        row["preset"] = first.get("preset")
         row["unbiased"] = bool(first.get("unbiased", False))
         row["seeds"] = sorted(r["seed"] for r in runs)
         row["train_seconds"] = mean_std([r["train_seconds"] for r in runs])
@@ -48,13 +51,16 @@ def fmt(stat: dict[str, float]) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], columns: dict[str, str]) -> str:
-    """Markdown table: configuration columns, then ``columns`` (field -> header) as mean ± std."""
+    """Markdown table: configuration columns (a recipe's preset named in the method column), then ``columns``
+    (field -> header) as mean ± std."""
     head = ["method", "annotation", "budget", "guidance", *columns.values(), "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         budget = f"{r['budget']:.0%}" if r["annotation"] != "none" else "-"
         method = f"{r['method']} (trained on unbiased data)" if r["unbiased"] else r["method"]
-        cells = [method, r["annotation"], budget, r["guidance"] if r["method"] == "gainext" else "-"]
+        method = f"recipe `{r['preset']}` ({method})" if r.get("preset") else method
+        annotation = "the data's own" if r["annotation"] == DATA else r["annotation"]
+        cells = [method, annotation, budget, r["guidance"] if r["method"] == "gainext" else "-"]
         cells += [fmt(r[c]) for c in columns]
         cells.append(f"{r['train_seconds']['mean']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")

@@ -1,0 +1,139 @@
+"""``gainx experiment bias --data DIR``: the bias comparison on a data set on disk (its own splits and annotations)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from folder_helpers import write_imagefolder
+
+from gainx.cli import main as _cli
+from gainx.data.manifest import MANIFEST
+from gainx.data.synthetic import write_cooccur
+from gainx.experiments.bias import run_bias_data
+from gainx.experiments.specs import Profile
+
+TINY = Profile(image_size=16, train_size=24, test_size=8, epochs=1, batch_size=8)
+KEYS = ["baseline", "gain", "gainext", "recipe-counterfactual", "baseline-unbiased-data"]
+
+
+def _user_manifest(root: Path) -> Path:
+    """A user's manifest data set: the co-occurrence benchmark (a quarter of train masked) plus a
+    ``train_unbiased`` split drawn without the bias, listed in the same manifest."""
+    sizes = dict(image_size=16, seed=0, train_size=24, test_size=8, mask_fraction=0.25)
+    write_cooccur(root, **sizes)
+    write_cooccur(root / "unbiased", bias=1.0 / 6, **sizes)
+    with (root / "unbiased" / MANIFEST).open(newline="") as fh:
+        extra = [row for row in csv.DictReader(fh) if row["split"] == "train"]
+    with (root / MANIFEST).open("a", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        for row in extra:
+            mask = f"unbiased/{row['mask']}" if row["mask"] else ""
+            writer.writerow([f"unbiased/{row['path']}", row["labels"], "train_unbiased", mask])
+    return root
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    return _user_manifest(tmp_path_factory.mktemp("user") / "data")
+
+
+def test_bias_on_user_data_runs_every_variant_and_the_oracle(user_data, tmp_path, capsys):
+    argv = ["experiment", "bias", "--data", str(user_data), "--out", str(tmp_path), "--seeds", "0"]
+    argv += ["--consistent-split", "test_consistent", "--conflicting-split", "test_conflicting"]
+    argv += ["--oracle-split", "train_unbiased", "--epochs", "1"]
+    assert _cli(argv) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert [r["key"] for r in report["table"]] == KEYS
+    assert report["splits"] == {"conflicting": "test_conflicting", "consistent": "test_consistent"}
+    runs = {r["key"]: r for r in report["runs"]}
+    for run in runs.values():
+        assert 0.0 <= run["test_conflicting"]["accuracy"] <= 1.0 and 0.0 <= run["test_consistent"]["accuracy"] <= 1.0
+        assert set(run["evidence"]) >= {"gt_object", "gt_background"}
+    # GAINext and the recipe train on the data's own masks: a quarter of the training images
+    assert runs["gainext"]["budget"] == pytest.approx(0.25) and runs["gainext"]["annotation"] == "data"
+    assert runs["recipe-counterfactual"]["preset"] == "counterfactual"
+    # the oracle trained on the bias-free split, the others on train
+    configs = {
+        key: json.loads((tmp_path / "runs" / "data" / f"{key}-seed0" / "result.json").read_text()) for key in KEYS
+    }
+    assert configs["baseline-unbiased-data"]["unbiased"] is True
+    md = (tmp_path / "results.md").read_text()
+    assert "recipe `counterfactual` (gainext)" in md and "trained on unbiased data" in md
+    assert "25.0% of the training images" in md and "oracle skipped" not in md
+    assert "the oracle is the baseline trained on 'train_unbiased'" in md and "every run trains 1 epoch." in md
+    assert (tmp_path / "data_attention.png").stat().st_size > 0
+    assert "acc. bias-conflicting (test_conflicting)" in capsys.readouterr().out
+
+
+def test_bias_on_user_data_trains_the_oracle_on_its_split(user_data, tmp_path):
+    import torch
+
+    report = run_bias_data(
+        user_data,
+        tmp_path,
+        "test_consistent",
+        "test_conflicting",
+        oracle_split="train_unbiased",
+        seeds=[0],
+        guidances=[],
+        recipes=(),
+        references=("baseline", "oracle"),
+        profile=TINY,
+    )
+    assert [r["key"] for r in report["table"]] == ["baseline", "baseline-unbiased-data"]
+    splits = {
+        key: torch.load(tmp_path / "runs" / "data" / f"{key}-seed0" / "last.pt", weights_only=False)["config"][
+            "train_split"
+        ]
+        for key in ("baseline", "baseline-unbiased-data")
+    }
+    assert splits == {"baseline": "train", "baseline-unbiased-data": "train_unbiased"}
+
+
+def test_without_an_oracle_split_the_oracle_is_skipped_with_a_note(user_data, tmp_path, capsys):
+    report = run_bias_data(
+        user_data,
+        tmp_path,
+        "test_consistent",
+        "test_conflicting",
+        seeds=[0],
+        guidances=[],
+        recipes=(),
+        references=("baseline", "oracle"),
+        profile=TINY,
+    )
+    assert [r["key"] for r in report["table"]] == ["baseline"]
+    assert "oracle skipped" in (tmp_path / "results.md").read_text() and "--oracle-split" in report["notes"][1]
+    assert "oracle skipped" in capsys.readouterr().out
+
+
+def test_imagefolder_without_annotations_compares_the_references(tmp_path, capsys):
+    data = write_imagefolder(tmp_path / "folder", {"train": 6, "test_a": 2, "test_b": 2}, size=16)
+    kwargs = dict(seeds=[0], references=("baseline",), profile=TINY, image_size=16)
+    report = run_bias_data(data, tmp_path / "out", "test_a", "test_b", guidances=[], recipes=(), **kwargs)
+    assert [r["key"] for r in report["table"]] == ["baseline"]
+    assert "not measured" in report["notes"][-1]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())  # strict JSON: no NaN
+    assert saved["table"][0]["miou"]["mean"] is None
+    with pytest.raises(ValueError, match=r"no image of the training split 'train' has a mask or boxes"):
+        run_bias_data(data, tmp_path / "out2", "test_a", "test_b", guidances=["paper"], **kwargs)
+
+
+def test_missing_splits_are_named(user_data, tmp_path, capsys):
+    with pytest.raises(ValueError) as err:
+        run_bias_data(user_data, tmp_path, "test_consistent", "test_shifted", oracle_split="clean", profile=TINY)
+    message = str(err.value)
+    assert "'test_shifted' (--conflicting-split)" in message and "'clean' (--oracle-split)" in message
+    assert "test_conflicting, test_consistent, train, train_unbiased" in message and str(user_data) in message
+    with pytest.raises(ValueError, match="must differ"):
+        run_bias_data(user_data, tmp_path, "test_consistent", "test_consistent", profile=TINY)
+    base = ["experiment", "bias", "--out", str(tmp_path)]
+    assert _cli([*base, "--data", str(user_data), "--consistent-split", "test_consistent"]) == 2
+    assert "--data needs --conflicting-split" in capsys.readouterr().err
+    assert _cli([*base, "--benchmark", "decoy", "--oracle-split", "train_unbiased"]) == 2
+    assert "--oracle-split name splits of --data DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one source at a time
+        _cli([*base, "--benchmark", "decoy", "--data", str(user_data)])
