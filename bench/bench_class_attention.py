@@ -12,21 +12,37 @@ of H x W per image (default: 32, 512, 7 x 7 -> 224 x 224, K = 5 and 20):
                  forward + backward per class batch (K of them), so its time is
                  the whole map production for the same classes.
 
-Every member is checked to produce the same maps before it is timed. Runs on
-CUDA when available (``bench_device``). ``GAINX_BENCH_QUICK=1`` shrinks to
-B 4, C 64 (7 x 7 -> 224 x 224). Environment overrides: GAINX_BENCH_BATCH,
-GAINX_BENCH_CHANNELS, GAINX_BENCH_FEAT, GAINX_BENCH_OUT, GAINX_BENCH_CLASSES
-("5,20"), GAINX_BENCH_DEVICE (e.g. cpu on a GPU machine), GAINX_BENCH_GRADCAM_ROUNDS (1).
+On CUDA two more cases run (eager, extension and compile; not quick mode):
+group ``class_attention-B4-k{K}`` (a small batch, B = 4) and
+``class_attention-14to448-k{K}`` (a large map, 14 x 14 -> 448 x 448); their
+members carry the case in their id (``test_extension[B4-5]``).
+
+Every member is checked to produce the same maps before it is timed. Wall
+times (pytest-benchmark's stats) are what a user sees, host overhead included.
+Extra info: ``device_time_ms`` (summed kernel time of one call from the
+profiler, :func:`bench.common.device_time_ms`; NaN on CPU), ``bytes_moved_mb``
+(features and gathered weight rows read once, maps written once: the op is
+write-bound), ``bandwidth_gbs`` (bytes moved / best wall time),
+``device_bandwidth_frac_of_peak`` (bytes moved / device time / peak, peak from
+:func:`bench.common.peak_bandwidth`) and ``peak_mem_mb``.
+
+Runs on CUDA when available (``bench_device``). ``GAINX_BENCH_QUICK=1``
+shrinks to B 4, C 64 (7 x 7 -> 224 x 224). Environment overrides of the main
+case: GAINX_BENCH_BATCH, GAINX_BENCH_CHANNELS, GAINX_BENCH_FEAT,
+GAINX_BENCH_OUT, GAINX_BENCH_CLASSES ("5,20"), GAINX_BENCH_DEVICE (e.g. cpu on
+a GPU machine), GAINX_BENCH_GRADCAM_ROUNDS (1).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 import torch
 
-from bench.common import QUICK, bench_device, peak_memory_mb, sync
+from bench.common import QUICK, bench_device, device_time_ms, peak_bandwidth, peak_memory_mb, sync
 from gainx.ops import extension
 from gainx.ops.class_attention import class_attention_eager
 
@@ -38,93 +54,129 @@ KS = [int(k) for k in os.environ.get("GAINX_BENCH_CLASSES", "5,20").split(",")]
 DEVICE = torch.device(os.environ["GAINX_BENCH_DEVICE"]) if "GAINX_BENCH_DEVICE" in os.environ else bench_device()
 GRADCAM_ROUNDS = int(os.environ.get("GAINX_BENCH_GRADCAM_ROUNDS", 1))
 NUM_CLASSES = 20
-TARGET = "CPU: >= 3x eager and >= 20x pytorch-grad-cam; GPU: >= 5x eager and >= 100x pytorch-grad-cam"
+TARGET = "CPU: >= 3x eager and >= 20x pytorch-grad-cam; GPU: >= 5x eager, >= 2x torch.compile, >= 100x pytorch-grad-cam"
 
 
-def _inputs(k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class Case:
+    """One benchmark shape; ``name`` is empty for the main case (its groups and ids carry only K)."""
+
+    name: str
+    batch: int
+    feat: int
+    out: int
+
+    def group(self, k: int) -> str:
+        return f"class_attention-{self.name}-k{k}" if self.name else f"class_attention-k{k}"
+
+
+MAIN = Case("", B, FEAT, OUT)
+CASES = [MAIN]
+if DEVICE.type == "cuda" and not QUICK:
+    CASES += [Case("B4", 4, FEAT, OUT), Case("14to448", B, 14, 448)]
+PARAMS = [pytest.param(case, k, id=f"{case.name}-{k}" if case.name else str(k)) for case in CASES for k in KS]
+MAIN_PARAMS = [pytest.param(MAIN, k, id=str(k)) for k in KS]
+
+
+def _inputs(case: Case, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    features = torch.randn(B, C, FEAT, FEAT, generator=g).relu().to(DEVICE)
+    features = torch.randn(case.batch, C, case.feat, case.feat, generator=g).relu().to(DEVICE)
     weight = torch.randn(NUM_CLASSES, C, generator=g).to(DEVICE)
-    classes = torch.stack([torch.randperm(NUM_CLASSES, generator=g)[:k] for _ in range(B)]).to(DEVICE)
+    classes = torch.stack([torch.randperm(NUM_CLASSES, generator=g)[:k] for _ in range(case.batch)]).to(DEVICE)
     return features, weight, classes
 
 
-def _record(benchmark, k: int, baseline: bool = False) -> None:
+def _bytes_moved(case: Case, k: int) -> int:
+    """Features and the K gathered weight rows read once, the maps written once (fp32)."""
+    return 4 * (case.batch * C * case.feat**2 + case.batch * k * C + case.batch * k * case.out**2)
+
+
+def _start(benchmark, case: Case, k: int, baseline: bool = False) -> None:
+    benchmark.group = case.group(k)
     benchmark.extra_info.update(
         {
             "target": TARGET,
-            "maps": B * k,
-            "shape": f"B={B} C={C} {FEAT}x{FEAT}->{OUT}x{OUT} K={k}",
+            "maps": case.batch * k,
+            "shape": f"B={case.batch} C={C} {case.feat}x{case.feat}->{case.out}x{case.out} K={k}",
             "device": str(DEVICE),
+            "bytes_moved_mb": _bytes_moved(case, k) / 2**20,
         }
     )
     if baseline:
         benchmark.extra_info["baseline"] = True
 
 
-def _bandwidth(benchmark, k: int) -> None:
-    """Output bytes written per second at the best round (the op is write-bound)."""
-    out_bytes = B * k * OUT * OUT * 4
-    best = benchmark.stats.stats.min
-    benchmark.extra_info["bandwidth_gbs"] = out_bytes / best / 1e9
+def _bandwidth(benchmark, case: Case, k: int, device_ms: float = float("nan")) -> None:
+    """Bytes moved per second at the best wall time, and as a fraction of the device's peak at the device time."""
+    info, moved = benchmark.extra_info, _bytes_moved(case, k)
+    info["bandwidth_gbs"] = moved / benchmark.stats.stats.min / 1e9
+    info["device_time_ms"] = device_ms
+    peak = peak_bandwidth(DEVICE)
+    if peak:
+        info["peak_bandwidth_gbs"], info["peak_bandwidth_source"] = peak[0] / 1e9, peak[1]
+        if device_ms > 0:
+            info["device_bandwidth_frac_of_peak"] = moved / (device_ms / 1e3) / peak[0]
 
 
-def _run(benchmark, fn, k: int) -> torch.Tensor:
+def _run(benchmark, fn: Callable[[], torch.Tensor], case: Case, k: int) -> torch.Tensor:
     def call() -> torch.Tensor:
         out = fn()
         sync(DEVICE)
         return out
 
     out = benchmark.pedantic(call, rounds=10, warmup_rounds=2, iterations=1)
-    _bandwidth(benchmark, k)
+    _bandwidth(benchmark, case, k, device_time_ms(fn, DEVICE))
     benchmark.extra_info["peak_mem_mb"] = peak_memory_mb(fn, DEVICE)
     return out
 
 
-@pytest.mark.parametrize("k", KS)
-def test_eager(benchmark, k):
-    benchmark.group = f"class_attention-k{k}"
-    _record(benchmark, k, baseline=True)
-    features, weight, classes = _inputs(k)
-    out = _run(benchmark, lambda: class_attention_eager(features, weight, classes, (OUT, OUT)), k)
-    assert out.shape == (B, k, OUT, OUT)
+def _reference(case: Case, k: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    inputs = _inputs(case, k)
+    return inputs, class_attention_eager(*inputs, (case.out, case.out))
 
 
-@pytest.mark.parametrize("k", KS)
-def test_extension(benchmark, k):
-    benchmark.group = f"class_attention-k{k}"
+@pytest.mark.parametrize("case,k", PARAMS)
+def test_eager(benchmark, case, k):
+    _start(benchmark, case, k, baseline=True)
+    features, weight, classes = _inputs(case, k)
+    out = _run(benchmark, lambda: class_attention_eager(features, weight, classes, (case.out, case.out)), case, k)
+    assert out.shape == (case.batch, k, case.out, case.out)
+
+
+@pytest.mark.parametrize("case,k", PARAMS)
+def test_extension(benchmark, case, k):
     if not extension.supports(DEVICE):
         pytest.skip(f"gainx._C has no kernels for {DEVICE}")
-    _record(benchmark, k)
-    features, weight, classes = _inputs(k)
-    out = _run(benchmark, lambda: torch.ops.gainx.class_attention(features, weight, classes, [OUT, OUT]), k)
-    torch.testing.assert_close(out, class_attention_eager(features, weight, classes, (OUT, OUT)), atol=1e-5, rtol=0)
+    _start(benchmark, case, k)
+    (features, weight, classes), want = _reference(case, k)
+    size = [case.out, case.out]
+    out = _run(benchmark, lambda: torch.ops.gainx.class_attention(features, weight, classes, size), case, k)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("k", KS)
-def test_compile(benchmark, k):
-    benchmark.group = f"class_attention-k{k}"
-    _record(benchmark, k)
-    features, weight, classes = _inputs(k)
+@pytest.mark.parametrize("case,k", PARAMS)
+def test_compile(benchmark, case, k):
+    _start(benchmark, case, k)
+    (features, weight, classes), want = _reference(case, k)
     compiled = torch.compile(class_attention_eager, dynamic=False)
-    out = _run(benchmark, lambda: compiled(features, weight, classes, (OUT, OUT)), k)  # warm-up rounds compile
-    torch.testing.assert_close(out, class_attention_eager(features, weight, classes, (OUT, OUT)), atol=1e-5, rtol=0)
+    size = (case.out, case.out)
+    out = _run(benchmark, lambda: compiled(features, weight, classes, size), case, k)  # warm-up rounds compile
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("k", KS)
-def test_grad_cam(benchmark, k):
-    benchmark.group = f"class_attention-k{k}"
+@pytest.mark.parametrize("case,k", MAIN_PARAMS)
+def test_grad_cam(benchmark, case, k):
     gradcam_lib = pytest.importorskip("pytorch_grad_cam", reason="pytorch-grad-cam is in the bench extra")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     from torchvision.models import resnet18
 
-    _record(benchmark, k)
+    _start(benchmark, case, k)
     benchmark.extra_info["note"] = "model forward + one backward per class batch, maps copied to the CPU"
     torch.manual_seed(0)
     model = resnet18(weights=None, num_classes=NUM_CLASSES).eval().to(DEVICE)
     stride = 32  # resnet18 layer4: 1/32 of the image
-    images = torch.randn(B, 3, FEAT * stride, FEAT * stride, device=DEVICE)
-    _, _, classes = _inputs(k)
+    images = torch.randn(case.batch, 3, case.feat * stride, case.feat * stride, device=DEVICE)
+    _, _, classes = _inputs(case, k)
     cam = gradcam_lib.GradCAM(model=model, target_layers=[model.layer4[-1]])
     cam.compute_input_gradient = False
 
@@ -140,8 +192,8 @@ def test_grad_cam(benchmark, k):
     with torch.no_grad():
         model(images)
     hook.remove()
-    want = class_attention_eager(store["F"], model.fc.weight.detach(), classes, (OUT, OUT)).cpu()
+    want = class_attention_eager(store["F"], model.fc.weight.detach(), classes, (case.out, case.out)).cpu()
     got = benchmark.pedantic(maps, rounds=GRADCAM_ROUNDS, warmup_rounds=0, iterations=1)
-    _bandwidth(benchmark, k)
+    _bandwidth(benchmark, case, k)  # device time: not measured (host-side OpenCV resize inside)
     # OpenCV's bilinear resize rounds differently from torch's: maps agree to ~1e-3.
     torch.testing.assert_close(got, want, atol=1e-2, rtol=0)

@@ -5,9 +5,11 @@ cases and input errors (both on the extension and on the eager fallback)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,6 +221,99 @@ def test_opcheck(requires_grad, device):
     torch.library.opcheck(torch.ops.gainx.gradcam.default, (features, features.detach().flip(1), [13, 11], EPS))
 
 
+@needs_ext
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[cuda, needs_cuda])])
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_class_counts_with_ties_and_flat_maps(k, device):
+    """K = 1, 5, 20 maps per image at odd sizes: tied maxima (integer-valued features), and a
+    flat map (zero weight row) beside non-flat ones; values and gradients equal the eager reference."""
+    g = torch.Generator().manual_seed(k)
+    features = torch.randint(0, 3, (3, 6, 5, 7), generator=g).double().to(device)
+    weight = torch.randint(-1, 3, (23, 6), generator=g).double()
+    weight[4] = 0.0
+    weight = weight.to(device)
+    classes = torch.randint(0, 23, (3, k), generator=g)
+    classes[0, 0] = 4
+    classes = classes.to(device)
+    upstream = torch.randn(3, k, 37, 29, generator=g, dtype=torch.float64).to(device)
+    results = []
+    for fn in (class_attention, class_attention_eager):
+        f, w = features.clone().requires_grad_(), weight.clone().requires_grad_()
+        out = fn(f, w, classes, (37, 29))
+        results.append((out.detach(), *torch.autograd.grad((out * upstream).sum(), (f, w))))
+    assert torch.equal(results[0][0][0, 0], torch.zeros_like(results[0][0][0, 0]))
+    for got, want in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+def _children(prof, op: str) -> list[list[str]]:
+    """For each profiled call of ``op``: the names of the ATen ops it ran directly, in order."""
+    return [[c.name for c in e.cpu_children] for e in prof.events() if e.name == op]
+
+
+def _descendants(prof, op: str) -> set[str]:
+    names, todo = set(), [e for e in prof.events() if e.name == op]
+    while todo:
+        e = todo.pop()
+        names.update(c.name for c in e.cpu_children)
+        todo.extend(e.cpu_children)
+    return names
+
+
+# ATen ops that only allocate or re-view (no pass over data, no launch).
+_NO_DATA_PASS = {"aten::empty", "aten::view", "aten::reshape", "aten::unsqueeze", "aten::squeeze"}
+
+
+@needs_ext
+def test_cpp_path_has_no_scalar_reads_and_one_gemm_pass():
+    """The C++ ops read no tensor value on the host (no item / _local_scalar_dense / aminmax: on CUDA
+    each is a device sync) and fold 1 / (h w) into the GEMM (baddbmm's alpha, no separate div / mean)."""
+    features, weight, classes = _inputs(SHAPES[0], torch.float32)
+    grads = features.flip(1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        torch.ops.gainx.class_attention(features, weight, classes, [13, 11], EPS)
+        torch.ops.gainx.gradcam(features, grads, [13, 11], EPS)
+    for op, passes in (
+        ("gainx::class_attention", ["aten::index_select", "aten::baddbmm_"]),
+        ("gainx::gradcam", ["aten::sum", "aten::baddbmm_"]),
+    ):
+        (children,) = _children(prof, op)
+        assert [c for c in children if c not in _NO_DATA_PASS] == passes, (op, children)
+        host_reads = _descendants(prof, op) & {"aten::item", "aten::_local_scalar_dense", "aten::aminmax"}
+        assert not host_reads, (op, host_reads)
+
+
+def _run_ends(n_in: int, n_out: int) -> list[int]:
+    """Output indices that end a run of equal first source index (the CUDA epilogue's candidates)."""
+    scale = torch.tensor(n_in / n_out, dtype=torch.float32)
+    src = (scale * (torch.arange(n_out, dtype=torch.float32) + 0.5) - 0.5).clamp_min(0)
+    i0 = src.long().clamp_max(n_in - 1).tolist()
+    return [d for d in range(n_out) if d in (0, n_out - 1) or i0[d] != i0[d - 1] or i0[d] != i0[d + 1]]
+
+
+@pytest.mark.parametrize("h,w,H,W", [(7, 7, 224, 224), (14, 14, 448, 448), (5, 9, 37, 13), (9, 8, 4, 3), (1, 3, 7, 1)])
+def test_upsampled_extremes_lie_on_run_end_candidates(h, w, H, W):
+    """The CUDA epilogue reduces min / max over (y run ends) x (x run ends) only: within a block of
+    runs the bilinear upsampling is bilinear in its two lerp weights, so its extremes sit on run ends."""
+    maps = torch.randn(16, h, w, generator=torch.Generator().manual_seed(h * W), dtype=torch.float64).relu()
+    up = F.interpolate(maps[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+    ys, xs = _run_ends(h, H), _run_ends(w, W)
+    assert len(ys) <= min(H, 2 * h) and len(xs) <= min(W, 2 * w)
+    cand = up[:, ys][:, :, xs]
+    torch.testing.assert_close(cand.amin(dim=(1, 2)), up.amin(dim=(1, 2)), atol=1e-15, rtol=1e-13)
+    torch.testing.assert_close(cand.amax(dim=(1, 2)), up.amax(dim=(1, 2)), atol=1e-15, rtol=1e-13)
+
+
+def test_cuda_sources_read_no_values_on_the_host():
+    """Secondary guard: the C++/CUDA code of the CUDA path never copies a value to the host."""
+    root = Path(__file__).resolve().parents[1] / "csrc" / "ops"
+    sources = [root / "cam_common.h", *sorted((root / "cuda").glob("*.cu"))]
+    banned = re.compile(r"\.item\s*<|aminmax|_local_scalar_dense|cudaDeviceSynchronize|cudaStreamSynchronize|kCPU")
+    for src in sources:
+        hits = [line for line in src.read_text().splitlines() if banned.search(line)]
+        assert not hits, (src.name, hits)
+
+
 def _bad_calls():
     f, w, c = _inputs(SHAPES[0], torch.float32)
     return [
@@ -329,3 +424,53 @@ def test_cuda_gradcheck_and_device_mismatch():
         class_attention(features.detach(), weight.detach().cpu(), classes, (7, 9))
     with pytest.raises(ValueError, match="classes is on cpu but features is on cuda"):
         class_attention(features.detach(), weight.detach(), classes.cpu(), (7, 9))
+
+
+@cuda
+@needs_cuda
+def test_cuda_ops_make_no_host_sync():
+    """torch.cuda sync debug mode turns any synchronizing call inside the ops into an error."""
+    features, weight, classes = _inputs(SHAPES[-1], torch.float32, device="cuda")
+    grads = features.flip(1)
+    want = class_attention(features, weight, classes, (224, 224))  # first call: cuBLAS handle, kernel attributes
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = torch.ops.gainx.class_attention(features, weight, classes, [224, 224], EPS)
+        torch.ops.gainx.gradcam(features, grads, [224, 224], EPS)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(got, want)
+
+
+@cuda
+@needs_cuda
+def test_cuda_class_out_of_range_is_a_device_assert():
+    """On CUDA the classes' range is checked in the gather kernel (no host read): a device-side assert."""
+    code = textwrap.dedent(
+        """
+        import torch
+        from gainx.ops.class_attention import class_attention
+        f, w = torch.randn(2, 3, 4, 4, device="cuda"), torch.randn(5, 3, device="cuda")
+        try:
+            class_attention(f, w, torch.tensor([[0, 1], [5, 2]], device="cuda"), (8, 8))
+            torch.cuda.synchronize()
+        except RuntimeError as exc:
+            print("device-side assert" in str(exc))
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "True", res.stdout + res.stderr
+    assert "classes must lie in [0, 5), got 5" in res.stdout + res.stderr
+
+
+@cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_wide_maps(dtype):
+    """Rows wider than the default shared-memory budget (the epilogue opts in to more) and odd widths."""
+    for shape in [(2, 3, 4, 5, 2, 4, 3, 6000), (2, 3, 4, 5, 2, 4, 9, 2501)]:
+        features, weight, classes = _inputs(shape, dtype, device="cuda")
+        size = shape[-2:]
+        want = class_attention_eager(features, weight, classes, size)
+        torch.testing.assert_close(class_attention(features, weight, classes, size), want, atol=1e-5, rtol=0)

@@ -1,5 +1,5 @@
 // Shared pieces of the gainx CAM ops: input checks, the class-score product
-// (ATen: bmm -> cuBLAS / CPU BLAS) and the per-device fused epilogues.
+// (ATen: baddbmm -> cuBLAS / CPU BLAS) and the per-device fused epilogues.
 //
 // Both ops reduce to  S = W_sel x F  (one row of Grad-CAM weights per map,
 // paper eq. 1) followed by the epilogue of eq. 2 plus normalization:
@@ -34,8 +34,14 @@ C10_HOST_DEVICE inline T norm_denominator(T lo, T hi, double eps) {
 
 // (N, h, w) pre-ReLU scores -> (N, H, W) normalized maps.
 at::Tensor cam_epilogue_cpu(const at::Tensor& scores, int64_t H, int64_t W, double eps);
+// weight (num_classes, C), classes (B, K) int64 -> rows weight[classes[b, k]], (B, K, C).
+// A class outside [0, num_classes) is an error: a ValueError naming it on the
+// CPU; on CUDA a device-side assert (checked in the gather kernel, so the op
+// never waits for the device).
+at::Tensor class_rows_cpu(const at::Tensor& weight, const at::Tensor& classes);
 #ifdef WITH_CUDA
 at::Tensor cam_epilogue_cuda(const at::Tensor& scores, int64_t H, int64_t W, double eps);
+at::Tensor class_rows_cuda(const at::Tensor& weight, const at::Tensor& classes);
 #endif
 
 namespace detail {
@@ -80,12 +86,6 @@ inline void check_class_attention(const at::Tensor& features, const at::Tensor& 
   TORCH_CHECK_TYPE(classes.scalar_type() == at::kLong, op, ": classes must be int64, got dtype ", classes.scalar_type());
   TORCH_CHECK_VALUE(classes.device() == features.device(), op, ": classes is on ", classes.device(),
               " but features is on ", features.device(), "; move both to the same device");
-  if (classes.numel() > 0) {
-    const auto [lo, hi] = at::aminmax(classes);
-    const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
-    TORCH_CHECK_VALUE(lo_v >= 0 && hi_v < weight.size(0), op, ": classes must lie in [0, ", weight.size(0),
-                "), got values in [", lo_v, ", ", hi_v, "]");
-  }
 }
 
 inline void check_gradcam(const at::Tensor& features, const at::Tensor& grads, at::IntArrayRef out_size) {
@@ -97,29 +97,33 @@ inline void check_gradcam(const at::Tensor& features, const at::Tensor& grads, a
   check_same(op, "grads", grads, features);
 }
 
-// S[b, k] = (weight[classes[b, k]] / (h w)) . F[b]  -> (B, K, h, w).  The row
-// divided by h w is the Grad-CAM weight GAP(dS_c/dF) of a GAP + linear head.
-inline at::Tensor class_scores(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& classes) {
-  const int64_t B = features.size(0), C = features.size(1), h = features.size(2), w = features.size(3);
-  const int64_t K = classes.size(1);
-  const at::Tensor rows = weight.index_select(0, classes.reshape(-1)).view({B, K, C}).div(h * w);
-  return at::bmm(rows, features.reshape({B, C, h * w})).view({B, K, h, w});
+// S = alpha * (rows x F[b]) as one batched GEMM, alpha = 1 / (h w) folded into
+// the GEMM's scaling (no separate pass over rows or scores): rows (P, K, C),
+// features (P, C, h, w) -> (P, K, h, w).
+inline at::Tensor scaled_scores(const at::Tensor& rows, const at::Tensor& features) {
+  const int64_t P = features.size(0), C = features.size(1), h = features.size(2), w = features.size(3);
+  at::Tensor scores = at::empty({P, rows.size(1), h * w}, features.options());
+  // beta = 0: the uninitialized contents of scores are never read.
+  scores.baddbmm_(rows, features.reshape({P, C, h * w}), /*beta=*/0, /*alpha=*/1.0 / static_cast<double>(h * w));
+  return scores.view({P, rows.size(1), h, w});
 }
 
-// S[p] = GAP(G[p]) . F[p]  -> (P, h, w)  (eq. 1-2 before the ReLU).
+// S[p] = GAP(G[p]) . F[p] = (sum_hw G[p] / (h w)) . F[p]  -> (P, h, w)  (eq. 1-2 before the ReLU).
 inline at::Tensor gradcam_scores(const at::Tensor& features, const at::Tensor& grads) {
-  const int64_t P = features.size(0), C = features.size(1), h = features.size(2), w = features.size(3);
-  const at::Tensor weights = grads.mean({2, 3}).view({P, 1, C});
-  return at::bmm(weights, features.reshape({P, C, h * w})).view({P, h, w});
+  const at::Tensor sums = grads.sum({2, 3}).unsqueeze(1);
+  return scaled_scores(sums, features).squeeze(1);
 }
 
 using Epilogue = at::Tensor (*)(const at::Tensor&, int64_t, int64_t, double);
+using Rows = at::Tensor (*)(const at::Tensor&, const at::Tensor&);
 
-template <Epilogue epilogue>
+template <Rows rows, Epilogue epilogue>
 at::Tensor class_attention_impl(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& classes,
                                 at::IntArrayRef out_size, double eps) {
   check_class_attention(features, weight, classes, out_size);
-  const at::Tensor scores = class_scores(features, weight, classes);
+  // S[b, k] = (weight[classes[b, k]] / (h w)) . F[b]  -> (B, K, h, w).  The row
+  // divided by h w is the Grad-CAM weight GAP(dS_c/dF) of a GAP + linear head.
+  const at::Tensor scores = scaled_scores(rows(weight, classes), features);
   const int64_t B = scores.size(0), K = scores.size(1), h = scores.size(2), w = scores.size(3);
   return epilogue(scores.view({B * K, h, w}), out_size[0], out_size[1], eps).view({B, K, out_size[0], out_size[1]});
 }

@@ -66,6 +66,12 @@ def class_attention(
 
     Returns:
         ``(B, K, H, W)`` maps in ``[0, 1]``, same dtype and device as ``features``.
+
+    Raises:
+        ValueError: for bad shapes, devices or ``out_size``, and for a class
+            outside ``[0, num_classes)``, except on CUDA with the extension:
+            there the kernels check the classes on the device (a device-side
+            assert naming the class), so the call never waits for the GPU.
     """
     size = _size(out_size)
     if extension.supports(features.device):

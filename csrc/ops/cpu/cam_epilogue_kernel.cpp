@@ -232,7 +232,7 @@ at::Tensor cam_epilogue_cpu(const at::Tensor& scores, int64_t H, int64_t W, doub
 }
 
 TORCH_LIBRARY_IMPL(gainx, CPU, m) {
-  m.impl("class_attention", &detail::class_attention_impl<cam_epilogue_cpu>);
+  m.impl("class_attention", &detail::class_attention_impl<class_rows_cpu, cam_epilogue_cpu>);
   m.impl("gradcam", &detail::gradcam_impl<cam_epilogue_cpu>);
 }
 
