@@ -2,7 +2,7 @@
 
 Group ``gain_step_resnet18`` (target <= 2.5x): resnet18, batch 16, 224x224,
 fp32, on the benchmark device. Group ``gain_step_resnet50_amp`` (target
-<= 2.2x): resnet50, batch 32, 224x224, mixed precision as the trainer runs it
+<= 2.3x): resnet50, batch 32, 224x224, mixed precision as the trainer runs it
 (``torch.autocast`` fp16 + ``GradScaler``), CUDA only. One ground-truth class
 per image, SGD. The plain step is forward + cross-entropy + backward + update;
 the GAIN step adds the Grad-CAM gradient pass, the erase step and the
@@ -116,7 +116,7 @@ def test_plain_classification_step_amp(benchmark):
 @pytest.mark.benchmark(group="gain_step_resnet50_amp")
 def test_gain_step_amp(benchmark):
     step = _setup("gain", "resnet50", AMP_BATCH, AMP_SIZE, amp=True)
-    _run(benchmark, step, AMP_BATCH, AMP_SIZE, amp="fp16", target="<= 2.2x the plain step")
+    _run(benchmark, step, AMP_BATCH, AMP_SIZE, amp="fp16", target="<= 2.3x the plain step")
 
 
 @needs_cuda

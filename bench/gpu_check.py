@@ -60,6 +60,7 @@ ATTENTION_TESTS = ("tests/test_attention_erase_fused.py", "tests/test_attention_
 ATTENTION_RUNS = {
     "resnet50": (ATTN_SHAPE, "float32"),
     "resnet50-bf16": (ATTN_SHAPE, "bfloat16"),
+    "resnet50-fp16": (ATTN_SHAPE, "float16"),
     "batch4": ((4, *ATTN_SHAPE[1:]), "float32"),
     "map14-448": ((*ATTN_SHAPE[:3], 14, 14, 448, 448), "float32"),
 }

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -22,7 +23,21 @@ from bench.targets import ATTN_SHAPE, TARGETS, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a CUDA device")
-ATTN = {"shape": "B,classes,C,h,w,H,W=" + ",".join(map(str, ATTN_SHAPE)), "dtype": "torch.float32"}
+SHAPE = "B,classes,C,h,w,H,W=" + ",".join(map(str, ATTN_SHAPE))
+ATTN = {"shape": SHAPE, "dtype": "torch.float32"}
+LOW = ("torch.bfloat16", "torch.float16")
+EAGER_FULL, COMPILE_FULL, EAGER_FORWARD, COMPILE_FORWARD, EAGER_MEM = 10.0, 4.0, 4.0, 2.0, 100.0
+
+
+class Attn(NamedTuple):
+    """One Triton backend's synthetic attention-mining results: fp32 full-step and forward medians (s), device-time
+    bandwidth fraction, peak memory (MB), and its bf16 and fp16 full-step medians as a fraction of fp32's."""
+
+    full: float
+    forward: float
+    frac: float
+    mem: float
+    low: float
 
 
 def _bench(group: str, name: str, median: float, **extra: object) -> dict:
@@ -34,21 +49,33 @@ def _bench(group: str, name: str, median: float, **extra: object) -> dict:
     }
 
 
-def _results(
-    triton: float, triton_frac: float, triton_mem: float, extension: float, gain_amp: float, onnx_top1: float
-) -> dict:
+def _attention(backends: dict[str, Attn]) -> list[dict]:
+    """bench_attention_erase's members at the target shapes: fp32 with the eager and compile references, then one
+    run per low-precision dtype (as --attention merges its runs)."""
+    full, forward = "attention_erase_full", "attention_erase_forward"
+    runs = [
+        _bench(full, "test_full[eager]", EAGER_FULL, peak_mem_mb=EAGER_MEM, baseline=True, **ATTN),
+        _bench(full, "test_full[compile]", COMPILE_FULL, peak_mem_mb=80.0, **ATTN),
+        _bench(forward, "test_forward[eager]", EAGER_FORWARD, baseline=True, **ATTN),
+        _bench(forward, "test_forward[compile]", COMPILE_FORWARD, **ATTN),
+    ]
+    for name, a in backends.items():
+        info = {"peak_mem_mb": a.mem, "device_bandwidth_frac_of_peak": a.frac, "bandwidth_frac_of_peak": a.frac / 10}
+        runs += [
+            _bench(full, f"test_full[{name}]", a.full, **info, **ATTN),
+            _bench(forward, f"test_forward[{name}]", a.forward, **ATTN),
+        ]
+    for dtype in LOW:
+        low = {"shape": SHAPE, "dtype": dtype}
+        runs.append(_bench(full, "test_full[eager]", EAGER_FULL / 2, baseline=True, **low))
+        runs += [_bench(full, f"test_full[{name}]", a.full * a.low, **low) for name, a in backends.items()]
+    return runs
+
+
+def _results(triton: Attn, fused: Attn, extension: float, compiled: float, gain_amp: float, onnx_top1: float) -> dict:
     """Synthetic pytest-benchmark JSON with every member the targets read, at the target shapes (medians in s)."""
     benchmarks = [
-        _bench("attention_erase_full", "test_full[eager]", 3.0, peak_mem_mb=100.0, baseline=True, **ATTN),
-        _bench("attention_erase_full", "test_full[compile]", 1.4, peak_mem_mb=80.0, **ATTN),
-        _bench(
-            "attention_erase_full",
-            "test_full[triton]",
-            triton,
-            peak_mem_mb=triton_mem,
-            bandwidth_frac_of_peak=triton_frac,
-            **ATTN,
-        ),
+        *_attention({"triton": triton, "fused": fused}),
         _bench("gain_step_resnet50_amp", "test_plain_classification_step_amp", 1.0, batch=32, image_size=224),
         _bench("gain_step_resnet50_amp", "test_gain_step_amp", gain_amp, batch=32, image_size=224),
         _bench(
@@ -67,9 +94,33 @@ def _results(
         benchmarks += [
             _bench(f"class_attention-k{k}", f"test_eager[{k}]", 5.0, baseline=True, **shape),
             _bench(f"class_attention-k{k}", f"test_extension[{k}]", extension, **shape),
+            _bench(f"class_attention-k{k}", f"test_compile[{k}]", compiled, **shape),
             _bench(f"class_attention-k{k}", f"test_grad_cam[{k}]", 100.0, **shape),
         ]
     return {"device": "cuda-nvidia-h200", "quick": True, "machine_info": {}, "benchmarks": benchmarks}
+
+
+# every target met / every target not met (see the bounds in bench/targets.py)
+MET = {
+    "triton": Attn(full=0.8, forward=0.8, frac=0.6, mem=40.0, low=0.9),
+    "fused": Attn(full=0.5, forward=0.5, frac=0.75, mem=30.0, low=0.7),
+    "extension": 0.5,
+    "compiled": 1.25,
+    "gain_amp": 2.2,
+    "onnx_top1": 1.15,
+}
+NOT_MET = {
+    "triton": Attn(full=2.0, forward=1.6, frac=0.3, mem=60.0, low=1.2),
+    "fused": Attn(full=1.25, forward=1.25, frac=0.45, mem=55.0, low=1.1),
+    "extension": 2.0,
+    "compiled": 3.0,
+    "gain_amp": 2.5,
+    "onnx_top1": 1.3,
+}
+
+
+def _attn_target(backend: str, what: str) -> str:
+    return f"attention/mask/erase, {backend} backend (ResNet-50 shapes): {what}"
 
 
 def _values(data: dict) -> dict[str, tuple[float | None, bool | None]]:
@@ -149,7 +200,7 @@ def test_dry_run_attention_mode(tmp_path: Path, capsys: pytest.CaptureFixture) -
         env = f"GAINX_BENCH_ATTN={','.join(map(str, shape))} GAINX_BENCH_DTYPE={dtype}"
         assert f"bench-attention_erase-{label}: {env}" in out
     assert "-k bench_attention_erase " in out and "bench_class_attention" not in out
-    assert "[9/9] summary:" in out and list(tmp_path.iterdir()) == []
+    assert "[10/10] summary:" in out and list(tmp_path.iterdir()) == []
     gpu_check.main(["--dry-run", "--attention", "--skip-build", "--skip-bench", "--out", str(tmp_path)])
     assert "[1/2] tests:" in capsys.readouterr().out
 
@@ -236,8 +287,8 @@ def test_whole_check_merges_results_and_writes_the_summary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     folder, work = tmp_path / "out" / "cuda-test-gpu", tmp_path / "work"
-    data = _results(triton=0.5, triton_frac=0.7, triton_mem=30.0, extension=0.5, gain_amp=2.0, onnx_top1=1.1)
-    halves = data["benchmarks"][:7], data["benchmarks"][7:]
+    data = _results(**MET)
+    halves = data["benchmarks"][:11], data["benchmarks"][11:]
     junit = (
         '<testsuites><testsuite><testcase classname="tests.test_a" name="test_ok"/>'
         '<testcase classname="tests.test_a" name="test_bad"><failure message="x"/></testcase></testsuite>'
@@ -279,42 +330,82 @@ def test_a_step_out_of_budget_is_stopped_and_the_rest_skipped(tmp_path: Path, mo
 # --- target evaluation -------------------------------------------------------------------------------------------
 
 
+def _check_attention_values(values: dict[str, tuple[float | None, bool | None]], results: dict) -> None:
+    """Each Triton backend's attention-mining values are the ratios of the synthetic medians and extra_info."""
+    for backend in ("triton", "fused"):
+        a = results[backend]
+        assert values[_attn_target(backend, "full step speedup vs eager")][0] == pytest.approx(EAGER_FULL / a.full)
+        speedup = values[_attn_target(backend, "full step speedup vs torch.compile of eager")][0]
+        assert speedup == pytest.approx(COMPILE_FULL / a.full)
+        forward = values[_attn_target(backend, "forward speedup vs torch.compile of eager")][0]
+        assert forward == pytest.approx(COMPILE_FORWARD / a.forward)
+        frac = values[_attn_target(backend, "full step device-time fraction of peak memory bandwidth")][0]
+        assert frac == pytest.approx(a.frac)
+        assert values[_attn_target(backend, "full step peak memory / eager's")][0] == pytest.approx(a.mem / EAGER_MEM)
+        for dtype in ("bfloat16", "float16"):
+            ratio = values[_attn_target(backend, f"full step time in {dtype} / in float32")][0]
+            assert ratio == pytest.approx(a.full * a.low / a.full)
+
+
 def test_targets_met() -> None:
-    values = _values(
-        _results(triton=0.9, triton_frac=0.65, triton_mem=40.0, extension=0.04, gain_amp=2.1, onnx_top1=1.15)
-    )
+    values = _values(_results(**MET))
     assert all(met is True for _, met in values.values()), values
-    name = "fused Triton attention/mask/erase full step (ResNet-50 shapes)"
-    assert values[f"{name}: speedup vs eager"][0] == pytest.approx(3.0 / 0.9)
-    assert values[f"{name}: speedup vs torch.compile of eager"][0] == pytest.approx(1.4 / 0.9)
-    assert values[f"{name}: peak memory / eager's"][0] == pytest.approx(0.4)
-    assert values["class_attention extension, K=20: speedup vs pytorch-grad-cam"][0] == pytest.approx(2500)
-    assert values["GAIN training step, resnet50 with AMP: time / plain step's"][0] == pytest.approx(2.1)
+    assert len(values) == len(TARGETS)
+    _check_attention_values(values, MET)
+    assert values["class_attention extension, K=20: speedup vs pytorch-grad-cam"][0] == pytest.approx(100.0 / 0.5)
+    assert values["class_attention extension, K=5: speedup vs torch.compile of eager"][0] == pytest.approx(1.25 / 0.5)
+    assert values["GAIN training step, resnet50 with AMP: time / plain step's"][0] == pytest.approx(2.2)
 
 
 def test_targets_not_met() -> None:
-    values = _values(_results(triton=1.5, triton_frac=0.3, triton_mem=60.0, extension=2.0, gain_amp=2.5, onnx_top1=1.3))
+    values = _values(_results(**NOT_MET))
     assert all(met is False for _, met in values.values()), values
-    name = "fused Triton attention/mask/erase full step (ResNet-50 shapes)"
-    assert values[f"{name}: speedup vs eager"][0] == pytest.approx(2.0)
-    assert values[f"{name}: fraction of peak memory bandwidth"][0] == pytest.approx(0.3)
-    assert values["class_attention extension, K=5: speedup vs eager"][0] == pytest.approx(2.5)
+    _check_attention_values(values, NOT_MET)
+    assert values["class_attention extension, K=5: speedup vs eager"][0] == pytest.approx(5.0 / 2.0)
+    assert values["class_attention extension, K=20: speedup vs torch.compile of eager"][0] == pytest.approx(3.0 / 2.0)
+    assert values["GAIN training step, resnet50 with AMP: time / plain step's"][0] == pytest.approx(2.5)
     assert values["ONNX Runtime CUDA, attention model (top-1): latency / plain classifier's"][0] == pytest.approx(1.3)
 
 
+def test_targets_read_the_run_at_their_shape_and_dtype_from_merged_runs() -> None:
+    """--attention merges one run per shape and dtype into one results.json, so a member appears several times: each
+    target reads the member and its reference at the target's shape and dtype, wherever they come in the list."""
+    data = _results(**MET)
+    other = {"shape": "B,classes,C,h,w,H,W=32,2,2048,14,14,448,448", "dtype": "torch.float32"}
+    attention = [b for b in data["benchmarks"] if b["extra_info"].get("dtype") == "torch.float32"]
+    at_other_shape = [{**b, "extra_info": {**b["extra_info"], **other}} for b in attention]
+    for b in at_other_shape:  # a 14x14 -> 448x448 run where every backend is much slower than eager
+        b["stats"] = {**b["stats"], "median": 1.0 if "eager" in b["name"] else 50.0}
+    merged = {**data, "benchmarks": at_other_shape[:3] + data["benchmarks"] + at_other_shape[3:]}
+    results = evaluate(merged)
+    assert all(r.met is True for r in results), [r.note for r in results if r.met is not True]
+    assert [r.value for r in results] == [r.value for r in evaluate(data)]
+
+
 def test_targets_not_measured_missing_member_other_shape_or_no_value() -> None:
-    data = _results(triton=1.0, triton_frac=math.nan, triton_mem=math.nan, extension=1.0, gain_amp=2.0, onnx_top1=1.0)
-    data["benchmarks"] = [b for b in data["benchmarks"] if b["name"] != "test_grad_cam[5]"]
+    data = _results(**{**NOT_MET, "triton": Attn(full=1.0, forward=1.0, frac=math.nan, mem=math.nan, low=1.0)})
+    data["benchmarks"] = [
+        b
+        for b in data["benchmarks"]
+        if b["name"] != "test_grad_cam[5]" and b["extra_info"].get("dtype") != "torch.float16"
+    ]
     next(b for b in data["benchmarks"] if b["name"] == "test_extension[20]")["extra_info"]["shape"] = "B=4 C=64"
     results = {r.target.name: r for r in evaluate(data)}
     missing = results["class_attention extension, K=5: speedup vs pytorch-grad-cam"]
     assert missing.met is None and "no test_grad_cam[5] in group class_attention-k5" in missing.note
     shape = results["class_attention extension, K=20: speedup vs eager"]
     assert shape.met is None and "ran with shape=B=4 C=64" in shape.note
-    for name in ("fraction of peak memory bandwidth", "peak memory / eager's"):
-        result = results[f"fused Triton attention/mask/erase full step (ResNet-50 shapes): {name}"]
+    for what in ("full step device-time fraction of peak memory bandwidth", "full step peak memory / eager's"):
+        result = results[_attn_target("triton", what)]
         assert result.met is None and "not recorded" in result.note
-    assert results["class_attention extension, K=5: speedup vs eager"].met is True
+        assert results[_attn_target("fused", what)].met is False
+    fp16 = results[_attn_target("fused", "full step time in float16 / in float32")]
+    assert fp16.met is None
+    assert "test_full[fused] ran with dtype=torch.float32 / torch.bfloat16, the target is at dtype=torch.float16" in (
+        fp16.note
+    )
+    assert results[_attn_target("fused", "full step time in bfloat16 / in float32")].met is False
+    assert results["class_attention extension, K=5: speedup vs eager"].met is False
     assert all(r.met is None for r in evaluate({"benchmarks": []}))
 
 
@@ -322,9 +413,7 @@ def test_targets_not_measured_missing_member_other_shape_or_no_value() -> None:
 
 
 def test_summary_writer(tmp_path: Path) -> None:
-    results = evaluate(
-        _results(triton=1.5, triton_frac=0.7, triton_mem=40.0, extension=0.5, gain_amp=2.0, onnx_top1=1.1)
-    )
+    results = evaluate(_results(**{**NOT_MET, "triton": Attn(full=2.0, forward=1.6, frac=0.7, mem=60.0, low=1.2)}))
     environment = {"gpu": "NVIDIA H200", "driver": "550.54.15", "torch": "2.5.0", "triton": "3.1.0"}
     steps = [StepOutcome("tests", "ok", 61.2, "logs/tests.log"), StepOutcome("bench-x", "timed out after 9 s", 9, "l")]
     tests = {"passed": 40, "failed": 1, "errors": 0, "skipped": 2, "failures": ["tests.test_a::test_b"]}
@@ -332,10 +421,10 @@ def test_summary_writer(tmp_path: Path) -> None:
     assert "# GPU check on NVIDIA H200" in md and "| driver | 550.54.15 |" in md and "| triton | 3.1.0 |" in md
     assert "passed 40, failed 1, errors 0, skipped 2" in md and "- tests.test_a::test_b" in md
     assert "| bench-x | timed out after 9 s | 9 | l |" in md
-    assert "| 2x | >= 3x | NOT met |" in md and "| 0.7 | >= 0.6 | met |" in md
+    assert "| 5x | >= 10x | NOT met |" in md and "| 0.7 | >= 0.5 | met |" in md
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     assert data["environment"] == environment and data["tests"] == tests
-    assert data["targets"][0]["value"] == pytest.approx(2.0) and data["targets"][0]["met"] is False
+    assert data["targets"][0]["value"] == pytest.approx(EAGER_FULL / 2.0) and data["targets"][0]["met"] is False
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md"]
 
 
