@@ -24,7 +24,7 @@ def test_splits_of_a_manifest_and_a_voc_tree(decoy_dir, tmp_path):
     "splits, test, val",
     [
         (["train", "test", "test_random", "val"], "test", "val"),
-        (["train", "test_random", "test_consistent"], "test_consistent", "test_consistent"),
+        (["train", "test_random", "test_consistent"], "test_consistent", None),  # never validate on a test split
         (["train", "validation"], "validation", "validation"),
         (["train", "extra"], None, None),
     ],

@@ -9,7 +9,7 @@ import pytest
 from gainx.cli import main as _cli
 from gainx.data import load_dataset
 from gainx.experiments import run_bias, run_localization
-from gainx.experiments.specs import Profile
+from gainx.experiments.specs import RECIPES, Profile
 
 TINY = Profile(image_size=16, train_size=40, test_size=12, epochs=2, batch_size=16)
 
@@ -95,7 +95,9 @@ def test_bias_experiment_decoy(tmp_path):
 
 
 def test_bias_experiment_cooccur_with_guidance_variant_and_oracle(tmp_path):
-    report = run_bias("cooccur", tmp_path, seeds=[0], budgets=[0.1], guidances=["paper", "rrr"], profile=TINY)
+    report = run_bias(
+        "cooccur", tmp_path, seeds=[0], budgets=[0.1], guidances=["paper", "rrr"], recipes=RECIPES, profile=TINY
+    )
     keys = [r["key"] for r in report["table"]]
     assert keys == [
         "baseline",
@@ -103,7 +105,7 @@ def test_bias_experiment_cooccur_with_guidance_variant_and_oracle(tmp_path):
         "gainext-masks-0.1",
         "gainext-boxes-0.1",
         "gainext-masks-0.05-rrr",
-        "recipe-counterfactual-masks-0.05",  # the default recipe (gainx.training.presets)
+        "recipe-counterfactual-masks-0.05",  # the recipe (gainx.training.presets)
         "baseline-unbiased-data",
     ]
     assert set(report["table"][0]) >= {"acc_conflicting", "acc_consistent", "miou", "pointing_game"}

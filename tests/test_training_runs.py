@@ -48,13 +48,13 @@ def test_best_checkpoint_is_the_best_validation_epoch(decoy_dir, tmp_path):
     run = tmp_path / "run"
     train(_cfg(decoy_dir, run, epochs=3, optimizer="sgd", lr=0.05))
     rows = _rows(run)
-    scores = [float(r["val_accuracy"]) for r in rows]  # auto: the decoy's first test split
+    scores = [float(r["val_accuracy"]) for r in rows]  # auto: 10% of train held out (the decoy has no val split)
     best_epoch = scores.index(max(scores)) + 1
     best = load_checkpoint(run / "best.pt")
     assert best["epoch"] == best_epoch
     assert best["best"] == {
         "metric": "val_accuracy",
-        "split": "test_consistent",
+        "split": "10% of train held out",
         "value": pytest.approx(max(scores), abs=1e-6),
         "epoch": best_epoch,
     }
@@ -95,6 +95,7 @@ def test_default_optimizer_trains_the_decoy_in_two_epochs(tmp_path):
     data = write_decoy(tmp_path / "data", image_size=24, seed=0, mask_fraction=0.1, train_size=256, test_size=100)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), arch="small_cnn", epochs=2, batch_size=8)
     cfg.augment, cfg.progress = False, False  # optimizer, lr, weight decay, schedule and method: the defaults
+    cfg.val_split = "none"  # all 256 training images
     model, meta = load_model(train(cfg))
     report = evaluate(model, load_dataset(data, "test_consistent"), meta["target_layer"], localization=False)
     assert report["accuracy"] > 0.7  # chance: 0.1; the former default (SGD, lr 0.01) reaches 0.36 here

@@ -2,7 +2,8 @@
 
 Split names vary between data sets (``test``, ``test_random`` and ``test_consistent`` in the decoy benchmark,
 ``val`` in Pascal VOC), so commands that need "the test split" pick it by name: ``test`` itself, else the first
-(sorted) name starting with ``test``, else a validation name. Validation prefers the validation names first.
+(sorted) name starting with ``test``, else a validation name. Validation takes a validation name only, never a
+test split: a model selected on a test split biases the numbers reported on it.
 """
 
 from __future__ import annotations
@@ -33,10 +34,20 @@ def dataset_splits(root: str | Path) -> list[str]:
 
 
 def held_out_split(splits: Sequence[str], purpose: str = "test") -> str | None:
-    """The split of ``splits`` to ``purpose`` (``"test"`` or ``"val"``) a model on; None when there is none."""
+    """The split of ``splits`` to ``purpose`` (``"test"`` or ``"val"``) a model on; None when there is none.
+
+    ``"test"``: a test name, else a validation name; ``"val"``: a validation name (:data:`VAL_NAMES`) only.
+    """
     if purpose not in ("test", "val"):
         raise ValueError(f"purpose must be 'test' or 'val', got {purpose!r}")
-    tests = sorted((s for s in splits if s.startswith("test")), key=lambda s: (s != "test", s))
     vals = [name for name in VAL_NAMES if name in splits]
-    ordered = tests + vals if purpose == "test" else vals + tests
+    if purpose == "val":
+        return vals[0] if vals else None
+    tests = sorted((s for s in splits if is_test_split(s)), key=lambda s: (s != "test", s))
+    ordered = tests + vals
     return ordered[0] if ordered else None
+
+
+def is_test_split(name: str) -> bool:
+    """Whether ``name`` names a test split (it starts with ``test``)."""
+    return name.startswith("test")

@@ -42,7 +42,7 @@ from gainx.explain import attention_figure
 from gainx.io import atomic_write_text
 from gainx.losses.guidance import GUIDANCES
 
-BIAS_BENCHMARKS = ("decoy", "cooccur")
+BIAS_BENCHMARKS = ("decoy", "cooccur", "photos")
 EVIDENCE = "evidence.json"
 EVIDENCE_HEADERS = {
     "gt_object": "GT logit from object",
@@ -65,7 +65,7 @@ def run_bias(
     threads: int = 1,
     jobs: int = 1,
     references: tuple[str, ...] = REFERENCES,
-    recipes: tuple[str, ...] = RECIPES,
+    recipes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run the bias comparison on ``benchmark``; returns what ``results.json`` holds."""
     if benchmark not in BIAS_BENCHMARKS:

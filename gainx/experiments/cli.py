@@ -51,7 +51,7 @@ def _cmd_bias(args: argparse.Namespace) -> int:
             threads=args.threads,
             jobs=args.jobs,
             references=tuple(args.references),
-            recipes=tuple(args.recipes),
+            recipes=() if args.recipes is None else tuple(args.recipes),
         )
         return 0
     missing = [f"--{name.replace('_', '-')}" for name in DATA_FLAGS[:2] if getattr(args, name) is None]
@@ -73,7 +73,7 @@ def _cmd_bias(args: argparse.Namespace) -> int:
         threads=args.threads,
         jobs=args.jobs,
         references=tuple(args.references),
-        recipes=tuple(args.recipes),
+        recipes=RECIPES if args.recipes is None else tuple(args.recipes),
     )
     return 0
 
@@ -169,7 +169,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "benchmark or on your own data (--data)",
     )
     source = bias.add_mutually_exclusive_group(required=True)
-    source.add_argument("--benchmark", choices=("decoy", "cooccur"), help="a generated bias benchmark")
+    source.add_argument("--benchmark", choices=("decoy", "cooccur", "photos"), help="a generated bias benchmark")
     source.add_argument(
         "--data",
         default=None,
@@ -203,8 +203,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--recipes",
         nargs="*",
         choices=list(PRESETS),
-        default=list(RECIPES),
-        help="presets (gainx.training.presets) run as recipes of their own, with their settings",
+        default=None,
+        help="presets (gainx.training.presets) run as recipes of their own, with their settings "
+        f"(default: none with --benchmark, {' '.join(RECIPES)} with --data)",
     )
     bias.add_argument(
         "--references",

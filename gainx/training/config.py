@@ -22,6 +22,7 @@ class TrainConfig:
     momentum: float = 0.9
     scheduler: str = "cosine"  # cosine | none
     image_size: int | None = None  # default: the data set's
+    guide: str | None = None  # VOC and COCO: masks (default) | boxes | none (gainx.data.load_dataset)
     augment: bool = True
     alpha: float = 1.0  # weight of L_am (eq. 6)
     omega_e: float = 10.0  # weight of L_e (eq. 8)
@@ -44,7 +45,8 @@ class TrainConfig:
     device: str = "auto"
     allow_outside_root: bool = False  # accept data files outside the data folder (gainx.data.load_dataset)
     train_split: str = "train"
-    val_split: str | None = "auto"  # auto: the data set's val or test split; None or "none": no validation
+    val_split: str | None = "auto"  # auto: the val split, else val_fraction of train (gainx.training.validation)
+    val_fraction: float = 0.1  # held out of train (stratified, seeded) when auto finds no val split; 0: none
     resume: bool = False
     overwrite: bool = False
     progress: bool = True

@@ -6,14 +6,17 @@ scaler and all RNG states; ``resume=True`` continues from it so that an
 interrupted run ends exactly where an uninterrupted one would (data order is a
 function of seed and epoch; a row written for an epoch whose checkpoint was
 not is rewritten when that epoch is run again).
-With a validation split, ``RUN/best.pt`` holds the epoch with the best
-validation accuracy (mAP for multi-label data). Each epoch prints one
-summary line (:func:`gainx.training.metrics_log.epoch_summary`).
+``RUN/best.pt`` holds the epoch with the best validation accuracy (mAP for
+multi-label data), measured on the data set's validation split or on a
+held-out fraction of the training split, never on a test split unless it is
+named (:mod:`gainx.training.validation`). Each epoch prints one summary line
+(:func:`gainx.training.metrics_log.epoch_summary`).
 
 A loss that is NaN or infinite stops the run with :class:`TrainingDiverged`,
 naming the epoch and step, before that step changes the weights; weights that
-are not finite at the end of an epoch are never saved. ``last.pt`` thus keeps
-the last finite state.
+are not finite at the end of an epoch are never saved, and a ``last.pt``
+holding non-finite weights is not resumed. ``last.pt`` thus keeps the last
+finite state, and the message names its epoch.
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from gainx.data import load_dataset
-from gainx.data.splits import dataset_splits, held_out_split
+from gainx.data.load import dataset_layout, unused_boxes_hint
 from gainx.evaluation.evaluate import evaluate
 from gainx.io import atomic_write_text, remove_stale_temporaries
 from gainx.losses import GAIN
 from gainx.models import build_model, default_target_layer
-from gainx.models.checkpoint import load_checkpoint, non_finite_tensors
+from gainx.models.checkpoint import check_finite_weights, load_checkpoint, non_finite_tensors
 from gainx.training.checkpoint import save_checkpoint
 from gainx.training.config import TrainConfig
 from gainx.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
@@ -44,6 +47,8 @@ from gainx.training.metrics_log import MetricsLog, epoch_summary
 from gainx.training.rng import rng_state, seed_everything, set_rng_state
 from gainx.training.run_folder import BEST, CHECKPOINT, prepare_run_folder
 from gainx.training.schedule import build_scheduler, sync_learning_rate
+from gainx.training.summary import feature_map_size, start_summary
+from gainx.training.validation import check_resumed_validation, select_validation
 
 
 class TrainingDiverged(RuntimeError):
@@ -70,20 +75,11 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
 
 
-def validation_split(cfg: TrainConfig) -> str | None:
-    """The split evaluated after every epoch: ``cfg.val_split``, or for ``"auto"`` the data set's validation
-    (else test) split other than the training split; None for ``None`` / ``"none"`` or when there is none."""
-    if cfg.val_split in (None, "", "none"):
-        return None
-    if cfg.val_split != "auto":
-        return cfg.val_split
-    return held_out_split([s for s in dataset_splits(cfg.data) if s != cfg.train_split], "val")
-
-
 class Trainer:
     """Builds data, model, objective and optimizer from a :class:`TrainConfig` and runs it."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, announce: bool = True) -> None:
+        """``announce``: print the start summary (:mod:`gainx.training.summary`) on the main process."""
         self.cfg = cfg
         self.out = Path(cfg.out)
         device = pick_device(cfg.device)
@@ -96,26 +92,32 @@ class Trainer:
         seed_everything(cfg.seed)
         outside = cfg.allow_outside_root
         self.dataset = load_dataset(
-            cfg.data, cfg.train_split, image_size=cfg.image_size, augment=cfg.augment, allow_outside_root=outside
+            cfg.data,
+            cfg.train_split,
+            image_size=cfg.image_size,
+            augment=cfg.augment,
+            guide=cfg.guide,
+            allow_outside_root=outside,
         )
-        self.val_split = validation_split(cfg)
-        self.val = (
-            load_dataset(cfg.data, self.val_split, image_size=self.dataset.image_size, allow_outside_root=outside)
-            if self.val_split
-            else None
+        self.dataset, self.validation = select_validation(
+            cfg,
+            self.dataset,
+            lambda split: load_dataset(
+                cfg.data, split, image_size=self.dataset.image_size, guide=cfg.guide, allow_outside_root=outside
+            ),
         )
+        self.val = self.validation.dataset if self.validation else None
+        self.val_split = self.validation.label if self.validation else None
         self.best: dict[str, Any] | None = None  # {"metric": "val_accuracy", "value": ..., "epoch": ...}
         if cfg.method == "gainext" and self.dataset.num_guided == 0:
             raise ValueError(
                 f"method 'gainext' needs masks or boxes, but split {cfg.train_split!r} of {cfg.data} has none"
+                + unused_boxes_hint(cfg.data, cfg.train_split, cfg.guide, outside)
             )
         self.model = build_model(cfg.arch, len(self.dataset.classes), cfg.weights, cfg.model_kwargs)
         self.target_layer = cfg.target_layer or default_target_layer(cfg.arch, self.model, self.dataset.image_size)
-        if cfg.target_layer is None and self.dist.main:
-            print(
-                f"target layer: {self.target_layer} (the default for {cfg.arch}; choose another with --target-layer)",
-                file=sys.stderr,
-            )
+        if announce and self.dist.main:
+            self._announce()
         self.model = self.model.to(device)
         self.objective = GAIN(
             self.model,
@@ -156,6 +158,25 @@ class Trainer:
             persistent_workers=cfg.workers > 0,
         )
         self.start_epoch = 0
+        self.saved_epoch: int | None = None  # the epoch whose (finite) weights last.pt holds
+
+    def _announce(self) -> None:
+        cfg, ds = self.cfg, self.dataset
+        splits = {cfg.train_split: len(ds)} | ({self.val_split: len(self.val)} if self.val is not None else {})
+        lines = start_summary(
+            layout=dataset_layout(cfg.data),
+            data=cfg.data,
+            splits=splits,
+            num_guided=ds.num_guided,
+            image_size=ds.image_size,
+            size_source="--image-size" if cfg.image_size else "the data set's default; choose with --image-size",
+            target_layer=self.target_layer,
+            layer_source="--target-layer"
+            if cfg.target_layer
+            else f"the default for {cfg.arch}; choose with --target-layer",
+            grid=feature_map_size(self.model, self.target_layer, ds.image_size),
+        )
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
     # -- checkpoints -------------------------------------------------------
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
@@ -178,10 +199,14 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "best": self.best,
+            "validation": self.validation.record if self.validation else None,
         }
 
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
+        check_finite_weights(
+            path, state["model"], "cannot resume from it: start over with --overwrite, or put back a finite copy"
+        )
         if state["arch"] != self.cfg.arch or state["classes"] != list(self.dataset.classes):
             raise ValueError(
                 f"{path} was trained with arch {state['arch']!r} and other classes; cannot resume this run"
@@ -192,11 +217,12 @@ class Trainer:
                 f"{path} was trained with --optimizer {saved_optimizer}; resume it with the same optimizer "
                 f"(got {self.cfg.optimizer!r})"
             )
+        check_resumed_validation(path, state, self.validation)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
-        self.start_epoch = int(state["epoch"])
+        self.start_epoch = self.saved_epoch = int(state["epoch"])
         self.best = state.get("best")
         self._continue_schedule(path, int(state["config"]["epochs"]))
 
@@ -216,6 +242,12 @@ class Trainer:
                 f"{self.cfg.epochs} epochs instead of {saved_epochs} (lr {self.optimizer.param_groups[0]['lr']:.3g})",
                 flush=True,
             )
+
+    def kept_checkpoint(self) -> str:
+        """What the run folder keeps when the run stops now: the epoch of the finite weights in last.pt."""
+        if self.saved_epoch is None:
+            return f"no checkpoint was written to {self.out}"
+        return f"{self.out / CHECKPOINT} keeps the finite weights of epoch {self.saved_epoch}"
 
     # -- loop ----------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -242,9 +274,9 @@ class Trainer:
                     for name, value in (("L_cl", out.loss_cl), ("L_am", out.loss_am), ("L_e", out.loss_e))
                 )
                 raise TrainingDiverged(
-                    f"epoch {epoch + 1} step {step}: the loss is {out.loss.item()} ({parts}); stopping. "
-                    f"{self.out / CHECKPOINT} keeps the last finite checkpoint, if any; lower --lr or the loss "
-                    f"weights, or check the data for NaN or infinite values"
+                    f"epoch {epoch + 1} step {step}: the loss is {out.loss.item()} ({parts}); stopping: "
+                    f"{self.kept_checkpoint()}; lower --lr or the loss weights, or check the data for NaN or "
+                    f"infinite values"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
@@ -297,16 +329,17 @@ class Trainer:
                     if bad:
                         raise TrainingDiverged(
                             f"epoch {epoch + 1}: {len(bad)} weight tensor(s) hold NaN or "
-                            f"infinite values (first: {bad[0]}); not saved, {path} keeps the "
-                            f"last finite checkpoint, if any"
+                            f"infinite values (first: {bad[0]}); not saved, {self.kept_checkpoint()}"
                         )
                     log.log(epoch + 1, metrics)  # before the checkpoint: a resumed run rewrites a row it repeats
                     state = self.checkpoint_state(epoch + 1)
                     save_checkpoint(path, state)  # first: last.pt is what a resumed run needs
                     if improved:
                         save_checkpoint(self.out / BEST, state)
-                    print(epoch_summary(epoch + 1, self.cfg.epochs, metrics, best=improved), flush=True)
+                    line = epoch_summary(epoch + 1, self.cfg.epochs, metrics, best=improved, validation=self.val_split)
+                    print(line, flush=True)
                 barrier(self.dist)
+                self.saved_epoch = epoch + 1
         finally:
             if log is not None:
                 log.close()
@@ -334,6 +367,7 @@ def _correct(scores: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> fl
     return float(labels.gather(1, top.unsqueeze(1)).gt(0.5).sum())
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train according to ``cfg``; returns the path of the final checkpoint."""
-    return Trainer(cfg).fit()
+def train(cfg: TrainConfig, announce: bool = True) -> Path:
+    """Train according to ``cfg``; returns the path of the final checkpoint. ``announce``: print what the run
+    will do first (data, input size, target layer and its feature-map size; :mod:`gainx.training.summary`)."""
+    return Trainer(cfg, announce).fit()
