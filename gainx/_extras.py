@@ -6,7 +6,12 @@ import importlib
 from types import ModuleType
 
 # module name -> distribution name where they differ
-_DISTRIBUTIONS = {"prometheus_client": "prometheus-client", "multipart": "python-multipart", "sklearn": "scikit-learn"}
+_DISTRIBUTIONS = {
+    "prometheus_client": "prometheus-client",
+    "multipart": "python-multipart",
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+}
 
 
 class MissingExtraError(ImportError, RuntimeError):
