@@ -71,6 +71,8 @@ def test_gainx_train_fine_tunes_the_packaged_weights(tmp_path: Path) -> None:
 
     last = load_checkpoint(run / "last.pt")
     assert last["target_layer"] == "_bn1" and last["classes"] == ["flower", "temple"]
+    # the inputs were normalized as the packaged weights expect, (x - 127) / 128, and the checkpoint says so
+    assert last["mean"] == pytest.approx([LITE_MEAN / 255] * 3) and last["std"] == pytest.approx([LITE_STD / 255] * 3)
     assert last["validation"]["held_out"]["count"] == 2  # 10% of 16, one per class: best.pt is chosen on them
     pretrained = read_state_dict(weights)
     moved = (last["model"]["_conv_stem.weight"] - pretrained["_conv_stem.weight"]).abs().max()

@@ -59,10 +59,16 @@ class GainDataset(Dataset):
         self.multilabel = bool(multilabel)
         self.image_size = as_size(image_size)
         self.augment = augment
-        self.mean = tuple(float(v) for v in mean)
-        self.std = tuple(float(v) for v in std)
         self.binary_masks = binary_masks
         self.num_guided = sum(s.has_guide for s in self.samples)
+        self.set_normalization(mean, std)
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalize images as ``(x / 255 - mean) / std`` from now on (three values each)."""
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"normalization needs 3 means and 3 positive stds, got mean={mean}, std={std}")
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
         self._mean = torch.tensor(self.mean).view(3, 1, 1)
         self._std = torch.tensor(self.std).view(3, 1, 1)
 

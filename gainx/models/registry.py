@@ -62,6 +62,12 @@ def _efficientnet_lite0_weights() -> Path:
 # the last feature map: the 1x1 head convolution's batch norm (its ReLU6 is a module shared with the stem)
 ARCHS["efficientnet_lite0"] = (_efficientnet_lite0, "_bn1")
 
+# arch -> (mean, std) of its input on the [0, 1] scale, where it is not ImageNet's: the normalization its weights
+# were trained with, which training, the checkpoint, export and serving then use
+INPUT_NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "efficientnet_lite0": ((127 / 255,) * 3, (128 / 255,) * 3),  # (x - 127) / 128 on 0-255 pixels
+}
+
 PRETRAINED = "pretrained"
 # arch -> the ImageNet state dict file an installed package ships for it (weights="pretrained")
 PACKAGED_WEIGHTS: dict[str, Callable[[], Path]] = {"efficientnet_lite0": _efficientnet_lite0_weights}

@@ -40,6 +40,7 @@ from gainx.io import atomic_write_text, remove_stale_temporaries
 from gainx.losses import GAIN
 from gainx.models import build_model, default_target_layer
 from gainx.models.checkpoint import check_finite_weights, load_checkpoint, non_finite_tensors
+from gainx.models.registry import INPUT_NORMALIZATION
 from gainx.training.checkpoint import save_checkpoint
 from gainx.training.config import TrainConfig
 from gainx.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
@@ -115,6 +116,10 @@ class Trainer:
                 + unused_boxes_hint(cfg.data, cfg.train_split, cfg.guide, outside)
             )
         self.model = build_model(cfg.arch, len(self.dataset.classes), cfg.weights, cfg.model_kwargs)
+        if cfg.arch in INPUT_NORMALIZATION:  # the normalization the arch's weights expect, recorded in checkpoints
+            for ds in (self.dataset, self.val):
+                if ds is not None:
+                    ds.set_normalization(*INPUT_NORMALIZATION[cfg.arch])
         self.target_layer = cfg.target_layer or default_target_layer(cfg.arch, self.model, self.dataset.image_size)
         if announce and self.dist.main:
             self._announce()
