@@ -63,7 +63,8 @@ TRAIN_HELP = {
     "resume": "continue the run in --out from its last.pt (a larger --epochs extends the cosine schedule)",
     "overwrite": "replace the run in --out (checkpoints, metrics.csv, tensorboard/)",
     "progress": "progress bar during each epoch (the per-epoch summary line is always printed)",
-    "allow_outside_root": "accept manifest paths that leave the data folder (../, absolute, symlinks out)",
+    "allow_outside_root": "accept data files that leave the data folder (../, absolute paths, symlinks out) in any "
+    "layout: manifest paths, VOC split ids, COCO file names, ImageFolder symlinks",
 }
 
 
