@@ -5,35 +5,64 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gainx.data.synthetic import write_decoy
+from gainx.data.synthetic import write_decoy, write_photos
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``data`` (with ``decoy``) to the top-level ``gainx`` sub-parsers."""
+    """Add ``data`` (with ``decoy`` and ``photos``) to the top-level ``gainx`` sub-parsers."""
     data = subparsers.add_parser("data", help="dataset tools")
     commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     decoy = commands.add_parser("decoy", help="write the decoy-digits benchmark (CSV manifest layout)")
-    decoy.add_argument("--out", type=Path, required=True, help="output folder")
-    decoy.add_argument("--size", type=int, default=48, help="canvas size in pixels (default 48)")
-    decoy.add_argument("--seed", type=int, default=0)
-    decoy.add_argument("--mask-fraction", type=float, default=0.05, help="fraction of train images with a mask")
-    decoy.add_argument("--train-size", type=int, default=2000)
-    decoy.add_argument("--test-size", type=int, default=500, help="images in each of the two test splits")
+    _generator_arguments(decoy, train_size=2000, test_size=500)
     decoy.set_defaults(func=_decoy)
+    photos = commands.add_parser(
+        "photos", help="write the photo-context bias benchmark: shapes on crops of real photographs (CSV manifest)"
+    )
+    _generator_arguments(photos, train_size=2000, test_size=300)
+    photos.add_argument("--val-size", type=int, default=None, help="images in val (default: --test-size)")
+    photos.add_argument(
+        "--bias", type=float, default=1.0, help="probability that a train image's photo is its label's (default 1)"
+    )
+    photos.set_defaults(func=_photos)
+
+
+def _generator_arguments(parser: argparse.ArgumentParser, train_size: int, test_size: int) -> None:
+    """The arguments every benchmark generator takes."""
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--size", type=int, default=48, help="canvas size in pixels (default 48)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mask-fraction", type=float, default=0.05, help="fraction of train images with a mask")
+    parser.add_argument("--train-size", type=int, default=train_size)
+    parser.add_argument("--test-size", type=int, default=test_size, help="images in each of the two test splits")
+
+
+def _sizes(args: argparse.Namespace) -> dict[str, int | float]:
+    return {
+        "image_size": args.size,
+        "seed": args.seed,
+        "mask_fraction": args.mask_fraction,
+        "train_size": args.train_size,
+        "test_size": args.test_size,
+    }
 
 
 def _decoy(args: argparse.Namespace) -> int:
-    out = write_decoy(
-        args.out,
-        image_size=args.size,
-        seed=args.seed,
-        mask_fraction=args.mask_fraction,
-        train_size=args.train_size,
-        test_size=args.test_size,
-    )
+    out = write_decoy(args.out, **_sizes(args))
     masked = round(args.mask_fraction * args.train_size)
     print(
         f"decoy dataset in {out}: train {args.train_size} ({masked} with masks), "
         f"test_consistent {args.test_size}, test_random {args.test_size}, {args.size}x{args.size}, seed {args.seed}"
+    )
+    return 0
+
+
+def _photos(args: argparse.Namespace) -> int:
+    out = write_photos(args.out, **_sizes(args), val_size=args.val_size, bias=args.bias)
+    masked = round(args.mask_fraction * args.train_size)
+    val = args.test_size if args.val_size is None else args.val_size
+    print(
+        f"photo-context dataset in {out}: train {args.train_size} ({masked} with masks, bias {args.bias:g}), "
+        f"train_unbiased {args.train_size} (the oracle's), val {val}, test_consistent {args.test_size}, "
+        f"test_conflicting {args.test_size}, {args.size}x{args.size}, seed {args.seed}"
     )
     return 0

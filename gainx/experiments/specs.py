@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gainx.data.synthetic import SHAPES, write_cooccur, write_decoy, write_shapes
+from gainx.data.synthetic import SHAPES, write_cooccur, write_decoy, write_photos, write_shapes
 from gainx.losses.guidance import GUIDANCES
 from gainx.training.presets import PRESETS
 
@@ -47,6 +47,14 @@ BENCHMARKS: dict[str, Benchmark] = {
         ("test_consistent", "test_conflicting"),
         "test_conflicting",
         "shapes on a class-specific textured band (boats on water); another class's band in test_conflicting",
+        unbiased={"bias": 1.0 / len(SHAPES)},
+    ),
+    "photos": Benchmark(
+        "photos",
+        write_photos,
+        ("test_consistent", "test_conflicting"),
+        "test_conflicting",
+        "shapes on crops of real photographs, one photo per class; another class's photo in test_conflicting",
         unbiased={"bias": 1.0 / len(SHAPES)},
     ),
     "shapes": Benchmark(

@@ -27,7 +27,17 @@ from pathlib import Path
 import numpy as np
 
 from gainx.data.manifest import write_manifest
-from gainx.data.synthetic.generator import SHAPES, bright_color, masked_subset, save_png, shape_mask, start_dataset
+from gainx.data.synthetic.generator import (
+    SHAPES,
+    biased_contexts,
+    bright_color,
+    check_bias,
+    masked_subset,
+    other_classes,
+    save_png,
+    shape_mask,
+    start_dataset,
+)
 
 # (RGB, stripe angle in radians, stripe period in pixels at 32 px), one per class
 CONTEXTS: tuple[tuple[tuple[int, int, int], float, float], ...] = (
@@ -52,19 +62,18 @@ def write_cooccur(
 ) -> Path:
     """Write the co-occurrence benchmark to ``out`` and return ``out``."""
     out = start_dataset(out, image_size, train_size, test_size, mask_fraction)
-    if not 0.0 <= bias <= 1.0:
-        raise ValueError(f"bias must be in [0, 1], got {bias!r}")
+    check_bias(bias)
     rng = np.random.default_rng(seed)
     k = len(SHAPES)
     rows: list[tuple[str, str, str, str]] = []
     train = [_draw(rng, image_size) for _ in range(train_size)]
     masked = masked_subset(rng, train_size, mask_fraction)
-    contexts = [s["label"] if rng.uniform() < bias else (s["label"] + rng.integers(1, k)) % k for s in train]
+    contexts = biased_contexts(rng, [s["label"] for s in train], k, bias)
     rows += _write_split(out, "train", train, contexts, masked, image_size)
     test = [_draw(rng, image_size) for _ in range(test_size)]
     everything = set(range(test_size))
     rows += _write_split(out, "test_consistent", test, [s["label"] for s in test], everything, image_size)
-    other = [(s["label"] + rng.integers(1, k)) % k for s in test]
+    other = other_classes(rng, [s["label"] for s in test], k)
     rows += _write_split(out, "test_conflicting", test, other, everything, image_size)
     meta = {
         "name": "cooccur-shapes",

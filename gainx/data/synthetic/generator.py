@@ -3,11 +3,14 @@
 * :func:`shape_mask`: a filled shape of one of :data:`SHAPES` as a boolean
   mask, with random size, aspect and (for some shapes) rotation;
 * :func:`start_dataset`: validates the common arguments and prepares the
-  folder; generators finish with :func:`gainx.data.manifest.write_manifest`.
+  folder; generators finish with :func:`gainx.data.manifest.write_manifest`;
+* :func:`biased_contexts`, :func:`other_classes`: the context class of each
+  image in the splits of a bias benchmark (co-occurrence, photos).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +76,31 @@ def start_dataset(out: str | Path, image_size: int, train_size: int, test_size: 
 def masked_subset(rng: np.random.Generator, n: int, fraction: float) -> set[int]:
     """Exactly ``round(fraction * n)`` distinct indices in ``[0, n)``."""
     return set(rng.choice(n, size=round(fraction * n), replace=False).tolist())
+
+
+def balanced_labels(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """``n`` labels in ``[0, k)`` in random order, each class ``n // k`` or ``n // k + 1`` times."""
+    return rng.permutation(np.arange(n) % k)
+
+
+def check_bias(bias: float) -> None:
+    """``bias`` (the probability that an image's context is its label's) must be in [0, 1]."""
+    if not 0.0 <= bias <= 1.0:
+        raise ValueError(f"bias must be in [0, 1], got {bias!r}")
+
+
+def biased_contexts(rng: np.random.Generator, labels: Sequence[int], k: int, bias: float) -> list[int]:
+    """Per label ``y``: ``y`` with probability ``bias``, else one of the other ``k - 1`` classes uniformly.
+
+    ``bias = 1 / k`` makes the context independent of the label (uniform over the ``k`` classes)."""
+    return [int(y) if rng.uniform() < bias else other_class(rng, y, k) for y in labels]
+
+
+def other_classes(rng: np.random.Generator, labels: Sequence[int], k: int) -> list[int]:
+    """Per label ``y``: a class drawn uniformly among the ``k - 1`` others (never ``y``)."""
+    return [other_class(rng, y, k) for y in labels]
+
+
+def other_class(rng: np.random.Generator, y: int, k: int) -> int:
+    """A class drawn uniformly among the ``k - 1`` classes other than ``y``."""
+    return int((y + rng.integers(1, k)) % k)
