@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -231,7 +232,13 @@ def _importable(module: str) -> bool:
 
 
 @pytest.mark.parametrize(
-    "spec", ["small_cnn", "torchvision.models:squeezenet1_1", "torchvision.models.mobilenetv3:mobilenet_v3_small"]
+    "spec",
+    [
+        "small_cnn",
+        "torchvision.models:squeezenet1_1",
+        "torchvision.models.mobilenetv3:mobilenet_v3_small",
+        "torchvision.models:regnet_x_400mf",  # cannot be built on the meta device: loads without the size check
+    ],
 )
 def test_stock_checkpoints_load_without_flags(tmp_path, spec) -> None:
     model = build_model(spec, 3).eval()
@@ -249,6 +256,59 @@ def test_timm_checkpoint_loads_without_flags(tmp_path) -> None:
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        *[
+            ({"num_classes": n}, f"'num_classes' must be a positive int, got {n!r}")
+            for n in ["3", 0, -1, 2.5, True, None]
+        ],
+        ({"num_classes": 1000}, "'classes' must be a list of 1000 names ('num_classes'), got 3 names"),
+        ({"classes": "abc"}, "'classes' must be a list of 3 names ('num_classes'), got a str"),
+    ],
+)
+def test_num_classes_that_is_not_the_number_of_class_names_is_named(tmp_path, entries, message) -> None:
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {**_state("small_cnn", SmallCNN(3)), **entries})
+    with pytest.raises(ValueError, match=f"^{re.escape(f'{path}: {message}')}$"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("spec", "kwargs", "model", "message"),
+    [
+        (  # pos_embedding of (100000 / 16)^2 + 1 tokens x 768: 120 GB
+            "torchvision.models:vit_b_16",
+            {"image_size": 100_000},
+            None,
+            r"with 3 classes the model would hold 30,[\d,]+ weights, the file holds [\d,]+; refused before building it",
+        ),
+        (
+            "torchvision.models:squeezenet1_1",
+            {"num_classes": 10**6},
+            "squeezenet1_1",
+            r"classifier\.1\.weight has shape \[3, 512, 1, 1\] in the file and \[1000000, 512, 1, 1\] in the model",
+        ),
+    ],
+)
+def test_a_model_larger_than_the_file_is_refused_before_it_is_built(
+    tmp_path, monkeypatch, spec, kwargs, model, message
+):
+    """Keyword arguments from the file size the model's tensors: it is built on the meta device and compared with
+    the file's weights first (the real build, here replaced by a tripwire, never happens)."""
+    import gainx.models.checkpoint as checkpoint
+
+    net = build_model(f"torchvision.models:{model}", 3) if model else None
+    path = _write(tmp_path / "big.pt", spec, kwargs, model=net)
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the model was built for real")
+
+    monkeypatch.setattr(checkpoint, "build_model", tripwire)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: the weights do not fit {spec!r} .*: {message}"):
+        load_model(path)
 
 
 def test_stock_spec_asking_for_downloads_or_files_needs_trust(tmp_path) -> None:

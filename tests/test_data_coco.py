@@ -14,6 +14,7 @@ from PIL import Image
 
 from gainx._extras import MissingExtraError
 from gainx.data import IGNORE, DatasetError, coco_segments, load_dataset
+from gainx.data.records import Segment
 
 mask_api = pytest.importorskip("pycocotools.mask", reason="the COCO layout needs pycocotools (gainx[coco])")
 
@@ -277,6 +278,45 @@ def test_far_away_polygon_point_is_refused_on_decode(tmp_path: Path) -> None:
     ds = load_dataset(root, "train2017")
     with pytest.raises(
         DatasetError,
-        match=r"image id 1: polygon points span x 0\.\.100000, y 0\.\.10, more than one image side beyond the 20x16",
+        match=r"image id 1 annotation 10: polygon points span x 0\.\.100000, y 0\.\.10, more than one image side "
+        r"beyond the 20x16",
     ):
         ds[0]
+
+
+def _zigzag(points: int, width: float) -> list[float]:
+    """A polygon of ``points`` points (even) going back and forth between x = 0 and x = ``width`` as y goes
+    down the test image: edge length ``points x width`` (each edge spans ``width`` in x, less in y)."""
+    xs = np.where(np.arange(points) % 2, width, 0.0)
+    return np.stack([xs, np.linspace(0, H - 1, points)], 1).ravel().tolist()
+
+
+def test_polygon_edge_length_is_bounded_per_image(tmp_path: Path) -> None:
+    """pycocotools walks each edge pixel by pixel (at 5x scale): points inside the image still cost per pixel
+    walked, so an image's edges are bounded to MAX_EDGE_LENGTH_PER_SIDE x (height + width) in all."""
+    limit = coco_segments.MAX_EDGE_LENGTH_PER_SIDE * (H + W)
+    assert coco_segments.edge_length(np.reshape(_zigzag(100, W), (-1, 2))) == 100 * W
+    root = build_coco(tmp_path)
+    half = _zigzag(2 * (limit // (4 * W) + 1), W)  # each of the two under the limit, together over it
+    more = {"id": 30, "image_id": 1, "category_id": 2, "segmentation": [half]}
+    _rewrite(root, lambda d: (d["annotations"][0].update(segmentation=[half]), d["annotations"].append(more)))
+    ds = load_dataset(root, "train2017")
+    message = (
+        rf"instances_train2017\.json image id 1 annotation 30: the image's polygon edges are [\d.]+ pixels long "
+        rf"\(sum of max\(\|dx\|, \|dy\|\)\), more than {coco_segments.MAX_EDGE_LENGTH_PER_SIDE} x \(height \+ width\) "
+        rf"= {limit} \(MAX_EDGE_LENGTH_PER_SIDE\)"
+    )
+    with pytest.raises(DatasetError, match=message):
+        ds[0]
+
+
+def test_polygon_edge_length_limit_at_its_boundary() -> None:
+    limit = coco_segments.MAX_EDGE_LENGTH_PER_SIDE * (H + W)
+    at_limit = _zigzag(128, limit / 128)
+    assert coco_segments.edge_length(np.reshape(at_limit, (-1, 2))) == limit and limit / 128 <= W
+    segments = [Segment(0, [at_limit], ann_id=1), Segment(0, {"size": [H, W], "counts": [H * W]}, ann_id=2)]
+    coco_segments.check_polygons_on_image(segments, H, W, "f image id 1")
+    segments.append(Segment(1, [[0, 0, 1, 0, 0, 1]], crowd=True, ann_id=3))  # crowd outlines count too
+    message = rf"^f image id 1 annotation 3: the image's polygon edges are {limit + 3:.1f} pixels long"
+    with pytest.raises(DatasetError, match=message):
+        coco_segments.check_polygons_on_image(segments, H, W, "f image id 1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -68,6 +69,59 @@ def test_timm_spec_builds_without_download() -> None:
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 4)
     with pytest.raises(ValueError, match="timm has no architecture 'resnet_nope'"):
         build_model("timm:resnet_nope", 3)
+
+
+def _downloading_builders() -> list[str]:
+    """Specs of the torchvision builders whose ``weights`` or ``weights_backbone`` default is not ``None``."""
+    specs = []
+    for name in torchvision.models.list_models():
+        builder = torchvision.models.get_model_builder(name)
+        params = inspect.signature(builder).parameters
+        if any(params[p].default is not None for p in ("weights", "weights_backbone") if p in params):
+            specs.append(f"{builder.__module__}:{builder.__name__}")
+    return specs
+
+
+DOWNLOADING_BUILDERS = _downloading_builders()
+
+
+@pytest.fixture
+def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to fetch torchvision weights raises."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a download was attempted: {args} {kwargs}")
+
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", refuse)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+
+
+@pytest.mark.parametrize("spec", ["torchvision.models.detection:fasterrcnn_resnet50_fpn", *DOWNLOADING_BUILDERS])
+def test_torchvision_builders_never_download(no_downloads, spec: str) -> None:
+    """Detection and segmentation builders default to ImageNet backbone weights: a spec builds without them
+    (on the meta device: shapes only, so all of them take seconds)."""
+    assert "torchvision.models.detection.faster_rcnn:fasterrcnn_resnet50_fpn" in DOWNLOADING_BUILDERS
+    with torch.device("meta"):
+        model = build_model(spec, 3)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.filterwarnings("ignore:.*deprecated since 0.13:UserWarning")
+def test_asking_for_weights_still_reaches_the_builder(no_downloads) -> None:
+    """Weights the keyword arguments ask for (by their current or legacy name) are not overridden."""
+    for kwargs in ({"weights_backbone": "DEFAULT"}, {"pretrained_backbone": True}):
+        with pytest.raises(AssertionError, match="a download was attempted"), torch.device("meta"):
+            build_model("torchvision.models.segmentation:lraspp_mobilenet_v3_large", 3, model_kwargs=kwargs)
+
+
+def test_checkpoint_of_a_builder_with_backbone_weights_loads_without_download(no_downloads, tmp_path: Path) -> None:
+    spec = "torchvision.models.segmentation:lraspp_mobilenet_v3_large"
+    model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(num_classes=3, weights_backbone=None).eval()
+    loaded, meta = load_model(_checkpoint(tmp_path / "lraspp.pt", model, spec, model_kwargs={}))
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["out"], model(x)["out"])
 
 
 def _checkpoint(path: Path, model: nn.Module, arch: str, **extra) -> Path:

@@ -139,7 +139,7 @@ def _sample(
     if guide == "masks":
         check_segmentations(anns, f"{ann_file} image id {image['id']}")
         segments = tuple(
-            Segment(category_index[a["category_id"]], a["segmentation"], bool(a.get("iscrowd", 0)))
+            Segment(category_index[a["category_id"]], a["segmentation"], bool(a.get("iscrowd", 0)), a.get("id"))
             for a in anns
             if a.get("segmentation")
         )

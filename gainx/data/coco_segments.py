@@ -1,4 +1,4 @@
-"""Bounds and consistency checks on COCO instance outlines, applied when the index is read.
+"""Bounds and consistency checks on COCO instance outlines, applied when the index is read and when an image is.
 
 Rasterizing an outline costs time and memory in proportion to its points (pycocotools walks every edge), and
 pycocotools trusts RLE runs: runs that stop short of the image leave pixels of its output buffer unset, runs
@@ -12,21 +12,38 @@ exactly before anything is decoded:
 * an RLE (``{"size": [h, w], "counts": ...}``, counts as a list of run lengths or as COCO's compressed
   string) has non-negative runs whose sum is exactly ``h * w``.
 
-Polygon points far outside the image are refused when the image is read (by
-:func:`gainx.data.guides.rasterize_segments`, which knows the image's size).
+When an image is read, its size known, and before anything is rasterized
+(:func:`check_polygons_on_image`, called by :func:`gainx.data.guides.rasterize_segments`): pycocotools walks
+each polygon edge at 5x scale, one point per step of ``max(|dx|, |dy|)``, so its time and memory grow with the
+edges' length, not their count. Refused:
+
+* a polygon point more than one image width (height) left or right of (above or below) the image;
+* an image whose polygons' edge length, the sum over every edge (closing edges included) of
+  ``max(|dx|, |dy|)``, exceeds :data:`MAX_EDGE_LENGTH_PER_SIDE` ``x (height + width)``.
+
+So the walk of an image's polygons holds at most ``5 x 64 x (h + w)`` points plus two per polygon point (at
+most :data:`MAX_IMAGE_POINTS`, rounding at both ends of an edge): for a 1024 x 1024 image under 0.86 million,
+a few megabytes, the order of the one ``h x w`` decode per class that follows. The edge length of an outline
+is at most its perimeter (``max(|dx|, |dy|)`` is at most an edge's Euclidean length), so the bound admits
+outlines adding up to 32 times the image's own perimeter: dozens of instances, each usually a small fraction
+of it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
-from gainx.data.records import DatasetError
+import numpy as np
+
+from gainx.data.records import DatasetError, Segment
 
 MAX_ANNOTATIONS_PER_IMAGE = 1_000
 MAX_POLYGONS_PER_IMAGE = 5_000
 MAX_POLYGON_POINTS = 10_000
 MAX_IMAGE_POINTS = 100_000
+MAX_EDGE_LENGTH_PER_SIDE = 64
 
 
 def check_annotation_count(count: int, where: str) -> None:
@@ -125,6 +142,41 @@ def decode_rle_string(text: str, origin: str) -> list[int]:
             raise DatasetError(f"{origin}: compressed RLE counts decode to a negative run ({x})")
         runs.append(x)
     return runs
+
+
+def check_polygons_on_image(segments: Sequence[Segment], h: int, w: int, origin: str) -> None:
+    """Check the polygons of one ``h x w`` image (``origin``: file and image id) against the extent and the
+    edge length bounds of the module docstring, before any is rasterized; errors name the annotation id and
+    the limit. The polygons must have passed :func:`check_segmentations`."""
+    limit = MAX_EDGE_LENGTH_PER_SIDE * (h + w)
+    total = 0.0
+    for seg in segments:
+        if not isinstance(seg.segmentation, list):
+            continue
+        where = f"{origin} annotation {seg.ann_id}"
+        xy = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in seg.segmentation]
+        _check_extent(np.concatenate(xy), h, w, where)
+        total += sum(edge_length(p) for p in xy)
+        if total > limit:
+            raise DatasetError(
+                f"{where}: the image's polygon edges are {total:.1f} pixels long (sum of max(|dx|, |dy|)), more than "
+                f"{MAX_EDGE_LENGTH_PER_SIDE} x (height + width) = {limit} (MAX_EDGE_LENGTH_PER_SIDE)"
+            )
+
+
+def edge_length(xy: np.ndarray) -> float:
+    """Sum over the edges of the closed polygon ``xy`` (``(n, 2)`` points) of ``max(|dx|, |dy|)``."""
+    return float(np.abs(xy - np.roll(xy, -1, axis=0)).max(axis=1).sum())
+
+
+def _check_extent(xy: np.ndarray, h: int, w: int, where: str) -> None:
+    """Refuse a point more than one image width (height) left or right of (above or below) the image."""
+    low, high = xy.min(0), xy.max(0)
+    if low[0] < -w or low[1] < -h or high[0] > 2 * w or high[1] > 2 * h:
+        raise DatasetError(
+            f"{where}: polygon points span x {low[0]:g}..{high[0]:g}, y {low[1]:g}..{high[1]:g}, more than one "
+            f"image side beyond the {w}x{h} image"
+        )
 
 
 def _is_count(value: Any) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gainx._extras import require
+from gainx.data.coco_segments import check_polygons_on_image
 from gainx.data.records import IGNORE, Box, DatasetError, Segment
 
 
@@ -55,14 +56,17 @@ def rasterize_segments(
     channel. The outlines are merged per class (and crowd) as run lengths and each union is decoded
     once, so the cost is one ``height x width`` decode per class present, not one per instance. The
     guide is built at ``source_size = (height, width)`` and resized to ``size`` by nearest neighbour
-    (pixel centres). The outlines must have passed :func:`gainx.data.coco_segments.check_segmentations`.
+    (pixel centres). The outlines must have passed :func:`gainx.data.coco_segments.check_segmentations`;
+    their polygons are checked against the image (:func:`gainx.data.coco_segments.check_polygons_on_image`)
+    before any is rasterized.
     """
     mask_api = require("pycocotools.mask", extra="coco", feature="the COCO layout")
     h, w = source_size
+    check_polygons_on_image(segments, h, w, origin)
     groups: dict[int | None, list] = {}  # class index (None: crowd) -> its instances' RLEs
     for seg in segments:
         groups.setdefault(None if seg.crowd else seg.label, []).extend(
-            _as_rles(mask_api, seg.segmentation, h, w, origin)
+            _as_rles(mask_api, seg.segmentation, h, w, f"{origin} annotation {seg.ann_id}")
         )
     guide = np.zeros((num_classes, h, w), dtype=np.uint8)
     for label, rles in groups.items():
@@ -85,7 +89,6 @@ def _decode_union(mask_api, rles: list, h: int, w: int) -> np.ndarray:
 def _as_rles(mask_api, segmentation, h: int, w: int, origin: str) -> list:
     """Polygons, uncompressed or compressed RLE -> a list of compressed RLEs of an ``h x w`` image."""
     if isinstance(segmentation, list):
-        _check_polygon_extent(segmentation, h, w, origin)
         return mask_api.frPyObjects(segmentation, h, w)
     if list(segmentation["size"]) != [h, w]:
         raise DatasetError(
@@ -94,18 +97,3 @@ def _as_rles(mask_api, segmentation, h: int, w: int, origin: str) -> list:
     if isinstance(segmentation["counts"], list):
         return [mask_api.frPyObjects(segmentation, h, w)]
     return [{"size": [h, w], "counts": segmentation["counts"]}]
-
-
-def _check_polygon_extent(polygons: list[list[float]], h: int, w: int, origin: str) -> None:
-    """Refuse a point more than one image width (height) left or right of (above or below) the image.
-
-    pycocotools walks each edge pixel by pixel, so a far-away point costs time and memory in proportion
-    to its distance: bounding the points bounds the work to a few image sides per edge.
-    """
-    xy = np.concatenate([np.asarray(p, dtype=np.float64) for p in polygons]).reshape(-1, 2)
-    low, high = xy.min(0), xy.max(0)
-    if low[0] < -w or low[1] < -h or high[0] > 2 * w or high[1] > 2 * h:
-        raise DatasetError(
-            f"{origin}: polygon points span x {low[0]:g}..{high[0]:g}, y {low[1]:g}..{high[1]:g}, more than one "
-            f"image side beyond the {w}x{h} image"
-        )

@@ -37,11 +37,12 @@ class Box:
 class Segment:
     """One COCO instance of class ``label``: its ``segmentation`` as the JSON stores it (a list of
     polygons ``[x0, y0, x1, y1, ...]`` or an RLE dict). ``crowd`` (COCO ``iscrowd``): its pixels carry
-    no supervision (:data:`IGNORE`)."""
+    no supervision (:data:`IGNORE`). ``ann_id``: the annotation's ``id``, named in errors."""
 
     label: int
     segmentation: Any
     crowd: bool = False
+    ann_id: Any = None
 
 
 @dataclass(frozen=True)

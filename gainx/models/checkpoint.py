@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from gainx.models.factory import check_model_kwargs
+from gainx.models.fit import check_fits_before_building, does_not_fit
 from gainx.models.registry import build_model
 from gainx.models.trust import check_checkpoint_model
 
@@ -33,7 +34,8 @@ MODEL_KEYS = ("arch", "num_classes", "classes", "target_layer", "image_size", "m
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a gainx checkpoint safely; errors name the file and the problem."""
+    """Load a gainx checkpoint safely; errors name the file and the problem (a missing entry, a
+    ``num_classes`` that is not a positive int or not the number of ``classes``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -46,6 +48,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in MODEL_KEYS if k not in state]
     if missing:
         raise ValueError(f"{path} is not a gainx checkpoint: missing {missing}")
+    num_classes, classes = state["num_classes"], state["classes"]
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"{path}: 'num_classes' must be a positive int, got {num_classes!r}")
+    if not isinstance(classes, (list, tuple)) or len(classes) != num_classes:
+        got = f"{len(classes)} names" if isinstance(classes, (list, tuple)) else f"a {type(classes).__name__}"
+        raise ValueError(f"{path}: 'classes' must be a list of {num_classes} names ('num_classes'), got {got}")
     return state
 
 
@@ -80,8 +88,10 @@ def load_model(
     such a model gives is meaningless. A checkpoint whose model spec is not
     stock (:mod:`gainx.models.trust`) is refused before anything is imported
     unless ``model`` is that same spec (the caller vouches for it) or
-    ``trust_model_code`` is true. ``model`` may also be a built ``nn.Module``:
-    the weights are loaded into it and nothing is rebuilt.
+    ``trust_model_code`` is true. A model that would not fit the file's weights
+    is refused before it takes memory (:mod:`gainx.models.fit`). ``model`` may
+    also be a built ``nn.Module``: the weights are loaded into it and nothing is
+    rebuilt.
     """
     state = load_checkpoint(path, map_location)
     check_finite_weights(path, state["model"], "the run that wrote it diverged")
@@ -96,11 +106,12 @@ def load_model(
         net = model
     else:
         check_checkpoint_model(path, arch, model_kwargs, model, trust_model_code)
+        check_fits_before_building(path, arch, state["num_classes"], model_kwargs, state["model"])
         net = build_model(arch, state["num_classes"], model_kwargs=model_kwargs)
     try:
         net.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise ValueError(f"{path}: the weights do not fit {arch!r} {model_kwargs or ''}: {exc}") from exc
+        raise ValueError(f"{does_not_fit(path, arch, model_kwargs)}: {exc}") from exc
     net.eval()
     meta = {k: state[k] for k in MODEL_KEYS}
     meta["model_kwargs"] = model_kwargs

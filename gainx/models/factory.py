@@ -7,6 +7,13 @@ rebuild: :mod:`gainx.models.trust`). ``num_classes`` is passed to
 factories that take it (torchvision and timm builders do) unless the keyword
 arguments already set it.
 
+Nothing is downloaded unless the keyword arguments ask for it: timm models are
+created with ``pretrained=False``, and a torchvision builder gets
+``weights=None`` and ``weights_backbone=None`` (the detection and segmentation
+builders default to downloading ImageNet backbone weights) for each of the two it
+takes that the keyword arguments set neither directly nor by its legacy name
+(``pretrained``, ``pretrained_backbone``).
+
 A factory is one name defined in the module the spec names: a subclass of
 ``nn.Module`` or a Python function whose ``__module__`` is that module (no
 attribute chains such as ``os.path:os.system``, no builtins, bound methods or
@@ -30,6 +37,8 @@ TIMM_PREFIX = "timm:"
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _MODULE = re.compile(rf"{_NAME}(\.{_NAME})*")
 _TORCHVISION_MODULE = re.compile(rf"torchvision\.models(\.{_NAME})*")
+# torchvision builder parameters naming weights to download -> their legacy (boolean) names
+TORCHVISION_WEIGHTS_ARGS = {"weights": "pretrained", "weights_backbone": "pretrained_backbone"}
 
 
 def is_factory_spec(spec: str) -> bool:
@@ -132,20 +141,37 @@ def _timm_factory(spec: str) -> Callable[..., Any]:
     return lambda **kwargs: timm.create_model(name, pretrained=False, **kwargs)  # never downloads
 
 
-def _takes_num_classes(factory: Callable[..., Any]) -> bool:
+def _parameters(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     try:
-        params = inspect.signature(factory).parameters.values()
+        return dict(inspect.signature(factory).parameters)
     except (TypeError, ValueError):  # builtins without a signature
-        return False
+        return {}
+
+
+def _takes_num_classes(factory: Callable[..., Any]) -> bool:
+    params = _parameters(factory).values()
     return any(p.name == "num_classes" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+def _no_download_kwargs(builder: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``None`` for each of a torchvision builder's ``weights`` / ``weights_backbone`` that ``kwargs`` leave unset."""
+    params = _parameters(builder)
+    return {
+        name: None
+        for name, legacy in TORCHVISION_WEIGHTS_ARGS.items()
+        if name in params and name not in kwargs and legacy not in kwargs
+    }
+
+
 def build_from_factory(spec: str, num_classes: int, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """Call the factory named by ``spec`` with ``model_kwargs`` (+ ``num_classes`` when it takes it)."""
+    """Call the factory named by ``spec`` with ``model_kwargs`` (+ ``num_classes`` when it takes it, and for a
+    torchvision builder ``weights=None`` / ``weights_backbone=None`` unless set: nothing is downloaded)."""
     kwargs = check_model_kwargs(model_kwargs)
     factory = _timm_factory(spec) if spec.startswith(TIMM_PREFIX) else _import_factory(spec)
     if "num_classes" not in kwargs and (spec.startswith(TIMM_PREFIX) or _takes_num_classes(factory)):
         kwargs["num_classes"] = num_classes
+    if is_torchvision_spec(spec):
+        kwargs.update(_no_download_kwargs(factory, kwargs))
     try:
         model = factory(**kwargs)
     except TypeError as exc:

@@ -33,6 +33,7 @@ FETCH_KWARGS = frozenset(
         "weights",
         "weights_backbone",
         "pretrained",
+        "pretrained_backbone",
         "pretrained_cfg",
         "pretrained_cfg_overlay",
         "checkpoint_path",
