@@ -84,12 +84,12 @@ def test_new_limit_flags() -> None:
     assert (args.max_body_bytes_in_flight, args.max_pixels_in_flight) == (9, 11)
 
 
-# first versions fixed for the multipart denial-of-service advisories of each (see the comments in pyproject.toml)
-MULTIPART_FIXES = {"starlette": "0.47.2", "python-multipart": "0.0.27"}
+# first versions fixed for the security advisories of each (see the comments in pyproject.toml)
+SECURITY_FIXES = {"starlette": "1.3.1", "python-multipart": "0.0.31"}
 
 
-@pytest.mark.parametrize("name", sorted(MULTIPART_FIXES))
-def test_serve_extra_requires_versions_with_the_multipart_fixes(name: str) -> None:
+@pytest.mark.parametrize("name", sorted(SECURITY_FIXES))
+def test_serve_extra_requires_versions_with_the_security_fixes(name: str) -> None:
     """The lowest version the ``serve`` extra allows has the fixes (so does every later one)."""
     from packaging.requirements import Requirement
     from packaging.version import Version
@@ -97,7 +97,7 @@ def test_serve_extra_requires_versions_with_the_multipart_fixes(name: str) -> No
     tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads TOML")
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     requirement = next(r for r in map(Requirement, project["optional-dependencies"]["serve"]) if r.name == name)
-    fixed = Version(MULTIPART_FIXES[name])
+    fixed = Version(SECURITY_FIXES[name])
     floors = [Version(s.version) for s in requirement.specifier if s.operator in (">=", "==", "~=")]
     assert floors and min(floors) >= fixed, f"{requirement}: versions before {fixed} are allowed"
 

@@ -36,10 +36,10 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_small_model(tmp_path_factory.mktemp("serve_model") / "small.onnx")
 
 
-def start(model_path: Path, folder: Path, *flags: str) -> ServerProcess:
-    """A server on a free port whose log is ``folder/server.log``."""
+def start(model_path: Path, folder: Path, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+    """A server on a free port whose log is ``folder/server.log`` (``env``: more environment variables)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return ServerProcess(model_path, folder / "server.log", *flags)
+    return ServerProcess(model_path, folder / "server.log", *flags, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,42 @@ def test_pipelining_non_readers_cannot_lock_out_healthz(capped) -> None:
         assert healthz(capped) == 200
     finally:
         close_all(hostile)
+
+
+def probe_healthz(port: int) -> bytes:
+    """The server's whole answer to one ``GET /healthz`` on a new connection it closes (b"" when refused)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return read_answer(sock)
+        except ConnectionError:  # reset by the server's connection cap
+            return b""
+
+
+def test_clients_dripping_request_bodies_cannot_lock_out_healthz(capped) -> None:
+    """As many clients as the cap of 4 each send a request head declaring a 100 kB body, then 4 bytes of it,
+    and wait: none of their connections is idle, none waits on its client to read. Three /healthz in a row
+    are still answered, long before the 30 s body timeout: for the first, the connection whose body has
+    waited longest for a byte (the oldest) is closed; the next two fit under the cap.
+
+    Each client asks for ``100-continue`` only to learn that the server has read its head and waits for
+    its body (the server's ``100 Continue``) before the next client comes."""
+    head = request("POST", "/v1/predict", bytes(100_000))[:-100_000]
+    head = head.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n")
+    drippers: list[socket.socket] = []
+    try:
+        for _ in range(CAP):
+            sock = socket.create_connection(("127.0.0.1", capped.port), timeout=10)
+            drippers.append(sock)
+            sock.sendall(head)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 100"), "the server did not start reading the body"
+            sock.sendall(b"\x89PNG")
+        answers = [probe_healthz(capped.port) for _ in range(3)]
+        assert all(a.startswith(b"HTTP/1.1 200") for a in answers), answers
+        assert wait_closed(drippers[:1], 3) == [True], "the oldest reader was not closed"
+        assert not any(wait_closed(drippers[1:], 0)), "more readers than needed were closed"
+    finally:
+        close_all(drippers)
 
 
 def test_idle_connection_with_unsent_answer_is_aborted_and_leaves_the_idle_list(capped) -> None:
@@ -146,21 +182,29 @@ def peak_rss_mb(pid: int) -> float:
     return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)[1]) / 1024
 
 
-def test_decoded_pixels_in_flight_are_bounded(impatient) -> None:
+def test_decoded_pixels_in_flight_are_bounded(model_path: Path, tmp_path: Path) -> None:
     """8 concurrent requests, each an image of 4 Mpx (12 MB decoded), with 4 decoding threads and a
     budget of 4 Mpx in flight: images are decoded one at a time and freed once preprocessed, so the
-    server's peak memory grows by about one decoded image, not eight."""
+    server's peak memory grows by about one decoded image, not eight.
 
-    def post(_: int) -> int:
-        return httpx.post(
-            f"{impatient.url}/v1/predict", content=large_png(), headers={"content-type": "image/png"}, timeout=60
-        ).status_code
+    The server is its own (no earlier request raised its peak) and runs with one malloc arena
+    (``MALLOC_ARENA_MAX=1``): by default glibc gives each decoding thread an arena of its own, and the
+    pages of an image freed in one are not reused by the next thread, which would add up to a decoded
+    image per thread to the peak whatever the budget."""
+    flags = ["--max-image-pixels", "4000000", "--max-pixels-in-flight", "4000000", "--image-threads", "4"]
+    with start(model_path, tmp_path, *flags, env={"MALLOC_ARENA_MAX": "1"}) as srv:
 
-    assert post(0) == 200  # warm-up: one decoded image is part of the baseline
-    before = peak_rss_mb(impatient.proc.pid)
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(post, range(8))) == [200] * 8
-    grown = peak_rss_mb(impatient.proc.pid) - before
+        def post(_: int) -> int:
+            return httpx.post(
+                f"{srv.url}/v1/predict", content=large_png(), headers={"content-type": "image/png"}, timeout=60
+            ).status_code
+
+        assert post(0) == 200  # warm-up: one decoded image is part of the baseline
+        before = peak_rss_mb(srv.proc.pid)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(post, range(8))) == [200] * 8
+        grown = peak_rss_mb(srv.proc.pid) - before
+    assert "Traceback" not in srv.output(), srv.output()
     assert grown < 30, f"peak memory grew by {grown:.0f} MB for 8 concurrent 12 MB images"
 
 
@@ -225,3 +269,35 @@ def test_content_length_with_transfer_encoding_is_refused_and_closed(capped) -> 
         answer = read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert b"ambiguous_length" in answer and answer.count(b"HTTP/1.1") == 1, answer
+
+
+def head_of(size: int, close: bool = True) -> bytes:
+    """A ``GET /healthz`` request head of ``size`` bytes (padded with one header field)."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + (b"Connection: close\r\n" if close else b"") + b"X-Pad: "
+    return head + b"a" * (size - len(head) - 4) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("split", ["whole", "in pieces", "pipelined"])
+def test_request_head_over_16_kib_is_refused_with_431(capped, split: str) -> None:
+    """A head of 16 KiB + 1 byte gets 431 ``head_too_large`` and the connection is closed, whether it arrives
+    in one read, in pieces, or pipelined behind a request that is answered first; one of 16 KiB is served."""
+    limit = 16 * 1024
+    with socket.create_connection(("127.0.0.1", capped.port), timeout=5) as sock:
+        sock.sendall(head_of(limit))
+        assert read_answer(sock).startswith(b"HTTP/1.1 200")
+    with socket.create_connection(("127.0.0.1", capped.port), timeout=5) as sock:
+        big = head_of(limit + 1)
+        if split == "whole":
+            sock.sendall(big)
+        elif split == "in pieces":
+            for start in range(0, len(big), 4096):
+                sock.sendall(big[start : start + 4096])
+                time.sleep(0.02)
+        else:
+            sock.sendall(head_of(100, close=False) + big)
+        answer = read_answer(sock)
+    if split == "pipelined":
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        answer = answer[answer.index(b"HTTP/1.1", 1) :]
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert b"head_too_large" in answer and answer.count(b"HTTP/1.1") == 1, answer[:300]

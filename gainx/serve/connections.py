@@ -8,6 +8,11 @@ uvicorn waiting in ``drain()`` forever with the connection busy; and
 client never happens. :func:`guarded_protocol` returns a subclass of uvicorn's
 ``H11Protocol`` that adds
 
+* a head size limit: a request head longer than :data:`MAX_HEAD_BYTES` (from the
+  request line to the blank line that ends the head) gets a 431 and the
+  connection is closed. h11 enforces its own limit of the same size only on a
+  head that is still incomplete, so one that arrives whole in a single read (up
+  to the transport's read size, 256 KiB) would pass it;
 * a header deadline: a connection must deliver a complete request head within
   ``header_timeout`` seconds of opening, or of the first byte of its next
   request on a kept-alive connection (the unread rest of a body the
@@ -19,11 +24,13 @@ client never happens. :func:`guarded_protocol` returns a subclass of uvicorn's
   after its last progress;
 * a connection cap: when a new connection would make more than
   ``max_connections``, the connection that has been idle (no request being
-  handled) the longest is closed; if none is idle, the writer that has waited
-  longest on its client (answer bytes buffered, none moved since) is aborted;
-  if there is neither, the new one is closed. Clients that open many idle
-  sockets, or pipeline requests and never read, therefore cannot lock others
-  (or ``/healthz``) out;
+  handled, or a request head still arriving) the longest is closed; if none is
+  idle, the writer that has waited longest on its client (answer bytes
+  buffered, none moved since) is aborted; if there is no such writer either,
+  the connection whose request body has waited longest for its next byte from
+  the client is closed; if there is none of these, the new one is closed. Clients
+  that open many idle sockets, pipeline requests and never read, or drip their
+  request bodies, therefore cannot lock others (or ``/healthz``) out;
 * a budget of unsent answer bytes: the bytes waiting in the connections'
   write buffers, summed over all connections, may not exceed
   ``max_buffered_bytes``; past it, the writers that have waited longest on
@@ -42,6 +49,9 @@ request body that arrives too slowly is cut by the application
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
+import re
 import socket
 import struct
 from collections.abc import Callable
@@ -51,6 +61,10 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gainx.serve.config import ServeConfig
+from gainx.serve.errors import ApiError
+
+MAX_HEAD_BYTES = 16 * 1024  # request line and header fields, as h11's own limit on an incomplete head
+_HEAD_END = re.compile(rb"\n\r?\n")  # the blank line that ends a request head, as h11 finds it
 
 _LINGER_OFF = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}: close() sends a reset
 
@@ -69,6 +83,23 @@ def _reset(transport: asyncio.Transport) -> None:
         except OSError:  # already closed by the peer
             pass
     transport.abort()
+
+
+def head_too_large(buffered: bytes) -> bool:
+    """Whether the request head that ``buffered`` starts with is (or, still unfinished, will be) over
+    :data:`MAX_HEAD_BYTES`."""
+    return len(buffered) > MAX_HEAD_BYTES and _HEAD_END.search(buffered, 0, MAX_HEAD_BYTES) is None
+
+
+def _head_refusal() -> bytes:
+    """The 431 answer (and ``Connection: close``) to a request head over :data:`MAX_HEAD_BYTES`."""
+    error = ApiError(431, "head_too_large", f"the request head is over the limit of {MAX_HEAD_BYTES} bytes")
+    body = json.dumps(error.payload(), separators=(",", ":")).encode()
+    head = (
+        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 class _CountingTransport:
@@ -102,6 +133,7 @@ class _Connections:
     def __init__(self) -> None:
         self.idle: dict[H11Protocol, None] = {}  # oldest idle first (dicts keep insertion order)
         self.waiting: dict[H11Protocol, None] = {}  # writers with unsent bytes, longest without progress first
+        self.reading: dict[H11Protocol, None] = {}  # request bodies still arriving, longest without a byte first
         self.buffered: dict[H11Protocol, int] = {}  # unsent bytes per connection, as last seen
         self.total_buffered = 0
 
@@ -114,6 +146,22 @@ class _Connections:
         self.waiting.pop(conn, None)
         self.waiting[conn] = None
 
+    def received(self, conn: H11Protocol, body_pending: bool) -> None:
+        """``conn`` got bytes just now: last in the reading order while its request body is still arriving."""
+        self.reading.pop(conn, None)
+        if body_pending:
+            self.reading[conn] = None
+
+    def victim(self, newcomer: H11Protocol) -> H11Protocol | None:
+        """The connection to close for ``newcomer`` past the cap: idle the longest, else the writer waiting
+        longest on its client, else the reader whose body waited longest for a byte (one that uvicorn stopped
+        reading is not waiting on its client); None when there is none of these."""
+        closable = itertools.chain(
+            (conn for conn in itertools.chain(self.idle, self.waiting) if conn is not newcomer),
+            (conn for conn in self.reading if not conn.flow.read_paused),
+        )
+        return next(closable, None)
+
     def set_buffered(self, conn: H11Protocol, size: int) -> None:
         self.total_buffered += size - self.buffered.pop(conn, 0)
         if size:
@@ -124,6 +172,7 @@ class _Connections:
     def forget(self, conn: H11Protocol) -> None:
         self.idle.pop(conn, None)
         self.waiting.pop(conn, None)
+        self.reading.pop(conn, None)
         self.set_buffered(conn, 0)
 
 
@@ -218,13 +267,18 @@ def guarded_protocol(config: ServeConfig) -> type[H11Protocol]:
             shared.set_idle(self)
             self._arm_header_timer()
             if len(self.connections) > config.max_connections:
-                victim = next((other for other in shared.idle if other is not self), None)
-                if victim is None:
-                    victim = next((other for other in shared.waiting if other is not self), None)
-                (victim or self)._close()
+                (shared.victim(self) or self)._close()
+
+        def handle_events(self) -> None:  # on new bytes, and on a pipelined request once the one before is answered
+            if self.conn.their_state is h11.IDLE and head_too_large(self.conn.trailing_data[0]):
+                self.transport.write(_head_refusal())
+                self.transport.close()
+                return
+            super().handle_events()
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)  # cancels uvicorn's keep-alive timer
+            shared.received(self, self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing())
             if self._handling_request():
                 shared.idle.pop(self, None)
                 self._disarm_header_timer()

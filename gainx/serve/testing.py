@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import gainx
@@ -36,7 +37,8 @@ class ServerProcess:
     current directory cannot shadow an installed package.
 
     ``file_limit`` lowers the child's soft open-file limit (``ulimit -n``),
-    e.g. to test how it copes when connections exhaust it.
+    e.g. to test how it copes when connections exhaust it. ``env`` adds
+    environment variables for the child (e.g. ``MALLOC_ARENA_MAX``).
 
     Attributes: ``url``, ``port``, ``proc`` (the :class:`subprocess.Popen`).
     """
@@ -48,9 +50,11 @@ class ServerProcess:
         *flags: str,
         start_timeout: float = 120.0,
         file_limit: int | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.log = Path(log)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, **(env or {}), "PYTHONPATH": path}
         args = [str(model), "--host", "127.0.0.1", "--port", "0", *flags]
         command = [sys.executable, "-m", "gainx.serve", *args]
         if file_limit is not None:  # set in the child itself (preexec_fn is unsafe in a threaded parent)
