@@ -19,7 +19,7 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from gainx.ops import ErasedPairs, attention_erase_eager  # noqa: E402
+from gainx.ops import EPS, ErasedPairs, attention_erase_eager  # noqa: E402
 
 DEVICES = ["cpu"] if not CUDA else [pytest.param("cuda", marks=pytest.mark.cuda)]
 # max |kernel - reference| / max |reference| allowed, per input dtype (reference: eager in fp64)
@@ -131,3 +131,49 @@ def assert_gain_step_matches_eager(backend: str, device: str) -> None:
     assert_close(loss, loss_eager, 1e-10, "GAIN loss")
     for i, (a, e) in enumerate(zip(grads, grads_eager)):
         assert_close(a, e, 1e-8, f"parameter {i} gradient")
+
+
+def assert_no_pairs(impl: Callable[..., ErasedPairs], device: str) -> None:
+    """``impl`` with no pairs: empty ``cam`` and ``erased`` (eager's shapes) and a zero image gradient."""
+    features, grads, images, index = inputs((0, 4, 3, 3, 2, 8, 8, []), torch.float32, device)
+    images.requires_grad_(True)
+    out = impl(features, grads, images, index)
+    ref = attention_erase_eager(features, grads, images, index)
+    assert out.cam.shape == ref.cam.shape and out.erased.shape == ref.erased.shape
+    (d_images,) = torch.autograd.grad(out.erased.sum(), images)
+    assert torch.equal(d_images, torch.zeros_like(images))
+
+
+def opcheck(op: torch._ops.OpOverload, device: str) -> None:
+    """``torch.library.opcheck`` of an attention-mining op: schema, fake tensor and autograd registration; on CUDA
+    also AOT dispatch (the interpreter cannot trace kernels with fake tensors: wrap_triton passes interpreted
+    kernels through untraced)."""
+    features, grads, images, index = inputs(SHAPES["odd_7x5_to_33x29"], torch.float64, device)
+    args = (features.requires_grad_(), grads.requires_grad_(), images.requires_grad_(), index, 0.5, 10.0, EPS)
+    utils = ["test_schema", "test_autograd_registration", "test_faketensor"]
+    if device == "cuda":
+        utils.append("test_aot_dispatch_dynamic")
+    torch.library.opcheck(op, args, test_utils=utils)
+
+
+def assert_compiled_matches_eager(impl: Callable[..., ErasedPairs]) -> None:
+    """``torch.compile(impl, fullgraph=True)`` on fp32 CUDA inputs matches eager in fp64."""
+    features, grads, images, index = inputs(SHAPES["odd_7x5_to_33x29"], torch.float32, "cuda")
+    out = torch.compile(impl, fullgraph=True)(features, grads, images, index)
+    ref = attention_erase_eager(features.double(), grads.double(), images.double(), index)
+    assert_close(out.cam, ref.cam, TOL[torch.float32], "cam")
+    assert_close(out.erased, ref.erased, TOL[torch.float32], "erased")
+
+
+def assert_gradcheck(impl: Callable[..., ErasedPairs], shape: tuple, device: str) -> None:
+    """``impl``'s backward against finite differences of its own forward (fp64, all three inputs).
+
+    Positive features and grads keep the map away from the ReLU kink, and random values have a
+    unique minimum and maximum, so the map is differentiable at the point checked."""
+    features, grads, images, index = inputs(shape, torch.float64, device)
+    leaves = tuple(t.requires_grad_(True) for t in (features.abs() + 0.1, grads.abs() + 0.1, images))
+
+    def op(f: torch.Tensor, g: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(impl(f, g, i, index))
+
+    assert torch.autograd.gradcheck(op, leaves, fast_mode=True)

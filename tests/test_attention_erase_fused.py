@@ -13,9 +13,13 @@ from erase_helpers import (  # tests/ is on sys.path under pytest
     SHAPES,
     TOL,
     assert_close,
+    assert_compiled_matches_eager,
     assert_gain_step_matches_eager,
+    assert_gradcheck,
+    assert_no_pairs,
     compare,
     inputs,
+    opcheck,
     require_interpreter,
 )
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -145,23 +149,12 @@ def test_one_output_one_input(used: str, wrt: int, device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_no_pairs(device: str) -> None:
-    features, grads, images, index = inputs((0, 4, 3, 3, 2, 8, 8, []), torch.float32, device)
-    images.requires_grad_(True)
-    out = fused.attention_erase_fused(features, grads, images, index)
-    assert out.cam.shape == (0, 3, 3) and out.erased.shape == (0, 3, 8, 8)
-    (d_images,) = torch.autograd.grad(out.erased.sum(), images)
-    assert torch.equal(d_images, torch.zeros_like(images))
+    assert_no_pairs(fused.attention_erase_fused, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck_fp64(device: str) -> None:
-    features, grads, images, index = inputs((2, 2, 3, 3, 2, 7, 5, [1, 0]), torch.float64, device)
-    leaves = tuple(t.requires_grad_(True) for t in (features.abs() + 0.1, grads.abs() + 0.1, images))
-
-    def op(f: torch.Tensor, g: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(fused.attention_erase_fused(f, g, i, index))
-
-    assert torch.autograd.gradcheck(op, leaves, fast_mode=True)
+    assert_gradcheck(fused.attention_erase_fused, (2, 2, 3, 3, 2, 7, 5, [1, 0]), device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -187,14 +180,7 @@ def test_out_of_range_index(device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device: str) -> None:
-    """Schema, fake tensor and autograd registration; on CUDA also AOT dispatch (the interpreter cannot trace
-    kernels with fake tensors)."""
-    features, grads, images, index = inputs(SHAPES["odd_7x5_to_33x29"], torch.float64, device)
-    args = (features.requires_grad_(), grads.requires_grad_(), images.requires_grad_(), index, 0.5, 10.0, EPS)
-    utils = ["test_schema", "test_autograd_registration", "test_faketensor"]
-    if device == "cuda":
-        utils.append("test_aot_dispatch_dynamic")
-    torch.library.opcheck(torch.ops.gainx.attention_erase_fused.default, args, test_utils=utils)
+    opcheck(torch.ops.gainx.attention_erase_fused.default, device)
 
 
 class _AtenOps(TorchDispatchMode):
@@ -264,8 +250,4 @@ def test_gain_loss_fused_equals_eager(device: str) -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile of user-defined Triton kernels needs CUDA")
 def test_torch_compile_sees_through_the_op() -> None:
-    features, grads, images, index = inputs(SHAPES["odd_7x5_to_33x29"], torch.float32, "cuda")
-    out = torch.compile(fused.attention_erase_fused, fullgraph=True)(features, grads, images, index)
-    ref = attention_erase_eager(features.double(), grads.double(), images.double(), index)
-    assert_close(out.cam, ref.cam, TOL[torch.float32], "cam")
-    assert_close(out.erased, ref.erased, TOL[torch.float32], "erased")
+    assert_compiled_matches_eager(fused.attention_erase_fused)

@@ -18,14 +18,18 @@ from erase_helpers import (  # tests/ is on sys.path under pytest
     SHAPES,
     TOL,
     assert_close,
+    assert_compiled_matches_eager,
     assert_gain_step_matches_eager,
+    assert_gradcheck,
+    assert_no_pairs,
     compare,
     inputs,
+    opcheck,
     require_interpreter,
     run,
 )
 
-from gainx.ops import EPS, attention_erase, attention_erase_eager
+from gainx.ops import attention_erase, attention_erase_eager
 from gainx.ops import attention_erase_triton as ops
 
 require_interpreter(ops._INTERPRETED, "tests/test_attention_erase_triton.py")
@@ -113,17 +117,7 @@ def test_positive_map_min_gradient(dtype: torch.dtype, device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck_fp64(device: str) -> None:
-    """The op's backward against finite differences of its own forward (fp64, all three inputs).
-
-    Positive features and grads keep the map away from the ReLU kink, and random values have a
-    unique minimum and maximum, so the map is differentiable at the point checked."""
-    features, grads, images, index = inputs((2, 3, 4, 3, 2, 9, 7, [1, 0]), torch.float64, device)
-    leaves = (features.abs() + 0.1, grads.abs() + 0.1, images)
-
-    def op(f: torch.Tensor, g: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(ops.attention_erase_triton(f, g, i, index))
-
-    assert torch.autograd.gradcheck(op, tuple(t.requires_grad_(True) for t in leaves), fast_mode=True)
+    assert_gradcheck(ops.attention_erase_triton, (2, 3, 4, 3, 2, 9, 7, [1, 0]), device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -168,13 +162,7 @@ def test_gradient_of_one_input_only(wrt: int, device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_no_pairs(device: str) -> None:
-    features, grads, images, index = inputs((0, 4, 3, 3, 2, 8, 8, []), torch.float32, device)
-    images.requires_grad_(True)
-    out = ops.attention_erase_triton(features, grads, images, index)
-    ref = attention_erase_eager(features, grads, images, index)
-    assert out.cam.shape == ref.cam.shape and out.erased.shape == ref.erased.shape
-    (d_images,) = torch.autograd.grad(out.erased.sum(), images)
-    assert torch.equal(d_images, torch.zeros_like(images))
+    assert_no_pairs(ops.attention_erase_triton, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -261,23 +249,10 @@ def test_am_loss_through_backends_on_small_cnn(device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device: str) -> None:
-    """Schema, fake tensor and autograd registration of the op; on CUDA also AOT dispatch
-    (the interpreter cannot trace kernels with fake tensors: wrap_triton passes
-    interpreted kernels through untraced)."""
-    features, grads, images, index = inputs(SHAPES["odd_7x5_to_33x29"], torch.float64, device)
-    args = (features.requires_grad_(), grads.requires_grad_(), images.requires_grad_(), index, 0.5, 10.0, EPS)
-    utils = ["test_schema", "test_autograd_registration", "test_faketensor"]
-    if device == "cuda":
-        utils.append("test_aot_dispatch_dynamic")
-    torch.library.opcheck(torch.ops.gainx.attention_erase.default, args, test_utils=utils)
+    opcheck(torch.ops.gainx.attention_erase.default, device)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="torch.compile of the user-defined Triton kernels needs a CUDA device")
 def test_torch_compile_sees_through_the_op() -> None:
-    features, grads, images, index = inputs(SHAPES["odd_7x5_to_33x29"], torch.float32, "cuda")
-    compiled = torch.compile(ops.attention_erase_triton, fullgraph=True)
-    ref = attention_erase_eager(features.double(), grads.double(), images.double(), index)
-    out = compiled(features, grads, images, index)
-    assert_close(out.cam, ref.cam, TOL[torch.float32], "cam")
-    assert_close(out.erased, ref.erased, TOL[torch.float32], "erased")
+    assert_compiled_matches_eager(ops.attention_erase_triton)

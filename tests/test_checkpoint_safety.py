@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_helpers import checkpoint_state  # tests/ is on sys.path under pytest
 from PIL import Image
 from torch import nn
 
@@ -54,18 +55,7 @@ HOW = r"--trust-model-code"
 def _state(arch: str, model: nn.Module | None = None, **extra) -> dict:
     """A gainx checkpoint of ``model`` (a small SmallCNN by default) recording ``arch``."""
     model = model if model is not None else SmallCNN(3, width=4)
-    return {
-        "model": model.state_dict(),
-        "arch": arch,
-        "num_classes": 3,
-        "classes": ["a", "b", "c"],
-        "target_layer": "features",
-        "image_size": [16, 16],
-        "mean": [0.5] * 3,
-        "std": [0.25] * 3,
-        "multilabel": False,
-        **extra,
-    }
+    return checkpoint_state(model, arch, std=0.25, **extra)
 
 
 def _write(path: Path, arch: str, model_kwargs: dict | None = None, model: nn.Module | None = None) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from checkpoint_helpers import checkpoint_state  # tests/ is on sys.path under pytest
 from torch import nn
 
 from gainx.cli import build_parser
@@ -125,18 +126,7 @@ def test_checkpoint_of_a_builder_with_backbone_weights_loads_without_download(no
 
 
 def _checkpoint(path: Path, model: nn.Module, arch: str, **extra) -> Path:
-    state = {
-        "model": model.state_dict(),
-        "arch": arch,
-        "num_classes": 3,
-        "classes": ["a", "b", "c"],
-        "target_layer": "features",
-        "image_size": [16, 16],
-        "mean": [0.5] * 3,
-        "std": [0.5] * 3,
-        "multilabel": False,
-        **extra,
-    }
+    state = checkpoint_state(model, arch, **extra)
     torch.save(state, path)
     return path
 

@@ -43,14 +43,20 @@ def test_waiters_are_served_first_come_first_served() -> None:
     assert asyncio.run(main()) == ["large", "small"]
 
 
+async def _two_waiters(held: int, first: int, second: int) -> tuple[Budget, asyncio.Future, asyncio.Future]:
+    """A ``Budget(10)`` with ``held`` taken and two waiters queued on it: for ``first``, then for ``second``."""
+    budget = Budget(10)
+    budget.try_take(held)
+    front = asyncio.ensure_future(budget.take(first))
+    await asyncio.sleep(0)
+    back = asyncio.ensure_future(budget.take(second))
+    await asyncio.sleep(0)
+    return budget, front, back
+
+
 def test_a_cancelled_waiter_takes_nothing_and_lets_the_next_in() -> None:
     async def main() -> int:
-        budget = Budget(10)
-        budget.try_take(5)
-        stuck = asyncio.ensure_future(budget.take(8))
-        await asyncio.sleep(0)
-        after = asyncio.ensure_future(budget.take(5))
-        await asyncio.sleep(0)
+        budget, stuck, after = await _two_waiters(5, 8, 5)
         assert not after.done()  # behind the 8
         stuck.cancel()
         await asyncio.wait_for(after, 1)  # let in as soon as the 8 in front of it gives up
@@ -64,12 +70,7 @@ def test_giving_back_right_after_a_waiter_is_cancelled() -> None:
     """Room given back before a just-cancelled waiter has run goes to the next in line, not to the cancelled one."""
 
     async def main() -> int:
-        budget = Budget(10)
-        budget.try_take(10)
-        cancelled = asyncio.ensure_future(budget.take(4))
-        await asyncio.sleep(0)
-        after = asyncio.ensure_future(budget.take(6))
-        await asyncio.sleep(0)
+        budget, cancelled, after = await _two_waiters(10, 4, 6)
         cancelled.cancel()  # its future is cancelled now; the task learns it on its next step
         budget.give(10)
         await asyncio.wait_for(after, 1)

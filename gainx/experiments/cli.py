@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from gainx.experiments.specs import RECIPES, REFERENCES
 from gainx.losses.counterfactual import JITTERS
@@ -33,6 +34,11 @@ def _profile(args: argparse.Namespace):
     )
 
 
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of every experiment runner from the shared flags: profile, threads, jobs, references."""
+    return {"profile": _profile(args), "threads": args.threads, "jobs": args.jobs, "references": tuple(args.references)}
+
+
 def _cmd_bias(args: argparse.Namespace) -> int:
     from gainx.experiments.bias import run_bias, run_bias_data
 
@@ -47,10 +53,7 @@ def _cmd_bias(args: argparse.Namespace) -> int:
             budgets=args.budgets,
             guidance_budget=args.guidance_budget,
             guidances=list(GUIDANCES) if args.guidances is None else args.guidances,
-            profile=_profile(args),
-            threads=args.threads,
-            jobs=args.jobs,
-            references=tuple(args.references),
+            **_run_options(args),
             recipes=() if args.recipes is None else tuple(args.recipes),
         )
         return 0
@@ -69,10 +72,7 @@ def _cmd_bias(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         seeds=args.seeds,
         guidances=["paper"] if args.guidances is None else args.guidances,
-        profile=_profile(args),
-        threads=args.threads,
-        jobs=args.jobs,
-        references=tuple(args.references),
+        **_run_options(args),
         recipes=RECIPES if args.recipes is None else tuple(args.recipes),
     )
     return 0
@@ -85,11 +85,8 @@ def _cmd_localization(args: argparse.Namespace) -> int:
         args.out,
         seeds=args.seeds,
         budgets=args.budgets,
-        profile=_profile(args),
-        threads=args.threads,
-        jobs=args.jobs,
         guidances=args.guidances,
-        references=tuple(args.references),
+        **_run_options(args),
     )
     return 0
 

@@ -85,6 +85,7 @@ from gainx.ops.attention_erase_triton import (
     _pow2_at_least,
     _scalar,
     _soft_mask,
+    _taps,
     _upsample_adjoint,
 )
 from gainx.ops.cam import EPS
@@ -108,17 +109,6 @@ TILE_CANDIDATES = (Tile(16, 32, 4), Tile(16, 64, 4), Tile(16, 64, 8), Tile(16, 1
 CHANNEL_WARPS = 8  # num_warps of the (reused) channel kernels
 
 # --------------------------------------------------------------------------- kernels
-
-
-@triton.jit
-def _taps(dst, n_in, n_out, dtype: tl.constexpr):
-    """Lower tap, upper tap and weight of output positions ``dst`` (align_corners=False), the
-    arithmetic of :func:`gainx.ops.attention_erase_triton._interp_weights`."""
-    scale = tl.cast(n_in, dtype) / tl.cast(n_out, dtype)
-    src = tl.maximum((dst.to(dtype) + 0.5) * scale - 0.5, 0.0)
-    i0 = src.to(tl.int32)  # src >= 0: truncation is floor
-    i1 = tl.where(i0 < n_in - 1, i0 + 1, i0)
-    return i0, i1, src - i0.to(dtype)
 
 
 @triton.jit

@@ -74,17 +74,24 @@ _FLAT = tl.constexpr(FLAT)
 
 
 @triton.jit
-def _interp_weights(dst, n_in, n_out, N_PAD: tl.constexpr, like):
-    """``(len(dst), N_PAD)`` bilinear weights (align_corners=False) in ``like``'s dtype.
+def _taps(dst, n_in, n_out, dtype: tl.constexpr):
+    """Lower tap, upper tap and weight of output positions ``dst`` (align_corners=False) in ``dtype``.
 
     ``src = max((dst + 0.5) * n_in / n_out - 0.5, 0)``, taps ``i0 = floor(src)``
-    and ``i1 = min(i0 + 1, n_in - 1)`` with weights ``1 - l`` and ``l = src - i0``.
+    and ``i1 = min(i0 + 1, n_in - 1)``, weight ``l = src - i0`` (of ``i1``; ``1 - l`` of ``i0``).
     """
-    scale = tl.cast(n_in, like.dtype) / tl.cast(n_out, like.dtype)
-    src = tl.maximum((dst.to(like.dtype) + 0.5) * scale - 0.5, 0.0)
+    scale = tl.cast(n_in, dtype) / tl.cast(n_out, dtype)
+    src = tl.maximum((dst.to(dtype) + 0.5) * scale - 0.5, 0.0)
     i0 = src.to(tl.int32)  # src >= 0: truncation is floor
     i1 = tl.where(i0 < n_in - 1, i0 + 1, i0)
-    lam = src - i0.to(like.dtype)
+    return i0, i1, src - i0.to(dtype)
+
+
+@triton.jit
+def _interp_weights(dst, n_in, n_out, N_PAD: tl.constexpr, like):
+    """``(len(dst), N_PAD)`` bilinear weights (align_corners=False, :func:`_taps`) in ``like``'s dtype:
+    ``1 - l`` at column ``i0``, ``l`` at column ``i1``."""
+    i0, i1, lam = _taps(dst, n_in, n_out, like.dtype)
     cols = tl.arange(0, N_PAD)[None, :]
     zero = tl.zeros_like(lam)[:, None]
     return tl.where(cols == i0[:, None], (1.0 - lam)[:, None], zero) + tl.where(cols == i1[:, None], lam[:, None], zero)
