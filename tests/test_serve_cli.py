@@ -8,6 +8,7 @@ import resource
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -95,7 +96,7 @@ def test_serve_extra_requires_versions_with_the_security_fixes(name: str) -> Non
     from packaging.version import Version
 
     tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads TOML")
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     requirement = next(r for r in map(Requirement, project["optional-dependencies"]["serve"]) if r.name == name)
     fixed = Version(SECURITY_FIXES[name])
     floors = [Version(s.version) for s in requirement.specifier if s.operator in (">=", "==", "~=")]
