@@ -414,7 +414,7 @@ def _quiet_out_of_files(loop: asyncio.AbstractEventLoop, context: dict[str, Any]
 async def _api_error(request: Request, exc: ApiError) -> Response:
     if exc.status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc.message)
-    return Response(_dumps(exc.payload()), exc.status, headers=exc.headers, media_type="application/json")
+    return Response(exc.body(), exc.status, headers=exc.headers, media_type="application/json")
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class Budget:
@@ -71,15 +71,6 @@ class Budget:
                 future.set_result(None)
             else:
                 return
-
-    @asynccontextmanager
-    async def holding(self, units: int) -> AsyncIterator[None]:
-        """Hold ``units`` (waiting for them) for the duration of the block."""
-        await self.take(units)
-        try:
-            yield
-        finally:
-            self.give(units)
 
     @contextmanager
     def hold(self) -> Iterator[Hold]:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import re
 import socket
 import struct
@@ -94,7 +93,7 @@ def head_too_large(buffered: bytes) -> bool:
 def _head_refusal() -> bytes:
     """The 431 answer (and ``Connection: close``) to a request head over :data:`MAX_HEAD_BYTES`."""
     error = ApiError(431, "head_too_large", f"the request head is over the limit of {MAX_HEAD_BYTES} bytes")
-    body = json.dumps(error.payload(), separators=(",", ":")).encode()
+    body = error.body()
     head = (
         "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 class ApiError(Exception):
     """A client-visible failure, rendered as ``{"error": {"status", "code", "message"}}``.
@@ -19,6 +21,10 @@ class ApiError(Exception):
 
     def payload(self) -> dict[str, dict[str, object]]:
         return {"error": {"status": self.status, "code": self.code, "message": self.message}}
+
+    def body(self) -> bytes:
+        """:meth:`payload` as compact JSON bytes (the body of the error answer)."""
+        return json.dumps(self.payload(), separators=(",", ":")).encode()
 
 
 RETRY_AFTER_S = 1  # what a 503 for a momentary overload tells the client to wait

@@ -11,8 +11,6 @@ any of the body, and the connection is closed once the answer is sent.
 
 from __future__ import annotations
 
-import json
-
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -38,8 +36,7 @@ class RefuseAmbiguousLength:
                 "ambiguous_length",
                 "the request has both Content-Length and Transfer-Encoding: send one of them",
             )
-            body = json.dumps(error.payload(), separators=(",", ":")).encode()
-            response = Response(body, 400, headers={"Connection": "close"}, media_type="application/json")
+            response = Response(error.body(), 400, headers={"Connection": "close"}, media_type="application/json")
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
