@@ -26,6 +26,7 @@ from gainx.experiments.figures import budget_figure, titled
 from gainx.experiments.runner import base_data, finished_checkpoints, run_dir, run_matrix
 from gainx.experiments.specs import (
     BENCHMARKS,
+    BIAS_BENCHMARKS,
     FULL,
     QUICK,
     RECIPES,
@@ -42,7 +43,6 @@ from gainx.explain import attention_figure
 from gainx.io import atomic_write_text
 from gainx.losses.guidance import GUIDANCES
 
-BIAS_BENCHMARKS = ("decoy", "cooccur", "photos")
 EVIDENCE = "evidence.json"
 EVIDENCE_HEADERS = {
     "gt_object": "GT logit from object",

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from gainx.experiments.specs import RECIPES, REFERENCES
+from gainx.experiments.specs import BIAS_BENCHMARKS, RECIPES, REFERENCES
 from gainx.losses.counterfactual import JITTERS
 from gainx.losses.guidance import GUIDANCES
 from gainx.training.presets import PRESETS
@@ -166,7 +166,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "benchmark or on your own data (--data)",
     )
     source = bias.add_mutually_exclusive_group(required=True)
-    source.add_argument("--benchmark", choices=("decoy", "cooccur", "photos"), help="a generated bias benchmark")
+    source.add_argument("--benchmark", choices=BIAS_BENCHMARKS, help="a generated bias benchmark")
     source.add_argument(
         "--data",
         default=None,

@@ -65,6 +65,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         "one or two shapes of varied size on clutter; masks for evaluation only",
     ),
 }
+BIAS_BENCHMARKS = ("decoy", "cooccur", "photos")  # the benchmarks with a bias-conflicting split
 
 
 @dataclass(frozen=True)
@@ -180,14 +181,13 @@ def bias_matrix(
     _check_budgets(budgets + [guidance_budget])
     _check_guidances(guidances)
     _check_references(references, REFERENCES)
-    runs = []
-    for seed in seeds:
-        runs += [RunSpec(method, seed) for method in ("baseline", "gain") if method in references]
-        runs += [RunSpec("gainext", seed, kind, b) for kind in ("masks", "boxes") for b in budgets]
+
+    def annotated(seed: int) -> list[RunSpec]:
+        runs = [RunSpec("gainext", seed, kind, b) for kind in ("masks", "boxes") for b in budgets]
         runs += [RunSpec("gainext", seed, "masks", guidance_budget, g) for g in guidances if g != "paper"]
-        runs += [recipe(name, seed, "masks", guidance_budget) for name in recipes]
-        runs += [RunSpec("baseline", seed, unbiased=True)] if oracle and "oracle" in references else []
-    return runs
+        return runs + [recipe(name, seed, "masks", guidance_budget) for name in recipes]
+
+    return _per_seed(seeds, references, annotated, oracle)
 
 
 def data_matrix(
@@ -202,13 +202,12 @@ def data_matrix(
     the ``references``, GAINext with each of ``guidances`` and the ``recipes``."""
     _check_guidances(guidances)
     _check_references(references, REFERENCES)
-    runs = []
-    for seed in seeds:
-        runs += [RunSpec(method, seed) for method in ("baseline", "gain") if method in references]
-        runs += [RunSpec("gainext", seed, DATA, annotated, g) for g in guidances]
-        runs += [recipe(name, seed, DATA, annotated) for name in recipes]
-        runs += [RunSpec("baseline", seed, unbiased=True)] if oracle and "oracle" in references else []
-    return runs
+
+    def guided(seed: int) -> list[RunSpec]:
+        runs = [RunSpec("gainext", seed, DATA, annotated, g) for g in guidances]
+        return runs + [recipe(name, seed, DATA, annotated) for name in recipes]
+
+    return _per_seed(seeds, references, guided, oracle)
 
 
 def localization_matrix(
@@ -222,10 +221,25 @@ def localization_matrix(
     _check_budgets(budgets)
     _check_guidances(guidances)
     _check_references(references, ("baseline", "gain"))
+    return _per_seed(
+        seeds, references, lambda seed: [RunSpec("gainext", seed, "masks", b, g) for b in budgets for g in guidances]
+    )
+
+
+def _per_seed(
+    seeds: list[int],
+    references: tuple[str, ...],
+    annotated: Callable[[int], list[RunSpec]],
+    oracle: bool = False,
+) -> list[RunSpec]:
+    """For each seed in turn: the references baseline and GAIN (those in ``references``), the runs
+    ``annotated(seed)``, then with ``oracle`` (and ``"oracle"`` in ``references``) the baseline trained
+    without the bias."""
     runs = []
     for seed in seeds:
         runs += [RunSpec(method, seed) for method in ("baseline", "gain") if method in references]
-        runs += [RunSpec("gainext", seed, "masks", b, g) for b in budgets for g in guidances]
+        runs += annotated(seed)
+        runs += [RunSpec("baseline", seed, unbiased=True)] if oracle and "oracle" in references else []
     return runs
 
 
