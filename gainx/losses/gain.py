@@ -215,7 +215,7 @@ class GAIN(nn.Module):
         num_batch = images.shape[0]
         counterfactual = None
         if self.bank is not None:
-            _guided_rows(guide, has_guide, labels, images)
+            _check_guides(guide, has_guide, labels, images)
             images, labels, guide, has_guide, counterfactual = self._add_counterfactuals(
                 images, labels, guide, has_guide
             )
@@ -225,7 +225,7 @@ class GAIN(nn.Module):
         attend = mining and self.method != "baseline" and weighted and plan.num_pairs > 0
         guided = attend and self.method == "gainext"
         if guided:
-            _guided_rows(guide, has_guide, labels, images)
+            _check_guides(guide, has_guide, labels, images)
             guide = guide.to(images.device, non_blocking=True)
         if self.graphs is not None:
             return self._graphed_step(images, labels, guide if guided else None, plan, attend)
@@ -405,11 +405,10 @@ def _graphed_steps(gain: GAIN) -> GraphedSteps:
     return GraphedSteps(gain.model)
 
 
-def _guided_rows(guide: Tensor | None, has_guide: Tensor | None, labels: Tensor, images: Tensor) -> Tensor:
-    """Validate the pixel guides of a batch; return the ``(B,)`` bool mask of guided samples."""
+def _check_guides(guide: Tensor | None, has_guide: Tensor | None, labels: Tensor, images: Tensor) -> None:
+    """Validate the pixel guides of a batch (the guided samples are planned by :func:`plan_pairs`)."""
     if guide is None or has_guide is None:
         raise ValueError("method='gainext' needs guide and has_guide")
     expected = (*labels.shape, *images.shape[-2:])
     if tuple(guide.shape) != expected:
         raise ValueError(f"guide must be (B, C, H, W) = {expected}, got {tuple(guide.shape)}")
-    return has_guide.to(torch.bool)
