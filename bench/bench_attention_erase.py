@@ -37,7 +37,7 @@ import pytest
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from bench.common import QUICK, bench_device, device_time_ms, peak_bandwidth, peak_memory_mb, sync
+from bench.common import QUICK, bench_device, device_time_ms, peak_memory_mb, record_device_bandwidth, sync
 from gainx.ops import attention_erase_eager
 
 DEVICE = bench_device()
@@ -117,13 +117,8 @@ def _record(benchmark: BenchmarkFixture, phase: str, name: str, step: Callable[[
     if name == "eager":
         info["baseline"] = True
     info["peak_mem_mb"] = peak_memory_mb(step, DEVICE)
-    info["device_time_ms"] = device_time_ms(step, DEVICE)
+    peak = record_device_bandwidth(info, _bytes_moved(phase), device_time_ms(step, DEVICE), DEVICE)
     median = benchmark.stats.stats.median if benchmark.stats else None
-    peak = peak_bandwidth(DEVICE)
-    if peak:
-        info["peak_bandwidth_gbs"], info["peak_bandwidth_source"] = peak[0] / 1e9, peak[1]
-        if info["device_time_ms"] > 0:
-            info["device_bandwidth_frac_of_peak"] = _bytes_moved(phase) / (info["device_time_ms"] / 1e3) / peak[0]
     if median:
         info["bandwidth_gbs"] = _bytes_moved(phase) / median / 1e9
         if peak:

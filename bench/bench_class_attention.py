@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from bench.common import QUICK, bench_device, device_time_ms, peak_bandwidth, peak_memory_mb, sync
+from bench.common import QUICK, bench_device, device_time_ms, peak_memory_mb, record_device_bandwidth, sync
 from gainx.ops import extension
 from gainx.ops.class_attention import class_attention_eager
 
@@ -108,14 +108,9 @@ def _start(benchmark, case: Case, k: int, baseline: bool = False) -> None:
 
 def _bandwidth(benchmark, case: Case, k: int, device_ms: float = float("nan")) -> None:
     """Bytes moved per second at the best wall time, and as a fraction of the device's peak at the device time."""
-    info, moved = benchmark.extra_info, _bytes_moved(case, k)
-    info["bandwidth_gbs"] = moved / benchmark.stats.stats.min / 1e9
-    info["device_time_ms"] = device_ms
-    peak = peak_bandwidth(DEVICE)
-    if peak:
-        info["peak_bandwidth_gbs"], info["peak_bandwidth_source"] = peak[0] / 1e9, peak[1]
-        if device_ms > 0:
-            info["device_bandwidth_frac_of_peak"] = moved / (device_ms / 1e3) / peak[0]
+    moved = _bytes_moved(case, k)
+    benchmark.extra_info["bandwidth_gbs"] = moved / benchmark.stats.stats.min / 1e9
+    record_device_bandwidth(benchmark.extra_info, moved, device_ms, DEVICE)
 
 
 def _run(benchmark, fn: Callable[[], torch.Tensor], case: Case, k: int) -> torch.Tensor:

@@ -80,3 +80,17 @@ def device_time_ms(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         torch.cuda.synchronize(device)
     return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
+
+
+def record_device_bandwidth(
+    info: dict[str, object], moved: float, device_ms: float, device: torch.device
+) -> tuple[float, str] | None:
+    """Store in ``info`` ``device_time_ms`` and, where the peak is known (:func:`peak_bandwidth`), the peak and
+    ``device_bandwidth_frac_of_peak`` = ``moved`` bytes / device time / peak; return the peak."""
+    info["device_time_ms"] = device_ms
+    peak = peak_bandwidth(device)
+    if peak:
+        info["peak_bandwidth_gbs"], info["peak_bandwidth_source"] = peak[0] / 1e9, peak[1]
+        if device_ms > 0:
+            info["device_bandwidth_frac_of_peak"] = moved / (device_ms / 1e3) / peak[0]
+    return peak
