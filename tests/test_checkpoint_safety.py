@@ -154,10 +154,17 @@ def _entry_points(tmp_path: Path, decoy_dir: Path) -> dict[str, list[str]]:
     }
 
 
+EXPORT_MODULES = ("onnx", "onnxscript", "onnxruntime")  # what the export extra installs
+
+
+def _skip_without_export() -> None:
+    for module in EXPORT_MODULES:
+        pytest.importorskip(module)
+
+
 def _needs_export(command: str) -> None:
     if command == "export":
-        for module in ("onnx", "onnxscript", "onnxruntime"):
-            pytest.importorskip(module)
+        _skip_without_export()
 
 
 @pytest.mark.parametrize("spec", ["os:system", "os.path:os.system", "runpy:run_path", "evil_mod:factory"])
@@ -202,7 +209,7 @@ def test_library_entry_points_refuse_a_hostile_checkpoint(tmp_path, marker, in_c
         lambda: explain_files(path, [_image(tmp_path)], tmp_path / "out"),
         lambda: write_cues(path, decoy_dir, "test_random", tmp_path / "out"),
     ]
-    if all(_importable(m) for m in ("onnx", "onnxscript", "onnxruntime")):
+    if all(_importable(m) for m in EXPORT_MODULES):
         from gainx.export import export_onnx
 
         calls.append(lambda: export_onnx(path, tmp_path / "m.onnx", verify=False))
@@ -377,8 +384,7 @@ def test_stop_message_names_the_epoch_whose_weights_last_pt_keeps(decoy_dir, tmp
 def test_export_takes_the_checkpoint_spec_with_model(tmp_path, in_cwd, capsys, monkeypatch) -> None:
     """``gainx export --checkpoint FILE --model SPEC``: the spec must be the checkpoint's, and reaches the exporter
     (the export itself is replaced by a recorder: tests/test_export_cli.py exports for real)."""
-    for module in ("onnx", "onnxscript", "onnxruntime"):
-        pytest.importorskip(module)
+    _skip_without_export()
     import gainx.export.onnx_export as onnx_export
 
     path = _write(tmp_path / "user.pt", "user_net:build", {"width": 4}, model=SmallCNN(3, width=4))
