@@ -63,7 +63,7 @@ def test_block_reader_sees_code_and_markers(tmp_path: Path) -> None:
     assert python_blocks(doc) == [(3, "x = 1\n", None), (8, "y\n", "needs VOC")]
 
 
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "export").rglob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\((?P<target>[^)\s]+)\)")
 
 

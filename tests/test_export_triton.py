@@ -8,8 +8,9 @@ import onnx
 import pytest
 import torch
 
+from gainx.cli import main
 from gainx.export import export_onnx
-from gainx.export.triton_repo import write_triton_repo
+from gainx.export.triton_repo import triton_config, write_triton_repo
 from gainx.models import SmallCNN
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc] (test extra)")
@@ -51,12 +52,22 @@ def test_repository_layout_and_config(onnx_path: Path, tmp_path: Path) -> None:
     assert folder == tmp_path / "repo" / "gain"
     assert (folder / "1" / "model.onnx").read_bytes() == onnx_path.read_bytes()
     assert (folder / "labels.txt").read_text().splitlines() == CLASSES
-    config = text_format.Parse((folder / "config.pbtxt").read_text(), mc.ModelConfig())
+    config = _config_matching_graph(folder)
     assert config.name == "gain" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 16
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert [(g.kind, g.count) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_AUTO, 1)]
+    assert [t.name for t in config.input] == ["images"]
+    assert list(config.input[0].dims) == [3, -1, -1]
+    outputs = {t.name: t for t in config.output}
+    assert list(outputs["scores"].dims) == [3] and outputs["scores"].label_filename == "labels.txt"
 
-    graph = onnx.load(str(onnx_path)).graph
+
+def _config_matching_graph(folder: Path) -> mc.ModelConfig:
+    """``folder/config.pbtxt`` parsed, after checking that its tensors are the graph's of ``folder/1/model.onnx``:
+    names in order, data types and dims without the batch dimension."""
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), mc.ModelConfig())
+    graph = onnx.load(str(folder / "1" / "model.onnx")).graph
     triton_type = {onnx.TensorProto.FLOAT: mc.TYPE_FP32, onnx.TensorProto.INT64: mc.TYPE_INT64}
     initializers = {i.name for i in graph.initializer}
     onnx_inputs = [v for v in graph.input if v.name not in initializers]  # class_ids: overridable, not exposed
@@ -65,10 +76,27 @@ def test_repository_layout_and_config(onnx_path: Path, tmp_path: Path) -> None:
         for t, v in zip(declared, values):
             assert t.data_type == triton_type[v.type.tensor_type.elem_type]
             assert list(t.dims) == _dims(v)[1:]  # batch dimension excluded
-    assert [t.name for t in config.input] == ["images"]
-    assert list(config.input[0].dims) == [3, -1, -1]
-    outputs = {t.name: t for t in config.output}
-    assert list(outputs["scores"].dims) == [3] and outputs["scores"].label_filename == "labels.txt"
+    return config
+
+
+@pytest.mark.parametrize("kind", ["auto", "cpu", "gpu"])
+def test_instance_group_kind_and_count(onnx_path: Path, kind: str) -> None:
+    config = text_format.Parse(triton_config(onnx_path, "m", instance_count=3, instance_kind=kind), mc.ModelConfig())
+    (group,) = config.instance_group
+    assert group.count == 3 and mc.ModelInstanceGroup.Kind.Name(group.kind) == f"KIND_{kind.upper()}"
+
+
+def test_cli_writes_the_instance_group(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out, repo = tmp_path / "m.onnx", tmp_path / "repo"
+    argv = ["export", "--model", "small_cnn", "--random-weights", "--classes", *CLASSES, "--image-size", "32", "32"]
+    argv += ["--no-verify", "--out", str(out), "--triton-repo", str(repo), "--triton-model-name", "cam"]
+    argv += ["--triton-max-batch-size", "8", "--triton-instance-kind", "cpu", "--triton-instances", "2"]
+    assert main(argv) == 0
+    assert f"triton model: {repo / 'cam'}" in capsys.readouterr().out
+    config = _config_matching_graph(repo / "cam")
+    assert config.name == "cam" and config.max_batch_size == 8
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]  # the default sizes up to the largest batch
+    assert [(g.kind, g.count) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
 
 
 def test_rejects_bad_settings(onnx_path: Path, tmp_path: Path) -> None:
@@ -76,6 +104,10 @@ def test_rejects_bad_settings(onnx_path: Path, tmp_path: Path) -> None:
         write_triton_repo(onnx_path, tmp_path, model_name="bad name")
     with pytest.raises(ValueError, match="preferred sizes"):
         write_triton_repo(onnx_path, tmp_path, max_batch_size=4, preferred_batch_sizes=(8,))
+    with pytest.raises(ValueError, match="instance kind"):
+        write_triton_repo(onnx_path, tmp_path, instance_kind="tpu")
+    with pytest.raises(ValueError, match="instance_count"):
+        write_triton_repo(onnx_path, tmp_path, instance_count=0)
     plain = tmp_path / "plain.onnx"
     torch.onnx.export(torch.nn.Conv2d(3, 1, 1).eval(), (torch.rand(1, 3, 8, 8),), str(plain), dynamo=True)
     with pytest.raises(ValueError, match="no gainx.classes metadata"):

@@ -86,7 +86,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"onnx: {path}")
     if args.triton_repo:
         folder = write_triton_repo(
-            path, args.triton_repo, model_name=args.triton_model_name, max_batch_size=args.triton_max_batch_size
+            path,
+            args.triton_repo,
+            model_name=args.triton_model_name,
+            max_batch_size=args.triton_max_batch_size,
+            instance_count=args.triton_instances,
+            instance_kind=args.triton_instance_kind,
         )
         print(f"triton model: {folder}")
     return 0
@@ -117,6 +122,7 @@ def _output_arg(text: str) -> str | int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` subcommand to the ``gainx`` parser."""
+    from gainx.export.triton_repo import INSTANCE_KINDS
     from gainx.models.factory import model_kwargs_arg
     from gainx.models.trust import add_trust_args
 
@@ -167,6 +173,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--triton-repo", default=None, help="also write a Triton Inference Server model repository here")
     p.add_argument("--triton-model-name", default="gainx_attention")
     p.add_argument("--triton-max-batch-size", type=int, default=32)
+    p.add_argument(
+        "--triton-instance-kind",
+        choices=list(INSTANCE_KINDS),
+        default="auto",
+        help="devices of the Triton model instances: KIND_AUTO (every GPU, else the CPU), KIND_CPU or KIND_GPU",
+    )
+    p.add_argument(
+        "--triton-instances", type=int, default=1, metavar="N", help="Triton model instances per device (default 1)"
+    )
     p.set_defaults(func=_needs_a_source(p))
 
 

@@ -7,7 +7,10 @@
 dimension (-1 for dynamic sizes). Only ``images`` is exposed as an input: the
 optional ``class_ids`` is an ONNX overridable initializer, and Triton's ONNX
 Runtime backend accepts such inputs only with ``max_batch_size: 0`` (no
-batching), so served requests get the exported top-k classes.
+batching), so served requests get the exported top-k classes. The instance
+group runs ``instance_count`` copies of the model on the devices of
+``instance_kind``: ``auto`` (Triton's choice: every GPU, else the CPU),
+``cpu`` or ``gpu``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from gainx._extras import require
 from gainx.io import atomic_open, atomic_write_text
 
 _TRITON_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 10: "TYPE_FP16", 11: "TYPE_FP64", 6: "TYPE_INT32"}
+INSTANCE_KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
 
 def _io_specs(values: Sequence, skip: set[str]) -> list[tuple[str, str, list[int]]]:
@@ -51,11 +55,23 @@ def triton_config(
     model: str | Path | Any,
     model_name: str,
     max_batch_size: int = 32,
-    preferred_batch_sizes: Sequence[int] = (4, 8, 16),
+    preferred_batch_sizes: Sequence[int] | None = None,
     max_queue_delay_us: int = 2000,
     instance_count: int = 1,
+    instance_kind: str = "auto",
 ) -> str:
-    """The ``config.pbtxt`` text for an exported model: its path, or the loaded ``onnx.ModelProto``."""
+    """The ``config.pbtxt`` text for an exported model: its path, or the loaded ``onnx.ModelProto``.
+
+    ``preferred_batch_sizes`` defaults to those of 4, 8 and 16 up to ``max_batch_size`` (``max_batch_size``
+    itself below 4). ``instance_kind`` is ``auto``, ``cpu`` or ``gpu`` (``KIND_AUTO``, ``KIND_CPU``,
+    ``KIND_GPU``) and ``instance_count`` the model instances Triton runs on each device of that kind.
+    """
+    if preferred_batch_sizes is None:
+        preferred_batch_sizes = [b for b in (4, 8, 16) if b <= max_batch_size] or [max_batch_size]
+    if instance_kind not in INSTANCE_KINDS:
+        raise ValueError(f"instance kind must be one of {sorted(INSTANCE_KINDS)}, got {instance_kind!r}")
+    if instance_count < 1:
+        raise ValueError(f"need instance_count >= 1, got {instance_count}")
     if isinstance(model, (str, Path)):
         onnx = require("onnx", extra="export", feature="the Triton model repository")
 
@@ -75,7 +91,7 @@ def triton_config(
         f"output [\n{_tensor_block(_io_specs(graph.output, set()), 'scores')}\n]\n"
         f"dynamic_batching {{\n  preferred_batch_size: {sorted(set(preferred_batch_sizes))}\n"
         f"  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
-        f"instance_group [\n  {{\n    count: {instance_count}\n    kind: KIND_AUTO\n  }}\n]\n"
+        f"instance_group [\n  {{\n    count: {instance_count}\n    kind: {INSTANCE_KINDS[instance_kind]}\n  }}\n]\n"
     )
 
 
@@ -84,13 +100,15 @@ def write_triton_repo(
     repo: str | Path,
     model_name: str = "gainx_attention",
     max_batch_size: int = 32,
-    preferred_batch_sizes: Sequence[int] = (4, 8, 16),
+    preferred_batch_sizes: Sequence[int] | None = None,
     max_queue_delay_us: int = 2000,
     instance_count: int = 1,
+    instance_kind: str = "auto",
 ) -> Path:
     """Write ``<repo>/<model_name>/{config.pbtxt, labels.txt, 1/model.onnx}``; return the model folder.
 
-    The class names come from the model's ``gainx.classes`` metadata.
+    The class names come from the model's ``gainx.classes`` metadata; the other arguments are those of
+    :func:`triton_config`.
     """
     onnx = require("onnx", extra="export", feature="the Triton model repository")
 
@@ -101,7 +119,9 @@ def write_triton_repo(
     props = {p.key: p.value for p in model.metadata_props}
     if "gainx.classes" not in props:
         raise ValueError(f"{onnx_path} has no gainx.classes metadata; export it with gainx.export.export_onnx")
-    config = triton_config(model, model_name, max_batch_size, preferred_batch_sizes, max_queue_delay_us, instance_count)
+    config = triton_config(
+        model, model_name, max_batch_size, preferred_batch_sizes, max_queue_delay_us, instance_count, instance_kind
+    )
     folder = Path(repo) / model_name
     atomic_write_text(folder / "labels.txt", "".join(f"{name}\n" for name in json.loads(props["gainx.classes"])))
     with onnx_path.open("rb") as src, atomic_open(folder / "1" / "model.onnx", "wb") as dst:
