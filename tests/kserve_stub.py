@@ -12,8 +12,11 @@ port, in a thread:
   input's ``binary_data_size`` its bytes). Inputs are checked against the config
   (names, datatypes, dims without the batch, batch size up to
   ``max_batch_size``, byte counts); a mismatch is a 400 ``{"error": ...}``.
-  The model runs in ONNX Runtime; outputs asked with ``binary_data`` come back
-  as binary tensors after the JSON, the others as JSON ``data``.
+  The model runs in ONNX Runtime; outputs asked with ``binary_data`` (or, where
+  an output does not say, all of them when the request's parameters set
+  ``binary_data_output``, as ``tritonclient`` does when it names no outputs)
+  come back as binary tensors after the JSON, the others as JSON ``data``; the
+  answer has ``Inference-Header-Content-Length`` only when it carries binary tensors.
 
 Anything else is a 404. ``batches`` records the shape of each input accepted.
 """
@@ -94,8 +97,8 @@ class KServeStub:
             raise RequestError(f"input '{name}': {len(data)} bytes for shape {shape} of {datatype}")
         return np.frombuffer(data, dtype).reshape(shape)
 
-    def infer(self, body: bytes, header_length: int | None) -> tuple[bytes, int]:
-        """The answer body to an inference request and the length of its JSON part."""
+    def infer(self, body: bytes, header_length: int | None) -> tuple[bytes, int | None]:
+        """The answer body to an inference request and the length of its JSON part (None: no binary part)."""
         request = json.loads(body[:header_length] if header_length is not None else body)
         binary = body[header_length:] if header_length is not None else b""
         feeds, offset = {}, 0
@@ -109,6 +112,7 @@ class KServeStub:
         if missing or offset != len(binary):
             raise RequestError(f"inputs missing {sorted(missing)} or {len(binary) - offset} stray bytes")
         asked = request.get("outputs") or [{"name": t.name} for t in self.config.output]
+        all_binary = bool(request.get("parameters", {}).get("binary_data_output", False))
         names = [o["name"] for o in asked]
         unknown = set(names) - {t.name for t in self.config.output}
         if unknown:
@@ -118,7 +122,7 @@ class KServeStub:
         outputs, tail = [], b""
         for spec, array in zip(asked, arrays):
             entry = {"name": spec["name"], "datatype": np_to_triton_dtype(array.dtype), "shape": list(array.shape)}
-            if spec.get("parameters", {}).get("binary_data"):
+            if spec.get("parameters", {}).get("binary_data", all_binary):
                 raw = np.ascontiguousarray(array).tobytes()
                 entry["parameters"] = {"binary_data_size": len(raw)}
                 tail += raw
@@ -126,7 +130,7 @@ class KServeStub:
                 entry["data"] = array.ravel().tolist()
             outputs.append(entry)
         head = json.dumps({"model_name": self.model, "model_version": "1", "outputs": outputs}).encode()
-        return head + tail, len(head)
+        return head + tail, len(head) if tail else None
 
 
 class _Handler(BaseHTTPRequestHandler):

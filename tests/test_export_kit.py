@@ -32,8 +32,9 @@ from tritonclient.utils import InferenceServerException
 
 from gainx.export.triton_repo import write_triton_repo
 from gainx.runtime import AttentionSession
-from gainx.serve.testing import REPO, ServerProcess
+from gainx.serve.testing import ServerProcess
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout (gainx may be installed elsewhere, without export/)
 KIT = REPO / "export"
 CLIENTS = KIT / "clients"
 IMAGE_SIZES = [(48, 40), (32, 32), (20, 50)]  # (W, H) of the test images: resized by the model's preprocessing
@@ -169,13 +170,16 @@ def test_triton_client_matches_the_runtime(
 
 
 def test_kserve_stub_checks_requests_against_the_config(triton_repo: Path) -> None:
-    def infer(url: str, array: np.ndarray, datatype: str) -> None:
+    def infer(url: str, array: np.ndarray, datatype: str) -> httpclient.InferResult:
         tensor = httpclient.InferInput("images", list(array.shape), datatype)
         tensor.set_data_from_numpy(array, binary_data=True)
-        httpclient.InferenceServerClient(url=url).infer("gainx_attention", [tensor])
+        return httpclient.InferenceServerClient(url=url).infer("gainx_attention", [tensor])
 
     with KServeStub(triton_repo, "gainx_attention") as stub:
-        infer(stub.url, np.zeros((1, 3, 8, 8), np.float32), "FP32")
+        # no outputs named: tritonclient asks for all of them as binary tensors (binary_data_output)
+        result = infer(stub.url, np.zeros((1, 3, 8, 8), np.float32), "FP32")
+        assert all(o["parameters"]["binary_data_size"] > 0 for o in result.get_response()["outputs"])
+        assert result.as_numpy("attention").shape[::2] == (1, 8) and result.as_numpy("classes").dtype == np.int64
         with pytest.raises(InferenceServerException, match="datatype FP64"):
             infer(stub.url, np.zeros((1, 3, 8, 8), np.float64), "FP64")
         with pytest.raises(InferenceServerException, match="batches up to 2"):
@@ -205,9 +209,13 @@ def test_dockerfile_passes_hadolint() -> None:
 
 
 def _docker_usable() -> bool:
+    """Whether ``docker info`` reaches a daemon (False without the command, with an unreachable or stuck daemon)."""
     if shutil.which("docker") is None:
         return False
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 @pytest.mark.slow
