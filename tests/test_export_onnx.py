@@ -259,3 +259,30 @@ def test_fp16_export(tmp_path: Path, kind: str) -> None:
     np.testing.assert_allclose(result.attention, ref_maps.numpy(), atol=FP16_ATOL)
     score_tol = FP16_ATOL * max(1.0, float(ref_scores.abs().max()))
     np.testing.assert_allclose(result.scores, ref_scores.numpy(), atol=score_tol)
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_the_written_opset_is_the_one_asked_for_or_an_error(tmp_path: Path, opset: int) -> None:
+    """torch.onnx falls back to its own opset when converting to an older one fails: that is refused, by name."""
+    torch.manual_seed(0)
+
+    def export() -> Path:
+        return export_onnx(
+            SmallCNN(3, width=8),
+            tmp_path / "m.onnx",
+            target_layer="features",
+            classes=["a", "b", "c"],
+            image_size=(32, 32),
+            mean=[0.5] * 3,
+            std=[0.25] * 3,
+            verify=False,
+            opset=opset,
+        )
+
+    if opset == 17:  # onnx's version converter cannot turn an axes input back into an attribute here
+        with pytest.raises(ValueError, match="opset 17 was asked for, but torch.onnx could only write opset 18"):
+            export()
+        assert not (tmp_path / "m.onnx").exists()  # nothing half-written
+        return
+    written = onnx.load(str(export())).opset_import
+    assert [o.version for o in written if o.domain in ("", "ai.onnx")] == [opset]

@@ -105,6 +105,17 @@ def _torch_export(
         )
 
 
+def _check_opset(proto: Any, opset: int | None) -> None:
+    """Refuse a graph whose ONNX opset is not the one asked for (torch.onnx writes its own opset when its
+    version converter fails, and only logs the failure)."""
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and written != opset:
+        raise ValueError(
+            f"ONNX opset {opset} was asked for, but torch.onnx could only write opset {written} (its conversion to "
+            f"{opset} failed); export with --opset {written}, or without --opset"
+        )
+
+
 def _dynamic_hw(proto: Any) -> bool:
     """Whether the graph input ``images`` kept symbolic H, W (torch.export specializes sizes the model fixes)."""
     dims = next(i for i in proto.graph.input if i.name == "images").type.tensor_type.shape.dim
@@ -225,6 +236,7 @@ def export_onnx(
                 log.info("dynamic H, W not exportable (%s); exporting for %s only", type(exc).__name__, size)
                 continue
             raise conversion_error(exc) from exc
+        _check_opset(program.model_proto, opset)
         if dynamic_hw and not _dynamic_hw(program.model_proto):
             log.info("torch.export fixed H, W (sizes baked into the model); the export is for %s only", size)
             dynamic_hw = False
