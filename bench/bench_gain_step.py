@@ -56,7 +56,18 @@ def _setup(
     target = torch.randint(0, CLASSES, (batch,), device=DEVICE)
     labels = F.one_hot(target.cpu(), CLASSES).float()
     objective = (
-        GAIN(model, "layer4", method=method, second_order=second_order, cuda_graph=cuda_graph) if method else None
+        # the paper's step (eq. 6 at alpha = 1), whatever the library's default recipe
+        GAIN(
+            model,
+            "layer4",
+            method=method,
+            alpha=1.0,
+            guidance="paper",
+            second_order=second_order,
+            cuda_graph=cuda_graph,
+        )
+        if method
+        else None
     )
 
     def step() -> None:

@@ -31,7 +31,7 @@ TRAIN_HELP = {
     "guide": "VOC and COCO: the annotations that become GAINext's guides: masks (segmentation masks; the default), "
     "boxes (the annotation boxes) or none",
     "augment": "random horizontal flips of the training images (with their guides)",
-    "alpha": "weight of L_am (eq. 6)",
+    "alpha": "weight of L_am (eq. 6); default: 1 for gain (the paper's), 0 for gainext (the default recipe)",
     "omega_e": "weight of L_e (eq. 8)",
     "sigma": "soft-mask threshold (eq. 4)",
     "omega": "soft-mask scale (eq. 4)",
@@ -126,7 +126,7 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
         elif isinstance(f.default, bool):
             parser.add_argument(*flags, dest=f.name, action=BooleanGiven, default=f.default, help=help_text)
         else:
-            kind = {"int | None": int, "float": float, "int": int}.get(str(f.type), str)
+            kind = {"int | None": int, "float": float, "float | None": float, "int": int}.get(str(f.type), str)
             allowed = choices.get(f.name)
             metavar = None
             if allowed and len(",".join(allowed)) > 40:  # a long set is listed in the help, not in the usage line

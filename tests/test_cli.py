@@ -146,7 +146,7 @@ def test_demo_writes_table_and_figure(tmp_path, capsys):
     tiny = DemoProfile(image_size=20, train_size=64, test_size=16, epochs=1, mask_fraction=0.25)
     results = run_demo(out=tmp_path, profile=tiny)
     assert capsys.readouterr().err.count("target layer:") == 1  # four runs, one announcement
-    assert set(results["methods"]) == {"baseline", "gain", "gainext", "gainext-counterfactual"}
+    assert set(results["methods"]) == {"baseline", "gain", "gainext-paper", "gainext"}
     for row in results["methods"].values():
         for split in ("test_consistent", "test_random"):
             assert 0 <= row[split]["accuracy"] <= 1 and row[split]["num_maps"] == 16
@@ -161,7 +161,7 @@ def test_train_help_lists_choices_and_defaults(capsys):
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "small_cnn, resnet18, resnet50" in text and "(default: resnet18)" in text
-    assert "--optimizer {adamw,sgd}" in text and "(default: adamw)" in text and "(default: 0.001)" in text
+    assert "--optimizer {adamw,sgd}" in text and "(default: adamw)" in text and "(default: 0.003)" in text
     assert "--method {baseline,gain,gainext}" in text and "--threads THREADS" in text
 
 

@@ -293,3 +293,15 @@ def test_object_free_backgrounds_remove_the_evidence_of_the_context():
     # same objective and pasted images, with and without the object-free backgrounds
     assert _background_evidence(0) > 0.8  # the context alone still names a class
     assert _background_evidence(8) < 0.65
+
+
+def test_an_evaluation_batch_without_guides_is_scored_alone():
+    """GAIN(guidance="counterfactual") with mining=False and no guides (a validation step) adds no image."""
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=3, width=4).eval()
+    images, labels = torch.rand(4, 3, 16, 16), torch.eye(3)[[0, 1, 2, 0]]
+    out = GAIN(model, "features", method="gainext", guidance="counterfactual")(images, labels, mining=False)
+    assert out.scores.shape == (4, 3)
+    torch.testing.assert_close(out.loss_cl, torch.nn.functional.cross_entropy(model(images), labels))
+    with pytest.raises(ValueError, match="needs guide and has_guide"):  # a training step still needs its guides
+        GAIN(model, "features", method="gainext", guidance="counterfactual")(images, labels)

@@ -254,7 +254,15 @@ def test_recipe_and_data_matrix_keys():
     keys = [s.key for s in bias_matrix([0], [], 0.05, [], recipes=("counterfactual",))]
     assert keys == ["baseline", "gain", "recipe-counterfactual-masks-0.05"]
     keys = [s.key for s in data_matrix([0], 0.1, ["paper", "signed"], oracle=True)]
-    assert keys == ["baseline", "gain", "gainext", "gainext-signed", "recipe-counterfactual", "baseline-unbiased-data"]
+    assert keys == ["baseline", "gain", "gainext", "gainext-signed", "recipe-default", "baseline-unbiased-data"]
     specs = data_matrix([0, 1], 0.1, [], oracle=False, references=("oracle",), recipes=("paper",))
     assert [s.name for s in specs] == ["recipe-paper-seed0", "recipe-paper-seed1"]  # no oracle without its split
     assert (specs[0].method, specs[0].guidance, specs[0].budget) == ("gainext", "paper", 0.1)
+
+
+def test_localization_matrix_runs_the_recipes_at_each_budget():
+    from gainx.experiments.specs import localization_matrix
+
+    specs = localization_matrix([0], [0.05, 0.1], [], ("baseline",), ("default",))
+    assert [s.key for s in specs] == ["baseline", "recipe-default-masks-0.05", "recipe-default-masks-0.1"]
+    assert (specs[1].method, specs[1].guidance, specs[1].preset) == ("gainext", "counterfactual", "default")

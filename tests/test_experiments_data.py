@@ -16,7 +16,7 @@ from gainx.experiments.bias import run_bias_data
 from gainx.experiments.specs import Profile
 
 TINY = Profile(image_size=16, train_size=24, test_size=8, epochs=1, batch_size=8)
-KEYS = ["baseline", "gain", "gainext", "recipe-counterfactual", "baseline-unbiased-data"]
+KEYS = ["baseline", "gain", "gainext", "recipe-default", "baseline-unbiased-data"]
 
 
 def _user_manifest(root: Path) -> Path:
@@ -54,14 +54,14 @@ def test_bias_on_user_data_runs_every_variant_and_the_oracle(user_data, tmp_path
         assert set(run["evidence"]) >= {"gt_object", "gt_background"}
     # GAINext and the recipe train on the data's own masks: a quarter of the training images
     assert runs["gainext"]["budget"] == pytest.approx(0.25) and runs["gainext"]["annotation"] == "data"
-    assert runs["recipe-counterfactual"]["preset"] == "counterfactual"
+    assert runs["recipe-default"]["preset"] == "default"
     # the oracle trained on the bias-free split, the others on train
     configs = {
         key: json.loads((tmp_path / "runs" / "data" / f"{key}-seed0" / "result.json").read_text()) for key in KEYS
     }
     assert configs["baseline-unbiased-data"]["unbiased"] is True
     md = (tmp_path / "results.md").read_text()
-    assert "recipe `counterfactual` (gainext)" in md and "trained on unbiased data" in md
+    assert "recipe `default` (gainext)" in md and "trained on unbiased data" in md
     assert "25.0% of the training images" in md and "oracle skipped" not in md
     assert "the oracle is the baseline trained on 'train_unbiased'" in md and "every run trains 1 epoch." in md
     assert (tmp_path / "data_attention.png").stat().st_size > 0

@@ -105,7 +105,7 @@ def test_bias_experiment_cooccur_with_guidance_variant_and_oracle(tmp_path):
         "gainext-masks-0.1",
         "gainext-boxes-0.1",
         "gainext-masks-0.05-rrr",
-        "recipe-counterfactual-masks-0.05",  # the recipe (gainx.training.presets)
+        "recipe-default-masks-0.05",  # the default recipe (gainx.training.presets)
         "baseline-unbiased-data",
     ]
     assert set(report["table"][0]) >= {"acc_conflicting", "acc_consistent", "miou", "pointing_game"}

@@ -86,6 +86,9 @@ def _batch(num_classes: int = 4, size: int = 16):
     return images, labels, guide, has_guide
 
 
+# The paper's step (eq. 6-8 at alpha = 1, omega_e = 10) unless an entry names another guidance: the
+# default counterfactual guidance draws its images on the host (and cannot be captured).
+PAPER = dict(guidance="paper", alpha=1.0, omega_e=10.0)
 STEPS = [
     dict(method="gain", multilabel=True),
     dict(method="gain", multilabel=False),
@@ -103,7 +106,7 @@ def test_gain_step_makes_no_host_sync(options):
     images, labels, guide, has_guide = _batch()
     if not options["multilabel"]:
         labels = F.one_hot(torch.tensor([0, 3, 1, 2]), 4).float()
-    gain = GAIN(SmallCNN(4, width=8).train(), "features", backend="eager", **options)
+    gain = GAIN(SmallCNN(4, width=8).train(), "features", backend="eager", **{**PAPER, **options})
     with OpRecorder() as recorder:
         out = gain(images, labels, guide, has_guide)
         out.loss.backward()
@@ -233,9 +236,9 @@ def test_gain_step_values_and_gradients_match_the_plain_reference(method, multil
     torch.manual_seed(1)
     model = SmallCNN(4, width=8).train()
     reference = copy.deepcopy(model)
-    out = GAIN(model, "features", method=method, multilabel=multilabel, second_order=second_order, backend="eager")(
-        images, labels, guide, has_guide
-    )
+    out = GAIN(
+        model, "features", method=method, multilabel=multilabel, second_order=second_order, backend="eager", **PAPER
+    )(images, labels, guide, has_guide)
     out.loss.backward()
     loss, scores_am, erased, stats = _reference_step(
         reference, images, labels, guide, has_guide, method, multilabel, second_order
@@ -282,7 +285,7 @@ def test_graphed_steps_replay_the_eager_step_and_restore_buffers_after_warm_up()
     torch.manual_seed(1)
     model = SmallCNN(4, width=8).train()
     eager_model = copy.deepcopy(model)
-    options = dict(method="gainext", multilabel=True, backend="eager")
+    options = dict(method="gainext", multilabel=True, backend="eager", **PAPER)
     graphed = GAIN(model, "features", cuda_graph=True, **options)
     captures: list = []
     graphed.graphs = GraphedSteps(model, capacity=1, capture=_warm_up_capture(captures))

@@ -116,7 +116,7 @@ def test_rrr_multilabel_and_no_guided_images():
 
 def test_guidance_default_and_bad_name():
     model = SmallCNN(num_classes=3, width=4)
-    assert GAIN(model, "features").guidance == "paper"
+    assert GAIN(model, "features").guidance == "counterfactual"  # the default recipe's (gainx.training.presets)
     with pytest.raises(ValueError, match="guidance must be one of"):
         GAIN(model, "features", guidance="paperr")
     with pytest.raises(ValueError, match="counterfactual_jitter must be one of .*'hue'"):

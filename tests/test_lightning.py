@@ -25,7 +25,10 @@ def test_fit_two_epochs_logs_the_three_losses(tmp_path: Path) -> None:
     val = DataLoader(load_dataset(data, "test_random"), batch_size=16)
     model = SmallCNN(num_classes=10, width=8)
     before = [p.detach().clone() for p in model.parameters()]
-    module = GAINLightningModule(model, "features", method="gainext", lr=1e-2)
+    # the paper's objective (eq. 8 at alpha 1, omega_e 10), as the sum checked below
+    module = GAINLightningModule(
+        model, "features", method="gainext", lr=1e-2, guidance="paper", alpha=1.0, omega_e=10.0
+    )
     trainer = pl.Trainer(
         max_epochs=2,
         accelerator="cpu",

@@ -62,7 +62,7 @@ def test_no_preset_keeps_the_defaults():
 
 def test_the_default_preset_is_the_default_of_train_config_and_gain():
     """``gainx train`` without --preset applies DEFAULT_PRESET: TrainConfig and GAIN must default to the same."""
-    assert DEFAULT_PRESET == "paper"
+    assert DEFAULT_PRESET == "default"
     default = PRESETS[DEFAULT_PRESET]
     assert _subset(TrainConfig(data="d", out="o"), default) == dict(default)
     gain_defaults = {
@@ -107,7 +107,7 @@ def test_with_preset_and_unknown_names():
     out = with_preset(values, "counterfactual", given={"lr"})
     assert out["lr"] == 1.0 and out["alpha"] == 0.0 and out["method"] == "gainext"
     assert with_preset(values, None, given=()) == values
-    with pytest.raises(ValueError, match="unknown preset 'fast'; choose from paper, counterfactual"):
+    with pytest.raises(ValueError, match="unknown preset 'fast'; choose from default, paper, counterfactual"):
         preset("fast")
     with pytest.raises(ValueError, match="not among the values"):
         with_preset({"lr": 1.0}, "counterfactual")
@@ -130,3 +130,46 @@ def test_counterfactual_recipe_is_what_the_flags_spelled_out():
     spelled = FULL.with_overrides(epochs=20, alpha=0.0, omega_e=0.0, counterfactual_jitter="colour")
     by_flags = train_config(RunSpec("gainext", 0, "masks", 0.05, "counterfactual"), "d", "o", spelled)
     assert train_config(recipe("counterfactual", 0, "masks", 0.05), "d", "o", profile) == by_flags
+
+
+def test_gainext_without_flags_trains_the_default_recipe():
+    """``gainx train --method gainext`` alone: counterfactual images with permuted colours, the attention terms at
+    the default recipe's weights, the experiments' optimisation (the settings the tables measured)."""
+    config = _train_config("--method", "gainext")
+    assert _subset(config, PRESETS["default"]) == dict(PRESETS["default"])
+    assert (config.guidance, config.counterfactual_jitter) == ("counterfactual", "colour")
+    assert (config.lr, config.batch_size, config.am_warmup, config.augment) == (3e-3, 64, 1, False)
+
+
+def test_paper_preset_is_the_literal_objective():
+    """``--preset paper`` keeps eq. 7-8 at the paper's weights selectable by name."""
+    config = _train_config("--method", "gainext", "--preset", "paper")
+    assert (config.guidance, config.alpha, config.omega_e, config.sigma, config.omega) == (
+        "paper",
+        1.0,
+        10.0,
+        0.5,
+        10.0,
+    )
+    assert config.counterfactual_jitter == "colour"  # outside the preset: the default, unused by guidance paper
+
+
+def test_experiment_training_pins_the_objective_of_the_tables():
+    """Experiment runs keep the objective their tables were measured with, whatever the library's defaults."""
+    config = train_config(RunSpec("gainext", 0, "masks", 0.05, "counterfactual"), "data", "run", FULL)
+    assert (config.alpha, config.omega_e, config.counterfactual_jitter) == (1.0, 10.0, "none")
+
+
+def test_alpha_none_stands_for_the_methods_weight():
+    """alpha=None (the default): eq. 6's 1 for GAIN, 0 for GAINext (the default recipe), 0 for the baseline."""
+    from gainx.models import SmallCNN
+    from gainx.training.presets import ALPHA_BY_METHOD, default_alpha
+
+    model = SmallCNN(3, width=4)
+    assert {m: GAIN(model, "features", method=m).alpha for m in ("baseline", "gain", "gainext")} == dict(
+        ALPHA_BY_METHOD
+    )
+    assert GAIN(model, "features", method="gainext", alpha=0.5).alpha == 0.5
+    assert _train_config().alpha is None and _train_config("--alpha", "0.5").alpha == 0.5
+    with pytest.raises(ValueError, match="method must be one of"):
+        default_alpha("gain++")

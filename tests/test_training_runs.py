@@ -91,9 +91,9 @@ def test_every_epoch_prints_a_summary_line_without_progress_bars(decoy_dir, tmp_
     assert "(best)" in lines[0]
 
 
-def test_default_optimizer_trains_the_decoy_in_two_epochs(tmp_path):
+def test_default_optimizer_trains_the_decoy_in_three_epochs(tmp_path):
     data = write_decoy(tmp_path / "data", image_size=24, seed=0, mask_fraction=0.1, train_size=256, test_size=100)
-    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), arch="small_cnn", epochs=2, batch_size=8)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), arch="small_cnn", epochs=3, batch_size=8)
     cfg.augment, cfg.progress = False, False  # optimizer, lr, weight decay, schedule and method: the defaults
     cfg.val_split = "none"  # all 256 training images
     model, meta = load_model(train(cfg))

@@ -87,6 +87,7 @@ def _cmd_localization(args: argparse.Namespace) -> int:
         budgets=args.budgets,
         guidances=args.guidances,
         **_run_options(args),
+        recipes=tuple(args.recipes),
     )
     return 0
 
@@ -218,7 +219,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _common(loc, [0.05])
     loc.add_argument(
-        "--guidances", nargs="+", choices=GUIDANCES, default=["paper"], help="guidance losses of the GAINext runs"
+        "--guidances", nargs="*", choices=GUIDANCES, default=["paper"], help="guidance losses of the GAINext runs"
+    )
+    loc.add_argument(
+        "--recipes",
+        nargs="*",
+        choices=list(PRESETS),
+        default=[],
+        help="presets (gainx.training.presets) run as recipes of their own, with masks at each budget",
     )
     loc.add_argument(
         "--references", nargs="*", choices=("baseline", "gain"), default=["baseline", "gain"], help="runs without masks"

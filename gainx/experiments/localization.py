@@ -49,13 +49,15 @@ def run_localization(
     jobs: int = 1,
     guidances: list[str] = ("paper",),
     references: tuple[str, ...] = ("baseline", "gain"),
+    recipes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Run the localization comparison (GAINext with each of ``guidances``); returns what ``results.json`` holds."""
+    """Run the localization comparison (GAINext with each of ``guidances``, and the ``recipes``); returns what
+    ``results.json`` holds."""
     bench = BENCHMARKS["shapes"]
     profile = profile or (QUICK if quick else FULL)
     out = Path(out)
     results = run_matrix(
-        localization_matrix(list(seeds), list(budgets), list(guidances), tuple(references)),
+        localization_matrix(list(seeds), list(budgets), list(guidances), tuple(references), tuple(recipes)),
         bench,
         out,
         profile,

@@ -152,7 +152,7 @@ class RunSpec:
 
 
 REFERENCES = ("baseline", "gain", "oracle")  # the runs without annotation
-RECIPES = ("counterfactual",)  # the presets run by default as a recipe of their own
+RECIPES = ("default",)  # the presets run by default as a recipe of their own (gainx experiment bias --data)
 DATA = "data"  # annotation: the data set's own masks or boxes, as they are
 
 
@@ -215,15 +215,19 @@ def localization_matrix(
     budgets: list[float],
     guidances: list[str] = ("paper",),
     references: tuple[str, ...] = ("baseline", "gain"),
+    recipes: tuple[str, ...] = (),
 ) -> list[RunSpec]:
-    """The ``references`` (Grad-CAM of the plain classifier, GAIN) and GAINext with masks at each budget
-    and each guidance loss."""
+    """The ``references`` (Grad-CAM of the plain classifier, GAIN), GAINext with masks at each budget
+    and each guidance loss, and the ``recipes`` (presets) with masks at each budget."""
     _check_budgets(budgets)
     _check_guidances(guidances)
     _check_references(references, ("baseline", "gain"))
-    return _per_seed(
-        seeds, references, lambda seed: [RunSpec("gainext", seed, "masks", b, g) for b in budgets for g in guidances]
-    )
+
+    def guided(seed: int) -> list[RunSpec]:
+        runs = [RunSpec("gainext", seed, "masks", b, g) for b in budgets for g in guidances]
+        return runs + [recipe(name, seed, "masks", b) for b in budgets for name in recipes]
+
+    return _per_seed(seeds, references, guided)
 
 
 def _per_seed(

@@ -51,6 +51,7 @@ from gainx.losses.guidance import (
 from gainx.losses.pairs import PairPlan, plan_pairs
 from gainx.losses.terms import AM_SCORES, attention_mining_loss, classification_loss, guidance_loss
 from gainx.ops import attention_erase, upsample
+from gainx.training.presets import default_alpha
 
 METHODS = ("baseline", "gain", "gainext")
 
@@ -87,7 +88,10 @@ class GAIN(nn.Module):
         method: ``"baseline"`` (L_cl only), ``"gain"`` (eq. 6) or ``"gainext"`` (eq. 8).
         multilabel: multi-label soft margin and sigmoid scores; else
             cross-entropy and softmax scores.
-        alpha, omega_e: loss weights of eq. 6 / eq. 8 (the paper's alpha = 1, omega = 10).
+        alpha: weight of L_am (eq. 6); ``None``: 1 for ``"gain"`` (the paper's), 0 for ``"gainext"``
+            (the default recipe, :data:`gainx.training.presets.ALPHA_BY_METHOD`).
+        omega_e: weight of the guidance loss (eq. 8); the default 1 is the default recipe's (the
+            paper's is 10: :data:`gainx.training.presets.PAPER`).
         sigma, omega: threshold and scale of the soft mask T (eq. 4).
         second_order: differentiate through the Grad-CAM weights
             (``create_graph=True``) instead of treating them as constants.
@@ -136,20 +140,20 @@ class GAIN(nn.Module):
         target_layer: str,
         method: str = "gain",
         multilabel: bool = False,
-        alpha: float = 1.0,
-        omega_e: float = 10.0,
+        alpha: float | None = None,
+        omega_e: float = 1.0,
         sigma: float = 0.5,
         omega: float = 10.0,
         second_order: bool = False,
         freeze_bn_am: bool = True,
         am_score: str = "auto",
         backend: str = "auto",
-        guidance: str = "paper",
+        guidance: str = "counterfactual",
         reshape_transform: ReshapeTransform | None = None,
         output: OutputSelector = None,
         counterfactuals: int = 32,
         counterfactual_weight: float = 4.0,
-        counterfactual_jitter: str = "none",
+        counterfactual_jitter: str = "colour",
         counterfactual_backgrounds: int = 0,
         rrr_scale: float | None = None,
         cuda_graph: bool = False,
@@ -164,7 +168,8 @@ class GAIN(nn.Module):
         self.layer = resolve_layer(model, target_layer)
         self.method = method
         self.multilabel = multilabel
-        self.alpha, self.omega_e, self.sigma, self.omega = alpha, omega_e, sigma, omega
+        self.alpha = default_alpha(method) if alpha is None else alpha
+        self.omega_e, self.sigma, self.omega = omega_e, sigma, omega
         self.second_order = second_order
         self.freeze_bn_am = freeze_bn_am
         self.am_score = am_score
@@ -208,13 +213,16 @@ class GAIN(nn.Module):
             has_guide: ``(B,)`` bool, which samples carry a guide.
             mining: ``False`` computes L_cl only (e.g. a warm-up epoch). The attention streams
                 are also skipped when both their weights are zero (``alpha == 0`` and, for
-                ``gainext``, ``omega_e == 0``): L_am and L_e are then reported as 0.
+                ``gainext``, ``omega_e == 0``): L_am and L_e are then reported as 0. With
+                ``guidance="counterfactual"`` the batch is extended with counterfactual images
+                whenever guides are given (warm-up included); a call without guides and with
+                ``mining=False`` (an evaluation batch) scores the batch alone.
         """
         if labels.dim() != 2 or labels.shape[0] != images.shape[0]:
             raise ValueError(f"labels must be (B, C) multi-hot with B = {images.shape[0]}, got {tuple(labels.shape)}")
         num_batch = images.shape[0]
         counterfactual = None
-        if self.bank is not None:
+        if self.bank is not None and (guide is not None or has_guide is not None):  # none: an evaluation batch
             _check_guides(guide, has_guide, labels, images)
             images, labels, guide, has_guide, counterfactual = self._add_counterfactuals(
                 images, labels, guide, has_guide

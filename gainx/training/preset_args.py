@@ -55,10 +55,11 @@ def add_preset_arg(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=list(PRESETS),
         default=DEFAULT_PRESET,
-        help="named settings (gainx.training.presets): paper (the paper's eq. 7-8 weights and the trainer's "
-        "optimisation) or counterfactual (GAINext with counterfactual images, colour jitter, L_cl only, lr 3e-3, "
-        "batch 64, one warm-up epoch, no flips: the recipe of docs/experiments.md); options given explicitly "
-        "override the preset's values",
+        help="named settings (gainx.training.presets): default (GAINext with counterfactual images pasted from the "
+        "masks or boxes, colour jitter, the attention terms at the weights chosen on validation data, lr 3e-3, batch "
+        "64, one warm-up epoch, no flips; docs/experiments.md), paper (the literal eq. 6-8: alpha 1, omega_e 10, "
+        "with the trainer's general-purpose optimisation) or counterfactual (the default's images with L_cl only); "
+        "options given explicitly override the preset's values",
     )
 
 
