@@ -162,14 +162,13 @@ def test_experiment_training_pins_the_objective_of_the_tables():
 
 def test_alpha_none_stands_for_the_methods_weight():
     """alpha=None (the default): eq. 6's 1 for GAIN, 0 for GAINext (the default recipe), 0 for the baseline."""
+    from gainx.losses.gain import ALPHA_BY_METHOD
     from gainx.models import SmallCNN
-    from gainx.training.presets import ALPHA_BY_METHOD, default_alpha
 
     model = SmallCNN(3, width=4)
     assert {m: GAIN(model, "features", method=m).alpha for m in ("baseline", "gain", "gainext")} == dict(
         ALPHA_BY_METHOD
     )
+    assert ALPHA_BY_METHOD["gain"] == 1.0 and ALPHA_BY_METHOD["gainext"] == 0.0
     assert GAIN(model, "features", method="gainext", alpha=0.5).alpha == 0.5
     assert _train_config().alpha is None and _train_config("--alpha", "0.5").alpha == 0.5
-    with pytest.raises(ValueError, match="method must be one of"):
-        default_alpha("gain++")

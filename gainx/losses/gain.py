@@ -21,7 +21,9 @@ DistributedDataParallel as a whole (one forward, one backward per step).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 from torch import Tensor, nn
@@ -51,9 +53,12 @@ from gainx.losses.guidance import (
 from gainx.losses.pairs import PairPlan, plan_pairs
 from gainx.losses.terms import AM_SCORES, attention_mining_loss, classification_loss, guidance_loss
 from gainx.ops import attention_erase, upsample
-from gainx.training.presets import default_alpha
 
 METHODS = ("baseline", "gain", "gainext")
+ALPHA_BY_METHOD: Mapping[str, float] = MappingProxyType({"baseline": 0.0, "gain": 1.0, "gainext": 0.0})
+"""The weight of L_am that ``alpha=None`` (the default) stands for: eq. 6's 1 for GAIN, whose objective is
+L_am; 0 for GAINext, the default recipe (:data:`gainx.training.presets.DEFAULT`), where the validation draws
+of docs/experiments.md favoured L_am off."""
 
 
 @dataclass
@@ -89,7 +94,7 @@ class GAIN(nn.Module):
         multilabel: multi-label soft margin and sigmoid scores; else
             cross-entropy and softmax scores.
         alpha: weight of L_am (eq. 6); ``None``: 1 for ``"gain"`` (the paper's), 0 for ``"gainext"``
-            (the default recipe, :data:`gainx.training.presets.ALPHA_BY_METHOD`).
+            (the default recipe, :data:`ALPHA_BY_METHOD`).
         omega_e: weight of the guidance loss (eq. 8); the default 1 is the default recipe's (the
             paper's is 10: :data:`gainx.training.presets.PAPER`).
         sigma, omega: threshold and scale of the soft mask T (eq. 4).
@@ -168,7 +173,7 @@ class GAIN(nn.Module):
         self.layer = resolve_layer(model, target_layer)
         self.method = method
         self.multilabel = multilabel
-        self.alpha = default_alpha(method) if alpha is None else alpha
+        self.alpha = ALPHA_BY_METHOD[method] if alpha is None else alpha
         self.omega_e, self.sigma, self.omega = omega_e, sigma, omega
         self.second_order = second_order
         self.freeze_bn_am = freeze_bn_am

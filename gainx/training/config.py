@@ -24,7 +24,7 @@ class TrainConfig:
     image_size: int | None = None  # default: the data set's
     guide: str | None = None  # VOC and COCO: masks (default) | boxes | none (gainx.data.load_dataset)
     augment: bool = False
-    alpha: float | None = None  # weight of L_am (eq. 6); None: by method (gainx.training.presets.ALPHA_BY_METHOD)
+    alpha: float | None = None  # weight of L_am (eq. 6); None: by method (gainx.losses.gain.ALPHA_BY_METHOD)
     omega_e: float = 1.0  # weight of L_e (eq. 8)
     sigma: float = 0.5  # mask threshold (eq. 4)
     omega: float = 10.0  # mask scale (eq. 4)

@@ -7,12 +7,13 @@ A preset is data, a mapping of :class:`~gainx.training.config.TrainConfig` field
   with masks or boxes on a few images. Counterfactual images (each annotated object pasted onto another
   class's background with its colour channels permuted: ``guidance="counterfactual"``,
   ``counterfactual_jitter="colour"``, 32 images per batch, each weighing 4 batch images in L_cl), the
-  scaled guidance loss at ω_e = 1, L_am off for GAINext (``alpha=None``: :data:`ALPHA_BY_METHOD`, so GAIN
-  keeps eq. 6's α = 1), trained with :data:`EXPERIMENT_TRAINING`'s optimisation (AdamW lr 3e-3, batch 64,
-  cosine, one warm-up epoch, no flips). It was chosen among three candidates (L_am and L_e off; L_e at 1;
-  both at 1) on validation draws of the three bias benchmarks, data never used for the reported tables
-  (docs/experiments.md, "The default recipe"). ``TrainConfig``'s and :class:`gainx.losses.GAIN`'s defaults
-  are this preset's values (``tests/test_presets.py`` holds them equal).
+  scaled guidance loss at ω_e = 1, L_am off for GAINext (``alpha=None``:
+  :data:`gainx.losses.gain.ALPHA_BY_METHOD`, so GAIN keeps eq. 6's α = 1), trained with
+  :data:`EXPERIMENT_TRAINING`'s optimisation (AdamW lr 3e-3, batch 64, cosine, one warm-up epoch, no
+  flips). It was chosen among three candidates (L_am and L_e off; L_e at 1; both at 1) on validation
+  draws of the three bias benchmarks, data never used for the reported tables (docs/experiments.md, "The
+  default recipe"). ``TrainConfig``'s and :class:`gainx.losses.GAIN`'s defaults are this preset's values
+  (``tests/test_presets.py`` holds them equal).
 * ``paper``: the objective of the paper as published, eq. 4-8 with its weights (``guidance="paper"``,
   α = 1, ω_e = 10, σ = 0.5, ω = 10, Grad-CAM weights as constants), trained with the trainer's
   general-purpose optimisation (AdamW lr 1e-3, weight decay 1e-4, batch 32, cosine schedule, random
@@ -83,15 +84,11 @@ COUNTERFACTUAL: Mapping[str, Any] = MappingProxyType(
     }
 )
 
-ALPHA_BY_METHOD: Mapping[str, float] = MappingProxyType({"baseline": 0.0, "gain": 1.0, "gainext": 0.0})
-"""The weight of L_am when ``alpha`` is None (the default): eq. 6's 1 for GAIN, whose objective is L_am;
-0 for GAINext, where the validation draws of docs/experiments.md favoured L_am off."""
-
 DEFAULT: Mapping[str, Any] = MappingProxyType(
     {
         **EXPERIMENT_TRAINING,
         "guidance": "counterfactual",
-        "alpha": None,  # by method: ALPHA_BY_METHOD
+        "alpha": None,  # by method: gainx.losses.gain.ALPHA_BY_METHOD
         "omega_e": 1.0,
         "counterfactual_jitter": "colour",
     }
@@ -101,13 +98,6 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {"default": DEFAULT, "paper": PAPER, "counterfactual": COUNTERFACTUAL}
 )
 DEFAULT_PRESET = "default"  # the preset whose values TrainConfig's and GAIN's defaults are
-
-
-def default_alpha(method: str) -> float:
-    """The weight of L_am that ``alpha=None`` stands for with ``method`` (:data:`ALPHA_BY_METHOD`)."""
-    if method not in ALPHA_BY_METHOD:
-        raise ValueError(f"method must be one of {tuple(ALPHA_BY_METHOD)}, got {method!r}")
-    return ALPHA_BY_METHOD[method]
 
 
 def preset(name: str) -> dict[str, Any]:
