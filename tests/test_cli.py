@@ -208,6 +208,7 @@ def test_train_prints_what_it_will_do_and_warns_of_coarse_maps(tmp_path, capsys)
     assert "validation on val: 4 images" in err
     assert "input size: 32x32 (--image-size)" in err
     assert "target layer: features (the default for small_cnn" in err and "feature maps 8x8" in err
+    assert "objective: GAIN (eq. 6): L_cl + 1 L_am; the attention terms from epoch 2" in err  # the default method
     assert "warning" not in err
     assert main(_train(data, tmp_path / "coarse", "--image-size", "16")) == 0
     err = capsys.readouterr().err
@@ -310,3 +311,16 @@ def test_train_help_says_what_the_code_does(capsys):
     assert guidance.count("rrr_classes") == 1
     assert "224 for a manifest or ImageFolder and 320 for VOC or COCO" in text
     assert "--guide {masks,boxes,none}" in text
+
+
+def test_the_start_summary_names_the_objective_and_its_weights():
+    from gainx.training.summary import objective_line
+
+    default = objective_line("gainext", None, 1.0, "counterfactual", 32, "colour", 1)
+    assert default == (
+        "objective: GAINext (eq. 8): L_cl + 0 L_am + 1 L_e (guidance counterfactual, 32 counterfactual images per "
+        "batch, jitter colour); the attention terms from epoch 2"
+    )
+    paper = objective_line("gainext", 1.0, 10.0, "paper", 32, "colour", 0)
+    assert paper == "objective: GAINext (eq. 8): L_cl + 1 L_am + 10 L_e (guidance paper)"
+    assert objective_line("baseline", None, 1.0, "paper", 32, "none", 1) == "objective: baseline, L_cl only"

@@ -1,7 +1,8 @@
 """What a training run is about to do, printed once at its start.
 
 The lines name the data layout and split sizes, how many training images carry guides (masks or boxes,
-needed by GAINext's L_e), the network input size, the target layer and the size of its feature maps.
+needed by GAINext's L_e), the network input size, the target layer and the size of its feature maps, and
+the objective with its weights (:func:`objective_line`).
 Grad-CAM maps (eq. 1-2) have the feature map's resolution before upsampling, so a map of
 :data:`COARSE_GRID` x :data:`COARSE_GRID` cells or fewer can only show coarse blobs: that case gets a warning.
 """
@@ -15,6 +16,7 @@ from torch import nn
 
 from gainx.attention.capture import resolve_layer
 from gainx.attention.layout import apply_transform, feature_layout
+from gainx.losses.gain import ALPHA_BY_METHOD
 
 COARSE_GRID = 4
 
@@ -75,3 +77,30 @@ def start_summary(
             "coarse blobs; give a larger --image-size or an earlier --target-layer"
         )
     return lines
+
+
+def objective_line(
+    method: str,
+    alpha: float | None,
+    omega_e: float,
+    guidance: str,
+    counterfactuals: int,
+    counterfactual_jitter: str,
+    am_warmup: int,
+) -> str:
+    """The objective a run trains, with its weights (``alpha=None`` read as :data:`ALPHA_BY_METHOD`): eq. 6
+    for GAIN, eq. 8 with its guidance loss (and the counterfactual images) for GAINext."""
+    if method == "baseline":
+        return "objective: baseline, L_cl only"
+    alpha = ALPHA_BY_METHOD[method] if alpha is None else alpha
+    if method == "gain":
+        terms = f"GAIN (eq. 6): L_cl + {alpha:g} L_am"
+    else:
+        images = (
+            f", {counterfactuals} counterfactual images per batch, jitter {counterfactual_jitter}"
+            if guidance == "counterfactual"
+            else ""
+        )
+        terms = f"GAINext (eq. 8): L_cl + {alpha:g} L_am + {omega_e:g} L_e (guidance {guidance}{images})"
+    start = f"; the attention terms from epoch {am_warmup + 1}" if am_warmup else ""
+    return f"objective: {terms}{start}"

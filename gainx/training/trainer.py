@@ -48,7 +48,7 @@ from gainx.training.metrics_log import MetricsLog, epoch_summary
 from gainx.training.rng import rng_state, seed_everything, set_rng_state
 from gainx.training.run_folder import BEST, CHECKPOINT, prepare_run_folder
 from gainx.training.schedule import build_scheduler, sync_learning_rate
-from gainx.training.summary import feature_map_size, start_summary
+from gainx.training.summary import feature_map_size, objective_line, start_summary
 from gainx.training.validation import check_resumed_validation, select_validation
 
 
@@ -180,6 +180,17 @@ class Trainer:
             if cfg.target_layer
             else f"the default for {cfg.arch}; choose with --target-layer",
             grid=feature_map_size(self.model, self.target_layer, ds.image_size),
+        )
+        lines.append(
+            objective_line(
+                cfg.method,
+                cfg.alpha,
+                cfg.omega_e,
+                cfg.guidance,
+                cfg.counterfactuals,
+                cfg.counterfactual_jitter,
+                cfg.am_warmup,
+            )
         )
         print("\n".join(lines), file=sys.stderr, flush=True)
 
