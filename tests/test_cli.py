@@ -314,13 +314,16 @@ def test_train_help_says_what_the_code_does(capsys):
 
 
 def test_the_start_summary_names_the_objective_and_its_weights():
+    from gainx.losses import GAIN
+    from gainx.models import SmallCNN
     from gainx.training.summary import objective_line
 
-    default = objective_line("gainext", None, 1.0, "counterfactual", 32, "colour", 1)
+    model = SmallCNN(3, width=4)
+    default = objective_line(GAIN(model, "features", method="gainext"), 1)
     assert default == (
         "objective: GAINext (eq. 8): L_cl + 0 L_am + 1 L_e (guidance counterfactual, 32 counterfactual images per "
         "batch, jitter colour); the attention terms from epoch 2"
     )
-    paper = objective_line("gainext", 1.0, 10.0, "paper", 32, "colour", 0)
+    paper = objective_line(GAIN(model, "features", method="gainext", alpha=1.0, omega_e=10.0, guidance="paper"), 0)
     assert paper == "objective: GAINext (eq. 8): L_cl + 1 L_am + 10 L_e (guidance paper)"
-    assert objective_line("baseline", None, 1.0, "paper", 32, "none", 1) == "objective: baseline, L_cl only"
+    assert objective_line(GAIN(model, "features", method="baseline"), 1) == "objective: baseline, L_cl only"

@@ -16,7 +16,7 @@ from torch import nn
 
 from gainx.attention.capture import resolve_layer
 from gainx.attention.layout import apply_transform, feature_layout
-from gainx.losses.gain import ALPHA_BY_METHOD
+from gainx.losses.gain import GAIN
 
 COARSE_GRID = 4
 
@@ -79,28 +79,22 @@ def start_summary(
     return lines
 
 
-def objective_line(
-    method: str,
-    alpha: float | None,
-    omega_e: float,
-    guidance: str,
-    counterfactuals: int,
-    counterfactual_jitter: str,
-    am_warmup: int,
-) -> str:
-    """The objective a run trains, with its weights (``alpha=None`` read as :data:`ALPHA_BY_METHOD`): eq. 6
+def objective_line(objective: GAIN, am_warmup: int) -> str:
+    """The objective a run trains, with the weights ``objective`` resolved (``alpha=None`` by method): eq. 6
     for GAIN, eq. 8 with its guidance loss (and the counterfactual images) for GAINext."""
-    if method == "baseline":
+    if objective.method == "baseline":
         return "objective: baseline, L_cl only"
-    alpha = ALPHA_BY_METHOD[method] if alpha is None else alpha
-    if method == "gain":
-        terms = f"GAIN (eq. 6): L_cl + {alpha:g} L_am"
+    if objective.method == "gain":
+        terms = f"GAIN (eq. 6): L_cl + {objective.alpha:g} L_am"
     else:
         images = (
-            f", {counterfactuals} counterfactual images per batch, jitter {counterfactual_jitter}"
-            if guidance == "counterfactual"
+            f", {objective.counterfactuals} counterfactual images per batch, jitter {objective.bank.jitter}"
+            if objective.bank is not None
             else ""
         )
-        terms = f"GAINext (eq. 8): L_cl + {alpha:g} L_am + {omega_e:g} L_e (guidance {guidance}{images})"
+        terms = (
+            f"GAINext (eq. 8): L_cl + {objective.alpha:g} L_am + {objective.omega_e:g} L_e "
+            f"(guidance {objective.guidance}{images})"
+        )
     start = f"; the attention terms from epoch {am_warmup + 1}" if am_warmup else ""
     return f"objective: {terms}{start}"

@@ -121,8 +121,6 @@ class Trainer:
                 if ds is not None:
                     ds.set_normalization(*INPUT_NORMALIZATION[cfg.arch])
         self.target_layer = cfg.target_layer or default_target_layer(cfg.arch, self.model, self.dataset.image_size)
-        if announce and self.dist.main:
-            self._announce()
         self.model = self.model.to(device)
         self.objective = GAIN(
             self.model,
@@ -143,6 +141,8 @@ class Trainer:
             counterfactual_jitter=cfg.counterfactual_jitter,
             counterfactual_backgrounds=cfg.counterfactual_backgrounds,
         )
+        if announce and self.dist.main:
+            self._announce()
         self.step_module: nn.Module = self.objective
         if self.dist.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -181,17 +181,7 @@ class Trainer:
             else f"the default for {cfg.arch}; choose with --target-layer",
             grid=feature_map_size(self.model, self.target_layer, ds.image_size),
         )
-        lines.append(
-            objective_line(
-                cfg.method,
-                cfg.alpha,
-                cfg.omega_e,
-                cfg.guidance,
-                cfg.counterfactuals,
-                cfg.counterfactual_jitter,
-                cfg.am_warmup,
-            )
-        )
+        lines.append(objective_line(self.objective, cfg.am_warmup))
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     # -- checkpoints -------------------------------------------------------
