@@ -73,17 +73,6 @@ PAPER: Mapping[str, Any] = MappingProxyType(
     }
 )
 
-COUNTERFACTUAL: Mapping[str, Any] = MappingProxyType(
-    {
-        **EXPERIMENT_TRAINING,
-        "method": "gainext",
-        "guidance": "counterfactual",
-        "alpha": 0.0,
-        "omega_e": 0.0,
-        "counterfactual_jitter": "colour",
-    }
-)
-
 DEFAULT: Mapping[str, Any] = MappingProxyType(
     {
         **EXPERIMENT_TRAINING,
@@ -93,6 +82,9 @@ DEFAULT: Mapping[str, Any] = MappingProxyType(
         "counterfactual_jitter": "colour",
     }
 )
+
+# the default's counterfactual images with L_cl only
+COUNTERFACTUAL: Mapping[str, Any] = MappingProxyType({**DEFAULT, "method": "gainext", "alpha": 0.0, "omega_e": 0.0})
 
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {"default": DEFAULT, "paper": PAPER, "counterfactual": COUNTERFACTUAL}
