@@ -42,7 +42,7 @@ TRAIN_HELP = {
     "backend": "where attention -> mask -> erase runs",
     "guidance": "S_e loss of gainext; paper is eq. 7, the others are described in gainx.losses.guidance",
     "counterfactuals": "counterfactual images (annotated objects pasted onto other classes' backgrounds) added to "
-    "each batch with --guidance counterfactual",
+    "each batch with --guidance counterfactual (default: half the batch, rounded up)",
     "counterfactual_weight": "weight of a counterfactual image in L_cl relative to an image of the batch",
     "counterfactual_jitter": "change each pasted object first: none | colour (permute its colour channels) | "
     "geometry (flip, rescale by 0.75-1.25) | all",

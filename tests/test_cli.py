@@ -319,11 +319,13 @@ def test_the_start_summary_names_the_objective_and_its_weights():
     from gainx.training.summary import objective_line
 
     model = SmallCNN(3, width=4)
-    default = objective_line(GAIN(model, "features", method="gainext"), 1)
+    default = objective_line(GAIN(model, "features", method="gainext"), 1, 63)
     assert default == (
         "objective: GAINext (eq. 8): L_cl + 0 L_am + 1 L_e (guidance counterfactual, 32 counterfactual images per "
-        "batch, jitter colour); the attention terms from epoch 2"
+        "batch of 63, jitter colour); the attention terms from epoch 2"
     )
-    paper = objective_line(GAIN(model, "features", method="gainext", alpha=1.0, omega_e=10.0, guidance="paper"), 0)
+    fixed = objective_line(GAIN(model, "features", method="gainext", counterfactuals=5), 0, 64)
+    assert "5 counterfactual images per batch of 64" in fixed
+    paper = objective_line(GAIN(model, "features", method="gainext", alpha=1.0, omega_e=10.0, guidance="paper"), 0, 8)
     assert paper == "objective: GAINext (eq. 8): L_cl + 1 L_am + 10 L_e (guidance paper)"
-    assert objective_line(GAIN(model, "features", method="baseline"), 1) == "objective: baseline, L_cl only"
+    assert objective_line(GAIN(model, "features", method="baseline"), 1, 8) == "objective: baseline, L_cl only"

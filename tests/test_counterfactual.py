@@ -229,6 +229,42 @@ def test_gain_appends_counterfactuals_and_reports_batch_scores():
         GAIN(SmallCNN(num_classes=2, width=4), "features", guidance="counterfactual", counterfactuals=-1)
 
 
+@pytest.mark.parametrize(("batch", "expected"), [(8, 4), (7, 4)])
+def test_the_default_count_is_half_the_batch(batch, expected):
+    images, labels, guide = _biased_batch(batch, False, 0)
+    gain = GAIN(SmallCNN(num_classes=2, width=4), "features", method="gainext", guidance="counterfactual")
+    assert gain.counterfactuals is None and gain.counterfactual_count(batch) == expected
+    assert gain.counterfactual_count(1) == 1 and gain.counterfactual_count(64) == 32
+    gain(images, labels, guide, torch.ones(batch, dtype=torch.bool))  # fills the bank
+    out = gain(images, labels, guide, torch.ones(batch, dtype=torch.bool))
+    assert out.counterfactual.shape[0] == expected
+
+
+@pytest.mark.parametrize("added", [0, 3, 11])  # empty, part-filled, wrapped round its capacity of 4
+def test_a_restored_bank_draws_what_the_saved_one_draws(added):
+    images, labels, guide = _biased_batch(max(added, 1), False, 0)
+    saved = CounterfactualBank(capacity=4, jitter="colour")
+    for i in range(added):
+        saved.add(images[i : i + 1], guide[i : i + 1], labels[i : i + 1])
+    state = saved.state_dict()
+    assert state["size"] == min(added, 4) and all(t.device.type == "cpu" for t in state.values() if torch.is_tensor(t))
+    restored = CounterfactualBank(capacity=4, jitter="colour")
+    restored.load_state_dict(state)
+    assert (restored.size, restored.next) == (saved.size, saved.next)
+    for bank in (saved, restored):  # the next write lands in the same row of both
+        bank.add(images[:1], guide[:1], labels[:1])
+    torch.manual_seed(5)
+    expected = saved.draw(6)
+    torch.manual_seed(5)
+    drawn = restored.draw(6)
+    assert (expected is None) == (drawn is None)
+    if expected is not None:
+        for a, b in zip(expected, drawn):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="holds 4 images, this one 8"):
+        CounterfactualBank(capacity=8).load_state_dict(state)
+
+
 def test_bank_draws_object_free_backgrounds_with_no_label():
     bank = CounterfactualBank(capacity=4)
     assert bank.draw_backgrounds(3) is None  # empty bank

@@ -4,7 +4,7 @@ experiments and with the defaults of TrainConfig and GAIN."""
 from __future__ import annotations
 
 import inspect
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
@@ -124,12 +124,16 @@ def test_train_rejects_an_unknown_preset(capsys):
 
 
 def test_counterfactual_recipe_is_what_the_flags_spelled_out():
-    """The recipe trains exactly as ``--guidances counterfactual --alpha 0 --omega-e 0 --counterfactual-jitter
-    colour`` did (the spelling of the tables' rows before the preset)."""
+    """The recipe trains as ``--guidances counterfactual --alpha 0 --omega-e 0 --counterfactual-jitter colour``
+    did (the spelling of the tables' rows before the preset), with its counterfactual images scaled to the batch
+    (half of it) where those rows fixed 32."""
     profile = FULL.with_overrides(epochs=20)
     spelled = FULL.with_overrides(epochs=20, alpha=0.0, omega_e=0.0, counterfactual_jitter="colour")
     by_flags = train_config(RunSpec("gainext", 0, "masks", 0.05, "counterfactual"), "d", "o", spelled)
-    assert train_config(recipe("counterfactual", 0, "masks", 0.05), "d", "o", profile) == by_flags
+    assert by_flags.counterfactuals == 32 and by_flags.batch_size == 64
+    assert train_config(recipe("counterfactual", 0, "masks", 0.05), "d", "o", profile) == replace(
+        by_flags, counterfactuals=None
+    )
 
 
 def test_gainext_without_flags_trains_the_default_recipe():

@@ -24,7 +24,7 @@ def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
         out=str(out),
         arch="small_cnn",
         method="gainext",
-        guidance="paper",  # the counterfactual bank is not in a checkpoint: its resumed run would differ
+        guidance="paper",
         epochs=2,
         batch_size=32,
         optimizer="sgd",
@@ -37,8 +37,9 @@ def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def test_resume_ends_where_an_uninterrupted_run_ends(decoy_dir, tmp_path, monkeypatch):
-    full = load_checkpoint(train(_cfg(decoy_dir, tmp_path / "full", epochs=3)))
+@pytest.mark.parametrize("guidance", ["paper", "counterfactual"])  # counterfactual: the bank is resumed too
+def test_resume_ends_where_an_uninterrupted_run_ends(decoy_dir, tmp_path, monkeypatch, guidance):
+    full = load_checkpoint(train(_cfg(decoy_dir, tmp_path / "full", epochs=3, guidance=guidance)))
     original = Trainer.train_epoch
 
     def interrupted(self, epoch):
@@ -48,10 +49,10 @@ def test_resume_ends_where_an_uninterrupted_run_ends(decoy_dir, tmp_path, monkey
 
     monkeypatch.setattr(Trainer, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(decoy_dir, tmp_path / "cut", epochs=3))
+        train(_cfg(decoy_dir, tmp_path / "cut", epochs=3, guidance=guidance))
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
     monkeypatch.setattr(Trainer, "train_epoch", original)
-    resumed = load_checkpoint(train(_cfg(decoy_dir, tmp_path / "cut", epochs=3, resume=True)))
+    resumed = load_checkpoint(train(_cfg(decoy_dir, tmp_path / "cut", epochs=3, resume=True, guidance=guidance)))
     assert resumed["epoch"] == full["epoch"] == 3
     for key, value in full["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6, msg=key)
@@ -62,6 +63,9 @@ def test_resume_ends_where_an_uninterrupted_run_ends(decoy_dir, tmp_path, monkey
         full_rows = list(csv.DictReader(fh))
     assert rows[-1]["loss"] == full_rows[-1]["loss"]
     assert float(rows[-1]["loss_e"]) > 0 and float(rows[-1]["loss_am"]) > 0
+    banked = "counterfactual_bank" in load_checkpoint(tmp_path / "full" / "last.pt")
+    assert banked == (guidance == "counterfactual")
+    assert "counterfactual_bank" not in load_checkpoint(tmp_path / "full" / "best.pt")  # no training images shipped
     assert any((tmp_path / "full" / "tensorboard").iterdir())
 
 

@@ -13,11 +13,15 @@ prediction, so the context alone carries no evidence for any class.
 Rules: only images that carry a guide with at least one object pixel enter
 the bank (a guide that marks no object pixel gives no object to paste and is
 skipped); a step draws nothing while the bank holds no two images of disjoint
-classes. The bank lives outside the model's state: a resumed run starts with
-an empty bank.
+classes. The bank is not part of the model's state; :meth:`CounterfactualBank.state_dict`
+gives what a training checkpoint needs so that a resumed run draws what the
+uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -85,6 +89,36 @@ class CounterfactualBank:
         self.next = (self.next + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
         return n
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stored images, guides and labels (the filled rows, on the CPU) and the next row to write;
+        the cleaned backgrounds are recomputed from them on load."""
+        rows = slice(0, self.size)
+        stored = (
+            {}
+            if self.images is None
+            else {
+                "images": self.images[rows].cpu(),
+                "guides": self.guides[rows].cpu(),
+                "labels": self.labels[rows].cpu(),
+            }
+        )
+        return {"capacity": self.capacity, "size": self.size, "next": self.next, **stored}
+
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
+        """Hold what :meth:`state_dict` gave (on ``device``), as if the same images had been added."""
+        size, capacity = int(state["size"]), int(state["capacity"])
+        if capacity != self.capacity:
+            raise ValueError(f"the saved counterfactual bank holds {capacity} images, this one {self.capacity}")
+        self.images = self.backgrounds = self.guides = self.labels = None
+        self.size = self.next = 0
+        if size == 0:
+            return
+        images, guides, labels = (state[k].to(device) for k in ("images", "guides", "labels"))
+        if not images.shape[0] == guides.shape[0] == labels.shape[0] == size:
+            raise ValueError(f"the saved counterfactual bank is inconsistent: size {size}, {images.shape[0]} images")
+        self.add(images, guides, labels)
+        self.next = int(state["next"])
 
     def draw(self, count: int) -> tuple[Tensor, Tensor, Tensor] | None:
         """``count`` pasted images with the labels and guides of their objects, or ``None`` if no pair exists."""

@@ -113,7 +113,9 @@ class GAIN(nn.Module):
             (as :func:`gainx.attention_maps`).
         output: where the scores are in what the model returns (key, attribute,
             index or callable; :mod:`gainx.attention.outputs`).
-        counterfactuals: counterfactual images added to each batch (``guidance="counterfactual"``).
+        counterfactuals: counterfactual images added to each batch (``guidance="counterfactual"``);
+            ``None`` scales them with the batch: ``ceil(B / 2)`` for a batch of ``B`` images
+            (:meth:`counterfactual_count`), so they keep the same share of L_cl at any batch size.
         counterfactual_weight: weight of each counterfactual image in L_cl relative to an image of
             the batch, ``L_cl = (sum_batch l_i + w sum_cf l_j) / (B + w K)``; with ``w K > B`` most of
             L_cl comes from images whose context says nothing about their label.
@@ -156,7 +158,7 @@ class GAIN(nn.Module):
         guidance: str = "counterfactual",
         reshape_transform: ReshapeTransform | None = None,
         output: OutputSelector = None,
-        counterfactuals: int = 32,
+        counterfactuals: int | None = None,
         counterfactual_weight: float = 4.0,
         counterfactual_jitter: str = "colour",
         counterfactual_backgrounds: int = 0,
@@ -182,7 +184,7 @@ class GAIN(nn.Module):
         self.guidance = check_guidance(guidance)
         self.reshape_transform = reshape_transform
         self.output = output
-        if counterfactuals < 0:
+        if counterfactuals is not None and counterfactuals < 0:
             raise ValueError(f"counterfactuals must be >= 0, got {counterfactuals}")
         self.counterfactuals = counterfactuals
         if counterfactual_backgrounds < 0:
@@ -343,7 +345,8 @@ class GAIN(nn.Module):
         (pasted objects, then object-free backgrounds)."""
         rows = has_guide.to(torch.bool)
         self.bank.add(images[rows], guide[rows], labels[rows])
-        drawn = [self.bank.draw(self.counterfactuals), self.bank.draw_backgrounds(self.counterfactual_backgrounds)]
+        count = self.counterfactual_count(images.shape[0])
+        drawn = [self.bank.draw(count), self.bank.draw_backgrounds(self.counterfactual_backgrounds)]
         drawn = [d for d in drawn if d is not None]
         if not drawn:
             return images, labels, guide, has_guide, None
@@ -356,6 +359,11 @@ class GAIN(nn.Module):
             torch.cat([has_guide, flags]),
             extra,
         )
+
+    def counterfactual_count(self, batch_size: int) -> int:
+        """Pasted images added to a batch of ``batch_size`` images: ``counterfactuals``, or ``ceil(B / 2)``
+        when it is ``None``."""
+        return -(-batch_size // 2) if self.counterfactuals is None else self.counterfactuals
 
     def _paper_guidance(self, cam: Tensor, guide: Tensor, plan: PairPlan, num_images: int) -> Tensor:
         """L_e (eq. 7) on the pairs whose image carries a guide (stream S_e)."""

@@ -34,7 +34,7 @@ class TrainConfig:
     am_warmup: int = 1  # epochs of L_cl only before the attention streams start
     backend: str = "auto"
     guidance: str = "counterfactual"  # paper | scaled | all_classes | signed | rrr | rrr_classes | counterfactual
-    counterfactuals: int = 32  # pasted images added to each batch (guidance "counterfactual")
+    counterfactuals: int | None = None  # pasted images added to each batch (guidance "counterfactual"); None: half
     counterfactual_weight: float = 4.0  # weight of a pasted image in L_cl relative to a batch image
     counterfactual_jitter: str = "colour"  # none | colour | geometry | all (gainx.losses.counterfactual.JITTERS)
     counterfactual_backgrounds: int = 0  # object-free backgrounds (no label) added to each batch

@@ -6,7 +6,8 @@ A preset is data, a mapping of :class:`~gainx.training.config.TrainConfig` field
 * ``default`` (:data:`DEFAULT_PRESET`): what ``gainx train --method gainext`` does without other flags, on data
   with masks or boxes on a few images. Counterfactual images (each annotated object pasted onto another
   class's background with its colour channels permuted: ``guidance="counterfactual"``,
-  ``counterfactual_jitter="colour"``, 32 images per batch, each weighing 4 batch images in L_cl), the
+  ``counterfactual_jitter="colour"``, half as many as the batch holds (``counterfactuals=None``: 32 for a
+  batch of 64), each weighing 4 batch images in L_cl), the
   scaled guidance loss at ω_e = 1, L_am off for GAINext (``alpha=None``:
   :data:`gainx.losses.gain.ALPHA_BY_METHOD`, so GAIN keeps eq. 6's α = 1), trained with
   :data:`EXPERIMENT_TRAINING`'s optimisation (AdamW lr 3e-3, batch 64, cosine, one warm-up epoch, no
@@ -79,6 +80,7 @@ DEFAULT: Mapping[str, Any] = MappingProxyType(
         "guidance": "counterfactual",
         "alpha": None,  # by method: gainx.losses.gain.ALPHA_BY_METHOD
         "omega_e": 1.0,
+        "counterfactuals": None,  # half the batch (GAIN.counterfactual_count)
         "counterfactual_jitter": "colour",
     }
 )

@@ -79,7 +79,7 @@ def start_summary(
     return lines
 
 
-def objective_line(objective: GAIN, am_warmup: int) -> str:
+def objective_line(objective: GAIN, am_warmup: int, batch_size: int) -> str:
     """The objective a run trains, with the weights ``objective`` resolved (``alpha=None`` by method): eq. 6
     for GAIN, eq. 8 with its guidance loss (and the counterfactual images) for GAINext."""
     if objective.method == "baseline":
@@ -88,7 +88,8 @@ def objective_line(objective: GAIN, am_warmup: int) -> str:
         terms = f"GAIN (eq. 6): L_cl + {objective.alpha:g} L_am"
     else:
         images = (
-            f", {objective.counterfactuals} counterfactual images per batch, jitter {objective.bank.jitter}"
+            f", {objective.counterfactual_count(batch_size)} counterfactual images per batch of {batch_size}, "
+            f"jitter {objective.bank.jitter}"
             if objective.bank is not None
             else ""
         )

@@ -2,7 +2,7 @@
 
 Every epoch ends with its metrics row (``RUN/metrics.csv``) and then an atomic
 checkpoint (``RUN/last.pt``) holding the model, optimizer, scheduler, AMP
-scaler and all RNG states; ``resume=True`` continues from it so that an
+scaler, all RNG states and the counterfactual bank; ``resume=True`` continues from it so that an
 interrupted run ends exactly where an uninterrupted one would (data order is a
 function of seed and epoch; a row written for an epoch whose checkpoint was
 not is rewritten when that epoch is run again).
@@ -181,7 +181,7 @@ class Trainer:
             else f"the default for {cfg.arch}; choose with --target-layer",
             grid=feature_map_size(self.model, self.target_layer, ds.image_size),
         )
-        lines.append(objective_line(self.objective, cfg.am_warmup))
+        lines.append(objective_line(self.objective, cfg.am_warmup, cfg.batch_size))
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     # -- checkpoints -------------------------------------------------------
@@ -208,6 +208,13 @@ class Trainer:
             "validation": self.validation.record if self.validation else None,
         }
 
+    def resume_state(self) -> dict[str, Any]:
+        """What only ``last.pt`` carries, for resuming: the counterfactual bank (the annotated training images
+        of the last steps; this process's, so a DDP run's other ranks resume with it too). ``best.pt``, the
+        file a model is shipped from, holds no training images."""
+        bank = self.objective.bank
+        return {} if bank is None else {"counterfactual_bank": bank.state_dict()}
+
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
         check_finite_weights(
@@ -228,6 +235,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
+        if self.objective.bank is not None and "counterfactual_bank" in state:
+            self.objective.bank.load_state_dict(state["counterfactual_bank"], self.device)
         self.start_epoch = self.saved_epoch = int(state["epoch"])
         self.best = state.get("best")
         self._continue_schedule(path, int(state["config"]["epochs"]))
@@ -339,7 +348,7 @@ class Trainer:
                         )
                     log.log(epoch + 1, metrics)  # before the checkpoint: a resumed run rewrites a row it repeats
                     state = self.checkpoint_state(epoch + 1)
-                    save_checkpoint(path, state)  # first: last.pt is what a resumed run needs
+                    save_checkpoint(path, {**state, **self.resume_state()})  # first: what a resumed run needs
                     if improved:
                         save_checkpoint(self.out / BEST, state)
                     line = epoch_summary(epoch + 1, self.cfg.epochs, metrics, best=improved, validation=self.val_split)
