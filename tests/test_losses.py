@@ -143,8 +143,14 @@ def test_streams_with_zero_weight_are_not_computed():
     assert full.cam is not None and cl_only.cam is None and cl_only.scores_am is None
     assert cl_only.loss_am == 0 and cl_only.loss_e == 0
     torch.testing.assert_close(cl_only.loss, full.loss_cl)
-    gain_only = GAIN(model, "features", method="gainext", alpha=0.0, omega_e=1.0)(images, labels, guide, has)
-    assert gain_only.cam is not None and gain_only.loss_e > 0  # L_e still needs the attention
+    calls = []
+    hook = model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    torch.manual_seed(0)
+    guided_only = GAIN(model, "features", method="gainext", alpha=0.0, omega_e=1.0)(images, labels, guide, has)
+    hook.remove()
+    assert guided_only.cam is not None and guided_only.loss_e > 0  # L_e still needs the attention
+    assert len(calls) == 1 and guided_only.scores_am is None and guided_only.loss_am == 0  # S_am not run
+    torch.testing.assert_close(guided_only.loss, full.loss_cl + full.loss_e)
 
 
 def test_guidance_only_uses_guided_samples():

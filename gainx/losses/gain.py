@@ -74,7 +74,7 @@ class GAINOutput:
     pair_class: Tensor  # (P,) class of each pair
     cam: Tensor | None = None  # (P, h, w) normalized low-resolution attention
     erased: Tensor | None = None  # (P, 3, H, W) erased images I*
-    scores_am: Tensor | None = None  # (P, C) scores of the erased images
+    scores_am: Tensor | None = None  # (P, C) scores of the erased images (None when alpha = 0)
     counterfactual: Tensor | None = None  # (K, 3, H, W) counterfactual images appended to the batch
 
     def maps(self, size: tuple[int, int]) -> Tensor:
@@ -220,7 +220,9 @@ class GAIN(nn.Module):
             has_guide: ``(B,)`` bool, which samples carry a guide.
             mining: ``False`` computes L_cl only (e.g. a warm-up epoch). The attention streams
                 are also skipped when both their weights are zero (``alpha == 0`` and, for
-                ``gainext``, ``omega_e == 0``): L_am and L_e are then reported as 0. With
+                ``gainext``, ``omega_e == 0``): L_am and L_e are then reported as 0; with
+                ``alpha == 0`` alone, the erased images are not scored (S_am is skipped, L_am
+                reported as 0, ``scores_am`` is ``None``). With
                 ``guidance="counterfactual"`` the batch is extended with counterfactual images
                 whenever guides are given (warm-up included); a call without guides and with
                 ``mining=False`` (an evaluation batch) scores the batch alone.
@@ -288,10 +290,14 @@ class GAIN(nn.Module):
             omega=self.omega,
             backend=self.backend,
         )
-        with frozen_bn_stats(self.model, self.freeze_bn_am):
-            scores_am = select_scores(self.model(pairs.erased), self.output)
         num_images = images.shape[0]
-        loss_am = attention_mining_loss(scores_am, pair_index, pair_class, num_images, self.am_score, self.multilabel)
+        scores_am, loss_am = None, zero
+        if self.alpha != 0:  # S_am (eq. 5); at alpha = 0 nothing reads the erased images' scores
+            with frozen_bn_stats(self.model, self.freeze_bn_am):
+                scores_am = select_scores(self.model(pairs.erased), self.output)
+            loss_am = attention_mining_loss(
+                scores_am, pair_index, pair_class, num_images, self.am_score, self.multilabel
+            )
         loss_e = zero
         if self.method == "gainext":
             if self.guidance == "paper":
