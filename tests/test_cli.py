@@ -321,11 +321,11 @@ def test_the_start_summary_names_the_objective_and_its_weights():
     model = SmallCNN(3, width=4)
     default = objective_line(GAIN(model, "features", method="gainext"), 1, 63)
     assert default == (
-        "objective: GAINext (eq. 8): L_cl + 0 L_am + 1 L_e (guidance counterfactual, 32 counterfactual images per "
-        "batch of 63, jitter colour); the attention terms from epoch 2"
+        "objective: GAINext (eq. 8): L_cl + 0 L_am + 0.2 L_e (guidance counterfactual, 32 counterfactual images per "
+        "batch of 63, weight 1 moved by group DRO (eta 0.1), jitter colour); the attention terms from epoch 2"
     )
-    fixed = objective_line(GAIN(model, "features", method="gainext", counterfactuals=5), 0, 64)
-    assert "5 counterfactual images per batch of 64" in fixed
+    fixed = objective_line(GAIN(model, "features", method="gainext", counterfactuals=5, counterfactual_eta=0), 0, 64)
+    assert "5 counterfactual images per batch of 64, weight 1, jitter" in fixed
     paper = objective_line(GAIN(model, "features", method="gainext", alpha=1.0, omega_e=10.0, guidance="paper"), 0, 8)
     assert paper == "objective: GAINext (eq. 8): L_cl + 1 L_am + 10 L_e (guidance paper)"
     assert objective_line(GAIN(model, "features", method="baseline"), 1, 8) == "objective: baseline, L_cl only"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from gainx.data.counterfactual import (
 )
 from gainx.losses import GAIN
 from gainx.losses.counterfactual import CounterfactualBank
-from gainx.losses.terms import classification_loss
+from gainx.losses.terms import classification_loss, classification_losses
 from gainx.models import SmallCNN
 
 
@@ -192,7 +194,8 @@ def _trained_on_biased_batches(**gain_kwargs) -> SmallCNN:
     """A SmallCNN after 40 steps of L_cl only (alpha = omega_e = 0) on biased, fully annotated batches."""
     torch.manual_seed(0)
     model = SmallCNN(num_classes=2, width=4)
-    gain = GAIN(model, "features", method="gainext", omega_e=0.0, alpha=0.0, **gain_kwargs)
+    fixed_weight = {"counterfactual_weight": 4.0, "counterfactual_eta": 0.0}  # what these tests were sized for
+    gain = GAIN(model, "features", method="gainext", omega_e=0.0, alpha=0.0, **{**fixed_weight, **gain_kwargs})
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(40):
         images, labels, guide = _biased_batch(32, False, step)
@@ -263,6 +266,76 @@ def test_a_restored_bank_draws_what_the_saved_one_draws(added):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="holds 4 images, this one 8"):
         CounterfactualBank(capacity=8).load_state_dict(state)
+
+
+def test_group_dro_moves_the_counterfactual_weight_by_the_loss_gap():
+    images, labels, guide = _biased_batch(8, False, 0)
+    model = SmallCNN(num_classes=2, width=4)
+    gain = GAIN(
+        model, "features", method="gainext", counterfactual_weight=2.0, counterfactual_eta=0.5, alpha=0.0, omega_e=0.0
+    )
+    has = torch.ones(8, dtype=torch.bool)
+    gain(images, labels, guide, has)  # fills the bank
+    start = gain.counterfactual_log_weight.item()
+    scores = []
+    hook = model.register_forward_hook(lambda module, args, out: scores.append((args[0].shape[0], out.detach())))
+    out = gain(images, labels, guide, has)
+    hook.remove()
+    (rows, all_scores), k = scores[0], out.counterfactual.shape[0]
+    assert rows == 8 + k and gain.counterfactual_log_weight.item() != start
+    # L_cl = (sum_batch l_i + w sum_cf l_j) / (8 + w k) with the moved weight w; the move is eta times the gap
+    weight = gain.counterfactual_log_weight.exp()
+    batch_loss = classification_losses(all_scores[:8], labels, False)
+    cf_mean = (out.loss_cl * (8 + weight * k) - batch_loss.sum()) / (weight * k)
+    expected = 0.5 * (cf_mean - batch_loss.mean())
+    torch.testing.assert_close(gain.counterfactual_log_weight - start, expected, rtol=1e-4, atol=1e-5)
+    gain.eval()
+    frozen = gain.counterfactual_log_weight.clone()
+    gain(images, labels, guide, has)  # evaluation mode: the weight does not move
+    assert torch.equal(gain.counterfactual_log_weight, frozen)
+    fixed = GAIN(
+        SmallCNN(num_classes=2, width=4), "features", method="gainext", counterfactual_weight=2.0, counterfactual_eta=0
+    )
+    fixed(images, labels, guide, has)
+    fixed(images, labels, guide, has)
+    assert fixed.counterfactual_log_weight.exp().item() == pytest.approx(2.0)  # eta 0: fixed
+    with pytest.raises(ValueError, match="counterfactual_eta must be >= 0"):
+        GAIN(SmallCNN(num_classes=2, width=4), "features", counterfactual_eta=-1.0)
+
+
+def test_group_dro_weight_follows_the_gap_up_to_its_bound():
+    gain = GAIN(
+        SmallCNN(num_classes=2, width=4),
+        "features",
+        method="gainext",
+        counterfactual_weight=1.0,
+        counterfactual_eta=0.5,
+        counterfactual_weight_max=4.0,
+    )
+    losses = torch.tensor([1.0, 1.0, 1.5, 1.5, 1.5])  # two batch images, three counterfactual ones: gap 0.5
+    weights = gain._counterfactual_weights(losses, 2)
+    torch.testing.assert_close(weights, torch.tensor([1.0, 1.0, *[math.exp(0.25)] * 3]))
+    for _ in range(20):  # a persistent gap raises the weight to its bound and no further
+        weights = gain._counterfactual_weights(losses, 2)
+    torch.testing.assert_close(weights[2:], torch.full((3,), 4.0))
+    easier = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])  # counterfactual images easier: the weight falls
+    assert gain._counterfactual_weights(easier, 2)[2] < 4.0
+    with pytest.raises(ValueError, match=r"counterfactual_weight_max \(2.0\) is below counterfactual_weight \(4.0\)"):
+        GAIN(
+            SmallCNN(num_classes=2, width=4),
+            "features",
+            counterfactual_weight=4.0,
+            counterfactual_eta=0.1,
+            counterfactual_weight_max=2.0,
+        )
+    fixed = GAIN(  # a fixed weight has no bound to respect
+        SmallCNN(num_classes=2, width=4),
+        "features",
+        counterfactual_weight=8.0,
+        counterfactual_eta=0.0,
+        counterfactual_weight_max=4.0,
+    )
+    assert fixed._counterfactual_weights(losses, 2)[2] == 8.0
 
 
 def test_bank_draws_object_free_backgrounds_with_no_label():

@@ -40,7 +40,7 @@ def test_counterfactual_images_weigh_counterfactual_weight_in_l_cl():
             model(torch.cat([images, pasted])), torch.tensor([0, 1, 2, 0, 2, 0]), reduction="none"
         )
     for w in (1.0, 4.0):
-        gain = GAIN(model, "features", method="gainext", guidance="counterfactual", counterfactual_weight=w)
+        gain = GAIN(model, "features", method="gainext", counterfactual_weight=w, counterfactual_eta=0)
         gain.bank.draw = lambda count: (pasted, pasted_labels, guide[:2])
         out = gain(images, labels, guide, torch.ones(4, dtype=torch.bool), mining=False)
         expected = (rows[:4].sum() + w * rows[4:].sum()) / (4 + 2 * w)

@@ -125,14 +125,15 @@ def test_train_rejects_an_unknown_preset(capsys):
 
 def test_counterfactual_recipe_is_what_the_flags_spelled_out():
     """The recipe trains as ``--guidances counterfactual --alpha 0 --omega-e 0 --counterfactual-jitter colour``
-    did (the spelling of the tables' rows before the preset), with its counterfactual images scaled to the batch
-    (half of it) where those rows fixed 32."""
+    did (the spelling of the tables' rows before the preset), with the default's counterfactual images: scaled
+    to the batch (half of it) where those rows fixed 32, their weight moved by the group DRO where those rows
+    fixed it at 4."""
     profile = FULL.with_overrides(epochs=20)
     spelled = FULL.with_overrides(epochs=20, alpha=0.0, omega_e=0.0, counterfactual_jitter="colour")
     by_flags = train_config(RunSpec("gainext", 0, "masks", 0.05, "counterfactual"), "d", "o", spelled)
     assert by_flags.counterfactuals == 32 and by_flags.batch_size == 64
     assert train_config(recipe("counterfactual", 0, "masks", 0.05), "d", "o", profile) == replace(
-        by_flags, counterfactuals=None
+        by_flags, counterfactuals=None, counterfactual_weight=1.0, counterfactual_eta=0.1, counterfactual_weight_max=4.0
     )
 
 

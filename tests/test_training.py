@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import pickle
 import subprocess
@@ -38,9 +39,13 @@ def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("guidance", ["paper", "counterfactual"])  # counterfactual: the bank is resumed too
-def test_resume_ends_where_an_uninterrupted_run_ends(decoy_dir, tmp_path, monkeypatch, guidance):
-    full = load_checkpoint(train(_cfg(decoy_dir, tmp_path / "full", epochs=3, guidance=guidance)))
+@pytest.mark.parametrize(
+    ("guidance", "eta"), [("paper", 0.0), ("counterfactual", 0.5)]
+)  # counterfactual: the bank and the group-DRO weight are resumed too
+def test_resume_ends_where_an_uninterrupted_run_ends(decoy_dir, tmp_path, monkeypatch, guidance, eta):
+    full = load_checkpoint(
+        train(_cfg(decoy_dir, tmp_path / "full", epochs=3, guidance=guidance, counterfactual_eta=eta))
+    )
     original = Trainer.train_epoch
 
     def interrupted(self, epoch):
@@ -50,10 +55,12 @@ def test_resume_ends_where_an_uninterrupted_run_ends(decoy_dir, tmp_path, monkey
 
     monkeypatch.setattr(Trainer, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(decoy_dir, tmp_path / "cut", epochs=3, guidance=guidance))
+        train(_cfg(decoy_dir, tmp_path / "cut", epochs=3, guidance=guidance, counterfactual_eta=eta))
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
     monkeypatch.setattr(Trainer, "train_epoch", original)
-    resumed = load_checkpoint(train(_cfg(decoy_dir, tmp_path / "cut", epochs=3, resume=True, guidance=guidance)))
+    resumed = load_checkpoint(
+        train(_cfg(decoy_dir, tmp_path / "cut", epochs=3, resume=True, guidance=guidance, counterfactual_eta=eta))
+    )
     assert resumed["epoch"] == full["epoch"] == 3
     for key, value in full["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6, msg=key)
@@ -64,8 +71,12 @@ def test_resume_ends_where_an_uninterrupted_run_ends(decoy_dir, tmp_path, monkey
         full_rows = list(csv.DictReader(fh))
     assert rows[-1]["loss"] == full_rows[-1]["loss"]
     assert float(rows[-1]["loss_e"]) > 0 and float(rows[-1]["loss_am"]) > 0
-    banked = "counterfactual_bank" in load_checkpoint(tmp_path / "full" / "last.pt")
-    assert banked == (guidance == "counterfactual")
+    last = load_checkpoint(tmp_path / "full" / "last.pt")
+    assert ("counterfactual_bank" in last) == (guidance == "counterfactual")
+    if eta:  # the weight moved, and the resumed run moved it to the same place
+        moved = float(last["counterfactual_log_weight"])
+        assert moved != pytest.approx(math.log(4.0))
+        assert float(load_checkpoint(tmp_path / "cut" / "last.pt")["counterfactual_log_weight"]) == moved
     assert "counterfactual_bank" not in load_checkpoint(tmp_path / "full" / "best.pt")  # no training images shipped
     assert any((tmp_path / "full" / "tensorboard").iterdir())
 

@@ -27,6 +27,8 @@ def _profile(args: argparse.Namespace):
         omega_e=args.omega_e,
         counterfactuals=args.counterfactuals,
         counterfactual_weight=args.counterfactual_weight,
+        counterfactual_eta=args.counterfactual_eta,
+        counterfactual_weight_max=args.counterfactual_weight_max,
         counterfactual_jitter=args.counterfactual_jitter,
         counterfactual_backgrounds=args.counterfactual_backgrounds,
         am_warmup=args.am_warmup,
@@ -132,6 +134,18 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
     )
     p.add_argument(
         "--counterfactual-weight", type=float, default=None, help="override their weight in L_cl (counterfactual)"
+    )
+    p.add_argument(
+        "--counterfactual-eta",
+        type=float,
+        default=None,
+        help="override the group-DRO step size of their weight (counterfactual; 0: fixed)",
+    )
+    p.add_argument(
+        "--counterfactual-weight-max",
+        type=float,
+        default=None,
+        help="override the most the group DRO raises their weight to (counterfactual)",
     )
     p.add_argument(
         "--counterfactual-jitter",

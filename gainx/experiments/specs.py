@@ -87,6 +87,8 @@ class Profile:
     omega_e: float | None = None  # weight of the guidance loss (eq. 8)
     counterfactuals: int | None = None  # pasted images per batch (guidance "counterfactual")
     counterfactual_weight: float | None = None  # their weight in L_cl relative to a batch image
+    counterfactual_eta: float | None = None  # group-DRO step size of that weight (0: fixed)
+    counterfactual_weight_max: float | None = None  # the most the group DRO raises it to
     counterfactual_jitter: str | None = None  # none | colour | geometry | all (gainx.losses.counterfactual.JITTERS)
     counterfactual_backgrounds: int | None = None  # object-free backgrounds per batch, labelled with no class
     second_order: bool | None = None  # train through the Grad-CAM weights too
@@ -107,6 +109,8 @@ TRAINING_FIELDS = (
     "omega_e",
     "counterfactuals",
     "counterfactual_weight",
+    "counterfactual_eta",
+    "counterfactual_weight_max",
     "counterfactual_jitter",
     "counterfactual_backgrounds",
     "second_order",

@@ -21,6 +21,7 @@ DistributedDataParallel as a whole (one forward, one backward per step).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -51,7 +52,14 @@ from gainx.losses.guidance import (
     signed_loss,
 )
 from gainx.losses.pairs import PairPlan, plan_pairs
-from gainx.losses.terms import AM_SCORES, attention_mining_loss, classification_loss, guidance_loss
+from gainx.losses.terms import (
+    AM_SCORES,
+    attention_mining_loss,
+    classification_loss,
+    classification_losses,
+    guidance_loss,
+    weighted_mean,
+)
 from gainx.ops import attention_erase, upsample
 
 METHODS = ("baseline", "gain", "gainext")
@@ -95,7 +103,7 @@ class GAIN(nn.Module):
             cross-entropy and softmax scores.
         alpha: weight of L_am (eq. 6); ``None``: 1 for ``"gain"`` (the paper's), 0 for ``"gainext"``
             (the default recipe, :data:`ALPHA_BY_METHOD`).
-        omega_e: weight of the guidance loss (eq. 8); the default 1 is the default recipe's (the
+        omega_e: weight of the guidance loss (eq. 8); the default 0.2 is the default recipe's (the
             paper's is 10: :data:`gainx.training.presets.PAPER`).
         sigma, omega: threshold and scale of the soft mask T (eq. 4).
         second_order: differentiate through the Grad-CAM weights
@@ -118,7 +126,15 @@ class GAIN(nn.Module):
             (:meth:`counterfactual_count`), so they keep the same share of L_cl at any batch size.
         counterfactual_weight: weight of each counterfactual image in L_cl relative to an image of
             the batch, ``L_cl = (sum_batch l_i + w sum_cf l_j) / (B + w K)``; with ``w K > B`` most of
-            L_cl comes from images whose context says nothing about their label.
+            L_cl comes from images whose context says nothing about their label. It is where the
+            weight starts when ``counterfactual_eta > 0``.
+        counterfactual_eta: step size of an online group DRO between the batch's images and the
+            counterfactual ones (Sagawa et al. 2020): at each training step, before L_cl is formed from
+            that step's losses, the weight becomes ``w <- w exp(eta (mean_cf l_j - mean_batch l_i))``
+            (at most ``counterfactual_weight_max``), so it grows while the images whose context
+            says nothing about their label are harder than the batch's (a model that reads the context)
+            and shrinks while they are easier; 0 keeps ``counterfactual_weight`` fixed.
+        counterfactual_weight_max: the most the group DRO may raise that weight to (``None``: no bound).
         counterfactual_jitter: what changes in each pasted object before it is moved and pasted
             (:data:`gainx.losses.counterfactual.JITTERS`): ``"none"``, ``"colour"`` (a random
             permutation of its colour channels), ``"geometry"`` (flip, rescale by ``U(0.75, 1.25)``)
@@ -148,7 +164,7 @@ class GAIN(nn.Module):
         method: str = "gain",
         multilabel: bool = False,
         alpha: float | None = None,
-        omega_e: float = 1.0,
+        omega_e: float = 0.2,
         sigma: float = 0.5,
         omega: float = 10.0,
         second_order: bool = False,
@@ -159,7 +175,9 @@ class GAIN(nn.Module):
         reshape_transform: ReshapeTransform | None = None,
         output: OutputSelector = None,
         counterfactuals: int | None = None,
-        counterfactual_weight: float = 4.0,
+        counterfactual_weight: float = 1.0,
+        counterfactual_eta: float = 0.1,
+        counterfactual_weight_max: float | None = 4.0,
         counterfactual_jitter: str = "colour",
         counterfactual_backgrounds: int = 0,
         rrr_scale: float | None = None,
@@ -193,6 +211,19 @@ class GAIN(nn.Module):
         if not counterfactual_weight > 0:
             raise ValueError(f"counterfactual_weight must be > 0, got {counterfactual_weight}")
         self.counterfactual_weight = counterfactual_weight
+        if not counterfactual_eta >= 0:
+            raise ValueError(f"counterfactual_eta must be >= 0, got {counterfactual_eta}")
+        self.counterfactual_eta = counterfactual_eta
+        bounded = counterfactual_eta > 0 and counterfactual_weight_max is not None
+        if bounded and not counterfactual_weight_max >= counterfactual_weight:
+            raise ValueError(
+                f"counterfactual_weight_max ({counterfactual_weight_max}) is below counterfactual_weight "
+                f"({counterfactual_weight}), where the group DRO starts: raise it, or fix the weight with "
+                "counterfactual_eta=0"
+            )
+        self.counterfactual_weight_max = counterfactual_weight_max
+        # log of the weight of a counterfactual image in L_cl; moves when counterfactual_eta > 0
+        self.register_buffer("counterfactual_log_weight", torch.tensor(math.log(counterfactual_weight)))
         check_jitter(counterfactual_jitter)  # also when no bank is built: a wrong name is never ignored
         self.bank = (
             CounterfactualBank(jitter=counterfactual_jitter)
@@ -264,11 +295,11 @@ class GAIN(nn.Module):
             images = images.detach().requires_grad_(True)  # rrr differentiates the scores w.r.t. the input
         with capture_output(self.layer) as captured:
             scores = select_scores(self.model(images), self.output)
-        weights = None
-        if counterfactual is not None:
-            weights = torch.ones(scores.shape[0], dtype=scores.dtype, device=scores.device)
-            weights[num_batch:] = self.counterfactual_weight
-        loss_cl = classification_loss(scores, labels, self.multilabel, weights)
+        if counterfactual is None:
+            loss_cl = classification_loss(scores, labels, self.multilabel)
+        else:
+            per_image = classification_losses(scores, labels, self.multilabel)
+            loss_cl = weighted_mean(per_image, self._counterfactual_weights(per_image.detach(), num_batch))
         zero = loss_cl.new_zeros(())
         if not attend:
             return GAINOutput(
@@ -365,6 +396,19 @@ class GAIN(nn.Module):
             torch.cat([has_guide, flags]),
             extra,
         )
+
+    def _counterfactual_weights(self, per_image: Tensor, num_batch: int) -> Tensor:
+        """``(B + K,)`` weights of L_cl: 1 for the batch's images, ``exp(counterfactual_log_weight)`` for the
+        counterfactual ones, after the group-DRO step on this step's losses (``counterfactual_eta > 0``,
+        training only; on the device, no host sync)."""
+        if self.counterfactual_eta > 0 and self.training:
+            gap = per_image[num_batch:].mean() - per_image[:num_batch].mean()
+            self.counterfactual_log_weight += self.counterfactual_eta * gap.to(self.counterfactual_log_weight.dtype)
+            if self.counterfactual_weight_max is not None:
+                self.counterfactual_log_weight.clamp_(max=math.log(self.counterfactual_weight_max))
+        weights = torch.ones_like(per_image)
+        weights[num_batch:] = self.counterfactual_log_weight.exp().to(per_image.dtype)
+        return weights
 
     def counterfactual_count(self, batch_size: int) -> int:
         """Pasted images added to a batch of ``batch_size`` images: ``counterfactuals``, or ``ceil(B / 2)``

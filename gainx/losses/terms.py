@@ -11,21 +11,29 @@ from gainx.data.records import IGNORE
 AM_SCORES = ("auto", "sigmoid", "softmax", "logit")
 
 
-def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool, weights: Tensor | None = None) -> Tensor:
-    """L_cl: multi-label soft margin (multi-label data, as in the paper) or cross-entropy.
+def classification_losses(scores: Tensor, labels: Tensor, multilabel: bool) -> Tensor:
+    """``(B,)`` L_cl of each image: multi-label soft margin (multi-label data, as in the paper) or
+    cross-entropy.
 
     A row of ``labels`` with no class (all zeros; an object-free counterfactual image) asks for
     every class absent (multi-label) or, with cross-entropy, for the uniform distribution:
-    ``l_i = -(1/C) sum_c log p_ic``. ``weights`` (``(B,)``, optional) gives each image's share:
-    ``sum_i w_i l_i / sum_i w_i``.
+    ``l_i = -(1/C) sum_c log p_ic``.
     """
     if multilabel:
-        per_image = F.multilabel_soft_margin_loss(scores, labels.to(scores.dtype), reduction="none")
-    else:
-        logp = F.log_softmax(scores, dim=1)
-        per_image = F.nll_loss(logp, labels.argmax(dim=1), reduction="none")  # cross-entropy
-        uniform = -logp.mean(dim=1)
-        per_image = torch.where(labels.amax(dim=1) > 0.5, per_image, uniform)
+        return F.multilabel_soft_margin_loss(scores, labels.to(scores.dtype), reduction="none")
+    logp = F.log_softmax(scores, dim=1)
+    per_image = F.nll_loss(logp, labels.argmax(dim=1), reduction="none")  # cross-entropy
+    return torch.where(labels.amax(dim=1) > 0.5, per_image, -logp.mean(dim=1))
+
+
+def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool, weights: Tensor | None = None) -> Tensor:
+    """L_cl: the mean of :func:`classification_losses`; ``weights`` (``(B,)``, optional) gives each
+    image's share: ``sum_i w_i l_i / sum_i w_i``."""
+    return weighted_mean(classification_losses(scores, labels, multilabel), weights)
+
+
+def weighted_mean(per_image: Tensor, weights: Tensor | None) -> Tensor:
+    """``sum_i w_i l_i / sum_i w_i`` (the plain mean without ``weights``)."""
     if weights is None:
         return per_image.mean()
     if weights.shape != per_image.shape:

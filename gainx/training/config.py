@@ -25,7 +25,7 @@ class TrainConfig:
     guide: str | None = None  # VOC and COCO: masks (default) | boxes | none (gainx.data.load_dataset)
     augment: bool = False
     alpha: float | None = None  # weight of L_am (eq. 6); None: by method (gainx.losses.gain.ALPHA_BY_METHOD)
-    omega_e: float = 1.0  # weight of L_e (eq. 8)
+    omega_e: float = 0.2  # weight of L_e (eq. 8)
     sigma: float = 0.5  # mask threshold (eq. 4)
     omega: float = 10.0  # mask scale (eq. 4)
     second_order: bool = False
@@ -35,7 +35,9 @@ class TrainConfig:
     backend: str = "auto"
     guidance: str = "counterfactual"  # paper | scaled | all_classes | signed | rrr | rrr_classes | counterfactual
     counterfactuals: int | None = None  # pasted images added to each batch (guidance "counterfactual"); None: half
-    counterfactual_weight: float = 4.0  # weight of a pasted image in L_cl relative to a batch image
+    counterfactual_weight: float = 1.0  # weight of a pasted image in L_cl relative to a batch image (at start)
+    counterfactual_eta: float = 0.1  # group-DRO step size of that weight (0: fixed)
+    counterfactual_weight_max: float | None = 4.0  # the most the group DRO raises it to (None: no bound)
     counterfactual_jitter: str = "colour"  # none | colour | geometry | all (gainx.losses.counterfactual.JITTERS)
     counterfactual_backgrounds: int = 0  # object-free backgrounds (no label) added to each batch
     weights: str | None = None  # local backbone weights file

@@ -89,7 +89,7 @@ def objective_line(objective: GAIN, am_warmup: int, batch_size: int) -> str:
     else:
         images = (
             f", {objective.counterfactual_count(batch_size)} counterfactual images per batch of {batch_size}, "
-            f"jitter {objective.bank.jitter}"
+            f"weight {_counterfactual_weight(objective)}, jitter {objective.bank.jitter}"
             if objective.bank is not None
             else ""
         )
@@ -99,3 +99,9 @@ def objective_line(objective: GAIN, am_warmup: int, batch_size: int) -> str:
         )
     start = f"; the attention terms from epoch {am_warmup + 1}" if am_warmup else ""
     return f"objective: {terms}{start}"
+
+
+def _counterfactual_weight(objective: GAIN) -> str:
+    """The weight of a counterfactual image in L_cl: fixed, or where its group DRO starts."""
+    start, eta = f"{objective.counterfactual_weight:g}", objective.counterfactual_eta
+    return start if eta == 0 else f"{start} moved by group DRO (eta {eta:g})"

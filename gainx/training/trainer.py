@@ -138,6 +138,8 @@ class Trainer:
             guidance=cfg.guidance,
             counterfactuals=cfg.counterfactuals,
             counterfactual_weight=cfg.counterfactual_weight,
+            counterfactual_eta=cfg.counterfactual_eta,
+            counterfactual_weight_max=cfg.counterfactual_weight_max,
             counterfactual_jitter=cfg.counterfactual_jitter,
             counterfactual_backgrounds=cfg.counterfactual_backgrounds,
         )
@@ -213,7 +215,12 @@ class Trainer:
         of the last steps; this process's, so a DDP run's other ranks resume with it too). ``best.pt``, the
         file a model is shipped from, holds no training images."""
         bank = self.objective.bank
-        return {} if bank is None else {"counterfactual_bank": bank.state_dict()}
+        if bank is None:
+            return {}
+        return {
+            "counterfactual_bank": bank.state_dict(),
+            "counterfactual_log_weight": self.objective.counterfactual_log_weight.detach().cpu(),
+        }
 
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
@@ -237,6 +244,7 @@ class Trainer:
         set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
         if self.objective.bank is not None and "counterfactual_bank" in state:
             self.objective.bank.load_state_dict(state["counterfactual_bank"], self.device)
+            self.objective.counterfactual_log_weight.copy_(state["counterfactual_log_weight"])
         self.start_epoch = self.saved_epoch = int(state["epoch"])
         self.best = state.get("best")
         self._continue_schedule(path, int(state["config"]["epochs"]))
