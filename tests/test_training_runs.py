@@ -88,7 +88,18 @@ def test_every_epoch_prints_a_summary_line_without_progress_bars(decoy_dir, tmp_
     for line in lines:
         assert "loss " in line and "(cl " in line and "am " in line and "train acc " in line
         assert "val accuracy " in line and " lr " in line and line.endswith("s")
-    assert "(best)" in lines[0]
+    assert "(best)" in lines[0] and "counterfactual weight" not in lines[0]
+
+
+def test_a_counterfactual_run_logs_the_weight_of_its_images(decoy_dir, tmp_path, capsys):
+    """The group DRO moves the counterfactual images' weight; each epoch's value is printed and in metrics.csv."""
+    train(_cfg(decoy_dir, tmp_path / "run", epochs=2, method="gainext", guidance="counterfactual"))
+    lines = capsys.readouterr().out.splitlines()
+    printed = [float(line.split("counterfactual weight ")[1].split(" ")[0]) for line in lines]
+    with open(tmp_path / "run" / "metrics.csv") as fh:
+        logged = [float(row["counterfactual_weight"]) for row in csv.DictReader(fh)]
+    assert printed == pytest.approx(logged, abs=0.005) and len(logged) == 2
+    assert logged[-1] != pytest.approx(1.0) and 0 < logged[-1] <= 4.0  # moved from its start, within its bound
 
 
 def test_default_optimizer_trains_the_decoy_in_three_epochs(tmp_path):

@@ -61,8 +61,9 @@ def epoch_summary(
     """One line for the console: losses (eq. 6 / 8 terms), accuracies, learning rate and time of an epoch.
 
     ``metrics`` holds ``loss``, ``loss_cl``, ``loss_am``, ``loss_e``, ``train_acc``, ``lr``, ``seconds`` and
-    optionally ``val_<metric>``; ``best`` marks a new best validation value; ``validation`` names the data the
-    ``val_`` values were measured on (``"val accuracy (10% of train held out) 0.912"``).
+    optionally ``val_<metric>`` and ``counterfactual_weight`` (a counterfactual image's weight in L_cl);
+    ``best`` marks a new best validation value; ``validation`` names the data the ``val_`` values were
+    measured on (``"val accuracy (10% of train held out) 0.912"``).
     """
     source = f" ({validation})" if validation else ""
     parts = [
@@ -76,5 +77,7 @@ def epoch_summary(
     ]
     if best:
         parts[-1] += " (best)"
+    if "counterfactual_weight" in metrics:
+        parts.append(f"counterfactual weight {metrics['counterfactual_weight']:.2f}")
     parts += [f"lr {metrics['lr']:.3g}", f"{metrics['seconds']:.1f}s"]
     return " | ".join(parts)

@@ -321,7 +321,7 @@ class Trainer:
             bar.set_postfix(loss=f"{out.loss.item():.3f}")
         totals = all_reduce_mean(totals, self.dist)
         count = max(totals[5].item(), 1.0)
-        return {
+        metrics = {
             "loss": totals[0].item() / count,
             "loss_cl": totals[1].item() / count,
             "loss_am": totals[2].item() / count,
@@ -329,6 +329,9 @@ class Trainer:
             "train_acc": totals[4].item() / count,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+        if self.objective.bank is not None:  # where the group DRO has moved it (fixed without one)
+            metrics["counterfactual_weight"] = self.objective.counterfactual_log_weight.exp().item()
+        return metrics
 
     def fit(self) -> Path:
         path = self.out / CHECKPOINT
