@@ -45,9 +45,10 @@ TRAIN_HELP = {
     "each batch with --guidance counterfactual (default: half the batch, rounded up)",
     "counterfactual_weight": "weight of a counterfactual image in L_cl relative to an image of the batch (where it "
     "starts with --counterfactual-eta)",
-    "counterfactual_eta": "step size of the online group DRO that moves that weight after each step by "
-    "exp(eta (mean counterfactual L_cl - mean batch L_cl)); 0 keeps it fixed",
-    "counterfactual_weight_max": "the most the group DRO raises the weight of a counterfactual image to",
+    "counterfactual_eta": "step size of the online group DRO that multiplies that weight at each step, before "
+    "L_cl is formed, by exp(eta (mean counterfactual L_cl - mean batch L_cl)); 0 keeps it fixed",
+    "counterfactual_weight_max": "the most the group DRO raises the weight of a counterfactual image to (inf: no "
+    "bound)",
     "counterfactual_jitter": "change each pasted object first: none | colour (permute its colour channels) | "
     "geometry (flip, rescale by 0.75-1.25) | all",
     "counterfactual_backgrounds": "object-free backgrounds of annotated images, labelled with no class (trained "

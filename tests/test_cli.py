@@ -322,7 +322,8 @@ def test_the_start_summary_names_the_objective_and_its_weights():
     default = objective_line(GAIN(model, "features", method="gainext"), 1, 63)
     assert default == (
         "objective: GAINext (eq. 8): L_cl + 0 L_am + 0.2 L_e (guidance counterfactual, 32 counterfactual images per "
-        "batch of 63, weight 1 moved by group DRO (eta 0.1), jitter colour); the attention terms from epoch 2"
+        "batch of 63, weight 1 moved by group DRO (eta 0.1, at most 4), jitter colour); the attention terms from "
+        "epoch 2"
     )
     fixed = objective_line(GAIN(model, "features", method="gainext", counterfactuals=5, counterfactual_eta=0), 0, 64)
     assert "5 counterfactual images per batch of 64, weight 1, jitter" in fixed

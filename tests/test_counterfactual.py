@@ -313,13 +313,27 @@ def test_group_dro_weight_follows_the_gap_up_to_its_bound():
         counterfactual_weight_max=4.0,
     )
     losses = torch.tensor([1.0, 1.0, 1.5, 1.5, 1.5])  # two batch images, three counterfactual ones: gap 0.5
-    weights = gain._counterfactual_weights(losses, 2)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    weights = gain._counterfactual_weights(losses, labels, 2)
     torch.testing.assert_close(weights, torch.tensor([1.0, 1.0, *[math.exp(0.25)] * 3]))
     for _ in range(20):  # a persistent gap raises the weight to its bound and no further
-        weights = gain._counterfactual_weights(losses, 2)
+        weights = gain._counterfactual_weights(losses, labels, 2)
     torch.testing.assert_close(weights[2:], torch.full((3,), 4.0))
     easier = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])  # counterfactual images easier: the weight falls
-    assert gain._counterfactual_weights(easier, 2)[2] < 4.0
+    assert gain._counterfactual_weights(easier, labels, 2)[2] < 4.0
+    # an object-free background (no class) counts in L_cl but not in the gap: here only it is hard
+    start = gain.counterfactual_log_weight.clone()
+    backgrounds = labels.clone()
+    backgrounds[4] = 0.0
+    gain._counterfactual_weights(torch.tensor([1.0, 1.0, 1.0, 1.0, 9.0]), backgrounds, 2)
+    torch.testing.assert_close(gain.counterfactual_log_weight, start)
+    only_backgrounds = torch.zeros_like(labels)
+    only_backgrounds[:2] = labels[:2]
+    gain._counterfactual_weights(torch.tensor([1.0, 1.0, 9.0, 9.0, 9.0]), only_backgrounds, 2)
+    torch.testing.assert_close(gain.counterfactual_log_weight, start)  # no pasted image: no step
+    with torch.no_grad():  # not while evaluating
+        gain._counterfactual_weights(losses, labels, 2)
+    torch.testing.assert_close(gain.counterfactual_log_weight, start)
     with pytest.raises(ValueError, match=r"counterfactual_weight_max \(2.0\) is below counterfactual_weight \(4.0\)"):
         GAIN(
             SmallCNN(num_classes=2, width=4),
@@ -335,7 +349,18 @@ def test_group_dro_weight_follows_the_gap_up_to_its_bound():
         counterfactual_eta=0.0,
         counterfactual_weight_max=4.0,
     )
-    assert fixed._counterfactual_weights(losses, 2)[2] == 8.0
+    assert fixed._counterfactual_weights(losses, labels, 2)[2] == 8.0
+
+
+def test_a_state_saved_before_the_group_dro_loads_strictly_and_keeps_the_weight():
+    gain = GAIN(SmallCNN(num_classes=2, width=4), "features", counterfactual_weight=2.0)
+    old = {k: v for k, v in gain.state_dict().items() if k != "counterfactual_log_weight"}
+    gain.counterfactual_log_weight.fill_(5.0)
+    gain.load_state_dict(old)  # strict
+    assert gain.counterfactual_log_weight.item() == pytest.approx(5.0)  # kept: nothing in the state replaces it
+    fresh = GAIN(SmallCNN(num_classes=2, width=4), "features", counterfactual_weight=2.0)
+    fresh.load_state_dict(gain.state_dict())
+    assert fresh.counterfactual_log_weight.item() == pytest.approx(5.0)  # saved and restored with the objective
 
 
 def test_bank_draws_object_free_backgrounds_with_no_label():

@@ -117,6 +117,10 @@ def test_bias_experiment_cooccur_with_guidance_variant_and_oracle(tmp_path):
     assert "Signed evidence" in md and len(report["evidence_table"]) == len(keys)
     for run in report["runs"]:  # object + background evidence of each run, cached next to its checkpoint
         assert set(run["evidence"]) >= {"gt_object", "gt_background", "other_object", "other_background"}
+        # the counterfactual images' final weight in L_cl, for the runs that paste them
+        assert ("counterfactual_weight" in run) == (run["key"] == "recipe-default-masks-0.05"), run["key"]
+    recipe = next(run for run in report["runs"] if run["key"] == "recipe-default-masks-0.05")
+    assert 0 < recipe["counterfactual_weight"] <= 4.0
 
 
 def test_parallel_jobs_give_the_results_of_one_process(tmp_path):

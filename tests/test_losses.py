@@ -9,7 +9,7 @@ import torch
 
 from gainx.losses import GAIN, attention_mining_loss, classification_loss, guidance_loss
 from gainx.losses.bn import frozen_bn_stats
-from gainx.losses.terms import am_class_score, per_image_mean
+from gainx.losses.terms import am_class_score, classification_losses, per_image_mean, weighted_mean
 from gainx.models import SmallCNN
 from gainx.ops import attention_erase_eager, soft_mask
 
@@ -24,10 +24,11 @@ def test_classification_loss_hand_values():
     soft_margin = ((sp(2) + sp(0)) / 2 + (sp(0) + sp(0)) / 2) / 2
     assert classification_loss(scores, multi, multilabel=True).item() == pytest.approx(soft_margin, rel=1e-6)
     l0, l1 = -math.log(math.exp(2) / (math.exp(2) + 1)), -math.log(0.5)
-    weighted = classification_loss(scores, one_hot, multilabel=False, weights=torch.tensor([1.0, 3.0]))
+    per_image = classification_losses(scores, one_hot, multilabel=False)
+    weighted = weighted_mean(per_image, torch.tensor([1.0, 3.0]))
     assert weighted.item() == pytest.approx((l0 + 3 * l1) / 4, rel=1e-6)
     with pytest.raises(ValueError, match=r"weights must be \(2,\)"):
-        classification_loss(scores, one_hot, multilabel=False, weights=torch.ones(3))
+        weighted_mean(per_image, torch.ones(3))
 
 
 def test_counterfactual_images_weigh_counterfactual_weight_in_l_cl():

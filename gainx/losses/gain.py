@@ -25,6 +25,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -218,12 +219,13 @@ class GAIN(nn.Module):
         if bounded and not counterfactual_weight_max >= counterfactual_weight:
             raise ValueError(
                 f"counterfactual_weight_max ({counterfactual_weight_max}) is below counterfactual_weight "
-                f"({counterfactual_weight}), where the group DRO starts: raise it, or fix the weight with "
-                "counterfactual_eta=0"
+                f"({counterfactual_weight}), where the group DRO starts: raise it (--counterfactual-weight-max), "
+                "or fix the weight with counterfactual_eta=0 (--counterfactual-eta 0)"
             )
         self.counterfactual_weight_max = counterfactual_weight_max
         # log of the weight of a counterfactual image in L_cl; moves when counterfactual_eta > 0
-        self.register_buffer("counterfactual_log_weight", torch.tensor(math.log(counterfactual_weight)))
+        device = next(model.parameters(), torch.empty(0)).device
+        self.register_buffer("counterfactual_log_weight", torch.tensor(math.log(counterfactual_weight), device=device))
         check_jitter(counterfactual_jitter)  # also when no bank is built: a wrong name is never ignored
         self.bank = (
             CounterfactualBank(jitter=counterfactual_jitter)
@@ -299,7 +301,8 @@ class GAIN(nn.Module):
             loss_cl = classification_loss(scores, labels, self.multilabel)
         else:
             per_image = classification_losses(scores, labels, self.multilabel)
-            loss_cl = weighted_mean(per_image, self._counterfactual_weights(per_image.detach(), num_batch))
+            weights = self._counterfactual_weights(per_image.detach(), labels, num_batch)
+            loss_cl = weighted_mean(per_image, weights)
         zero = loss_cl.new_zeros(())
         if not attend:
             return GAINOutput(
@@ -397,13 +400,28 @@ class GAIN(nn.Module):
             extra,
         )
 
-    def _counterfactual_weights(self, per_image: Tensor, num_batch: int) -> Tensor:
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """A state saved before the group DRO existed (no ``counterfactual_log_weight``) loads, strict or not,
+        and keeps this objective's weight (where it starts, for a new one)."""
+        key = prefix + "counterfactual_log_weight"
+        if key not in state_dict:
+            state_dict[key] = self.counterfactual_log_weight.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _counterfactual_weights(self, per_image: Tensor, labels: Tensor, num_batch: int) -> Tensor:
         """``(B + K,)`` weights of L_cl: 1 for the batch's images, ``exp(counterfactual_log_weight)`` for the
-        counterfactual ones, after the group-DRO step on this step's losses (``counterfactual_eta > 0``,
-        training only; on the device, no host sync)."""
-        if self.counterfactual_eta > 0 and self.training:
-            gap = per_image[num_batch:].mean() - per_image[:num_batch].mean()
-            self.counterfactual_log_weight += self.counterfactual_eta * gap.to(self.counterfactual_log_weight.dtype)
+        counterfactual ones, after the group-DRO step on this step's losses (``counterfactual_eta > 0``; only
+        while the model trains with gradients; the gap is taken over the pasted images, not the object-free
+        backgrounds, whose uniform target is no measure of the context; on the device, no host sync)."""
+        if self.counterfactual_log_weight.device != per_image.device:  # a model moved after GAIN was built
+            self.counterfactual_log_weight = self.counterfactual_log_weight.to(per_image.device)
+        if self.counterfactual_eta > 0 and self.model.training and torch.is_grad_enabled():
+            extra = per_image[num_batch:]
+            pasted = (labels[num_batch:].amax(dim=1) > 0.5).to(extra.dtype)  # object-free backgrounds have no class
+            count = pasted.sum()
+            gap = (extra * pasted).sum() / count.clamp_min(1) - per_image[:num_batch].mean()
+            step = self.counterfactual_eta * gap * (count > 0)  # no pasted image: no step
+            self.counterfactual_log_weight += step.to(self.counterfactual_log_weight.dtype)
             if self.counterfactual_weight_max is not None:
                 self.counterfactual_log_weight.clamp_(max=math.log(self.counterfactual_weight_max))
         weights = torch.ones_like(per_image)

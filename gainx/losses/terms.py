@@ -26,16 +26,13 @@ def classification_losses(scores: Tensor, labels: Tensor, multilabel: bool) -> T
     return torch.where(labels.amax(dim=1) > 0.5, per_image, -logp.mean(dim=1))
 
 
-def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool, weights: Tensor | None = None) -> Tensor:
-    """L_cl: the mean of :func:`classification_losses`; ``weights`` (``(B,)``, optional) gives each
-    image's share: ``sum_i w_i l_i / sum_i w_i``."""
-    return weighted_mean(classification_losses(scores, labels, multilabel), weights)
+def classification_loss(scores: Tensor, labels: Tensor, multilabel: bool) -> Tensor:
+    """L_cl: the mean of :func:`classification_losses`."""
+    return classification_losses(scores, labels, multilabel).mean()
 
 
-def weighted_mean(per_image: Tensor, weights: Tensor | None) -> Tensor:
-    """``sum_i w_i l_i / sum_i w_i`` (the plain mean without ``weights``)."""
-    if weights is None:
-        return per_image.mean()
+def weighted_mean(per_image: Tensor, weights: Tensor) -> Tensor:
+    """``sum_i w_i l_i / sum_i w_i``: L_cl with each image's share given by ``weights`` (``(B,)``)."""
     if weights.shape != per_image.shape:
         raise ValueError(f"weights must be ({per_image.shape[0]},), got {tuple(weights.shape)}")
     return (per_image * weights).sum() / weights.sum()

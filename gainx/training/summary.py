@@ -9,6 +9,7 @@ Grad-CAM maps (eq. 1-2) have the feature map's resolution before upsampling, so 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -104,4 +105,8 @@ def objective_line(objective: GAIN, am_warmup: int, batch_size: int) -> str:
 def _counterfactual_weight(objective: GAIN) -> str:
     """The weight of a counterfactual image in L_cl: fixed, or where its group DRO starts."""
     start, eta = f"{objective.counterfactual_weight:g}", objective.counterfactual_eta
-    return start if eta == 0 else f"{start} moved by group DRO (eta {eta:g})"
+    most = objective.counterfactual_weight_max
+    if eta == 0:
+        return start
+    bound = "" if most is None or math.isinf(most) else f", at most {most:g}"
+    return f"{start} moved by group DRO (eta {eta:g}{bound})"

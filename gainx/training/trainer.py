@@ -66,6 +66,7 @@ def pick_device(name: str) -> torch.device:
 
 
 OPTIMIZERS = ("adamw", "sgd")
+BANK_CHECKPOINT_BYTES = 256 * 2**20  # a larger counterfactual bank is not written into last.pt
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -166,6 +167,7 @@ class Trainer:
         )
         self.start_epoch = 0
         self.saved_epoch: int | None = None  # the epoch whose (finite) weights last.pt holds
+        self.bank_note_shown = False  # resume_state says once that the bank is too large for last.pt
 
     def _announce(self) -> None:
         cfg, ds = self.cfg, self.dataset
@@ -211,16 +213,29 @@ class Trainer:
         }
 
     def resume_state(self) -> dict[str, Any]:
-        """What only ``last.pt`` carries, for resuming: the counterfactual bank (the annotated training images
-        of the last steps; this process's, so a DDP run's other ranks resume with it too). ``best.pt``, the
-        file a model is shipped from, holds no training images."""
+        """What only ``last.pt`` carries, for resuming: the counterfactual images' weight and their bank (the
+        annotated training images of the last steps; this process's, so a DDP run's other ranks resume with
+        it too), unless the bank holds more than :data:`BANK_CHECKPOINT_BYTES` (large images, many classes):
+        then a resumed run refills it and draws other images than an uninterrupted one. ``best.pt``, the file
+        a model is shipped from, holds no training images."""
         bank = self.objective.bank
         if bank is None:
             return {}
-        return {
-            "counterfactual_bank": bank.state_dict(),
-            "counterfactual_log_weight": self.objective.counterfactual_log_weight.detach().cpu(),
-        }
+        state = {"counterfactual_log_weight": self.objective.counterfactual_log_weight.detach().cpu()}
+        stored = bank.state_dict()
+        size = sum(t.numel() * t.element_size() for t in stored.values() if isinstance(t, torch.Tensor))
+        if size <= BANK_CHECKPOINT_BYTES:
+            return {**state, "counterfactual_bank": stored}
+        if not self.bank_note_shown:
+            self.bank_note_shown = True
+            print(
+                f"note: the counterfactual bank ({size / 2**20:.0f} MiB) is larger than "
+                f"{BANK_CHECKPOINT_BYTES // 2**20} MiB and is not written into last.pt: --resume refills it, so a "
+                "resumed run draws other counterfactual images than an uninterrupted one",
+                file=sys.stderr,
+                flush=True,
+            )
+        return state
 
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
@@ -244,6 +259,7 @@ class Trainer:
         set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
         if self.objective.bank is not None and "counterfactual_bank" in state:
             self.objective.bank.load_state_dict(state["counterfactual_bank"], self.device)
+        if "counterfactual_log_weight" in state:
             self.objective.counterfactual_log_weight.copy_(state["counterfactual_log_weight"])
         self.start_epoch = self.saved_epoch = int(state["epoch"])
         self.best = state.get("best")
