@@ -250,6 +250,7 @@ def test_a_restored_bank_draws_what_the_saved_one_draws(added):
     for i in range(added):
         saved.add(images[i : i + 1], guide[i : i + 1], labels[i : i + 1])
     state = saved.state_dict()
+    assert saved.nbytes == sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t))
     assert state["size"] == min(added, 4) and all(t.device.type == "cpu" for t in state.values() if torch.is_tensor(t))
     restored = CounterfactualBank(capacity=4, jitter="colour")
     restored.load_state_dict(state)

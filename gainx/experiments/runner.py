@@ -9,7 +9,6 @@ experiment command continues where it stopped.
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -24,8 +23,9 @@ from gainx.evaluation import evaluate
 from gainx.experiments.specs import Benchmark, Profile, RunSpec
 from gainx.experiments.variants import write_variant
 from gainx.io import atomic_write_text
-from gainx.models import load_checkpoint, load_model
+from gainx.models import load_model
 from gainx.training import TrainConfig
+from gainx.training.metrics_log import read_metrics
 from gainx.training.presets import EXPERIMENT_TRAINING, preset
 from gainx.training.trainer import train
 
@@ -122,9 +122,9 @@ def run_one(
         "benchmark": bench.name,
         "train_seconds": round(time.perf_counter() - start, 1),
     }
-    log_weight = load_checkpoint(checkpoint).get("counterfactual_log_weight")
-    if log_weight is not None:  # the counterfactual images' weight in L_cl at the end (group DRO)
-        result["counterfactual_weight"] = round(math.exp(float(log_weight)), 3)
+    last_epoch = (read_metrics(out / "metrics.csv") or [{}])[-1]
+    if "counterfactual_weight" in last_epoch:  # the counterfactual images' weight in L_cl at the end (group DRO)
+        result["counterfactual_weight"] = round(last_epoch["counterfactual_weight"], 3)
     model, meta = load_model(checkpoint)
     for split in bench.splits:
         report = evaluate(model, load_dataset(base, split, image_size=tuple(meta["image_size"])), meta["target_layer"])

@@ -90,6 +90,13 @@ class CounterfactualBank:
         self.size = min(self.size + n, self.capacity)
         return n
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes :meth:`state_dict` holds: the filled rows of the images, guides and labels."""
+        if self.images is None:
+            return 0
+        return sum(t[: self.size].numel() * t.element_size() for t in (self.images, self.guides, self.labels))
+
     def state_dict(self) -> dict[str, Any]:
         """The stored images, guides and labels (the filled rows, on the CPU) and the next row to write;
         the cleaned backgrounds are recomputed from them on load."""

@@ -12,6 +12,15 @@ from gainx._extras import MissingExtraError, require
 from gainx.io import atomic_write_text
 
 
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of a run's ``metrics.csv`` (one per finished epoch, ``epoch`` first); none if it does not exist.
+    A column a row has no value in (one logged only by some runs) is left out of that row."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
 class MetricsLog:
     """Append-only table of per-epoch metrics, persisted after every epoch.
 
@@ -21,10 +30,7 @@ class MetricsLog:
 
     def __init__(self, out: Path, tensorboard: bool = True) -> None:
         self.path = out / "metrics.csv"
-        self.rows: list[dict[str, float]] = []
-        if self.path.exists():
-            with self.path.open(newline="") as fh:
-                self.rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+        self.rows = read_metrics(self.path)
         self.writer = None
         if tensorboard:
             try:

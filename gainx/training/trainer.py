@@ -222,10 +222,9 @@ class Trainer:
         if bank is None:
             return {}
         state = {"counterfactual_log_weight": self.objective.counterfactual_log_weight.detach().cpu()}
-        stored = bank.state_dict()
-        size = sum(t.numel() * t.element_size() for t in stored.values() if isinstance(t, torch.Tensor))
+        size = bank.nbytes  # measured before the copy a bank too large for last.pt would not need
         if size <= BANK_CHECKPOINT_BYTES:
-            return {**state, "counterfactual_bank": stored}
+            return {**state, "counterfactual_bank": bank.state_dict()}
         if not self.bank_note_shown:
             self.bank_note_shown = True
             print(
