@@ -137,3 +137,25 @@ def test_missing_splits_are_named(user_data, tmp_path, capsys):
     assert "--oracle-split name splits of --data DIR" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one source at a time
         _cli([*base, "--benchmark", "decoy", "--data", str(user_data)])
+
+
+def test_every_run_fine_tunes_from_the_given_weights(user_data, tmp_path, capsys):
+    import torch
+
+    from gainx.models import build_model
+
+    start = build_model("small_cnn", 4)
+    torch.save(start.state_dict(), tmp_path / "start.pt")
+    argv = ["experiment", "bias", "--data", str(user_data), "--out", str(tmp_path / "out"), "--seeds", "0"]
+    argv += ["--consistent-split", "test_consistent", "--conflicting-split", "test_conflicting", "--epochs", "1"]
+    argv += ["--references", "baseline", "--recipes", "--guidances", "--model", "small_cnn"]
+    argv += ["--weights", str(tmp_path / "start.pt")]
+    assert _cli(argv) == 0
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert report["model"] == f"small_cnn fine-tuned from {tmp_path / 'start.pt'}"
+    assert report["model"] in (tmp_path / "out" / "results.md").read_text().splitlines()[0]
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pt")  # weights of another network: refused
+    argv[argv.index("--out") + 1], argv[-1] = str(tmp_path / "out2"), str(tmp_path / "other.pt")
+    capsys.readouterr()
+    assert _cli(argv) == 2
+    assert "other.pt" in capsys.readouterr().err

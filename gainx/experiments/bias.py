@@ -152,7 +152,12 @@ def run_bias_data(
         profile,
         threads,
         jobs,
-        {"data": str(bench.root), "epochs": profile.epochs, "training": profile.training_overrides()},
+        {
+            "data": str(bench.root),
+            "model": profile.model,
+            "epochs": profile.epochs,
+            "training": profile.training_overrides(),
+        },
         notes,
         evidence=localized,
     )
@@ -199,7 +204,7 @@ def _compare(
         "pointing_game": "pointing game (conflicting)",
     }
     table = markdown(report["table"], headers)
-    text = f"{bench.description}; mean ± std over seeds {seeds}\n\n{table}\n"
+    text = f"{bench.description}; {profile.model}; mean ± std over seeds {seeds}\n\n{table}\n"
     text += "".join(f"\n* {note}" for note in notes) + ("\n" if notes else "")
     if evidence:
         for r in results:

@@ -23,6 +23,8 @@ def _profile(args: argparse.Namespace):
         train_size=args.train_size,
         test_size=args.test_size,
         image_size=args.image_size,
+        arch=args.model,
+        weights=args.weights,
         alpha=args.alpha,
         omega_e=args.omega_e,
         counterfactuals=args.counterfactuals,
@@ -127,6 +129,17 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
     p.add_argument("--train-size", type=int, default=None, help="override the profile's training images")
     p.add_argument("--test-size", type=int, default=None, help="override the profile's images per test split")
     p.add_argument("--image-size", type=int, default=None, help="override the profile's image size")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="the network every run trains (default small_cnn; any gainx train --model, e.g. efficientnet_lite0)",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="its starting weights, as gainx train --weights: a local state dict, or pretrained (the file an installed "
+        "package ships, efficientnet_lite0); default: from scratch",
+    )
     p.add_argument("--alpha", type=float, default=None, help="override the weight of L_am (eq. 6)")
     p.add_argument("--omega-e", type=float, default=None, help="override the weight of the guidance loss (eq. 8)")
     p.add_argument(

@@ -93,7 +93,8 @@ def run_localization(
         "runs": results,
     }
     atomic_write_text(out / "results.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "results.md", f"{bench.description}; mean ± std over seeds {list(seeds)}\n\n{table}\n")
+    head = f"{bench.description}; {profile.model}; mean ± std over seeds {list(seeds)}"
+    atomic_write_text(out / "results.md", f"{head}\n\n{table}\n")
     seed = seeds[0]
     attention_figure(
         titled(finished_checkpoints(out, "shapes", [r["key"] for r in rows], seed)),

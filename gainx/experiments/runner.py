@@ -30,7 +30,6 @@ from gainx.training.presets import EXPERIMENT_TRAINING, preset
 from gainx.training.trainer import train
 
 RESULT = "result.json"
-ARCH = "small_cnn"
 
 
 def data_dir(root: Path, bench_name: str, seed: int, unbiased: bool = False) -> Path:
@@ -74,14 +73,15 @@ def base_data(bench: Benchmark, root: Path, seed: int, profile: Profile, unbiase
 def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile, bench: Benchmark | None = None) -> TrainConfig:
     """The training configuration of an experiment run: :data:`~gainx.training.presets.EXPERIMENT_TRAINING`,
     over it the run's preset (a recipe), over that the profile's overrides; then the run's own fields (method,
-    guidance, seed, epochs), on ``bench``'s training split (the oracle split for the oracle of a data set on
-    disk)."""
+    guidance, seed, epochs) and the profile's network and starting weights, on ``bench``'s training split (the
+    oracle split for the oracle of a data set on disk)."""
     settings = {**EXPERIMENT_TRAINING, **(preset(spec.preset) if spec.preset else {}), **profile.training_overrides()}
     on_disk = bench is not None and bench.root is not None
     run = {
         "data": str(data),
         "out": str(out),
-        "arch": ARCH,
+        "arch": profile.arch,
+        "weights": profile.weights,
         "method": spec.method,
         "guidance": spec.guidance,
         "epochs": profile.epochs,

@@ -80,6 +80,8 @@ class Profile:
     train_size: int
     test_size: int
     epochs: int
+    arch: str = "small_cnn"  # the network every run trains (gainx.models.build_model)
+    weights: str | None = None  # its starting weights: a local state dict, or "pretrained" (fine-tuning)
     batch_size: int | None = None
     lr: float | None = None
     am_warmup: int | None = None  # epochs of L_cl only (at most epochs - 1)
@@ -95,6 +97,11 @@ class Profile:
 
     def with_overrides(self, **values: Any) -> Profile:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    @property
+    def model(self) -> str:
+        """The network in words: ``small_cnn from scratch``, ``efficientnet_lite0 fine-tuned from pretrained``."""
+        return f"{self.arch} " + (f"fine-tuned from {self.weights}" if self.weights else "from scratch")
 
     def training_overrides(self) -> dict[str, Any]:
         """The training settings set in this profile (TrainConfig field -> value)."""
