@@ -58,6 +58,30 @@ def test_decoy_predicts_label_only_where_intended(decoy: Path) -> None:
     assert agreement < 0.2 and distinct == 10  # independent of the label: ~1/10 agree by chance
 
 
+def test_unbiased_training_swatches_change_nothing_else(decoy: Path, tmp_path: Path) -> None:
+    """``bias = 0.1`` (the oracle's data): the training swatch no longer tells the label; every other pixel,
+    every test image and every mask are those of the biased data at the same seed."""
+    sizes = dict(image_size=SIZE, seed=3, mask_fraction=0.1, train_size=TRAIN, test_size=TEST)
+    unbiased = write_decoy(tmp_path, bias=0.1, **sizes)
+    agreement, distinct = _agreement(unbiased, "train")
+    assert agreement < 0.2 and distinct == 10
+    assert json.loads((unbiased / "dataset.json").read_text())["generator"]["bias"] == 0.1
+    assert _rows(unbiased, "train") == _rows(decoy, "train")  # same labels and masks
+    geo = json.loads((decoy / "dataset.json").read_text())["generator"]
+    s, m, n = geo["swatch_size"], geo["swatch_margin"], geo["image_size"]
+    corners = np.zeros((n, n), dtype=bool)
+    for cy in (m, n - m - s):
+        for cx in (m, n - m - s):
+            corners[cy : cy + s, cx : cx + s] = True
+    for row in _rows(decoy, "train")[:50]:
+        a, b = (np.asarray(Image.open(root / row["path"])) for root in (decoy, unbiased))
+        assert (a[~corners] == b[~corners]).all(), row["path"]
+    for row in _rows(decoy, "test_random"):
+        assert Image.open(decoy / row["path"]).tobytes() == Image.open(unbiased / row["path"]).tobytes()
+    with pytest.raises(ValueError, match="bias must be in"):
+        write_decoy(tmp_path / "bad", bias=1.5, **sizes)
+
+
 def test_layout_masks_and_fraction(decoy: Path) -> None:
     assert (decoy / "classes.txt").read_text().split() == [str(d) for d in range(10)]
     meta = json.loads((decoy / "dataset.json").read_text())
@@ -138,10 +162,11 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(
         ["data", "decoy", "--out", str(tmp_path), "--size", "20", "--seed", "2", "--mask-fraction", "0.25",
-         "--train-size", "8", "--test-size", "4"]
+         "--train-size", "8", "--test-size", "4", "--bias", "0.5"]
     )  # fmt: skip
     assert args.func(args) == 0
     out = capsys.readouterr().out.strip()
-    assert "\n" not in out and str(tmp_path) in out and "train 8 (2 with masks)" in out
+    assert "\n" not in out and str(tmp_path) in out and "train 8 (2 with masks, bias 0.5)" in out
+    assert json.loads((tmp_path / "dataset.json").read_text())["generator"]["bias"] == 0.5
     ds = load_dataset(tmp_path, "train")
     assert len(ds) == 8 and ds.num_guided == 2 and ds.image_size == (20, 20)

@@ -86,8 +86,11 @@ def test_cues_cli_writes_a_readable_label_map_dataset(localization, tmp_path, ca
 
 def test_bias_experiment_decoy(tmp_path):
     report = run_bias("decoy", tmp_path, seeds=[0], budgets=[0.1], guidances=["paper"], recipes=(), profile=TINY)
-    assert [r["key"] for r in report["table"]] == ["baseline", "gain", "gainext-masks-0.1", "gainext-boxes-0.1"]
+    keys = ["baseline", "gain", "gainext-masks-0.1", "gainext-boxes-0.1", "baseline-unbiased-data"]
+    assert [r["key"] for r in report["table"]] == keys  # the oracle: the swatch drawn independently of the label
     assert report["splits"] == {"conflicting": "test_random", "consistent": "test_consistent"}
+    oracle_data = tmp_path / "data" / "decoy-seed0-unbiased" / "dataset.json"
+    assert json.loads(oracle_data.read_text())["generator"]["bias"] == 0.1
     for name in ("decoy_accuracy.png", "decoy_miou.png", "decoy_attention.png"):
         assert (tmp_path / name).stat().st_size > 0
     with pytest.raises(ValueError, match="bias benchmark"):

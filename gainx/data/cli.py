@@ -13,27 +13,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="dataset tools")
     commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     decoy = commands.add_parser("decoy", help="write the decoy-digits benchmark (CSV manifest layout)")
-    _generator_arguments(decoy, train_size=2000, test_size=500)
+    _generator_arguments(decoy, train_size=2000, test_size=500, context="swatch colour")
     decoy.set_defaults(func=_decoy)
     photos = commands.add_parser(
         "photos", help="write the photo-context bias benchmark: shapes on crops of real photographs (CSV manifest)"
     )
-    _generator_arguments(photos, train_size=2000, test_size=300)
+    _generator_arguments(photos, train_size=2000, test_size=300, context="photo")
     photos.add_argument("--val-size", type=int, default=None, help="images in val (default: --test-size)")
-    photos.add_argument(
-        "--bias", type=float, default=1.0, help="probability that a train image's photo is its label's (default 1)"
-    )
     photos.set_defaults(func=_photos)
 
 
-def _generator_arguments(parser: argparse.ArgumentParser, train_size: int, test_size: int) -> None:
-    """The arguments every benchmark generator takes."""
+def _generator_arguments(parser: argparse.ArgumentParser, train_size: int, test_size: int, context: str) -> None:
+    """The arguments every benchmark generator takes (``context``: what the bias ties to the label)."""
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--size", type=int, default=48, help="canvas size in pixels (default 48)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mask-fraction", type=float, default=0.05, help="fraction of train images with a mask")
     parser.add_argument("--train-size", type=int, default=train_size)
     parser.add_argument("--test-size", type=int, default=test_size, help="images in each of the two test splits")
+    parser.add_argument(
+        "--bias", type=float, default=1.0, help=f"probability that a train image's {context} is its label's (default 1)"
+    )
 
 
 def _sizes(args: argparse.Namespace) -> dict[str, int | float]:
@@ -43,6 +43,7 @@ def _sizes(args: argparse.Namespace) -> dict[str, int | float]:
         "mask_fraction": args.mask_fraction,
         "train_size": args.train_size,
         "test_size": args.test_size,
+        "bias": args.bias,
     }
 
 
@@ -50,14 +51,14 @@ def _decoy(args: argparse.Namespace) -> int:
     out = write_decoy(args.out, **_sizes(args))
     masked = round(args.mask_fraction * args.train_size)
     print(
-        f"decoy dataset in {out}: train {args.train_size} ({masked} with masks), "
+        f"decoy dataset in {out}: train {args.train_size} ({masked} with masks, bias {args.bias:g}), "
         f"test_consistent {args.test_size}, test_random {args.test_size}, {args.size}x{args.size}, seed {args.seed}"
     )
     return 0
 
 
 def _photos(args: argparse.Namespace) -> int:
-    out = write_photos(args.out, **_sizes(args), val_size=args.val_size, bias=args.bias)
+    out = write_photos(args.out, **_sizes(args), val_size=args.val_size)
     masked = round(args.mask_fraction * args.train_size)
     val = args.test_size if args.val_size is None else args.val_size
     print(

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gainx.data.synthetic import SHAPES, write_cooccur, write_decoy, write_photos, write_shapes
+from gainx.data.synthetic import DECOY_COLORS, SHAPES, write_cooccur, write_decoy, write_photos, write_shapes
 from gainx.losses.guidance import GUIDANCES
 from gainx.training.presets import PRESETS
 
@@ -40,6 +40,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         ("test_consistent", "test_random"),
         "test_random",
         "decoy digits: a corner colour swatch encodes the label in train, random in test_random",
+        unbiased={"bias": 1.0 / len(DECOY_COLORS)},
     ),
     "cooccur": Benchmark(
         "cooccur",

@@ -7,7 +7,9 @@ coloured swatch is painted in a random free corner. The swatch colour
 (:data:`DECOY_COLORS`) encodes a class:
 
 * ``train`` and ``test_consistent``: the swatch encodes the digit's label, so a
-  plain classifier can take the (much easier) colour shortcut;
+  plain classifier can take the (much easier) colour shortcut (in ``train``
+  with probability ``bias``, else another class's colour: ``bias = 0.1``
+  draws it independently of the label, the data of the oracle);
 * ``test_random``: same digits, placements and corners as ``test_consistent``,
   but the swatch encodes a uniformly random class, independent of the label.
 
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from gainx.data.manifest import write_manifest
-from gainx.data.synthetic.generator import masked_subset, save_png, start_dataset
+from gainx.data.synthetic.generator import biased_contexts, check_bias, masked_subset, save_png, start_dataset
 
 DECOY_COLORS: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -64,6 +66,7 @@ def write_decoy(
     mask_fraction: float = 0.05,
     train_size: int = 2000,
     test_size: int = 500,
+    bias: float = 1.0,
 ) -> Path:
     """Write the decoy-digits dataset to ``out`` and return ``out``.
 
@@ -72,7 +75,10 @@ def write_decoy(
     old ``manifest.csv`` in ``out`` is removed first and the new one written
     last (atomically), so a reader never sees a manifest of half-written files;
     image files of an earlier, larger run stay on disk but are not listed.
+    ``bias < 1`` draws the training swatches from a stream of their own, so every
+    other pixel is that of ``bias = 1`` at the same seed.
     """
+    check_bias(bias)
     out = start_dataset(out, image_size, train_size, test_size, mask_fraction)
     from sklearn.datasets import load_digits
 
@@ -87,7 +93,10 @@ def write_decoy(
     rows: list[tuple[str, str, str, str]] = []
     train = _draw(rng, pools["train"], train_size, digits.target, geo)
     masked = masked_subset(rng, train_size, mask_fraction)
-    rows += _write_split(out, "train", train, train["labels"], ink, geo, masked)
+    train_decoy = train["labels"]
+    if bias < 1.0:
+        train_decoy = np.array(biased_contexts(np.random.default_rng((seed, 1)), train_decoy, len(DECOY_COLORS), bias))
+    rows += _write_split(out, "train", train, train_decoy, ink, geo, masked)
     test = _draw(rng, pools["test"], test_size, digits.target, geo)
     everything = set(range(test_size))
     rows += _write_split(out, "test_consistent", test, test["labels"], ink, geo, everything)
@@ -101,6 +110,7 @@ def write_decoy(
         "generator": {
             **asdict(geo),
             "mask_fraction": mask_fraction,
+            "bias": bias,
             "train_size": train_size,
             "test_size": test_size,
             "train_masked": len(masked),
@@ -109,7 +119,7 @@ def write_decoy(
             "source_digits": {"train": len(pools["train"]), "test": len(pools["test"])},
             "decoy_colors": [list(c) for c in DECOY_COLORS],
             "splits": {
-                "train": "decoy colour = label",
+                "train": "decoy colour = label" if bias == 1.0 else f"decoy colour = label with probability {bias}",
                 "test_consistent": "decoy colour = label",
                 "test_random": "decoy colour uniformly random (same digits as test_consistent)",
             },
