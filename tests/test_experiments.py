@@ -246,7 +246,8 @@ def test_experiment_overrides_reach_every_run(tmp_path):
     spec = RunSpec("gainext", 0, annotation="masks", budget=0.05, guidance="counterfactual")
     cfg = train_config(spec, tmp_path / "data", tmp_path / "run", profile)
     assert (cfg.epochs, cfg.counterfactual_backgrounds, cfg.counterfactual_jitter) == (20, 8, "colour")
-    assert (cfg.arch, cfg.weights, profile.model) == ("small_cnn", None, "small_cnn from scratch")
+    assert (cfg.arch, cfg.weights, cfg.target_layer) == ("small_cnn", None, None)
+    assert profile.model == "small_cnn from scratch"
 
 
 def test_experiment_fine_tunes_the_named_network(tmp_path):
@@ -256,13 +257,13 @@ def test_experiment_fine_tunes_the_named_network(tmp_path):
 
     args = build_parser().parse_args(
         ["experiment", "localization", "--out", str(tmp_path), "--model", "efficientnet_lite0"]
-        + ["--weights", "pretrained"]
+        + ["--weights", "pretrained", "--target-layer", "_blocks.10"]
     )
     profile = _profile(args)
-    assert profile.model == "efficientnet_lite0 fine-tuned from pretrained"
+    assert profile.model == "efficientnet_lite0 fine-tuned from pretrained, attention at _blocks.10"
     for spec in (RunSpec("baseline", 1), RunSpec("baseline", 0, unbiased=True)):
         cfg = train_config(spec, tmp_path / "data", tmp_path / "run", profile)
-        assert (cfg.arch, cfg.weights) == ("efficientnet_lite0", "pretrained")
+        assert (cfg.arch, cfg.weights, cfg.target_layer) == ("efficientnet_lite0", "pretrained", "_blocks.10")
 
 
 def test_recipe_and_data_matrix_keys():

@@ -25,6 +25,7 @@ def _profile(args: argparse.Namespace):
         image_size=args.image_size,
         arch=args.model,
         weights=args.weights,
+        target_layer=args.target_layer,
         alpha=args.alpha,
         omega_e=args.omega_e,
         counterfactuals=args.counterfactuals,
@@ -139,6 +140,11 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
         default=None,
         help="its starting weights, as gainx train --weights: a local state dict, or pretrained (the file an installed "
         "package ships, efficientnet_lite0); default: from scratch",
+    )
+    p.add_argument(
+        "--target-layer",
+        default=None,
+        help="the layer of the attention (default: the arch's)",
     )
     p.add_argument("--alpha", type=float, default=None, help="override the weight of L_am (eq. 6)")
     p.add_argument("--omega-e", type=float, default=None, help="override the weight of the guidance loss (eq. 8)")

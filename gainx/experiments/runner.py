@@ -73,7 +73,7 @@ def base_data(bench: Benchmark, root: Path, seed: int, profile: Profile, unbiase
 def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile, bench: Benchmark | None = None) -> TrainConfig:
     """The training configuration of an experiment run: :data:`~gainx.training.presets.EXPERIMENT_TRAINING`,
     over it the run's preset (a recipe), over that the profile's overrides; then the run's own fields (method,
-    guidance, seed, epochs) and the profile's network and starting weights, on ``bench``'s training split (the
+    guidance, seed, epochs) and the profile's network, starting weights and layer, on ``bench``'s training split (the
     oracle split for the oracle of a data set on disk)."""
     settings = {**EXPERIMENT_TRAINING, **(preset(spec.preset) if spec.preset else {}), **profile.training_overrides()}
     on_disk = bench is not None and bench.root is not None
@@ -82,6 +82,7 @@ def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile, bench: 
         "out": str(out),
         "arch": profile.arch,
         "weights": profile.weights,
+        "target_layer": profile.target_layer,
         "method": spec.method,
         "guidance": spec.guidance,
         "epochs": profile.epochs,

@@ -83,6 +83,7 @@ class Profile:
     epochs: int
     arch: str = "small_cnn"  # the network every run trains (gainx.models.build_model)
     weights: str | None = None  # its starting weights: a local state dict, or "pretrained" (fine-tuning)
+    target_layer: str | None = None  # the layer of the attention (None: the arch's default)
     batch_size: int | None = None
     lr: float | None = None
     am_warmup: int | None = None  # epochs of L_cl only (at most epochs - 1)
@@ -101,8 +102,10 @@ class Profile:
 
     @property
     def model(self) -> str:
-        """The network in words: ``small_cnn from scratch``, ``efficientnet_lite0 fine-tuned from pretrained``."""
-        return f"{self.arch} " + (f"fine-tuned from {self.weights}" if self.weights else "from scratch")
+        """The network in words: ``small_cnn from scratch``, ``efficientnet_lite0 fine-tuned from pretrained``
+        (``, attention at <layer>`` when the layer is not the arch's default)."""
+        start = f"fine-tuned from {self.weights}" if self.weights else "from scratch"
+        return f"{self.arch} {start}" + (f", attention at {self.target_layer}" if self.target_layer else "")
 
     def training_overrides(self) -> dict[str, Any]:
         """The training settings set in this profile (TrainConfig field -> value)."""
