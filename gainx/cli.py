@@ -37,6 +37,10 @@ TRAIN_HELP = {
     "omega": "soft-mask scale (eq. 4)",
     "second_order": "train L_am through the Grad-CAM weights too (create_graph)",
     "freeze_bn_am": "keep batch-norm running stats unchanged in the attention-mining stream",
+    "bn_statistics": "the batch-norm running statistics a checkpoint holds: recompute (over the training images "
+    "with each epoch's final weights, other layers in eval mode; gainx.training.batch_norm), running (the layers' "
+    "moving averages) or auto (recompute when fine-tuning from --weights: the averages start from the weights' "
+    "data and may move slowly)",
     "am_score": "how s_c(I*) is read (eq. 5); auto: sigmoid for multi-label data, else softmax",
     "am_warmup": "epochs of L_cl only before the attention streams start",
     "backend": "where attention -> mask -> erase runs",
@@ -89,6 +93,7 @@ def _train_choices() -> dict[str, list[str]]:
     from gainx.losses.guidance import GUIDANCES
     from gainx.losses.terms import AM_SCORES
     from gainx.ops.attention_erase import available_backends
+    from gainx.training.batch_norm import BN_STATISTICS
     from gainx.training.schedule import SCHEDULERS
     from gainx.training.trainer import OPTIMIZERS
 
@@ -97,6 +102,7 @@ def _train_choices() -> dict[str, list[str]]:
         "optimizer": list(OPTIMIZERS),
         "scheduler": list(SCHEDULERS),
         "am_score": list(AM_SCORES),
+        "bn_statistics": list(BN_STATISTICS),
         "backend": ["auto", *available_backends()],
         "guidance": list(GUIDANCES),
         "guide": list(GUIDES),
@@ -217,14 +223,14 @@ def _cue_evaluator(args: argparse.Namespace) -> Callable[[str], dict]:
 
 
 def _model_evaluator(args: argparse.Namespace) -> Callable[[str], dict]:
-    from gainx.data import load_dataset
+    from gainx.data import load_split_for_model
     from gainx.evaluation import evaluate
     from gainx.models import load_model
 
     model, meta = load_model(args.checkpoint, model=args.model, trust_model_code=args.trust_model_code)
 
     def evaluate_split(split: str) -> dict:
-        dataset = load_dataset(args.data, split, image_size=tuple(meta["image_size"]))
+        dataset = load_split_for_model(args.data, split, meta)
         if list(dataset.classes) != list(meta["classes"]):
             raise ValueError(f"{args.data}: classes {dataset.classes} differ from the checkpoint's {meta['classes']}")
         return evaluate(

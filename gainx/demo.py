@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gainx.data import load_dataset
+from gainx.data import load_split_for_model
 from gainx.data.synthetic import write_decoy
 from gainx.evaluation import evaluate
 from gainx.explain import attention_figure
@@ -101,7 +101,7 @@ def run_demo(
         row: dict[str, Any] = {"train_seconds": round(time.perf_counter() - t0, 1)}
         model, meta = load_model(checkpoints[name])
         for split in SPLITS:
-            report = evaluate(model, load_dataset(data, split), meta["target_layer"])
+            report = evaluate(model, load_split_for_model(data, split, meta), meta["target_layer"])
             row[split] = {"accuracy": report["accuracy"], **report["localization"]}
         results["methods"][name] = row
         print(f"  {name:22s} trained in {row['train_seconds']:.0f}s")

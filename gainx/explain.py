@@ -127,6 +127,16 @@ def explained_classes(model: torch.nn.Module, images: torch.Tensor, labels: torc
     return predicted, predicted if explain == "predicted" else labels
 
 
+Normalization = tuple[Sequence[float], Sequence[float]]  # (mean, std) of the three channels
+
+
+def renormalized(images: torch.Tensor, given: Normalization, wanted: Normalization) -> torch.Tensor:
+    """``(N, 3, H, W)`` images normalized with the ``given`` (mean, std), normalized with the ``wanted`` ones
+    instead: each model sees its images as it was trained to (its checkpoint's mean and std)."""
+    g_mean, g_std, w_mean, w_std = (torch.tensor(v, dtype=images.dtype).view(1, 3, 1, 1) for v in (*given, *wanted))
+    return (images * g_std + g_mean - w_mean) / w_std
+
+
 def attention_figure(
     checkpoints: dict[str, Path],
     data: Path,
@@ -154,8 +164,9 @@ def attention_figure(
     cell_labels = [[""] for _ in rgb]
     for ckpt in checkpoints.values():
         model, meta = load_model(ckpt)
-        predicted, shown = explained_classes(model, images, labels, explain)
-        _, maps = attention_maps(model, images, meta["target_layer"], classes=shown.unsqueeze(1))
+        inputs = renormalized(images, (dataset.mean, dataset.std), (meta["mean"], meta["std"]))
+        predicted, shown = explained_classes(model, inputs, labels, explain)
+        _, maps = attention_maps(model, inputs, meta["target_layer"], classes=shown.unsqueeze(1))
         for r, im in enumerate(rgb):
             rows[r].append(overlay(im, maps[r, 0]))
             mark = "right" if hot[r, predicted[r]] > 0.5 else "wrong"

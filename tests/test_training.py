@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+from gainx.data import load_dataset
 from gainx.data.synthetic import write_decoy
-from gainx.models import load_checkpoint, load_model
+from gainx.models import build_model, load_checkpoint, load_model
 from gainx.training import TrainConfig, save_checkpoint
+from gainx.training.batch_norm import recompute_batch_norm_statistics
 from gainx.training.trainer import Trainer, train
 
 
@@ -179,3 +182,47 @@ def test_ddp_two_cpu_processes(decoy_dir, tmp_path):
     with open(out / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 1 and float(rows[0]["loss_am"]) > 0
+
+
+def _statistics_of(checkpoint: dict, data) -> dict[str, torch.Tensor]:
+    """The statistics recomputed over the training images (in order, full batches) with the checkpoint's weights."""
+    model = build_model("small_cnn", len(checkpoint["classes"]))
+    model.load_state_dict(checkpoint["model"])
+    images = DataLoader(load_dataset(data, "train"), batch_size=32, drop_last=True)
+    recompute_batch_norm_statistics(model, (b["image"] for b in images))
+    return {k: v for k, v in model.state_dict().items() if "running" in k or "num_batches_tracked" in k}
+
+
+def test_a_fine_tuned_run_saves_statistics_of_its_final_weights(decoy_dir, tmp_path):
+    torch.save(build_model("small_cnn", 10).state_dict(), tmp_path / "start.pt")
+    last = load_checkpoint(
+        train(_cfg(decoy_dir, tmp_path / "ft", val_split="none", weights=str(tmp_path / "start.pt")))
+    )
+    assert last["bn_statistics"] == "recomputed"
+    for key, value in _statistics_of(last, decoy_dir).items():
+        torch.testing.assert_close(last["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_recomputing_leaves_training_as_it_was_and_a_finished_run_can_recompute_on_resume(decoy_dir, tmp_path):
+    plain = load_checkpoint(train(_cfg(decoy_dir, tmp_path / "plain", bn_statistics="running", val_split="none")))
+    precise = load_checkpoint(train(_cfg(decoy_dir, tmp_path / "precise", bn_statistics="recompute", val_split="none")))
+    assert plain["bn_statistics"] == "running"
+    rows = {}
+    for name in ("plain", "precise"):
+        with open(tmp_path / name / "metrics.csv") as fh:
+            rows[name] = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
+    assert rows["plain"] == rows["precise"]  # same losses: the data order and augmentation were left alone
+    statistics = _statistics_of(precise, decoy_dir)
+    for key, value in precise["model"].items():
+        if key in statistics:
+            assert not torch.allclose(plain["model"][key], value), key  # the moving averages lag
+            torch.testing.assert_close(value, statistics[key], rtol=1e-5, atol=1e-6, msg=key)
+        else:
+            assert torch.equal(plain["model"][key], value), key  # weights identical
+    # the finished "running" run, resumed to recompute: only its statistics change, to the precise run's
+    resumed = load_checkpoint(
+        train(_cfg(decoy_dir, tmp_path / "plain", bn_statistics="recompute", resume=True, val_split="none"))
+    )
+    assert resumed["bn_statistics"] == "recomputed" and resumed["epoch"] == 2
+    for key, value in precise["model"].items():
+        assert torch.equal(resumed["model"][key], value), key

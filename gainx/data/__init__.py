@@ -19,6 +19,7 @@ from gainx._lazy import lazy_names
 _LAZY = {
     "GainDataset": "gainx.data.dataset",
     "load_dataset": "gainx.data.load",
+    "load_split_for_model": "gainx.data.load",
     "write_manifest": "gainx.data.manifest",
     "IGNORE": "gainx.data.records",
     "IMAGENET_MEAN": "gainx.data.records",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from gainx.data.coco import is_coco, load_coco
 from gainx.data.dataset import GainDataset
@@ -64,6 +66,15 @@ def load_dataset(
             root, split, image_size, augment, guide=guide or "masks", allow_outside_root=allow_outside_root
         )
     return load_imagefolder(root, split, image_size, augment, allow_outside_root=allow_outside_root)
+
+
+def load_split_for_model(root: str | Path, split: str, meta: Mapping[str, Any], **kwargs: Any) -> GainDataset:
+    """``split`` of ``root`` as the model of ``meta`` (a checkpoint's metadata, :func:`gainx.models.load_model`)
+    takes its images: at its input size, normalized with its mean and std (EfficientNet-Lite0's
+    ``(x - 127) / 128``, not ImageNet's, for instance). ``kwargs`` go to :func:`load_dataset`."""
+    dataset = load_dataset(root, split, image_size=tuple(meta["image_size"]), **kwargs)
+    dataset.set_normalization(meta["mean"], meta["std"])
+    return dataset
 
 
 def dataset_layout(root: str | Path) -> str:

@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from gainx.attention import attention_maps
-from gainx.data import load_dataset
+from gainx.data import load_dataset, load_split_for_model
 from gainx.data.manifest import write_manifest
 from gainx.data.records import IGNORE
 from gainx.evaluation import cue_mask
@@ -61,7 +61,7 @@ def write_cues(
     :func:`gainx.models.load_model`.
     """
     net, meta = load_model(checkpoint, model=model, trust_model_code=trust_model_code)
-    dataset = load_dataset(data, split, image_size=tuple(meta["image_size"]))
+    dataset = load_split_for_model(data, split, meta)
     if list(dataset.classes) != list(meta["classes"]):
         raise ValueError(f"{data}: classes {dataset.classes} differ from the checkpoint's {meta['classes']}")
     out = Path(out)

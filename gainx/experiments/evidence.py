@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from gainx.attention import attention_maps, class_evidence
 from gainx.attention.capture import capture_output, resolve_layer
-from gainx.data import load_dataset
+from gainx.data import load_split_for_model
 from gainx.losses.guidance import background
 from gainx.models import load_model
 from gainx.ops import upsample
@@ -34,7 +34,7 @@ def evidence_split(checkpoint: str | Path, data: str | Path, split: str, batch_s
     from the object (mask) and from the background, over the single-label images of ``split``
     that carry a mask; plus how often the background's net evidence favours the other class."""
     model, meta = load_model(checkpoint)
-    dataset = load_dataset(data, split, image_size=tuple(meta["image_size"]))
+    dataset = load_split_for_model(data, split, meta)
     layer = resolve_layer(model, meta["target_layer"])
     sums = torch.zeros(len(FIELDS), dtype=torch.float64)
     favours_other, count = 0, 0
@@ -71,7 +71,7 @@ def blank_map_fraction(checkpoint: str | Path, data: str | Path, split: str, bat
     """Fraction of (image, ground-truth class) pairs of ``split`` whose Grad-CAM map is zero everywhere:
     the class has no positive evidence ``ReLU(E_c)`` at any location (eq. 2)."""
     model, meta = load_model(checkpoint)
-    dataset = load_dataset(data, split, image_size=tuple(meta["image_size"]))
+    dataset = load_split_for_model(data, split, meta)
     blank, count = 0, 0
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         pair_img, pair_cls = torch.nonzero(batch["labels"] > 0.5, as_tuple=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from gainx.data import load_dataset
+from gainx.data import load_split_for_model
 from gainx.evaluation import evaluate
 from gainx.experiments.specs import Benchmark, Profile, RunSpec
 from gainx.experiments.variants import write_variant
@@ -116,19 +116,19 @@ def run_one(
     if done.exists():
         return json.loads(done.read_text(encoding="utf-8"))
     data = base if bench.root is not None else write_variant(base, spec.annotation, spec.budget, seed=spec.seed)
-    start = time.perf_counter()
     checkpoint = train(train_config(spec, data, out, profile, bench))
+    epochs = read_metrics(out / "metrics.csv")
     result: dict[str, Any] = {
         **spec.to_dict(),
         "benchmark": bench.name,
-        "train_seconds": round(time.perf_counter() - start, 1),
+        "train_seconds": round(sum(row["seconds"] for row in epochs), 1),  # every epoch's, resumed or not
     }
-    last_epoch = (read_metrics(out / "metrics.csv") or [{}])[-1]
+    last_epoch = (epochs or [{}])[-1]
     if "counterfactual_weight" in last_epoch:  # the counterfactual images' weight in L_cl at the end (group DRO)
         result["counterfactual_weight"] = round(last_epoch["counterfactual_weight"], 3)
     model, meta = load_model(checkpoint)
     for split in bench.splits:
-        report = evaluate(model, load_dataset(base, split, image_size=tuple(meta["image_size"])), meta["target_layer"])
+        report = evaluate(model, load_split_for_model(base, split, meta), meta["target_layer"])
         metric = report["metric"]
         result[split] = {metric: report[metric], **report["localization"]}
     if extra is not None:

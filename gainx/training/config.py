@@ -30,6 +30,7 @@ class TrainConfig:
     omega: float = 10.0  # mask scale (eq. 4)
     second_order: bool = False
     freeze_bn_am: bool = True
+    bn_statistics: str = "auto"  # auto | recompute | running (gainx.training.batch_norm); auto: recompute fine-tuning
     am_score: str = "auto"
     am_warmup: int = 1  # epochs of L_cl only before the attention streams start
     backend: str = "auto"

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from gainx.data import load_dataset
+from gainx.data.holdout import subset
 from gainx.data.load import dataset_layout, unused_boxes_hint
 from gainx.evaluation.evaluate import evaluate
 from gainx.io import atomic_write_text, remove_stale_temporaries
@@ -41,6 +42,7 @@ from gainx.losses import GAIN
 from gainx.models import build_model, default_target_layer
 from gainx.models.checkpoint import check_finite_weights, load_checkpoint, non_finite_tensors
 from gainx.models.registry import INPUT_NORMALIZATION
+from gainx.training.batch_norm import recompute_batch_norm_statistics, recomputes_statistics
 from gainx.training.checkpoint import save_checkpoint
 from gainx.training.config import TrainConfig
 from gainx.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
@@ -111,6 +113,7 @@ class Trainer:
         self.val = self.validation.dataset if self.validation else None
         self.val_split = self.validation.label if self.validation else None
         self.best: dict[str, Any] | None = None  # {"metric": "val_accuracy", "value": ..., "epoch": ...}
+        self.recompute_bn = recomputes_statistics(cfg.bn_statistics, cfg.weights)
         if cfg.method == "gainext" and self.dataset.num_guided == 0:
             raise ValueError(
                 f"method 'gainext' needs masks or boxes, but split {cfg.train_split!r} of {cfg.data} has none"
@@ -165,6 +168,13 @@ class Trainer:
             pin_memory=device.type == "cuda",
             persistent_workers=cfg.workers > 0,
         )
+        self.bn_loader = DataLoader(  # the training images as at test time (no flips), in a fixed order
+            subset(self.dataset, range(len(self.dataset)), augment=False),
+            batch_size=cfg.batch_size,
+            num_workers=cfg.workers,
+            drop_last=len(self.dataset) >= cfg.batch_size,  # no small last batch: every mean weighs alike
+        )
+        self.restored_bn: str | None = None  # what the resumed checkpoint's batch-norm statistics are
         self.start_epoch = 0
         self.saved_epoch: int | None = None  # the epoch whose (finite) weights last.pt holds
         self.bank_note_shown = False  # resume_state says once that the bank is too large for last.pt
@@ -186,6 +196,11 @@ class Trainer:
             grid=feature_map_size(self.model, self.target_layer, ds.image_size),
         )
         lines.append(objective_line(self.objective, cfg.am_warmup, cfg.batch_size))
+        if self.recompute_bn:
+            lines.append(
+                "batch norm: running statistics recomputed over the training images after each epoch "
+                f"(--bn-statistics {cfg.bn_statistics})"
+            )
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     # -- checkpoints -------------------------------------------------------
@@ -210,6 +225,7 @@ class Trainer:
             "rng": rng_state(),
             "best": self.best,
             "validation": self.validation.record if self.validation else None,
+            "bn_statistics": "recomputed" if self.recompute_bn else "running",
         }
 
     def resume_state(self) -> dict[str, Any]:
@@ -261,6 +277,7 @@ class Trainer:
         if "counterfactual_log_weight" in state:
             self.objective.counterfactual_log_weight.copy_(state["counterfactual_log_weight"])
         self.start_epoch = self.saved_epoch = int(state["epoch"])
+        self.restored_bn = state.get("bn_statistics", "running")
         self.best = state.get("best")
         self._continue_schedule(path, int(state["config"]["epochs"]))
 
@@ -364,6 +381,8 @@ class Trainer:
                 metrics = self.train_epoch(epoch)
                 self.scheduler.step()
                 if self.dist.main:
+                    if self.recompute_bn:  # before validation and the checkpoints, which then hold them
+                        self.recompute_statistics()
                     improved = self.validate(metrics, epoch + 1)
                     metrics["seconds"] = time.perf_counter() - start
                     bad = non_finite_tensors(self.model.state_dict())
@@ -381,11 +400,36 @@ class Trainer:
                     print(line, flush=True)
                 barrier(self.dist)
                 self.saved_epoch = epoch + 1
+            if self.finished_with_running_statistics():
+                self.recompute_statistics()
+                save_checkpoint(path, {**self.checkpoint_state(self.start_epoch), **self.resume_state()})
         finally:
             if log is not None:
                 log.close()
             shutdown(self.dist)
         return path
+
+    def recompute_statistics(self) -> None:
+        """Recompute the batch-norm statistics over the training images, unflipped
+        (:mod:`gainx.training.batch_norm`), leaving every random stream as it was: the next epochs draw the data
+        order and augmentation of a run that does not."""
+        state = rng_state()
+        try:
+            recompute_batch_norm_statistics(self.model, (batch["image"] for batch in self.bn_loader))
+        finally:
+            set_rng_state(state)
+
+    def finished_with_running_statistics(self) -> bool:
+        """A finished run resumed to recompute its statistics: its last.pt holds the final weights with the
+        running averages (trained with ``bn_statistics="running"``, or before the statistics were recomputed).
+        Its weights are those of a run that recomputed them all along, so only the statistics are brought up to
+        date."""
+        return (
+            self.dist.main
+            and self.recompute_bn
+            and self.restored_bn not in (None, "recomputed")
+            and self.start_epoch == self.cfg.epochs
+        )
 
     def validate(self, metrics: dict[str, float], epoch: int) -> bool:
         """Add ``val_<metric>`` (accuracy, or mAP for multi-label data) to ``metrics``; True when it beats the
