@@ -10,7 +10,9 @@ not is rewritten when that epoch is run again).
 multi-label data), measured on the data set's validation split or on a
 held-out fraction of the training split, never on a test split unless it is
 named (:mod:`gainx.training.validation`). Each epoch prints one summary line
-(:func:`gainx.training.metrics_log.epoch_summary`).
+(:func:`gainx.training.metrics_log.epoch_summary`). A run that fine-tunes from ``weights`` (or
+``bn_statistics="recompute"``) recomputes its batch-norm running statistics before each epoch's validation and
+checkpoints (:mod:`gainx.training.batch_norm`), without touching the random streams training draws from.
 
 A loss that is NaN or infinite stops the run with :class:`TrainingDiverged`,
 naming the epoch and step, before that step changes the weights; weights that
