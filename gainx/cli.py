@@ -38,7 +38,7 @@ TRAIN_HELP = {
     "second_order": "train L_am through the Grad-CAM weights too (create_graph)",
     "freeze_bn_am": "keep batch-norm running stats unchanged in the attention-mining stream",
     "bn_statistics": "the batch-norm running statistics a checkpoint holds: recompute (over the training images "
-    "with each epoch's final weights, other layers in eval mode; gainx.training.batch_norm), running (the layers' "
+    "with each epoch's final weights, the model in train mode; gainx.training.batch_norm), running (the layers' "
     "moving averages) or auto (recompute when fine-tuning from --weights: the averages start from the weights' "
     "data and may move slowly)",
     "am_score": "how s_c(I*) is read (eq. 5); auto: sigmoid for multi-label data, else softmax",

@@ -68,13 +68,13 @@ def test_gainx_eval_normalizes_as_the_checkpoint(checkpoint, decoy_dir, monkeypa
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-3)
 
 
-def test_experiment_runs_and_their_evidence_normalize_as_the_checkpoint(decoy_dir, tmp_path, monkeypatch):
-    monkeypatch.setitem(INPUT_NORMALIZATION, "small_cnn", OWN)
+def test_experiment_runs_and_their_evidence_normalize_as_the_checkpoint(
+    decoy_dir, tmp_path, monkeypatch, own_normalization
+):
     seen = _seen_means(monkeypatch, "gainx.experiments.runner.evaluate")
     profile = QUICK.with_overrides(epochs=1)
     result = run_one(RunSpec("baseline", 0), BENCHMARKS["decoy"], decoy_dir, tmp_path / "run", profile)
     assert seen == [OWN] * len(BENCHMARKS["decoy"].splits) and "test_random" in result
-    model, meta = load_model(tmp_path / "run" / "last.pt")
     loaded = []
     original = load_split_for_model
 

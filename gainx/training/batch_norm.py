@@ -6,7 +6,7 @@ them is still the statistics they started from. A network fine-tuned from ImageN
 statistics, and its momentum may be small: EfficientNet's is TensorFlow's 0.01, so after 128 steps (8 epochs of
 1000 images at batch 64) 0.99^128 = 28% of each average is still ImageNet's, and the rest lags behind weights that
 moved every step. The test-time network then differs from the trained one (docs/experiments.md, "Batch-norm
-statistics of a fine-tuned network", measures how much).
+statistics and input normalization" in the fine-tuned section, measures how much).
 
 :func:`recompute_batch_norm_statistics` replaces every running average by the mean over the training images of the
 batch statistics the final weights produce (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", sec. 3; fvcore's
