@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import gainx.losses.gain as gain_module
 from gainx.losses import GAIN, attention_mining_loss, classification_loss, guidance_loss
 from gainx.losses.bn import frozen_bn_stats
 from gainx.losses.terms import am_class_score, classification_losses, per_image_mean, weighted_mean
@@ -152,6 +153,30 @@ def test_streams_with_zero_weight_are_not_computed():
     assert guided_only.cam is not None and guided_only.loss_e > 0  # L_e still needs the attention
     assert len(calls) == 1 and guided_only.scores_am is None and guided_only.loss_am == 0  # S_am not run
     torch.testing.assert_close(guided_only.loss, full.loss_cl + full.loss_e)
+
+
+def test_no_erased_images_are_built_at_alpha_zero(monkeypatch):
+    model = SmallCNN(3, width=8)
+    images, labels, guide = _batch()
+    has = torch.tensor([True, False, True, False])
+    torch.manual_seed(0)
+    full = GAIN(model, "features", method="gainext", guidance="paper", alpha=1.0, omega_e=1.0)(
+        images, labels, guide, has
+    )
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("attention_erase ran, though nothing reads the erased images at alpha = 0")
+
+    monkeypatch.setattr(gain_module, "attention_erase", refuse)
+    torch.manual_seed(0)
+    guided = GAIN(model, "features", method="gainext", guidance="paper", alpha=0.0, omega_e=1.0)(
+        images, labels, guide, has
+    )
+    assert guided.erased is None and guided.scores_am is None
+    torch.testing.assert_close(guided.cam, full.cam)  # the attention of eq. 1-2, as the erase step computes it
+    torch.testing.assert_close(guided.loss_e, full.loss_e)  # the paper's L_e reads it
+    guided.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_guidance_only_uses_guided_samples():

@@ -166,6 +166,8 @@ def test_ddp_two_cpu_processes(decoy_dir, tmp_path):
         "gain",
         "--epochs",
         "1",
+        "--am-warmup",
+        "0",
         "--batch-size",
         "16",
         "--out",

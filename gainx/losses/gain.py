@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from gainx.attention import (
@@ -61,7 +62,7 @@ from gainx.losses.terms import (
     guidance_loss,
     weighted_mean,
 )
-from gainx.ops import attention_erase, upsample
+from gainx.ops import attention_erase, gradcam_raw, normalize_cam, upsample
 
 METHODS = ("baseline", "gain", "gainext")
 ALPHA_BY_METHOD: Mapping[str, float] = MappingProxyType({"baseline": 0.0, "gain": 1.0, "gainext": 0.0})
@@ -82,7 +83,7 @@ class GAINOutput:
     pair_index: Tensor  # (P,) image of each (image, ground-truth class) pair; >= B: a counterfactual image
     pair_class: Tensor  # (P,) class of each pair
     cam: Tensor | None = None  # (P, h, w) normalized low-resolution attention
-    erased: Tensor | None = None  # (P, 3, H, W) erased images I*
+    erased: Tensor | None = None  # (P, 3, H, W) erased images I* (None when alpha = 0)
     scores_am: Tensor | None = None  # (P, C) scores of the erased images (None when alpha = 0)
     counterfactual: Tensor | None = None  # (K, 3, H, W) counterfactual images appended to the batch
 
@@ -254,8 +255,8 @@ class GAIN(nn.Module):
             mining: ``False`` computes L_cl only (e.g. a warm-up epoch). The attention streams
                 are also skipped when both their weights are zero (``alpha == 0`` and, for
                 ``gainext``, ``omega_e == 0``): L_am and L_e are then reported as 0; with
-                ``alpha == 0`` alone, the erased images are not scored (S_am is skipped, L_am
-                reported as 0, ``scores_am`` is ``None``). With
+                ``alpha == 0`` alone, no erased image is built or scored (S_am is skipped, L_am
+                reported as 0, ``erased`` and ``scores_am`` are ``None``). With
                 ``guidance="counterfactual"`` the batch is extended with counterfactual images
                 whenever guides are given (warm-up included); a call without guides and with
                 ``mining=False`` (an evaluation batch) scores the batch alone.
@@ -269,6 +270,8 @@ class GAIN(nn.Module):
             images, labels, guide, has_guide, counterfactual = self._add_counterfactuals(
                 images, labels, guide, has_guide
             )
+            if counterfactual is None and self._moves_weight():  # the bank is still empty: a step of 0 here,
+                self._group_dro_step(images.new_zeros(4))  # and other DDP ranks' sums reach this rank's weight
         plan = plan_pairs(labels, has_guide if self.method == "gainext" else None, images.device)
         labels = labels.to(images.device, non_blocking=True)
         weighted = self.alpha != 0 or (self.method == "gainext" and self.omega_e != 0)
@@ -315,27 +318,24 @@ class GAIN(nn.Module):
             scores, layer_out, pair_index, pair_class, create_graph=self.second_order, num_ranks=plan.num_ranks
         )
         features, grads = apply_transform(layer_out, transform), apply_transform(grads, transform)  # (., C, h, w)
-        pairs = attention_erase(
-            features.index_select(0, pair_index),
-            grads,
-            images,
-            pair_index,
-            sigma=self.sigma,
-            omega=self.omega,
-            backend=self.backend,
-        )
+        selected = features.index_select(0, pair_index)
         num_images = images.shape[0]
-        scores_am, loss_am = None, zero
-        if self.alpha != 0:  # S_am (eq. 5); at alpha = 0 nothing reads the erased images' scores
+        scores_am, loss_am, erased = None, zero, None
+        if self.alpha != 0:  # S_am (eq. 3-5)
+            cam, erased = attention_erase(
+                selected, grads, images, pair_index, sigma=self.sigma, omega=self.omega, backend=self.backend
+            )
             with frozen_bn_stats(self.model, self.freeze_bn_am):
-                scores_am = select_scores(self.model(pairs.erased), self.output)
+                scores_am = select_scores(self.model(erased), self.output)
             loss_am = attention_mining_loss(
                 scores_am, pair_index, pair_class, num_images, self.am_score, self.multilabel
             )
+        else:  # nothing reads erased images: the attention alone (eq. 1-2)
+            cam = normalize_cam(gradcam_raw(selected, grads), (images.shape[-2], images.shape[-1]))
         loss_e = zero
         if self.method == "gainext":
             if self.guidance == "paper":
-                loss_e = self._paper_guidance(pairs.cam, guide, plan, num_images)
+                loss_e = self._paper_guidance(cam, guide, plan, num_images)
             elif self.guidance in ("scaled", "counterfactual"):
                 loss_e = self._scaled_guidance(features, grads, guide, plan, num_images)
             else:
@@ -351,8 +351,8 @@ class GAIN(nn.Module):
             scores[:num_batch],
             pair_index,
             pair_class,
-            pairs.cam,
-            pairs.erased,
+            cam,
+            erased,
             scores_am,
             counterfactual,
         )
@@ -413,20 +413,41 @@ class GAIN(nn.Module):
         counterfactual ones, after the group-DRO step on this step's losses (``counterfactual_eta > 0``; only
         while the model trains with gradients; the gap is taken over the pasted images, not the object-free
         backgrounds, whose uniform target is no measure of the context; on the device, no host sync)."""
-        if self.counterfactual_log_weight.device != per_image.device:  # a model moved after GAIN was built
-            self.counterfactual_log_weight = self.counterfactual_log_weight.to(per_image.device)
-        if self.counterfactual_eta > 0 and self.model.training and torch.is_grad_enabled():
+        self._weight_to(per_image.device)
+        if self._moves_weight():
             extra = per_image[num_batch:]
             pasted = (labels[num_batch:].amax(dim=1) > 0.5).to(extra.dtype)  # object-free backgrounds have no class
-            count = pasted.sum()
-            gap = (extra * pasted).sum() / count.clamp_min(1) - per_image[:num_batch].mean()
-            step = self.counterfactual_eta * gap * (count > 0)  # no pasted image: no step
-            self.counterfactual_log_weight += step.to(self.counterfactual_log_weight.dtype)
-            if self.counterfactual_weight_max is not None:
-                self.counterfactual_log_weight.clamp_(max=math.log(self.counterfactual_weight_max))
+            batch = per_image[:num_batch]
+            self._group_dro_step(
+                torch.stack([(extra * pasted).sum(), pasted.sum(), batch.sum(), batch.new_full((), num_batch)])
+            )
         weights = torch.ones_like(per_image)
         weights[num_batch:] = self.counterfactual_log_weight.exp().to(per_image.dtype)
         return weights
+
+    def _weight_to(self, device: torch.device) -> None:
+        """Keep the weight's buffer on the losses' device (a model moved after GAIN was built)."""
+        if self.counterfactual_log_weight.device != device:
+            self.counterfactual_log_weight = self.counterfactual_log_weight.to(device)
+
+    def _moves_weight(self) -> bool:
+        """The group DRO steps on this call: ``counterfactual_eta > 0``, the model training with gradients."""
+        return self.counterfactual_eta > 0 and self.model.training and torch.is_grad_enabled()
+
+    def _group_dro_step(self, sums: Tensor) -> None:
+        """``log w += eta (mean_cf l - mean_batch l)`` from ``sums`` = (the pasted images' summed loss, their
+        count, the batch images' summed loss, their count), bounded by ``counterfactual_weight_max``; no
+        pasted image: no step. Under ``torch.distributed`` the sums are added over the ranks first (one
+        all-reduce per step, which every rank joins, as SyncBatchNorm's): every rank takes the step of the
+        global batch, where each would otherwise take its own and DDP would keep rank 0's."""
+        self._weight_to(sums.device)
+        sums = _sum_over_ranks(sums.float())
+        pasted_loss, count, batch_loss, batch_count = sums.unbind()
+        gap = pasted_loss / count.clamp_min(1) - batch_loss / batch_count.clamp_min(1)
+        step = self.counterfactual_eta * gap * (count > 0)
+        self.counterfactual_log_weight += step.to(self.counterfactual_log_weight.dtype)
+        if self.counterfactual_weight_max is not None:
+            self.counterfactual_log_weight.clamp_(max=math.log(self.counterfactual_weight_max))
 
     def counterfactual_count(self, batch_size: int) -> int:
         """Pasted images added to a batch of ``batch_size`` images: ``counterfactuals``, or ``ceil(B / 2)``
@@ -481,6 +502,14 @@ class GAIN(nn.Module):
         evidence = class_evidence(scores, layer_out, rows, create_graph=self.second_order, transform=transform)
         loss = all_classes_loss if self.guidance == "all_classes" else signed_loss
         return loss(evidence, rows_guide, labels.index_select(0, rows))
+
+
+def _sum_over_ranks(values: Tensor) -> Tensor:
+    """``values`` added over the ranks of the default process group (as they are without one)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
 
 
 def _graphed_steps(gain: GAIN) -> GraphedSteps:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,16 @@ def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(values)
         values /= info.world_size
     return values
+
+
+def gather_to_main(obj: Any, info: DistInfo) -> list[Any] | None:
+    """Every rank's ``obj`` (picklable, CPU tensors) in rank order on the main process, ``None`` on the
+    others; ``[obj]`` without a process group. Every rank must call it."""
+    if not info.enabled:
+        return [obj]
+    gathered: list[Any] | None = [None] * info.world_size if info.main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
 
 
 def barrier(info: DistInfo) -> None:

@@ -2,10 +2,11 @@
 
 Every epoch ends with its metrics row (``RUN/metrics.csv``) and then an atomic
 checkpoint (``RUN/last.pt``) holding the model, optimizer, scheduler, AMP
-scaler, all RNG states and the counterfactual bank; ``resume=True`` continues from it so that an
-interrupted run ends exactly where an uninterrupted one would (data order is a
-function of seed and epoch; a row written for an epoch whose checkpoint was
-not is rewritten when that epoch is run again).
+scaler, all RNG states and the counterfactual bank (under DDP, every rank's);
+``resume=True`` continues from it so that an interrupted run ends exactly
+where an uninterrupted one would (data order is a function of seed and epoch;
+a row written for an epoch whose checkpoint was not is rewritten when that
+epoch is run again).
 ``RUN/best.pt`` holds the epoch with the best validation accuracy (mAP for
 multi-label data), measured on the data set's validation split or on a
 held-out fraction of the training split, never on a test split unless it is
@@ -47,7 +48,14 @@ from gainx.models.registry import INPUT_NORMALIZATION
 from gainx.training.batch_norm import recompute_batch_norm_statistics, recomputes_statistics
 from gainx.training.checkpoint import save_checkpoint
 from gainx.training.config import TrainConfig
-from gainx.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
+from gainx.training.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    gather_to_main,
+    init_distributed,
+    shutdown,
+)
 from gainx.training.metrics_log import MetricsLog, epoch_summary
 from gainx.training.rng import rng_state, seed_everything, set_rng_state
 from gainx.training.run_folder import BEST, CHECKPOINT, prepare_run_folder
@@ -179,7 +187,7 @@ class Trainer:
         self.restored_bn: str | None = None  # what the resumed checkpoint's batch-norm statistics are
         self.start_epoch = 0
         self.saved_epoch: int | None = None  # the epoch whose (finite) weights last.pt holds
-        self.bank_note_shown = False  # resume_state says once that the bank is too large for last.pt
+        self.bank_note_shown = False  # rank_state says once that the bank is too large for last.pt
 
     def _announce(self) -> None:
         cfg, ds = self.cfg, self.dataset
@@ -230,20 +238,19 @@ class Trainer:
             "bn_statistics": "recomputed" if self.recompute_bn else "running",
         }
 
-    def resume_state(self) -> dict[str, Any]:
-        """What only ``last.pt`` carries, for resuming: the counterfactual images' weight and their bank (the
-        annotated training images of the last steps; this process's, so a DDP run's other ranks resume with
-        it too), unless the bank holds more than :data:`BANK_CHECKPOINT_BYTES` (large images, many classes):
-        then a resumed run refills it and draws other images than an uninterrupted one. ``best.pt``, the file
-        a model is shipped from, holds no training images."""
+    def rank_state(self) -> dict[str, Any]:
+        """What this process draws from next, for resuming: its random state and its counterfactual bank (the
+        annotated training images of its last steps), unless the bank holds more than
+        :data:`BANK_CHECKPOINT_BYTES` (large images, many classes): then a resumed run refills it and draws
+        other images than an uninterrupted one."""
+        state: dict[str, Any] = {"rng": rng_state()}
         bank = self.objective.bank
         if bank is None:
-            return {}
-        state = {"counterfactual_log_weight": self.objective.counterfactual_log_weight.detach().cpu()}
+            return state
         size = bank.nbytes  # measured before the copy a bank too large for last.pt would not need
         if size <= BANK_CHECKPOINT_BYTES:
             return {**state, "counterfactual_bank": bank.state_dict()}
-        if not self.bank_note_shown:
+        if not self.bank_note_shown and self.dist.main:
             self.bank_note_shown = True
             print(
                 f"note: the counterfactual bank ({size / 2**20:.0f} MiB) is larger than "
@@ -253,6 +260,34 @@ class Trainer:
                 flush=True,
             )
         return state
+
+    def resume_state(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+        """What only ``last.pt`` carries, for resuming: the counterfactual images' weight and, from ``ranks``
+        (every process's :meth:`rank_state`, in rank order), the bank of a single process or, under DDP, every
+        rank's random state and bank (``"ranks"``). ``best.pt``, the file a model is shipped from, holds no
+        training images."""
+        state: dict[str, Any] = {}
+        if self.objective.bank is not None:
+            state["counterfactual_log_weight"] = self.objective.counterfactual_log_weight.detach().cpu()
+        if self.dist.enabled:
+            return {**state, "ranks": ranks}
+        return {**state, **{key: value for key, value in ranks[0].items() if key != "rng"}}  # rng: in the state
+
+    def own_rank_state(self, path: Path, state: dict[str, Any]) -> dict[str, Any]:
+        """This process's random state and bank in a ``last.pt`` (:meth:`resume_state`). A checkpoint of
+        another number of processes gives every process the first one's, and says so."""
+        ranks = state.get("ranks") or [{key: state[key] for key in ("rng", "counterfactual_bank") if key in state}]
+        if len(ranks) == self.dist.world_size:
+            return ranks[self.dist.rank]
+        if self.dist.main:
+            print(
+                f"note: {path} was written by {len(ranks)} process(es) and this run has {self.dist.world_size}: "
+                "every process resumes with the random state and counterfactual bank of the first, so the run "
+                "draws other images than an uninterrupted one",
+                file=sys.stderr,
+                flush=True,
+            )
+        return ranks[0]
 
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
@@ -273,9 +308,10 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
-        if self.objective.bank is not None and "counterfactual_bank" in state:
-            self.objective.bank.load_state_dict(state["counterfactual_bank"], self.device)
+        own = self.own_rank_state(path, state)
+        set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in own["rng"].items()})
+        if self.objective.bank is not None and "counterfactual_bank" in own:
+            self.objective.bank.load_state_dict(own["counterfactual_bank"], self.device)
         if "counterfactual_log_weight" in state:
             self.objective.counterfactual_log_weight.copy_(state["counterfactual_log_weight"])
         self.start_epoch = self.saved_epoch = int(state["epoch"])
@@ -394,8 +430,10 @@ class Trainer:
                             f"infinite values (first: {bad[0]}); not saved, {self.kept_checkpoint()}"
                         )
                     log.log(epoch + 1, metrics)  # before the checkpoint: a resumed run rewrites a row it repeats
+                ranks = gather_to_main(self.rank_state(), self.dist)  # after validation: what each draws next
+                if self.dist.main:
                     state = self.checkpoint_state(epoch + 1)
-                    save_checkpoint(path, {**state, **self.resume_state()})  # first: what a resumed run needs
+                    save_checkpoint(path, {**state, **self.resume_state(ranks)})  # first: what a resumed run needs
                     if improved:
                         save_checkpoint(self.out / BEST, state)
                     line = epoch_summary(epoch + 1, self.cfg.epochs, metrics, best=improved, validation=self.val_split)
@@ -403,8 +441,11 @@ class Trainer:
                 barrier(self.dist)
                 self.saved_epoch = epoch + 1
             if self.finished_with_running_statistics():
-                self.recompute_statistics()
-                save_checkpoint(path, {**self.checkpoint_state(self.start_epoch), **self.resume_state()})
+                if self.dist.main:
+                    self.recompute_statistics()
+                ranks = gather_to_main(self.rank_state(), self.dist)
+                if self.dist.main:
+                    save_checkpoint(path, {**self.checkpoint_state(self.start_epoch), **self.resume_state(ranks)})
         finally:
             if log is not None:
                 log.close()
@@ -427,10 +468,7 @@ class Trainer:
         Its weights are those of a run that recomputed them all along, so only the statistics are brought up to
         date."""
         return (
-            self.dist.main
-            and self.recompute_bn
-            and self.restored_bn not in (None, "recomputed")
-            and self.start_epoch == self.cfg.epochs
+            self.recompute_bn and self.restored_bn not in (None, "recomputed") and self.start_epoch == self.cfg.epochs
         )
 
     def validate(self, metrics: dict[str, float], epoch: int) -> bool:
