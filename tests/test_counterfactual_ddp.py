@@ -4,11 +4,11 @@ global batch (two gloo processes on the CPU)."""
 from __future__ import annotations
 
 import math
-import multiprocessing
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from ddp_helpers import run_ranks  # tests/ is on sys.path under pytest
 
 from gainx.losses import GAIN
 from gainx.models import SmallCNN
@@ -42,23 +42,9 @@ def _worker(rank: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def _run_two_ranks(folder: Path) -> list[list[float]]:
-    context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_worker, args=(rank, str(folder))) for rank in range(2)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=120)
-    hung = [proc for proc in procs if proc.is_alive()]
-    for proc in hung:
-        proc.kill()
-    assert not hung, "a rank did not finish: the ranks do not join the same collectives"
-    assert all(proc.exitcode == 0 for proc in procs), [proc.exitcode for proc in procs]
-    return [torch.load(folder / f"rank{rank}.pt") for rank in range(2)]
-
-
 def test_every_rank_takes_the_group_dro_step_of_the_global_batch(tmp_path):
-    rank0, rank1 = _run_two_ranks(tmp_path)
+    run_ranks(_worker, str(tmp_path), timeout=120)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2))
     # first step: pasted images 4.5 + 6.0 over 6, batch images 2.0 + 4.0 over 4: gap 1.75 - 1.5 = 0.25
     # (rank 0 alone would see 0.5, rank 1 alone 0.0)
     assert math.isclose(rank0[0], ETA * 0.25, abs_tol=1e-6) and math.isclose(rank1[0], ETA * 0.25, abs_tol=1e-6)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from gainx.cli import main as _cli
-from gainx.data import load_dataset
+from gainx.data import load_dataset, load_split_for_model
 from gainx.experiments import run_bias, run_localization
+from gainx.experiments.erasure import FIELDS as ERASURE_FIELDS
+from gainx.experiments.erasure import erased, moved_off_objects
 from gainx.experiments.specs import RECIPES, Profile
+from gainx.models import load_model
 
 TINY = Profile(image_size=16, train_size=40, test_size=12, epochs=2, batch_size=16)
 
@@ -137,3 +141,44 @@ def test_parallel_jobs_give_the_results_of_one_process(tmp_path):
         assert a["test_random"] == b["test_random"] and a["test_consistent"] == b["test_consistent"]
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         run_bias("decoy", tmp_path / "none", jobs=0, **kwargs)
+
+
+def test_localization_reports_whether_each_model_reads_the_object_or_the_erasure(localization):
+    out, report = localization
+    assert "objects erased (their masks)" in (out / "results.md").read_text()
+    assert [r["key"] for r in report["erasure_table"]] == [r["key"] for r in report["table"]]
+    run = out / "runs" / "shapes" / "gain-seed0"
+    cached = json.loads((run / "erasure.json").read_text())
+    assert cached["num_pairs"] >= 12 and all(0.0 <= cached[k] <= 1.0 for k in ERASURE_FIELDS)
+    # the image and object columns by hand: the probability of each ground-truth class (sigmoid: multi-label)
+    model, meta = load_model(run / "last.pt")
+    data = load_split_for_model(out / "data" / "shapes-seed0", "test", meta)
+    image_p, object_p = [], []
+    for i in range(len(data)):
+        item = data[i]
+        if not item["has_guide"]:
+            continue
+        for c in torch.nonzero(item["labels"] > 0.5).flatten().tolist():
+            of_class = (item["guide"][c] == 1).float()
+            x = torch.stack([item["image"], item["image"] * (1 - of_class)])
+            with torch.no_grad():
+                p = torch.sigmoid(model(x))[:, c]
+            image_p.append(p[0].item())
+            object_p.append(p[1].item())
+    assert len(image_p) == cached["num_pairs"]
+    assert cached["image"] == pytest.approx(sum(image_p) / len(image_p), abs=1e-5)
+    assert cached["object"] == pytest.approx(sum(object_p) / len(object_p), abs=1e-5)
+
+
+def test_the_moved_mask_keeps_every_object_whole():
+    mask = torch.zeros(1, 8, 8)
+    mask[0, 1:3, 1:3] = 1.0  # on the object
+    objects = torch.zeros(1, 8, 8)
+    objects[0, 1:3, 1:3] = 1.0
+    objects[0, 5, 5] = 1.0  # another object where the rolled mask lands
+    moved = moved_off_objects(mask, objects)
+    assert moved[0, 5, 5] == 0 and moved.sum() == 3  # rolled by (4, 4), less the object pixel
+    assert torch.equal(moved[0, 5:7, 5:7], torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+    images = torch.full((1, 3, 8, 8), 2.0)
+    assert torch.equal(erased(images, mask)[0, :, 1, 1], torch.zeros(3))  # eq. 3: I - T * I
+    assert torch.equal(erased(images, mask)[0, :, 0, 0], torch.full((3,), 2.0))

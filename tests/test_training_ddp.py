@@ -3,13 +3,13 @@ counterfactual bank, and the run ends where an uninterrupted one ends."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import socket
 from pathlib import Path
 from typing import Any
 
 import torch
+from ddp_helpers import run_ranks  # tests/ is on sys.path under pytest
 
 from gainx.data.synthetic import write_decoy
 from gainx.models import load_checkpoint
@@ -46,17 +46,7 @@ def _free_port() -> int:
 
 
 def _train_on_two_ranks(cfg: TrainConfig) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    port = _free_port()
-    procs = [context.Process(target=_worker, args=(rank, port, cfg)) for rank in range(2)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=240)
-    hung = [proc for proc in procs if proc.is_alive()]
-    for proc in hung:
-        proc.kill()
-    assert not hung and all(proc.exitcode == 0 for proc in procs), [proc.exitcode for proc in procs]
+    run_ranks(_worker, _free_port(), cfg)
     return load_checkpoint(Path(cfg.out) / "last.pt")
 
 

@@ -6,18 +6,23 @@ for evaluation only), over seeds: Grad-CAM of the plain classifier
 training images (the paper's L_e, or other guidance losses). Reports mAP,
 the cue mIoU of the paper's rule (pixels >= 20% of the map's maximum, per
 ground-truth class map), the pointing game, the mIoU (background + classes)
-of the cue label maps that ``gainx cues`` writes, and the fraction of
+of the cue label maps that ``gainx cues`` writes, the fraction of
 ground-truth maps that are zero everywhere (no positive evidence for the
-class; cached as ``blank.json`` in the run folder).
+class; cached as ``blank.json`` in the run folder) and, in a second table,
+whether each model reads the object or the erasure (the attention-mining test
+of :mod:`gainx.experiments.erasure`; cached as ``erasure.json``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gainx.experiments.cues import evaluate_cues, write_cues
+from gainx.experiments.erasure import FIELDS as ERASURE_FIELDS
+from gainx.experiments.erasure import erasure_scores
 from gainx.experiments.evidence import blank_map_fraction
 from gainx.experiments.figures import titled
 from gainx.experiments.runner import data_dir, finished_checkpoints, run_dir, run_matrix
@@ -28,6 +33,15 @@ from gainx.io import atomic_write_text
 
 SPLIT = "test"
 BLANK = "blank.json"
+ERASURE = "erasure.json"
+ERASURE_HEADERS = {
+    "image": "p(class): image",
+    "own": "erased by its attention (eq. 3-4)",
+    "moved": "erased by that mask moved off the objects",
+    "object": "objects erased (their masks)",
+    "area_own": "area erased by its attention",
+    "area_moved": "area erased, moved",
+}
 
 
 def cue_scores(checkpoint: Path, base: Path) -> dict[str, Any]:
@@ -66,7 +80,9 @@ def run_localization(
         jobs=jobs,
     )
     for r in results:
-        r["blank_maps"] = _blank(run_dir(out, "shapes", r["key"], r["seed"]), data_dir(out, "shapes", r["seed"]))
+        run, data = run_dir(out, "shapes", r["key"], r["seed"]), data_dir(out, "shapes", r["seed"])
+        r["blank_maps"] = _cached(run / BLANK, _blank, run / "last.pt", data)["blank_maps"]
+        r["erasure"] = _cached(run / ERASURE, erasure_scores, run / "last.pt", data, SPLIT)
     metrics = {
         "blank_maps": ("", "blank_maps"),
         "mAP": (SPLIT, "mAP"),
@@ -83,6 +99,8 @@ def run_localization(
         "cue_map_miou": "cue label-map mIoU (bg + classes)",
     }
     table = markdown(rows, headers)
+    erasure_rows = aggregate(results, {k: ("erasure", k) for k in ERASURE_FIELDS})
+    erasure_table = markdown(erasure_rows, ERASURE_HEADERS)
     report = {
         "benchmark": "shapes",
         "description": bench.description,
@@ -90,11 +108,16 @@ def run_localization(
         "seeds": list(seeds),
         "budgets": list(budgets),
         "table": rows,
+        "erasure_table": erasure_rows,
         "runs": results,
     }
     atomic_write_text(out / "results.json", json.dumps(report, indent=2))
     head = f"{bench.description}; {profile.model}; mean ± std over seeds {list(seeds)}"
-    atomic_write_text(out / "results.md", f"{head}\n\n{table}\n")
+    erasure_head = (
+        "Read the object or the erasure? The probability of each ground-truth class on the test images with masks, "
+        "as they are and erased three ways (gainx.experiments.erasure):"
+    )
+    atomic_write_text(out / "results.md", f"{head}\n\n{table}\n\n{erasure_head}\n\n{erasure_table}\n")
     seed = seeds[0]
     attention_figure(
         titled(finished_checkpoints(out, "shapes", [r["key"] for r in rows], seed)),
@@ -107,9 +130,12 @@ def run_localization(
     return report
 
 
-def _blank(run: Path, data: Path) -> float:
-    """The run's :func:`blank_map_fraction` on the test split (cached next to its checkpoint)."""
-    path = run / BLANK
+def _blank(checkpoint: Path, data: Path) -> dict[str, float]:
+    return {"blank_maps": blank_map_fraction(checkpoint, data, SPLIT)}
+
+
+def _cached(path: Path, compute: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``compute(*args)``, written to ``path`` (next to the run's checkpoint) the first time, read afterwards."""
     if not path.exists():
-        atomic_write_text(path, json.dumps({"blank_maps": blank_map_fraction(run / "last.pt", data, SPLIT)}))
-    return json.loads(path.read_text(encoding="utf-8"))["blank_maps"]
+        atomic_write_text(path, json.dumps(compute(*args)))
+    return json.loads(path.read_text(encoding="utf-8"))
