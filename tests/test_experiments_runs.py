@@ -11,7 +11,7 @@ from gainx.cli import main as _cli
 from gainx.data import load_dataset, load_split_for_model
 from gainx.experiments import run_bias, run_localization
 from gainx.experiments.erasure import FIELDS as ERASURE_FIELDS
-from gainx.experiments.erasure import erased, moved_off_objects
+from gainx.experiments.erasure import erased, moved_off_objects, with_margin
 from gainx.experiments.specs import RECIPES, Profile
 from gainx.models import load_model
 
@@ -153,21 +153,24 @@ def test_localization_reports_whether_each_model_reads_the_object_or_the_erasure
     # the image and object columns by hand: the probability of each ground-truth class (sigmoid: multi-label)
     model, meta = load_model(run / "last.pt")
     data = load_split_for_model(out / "data" / "shapes-seed0", "test", meta)
-    image_p, object_p = [], []
+    image_p, object_p, margin_p = [], [], []
     for i in range(len(data)):
         item = data[i]
         if not item["has_guide"]:
             continue
         for c in torch.nonzero(item["labels"] > 0.5).flatten().tolist():
             of_class = (item["guide"][c] == 1).float()
-            x = torch.stack([item["image"], item["image"] * (1 - of_class)])
+            grown = torch.nn.functional.max_pool2d(of_class[None, None], 3, stride=1, padding=1)[0, 0]  # 16 px: 1
+            x = torch.stack([item["image"], item["image"] * (1 - of_class), item["image"] * (1 - grown)])
             with torch.no_grad():
                 p = torch.sigmoid(model(x))[:, c]
             image_p.append(p[0].item())
             object_p.append(p[1].item())
+            margin_p.append(p[2].item())
     assert len(image_p) == cached["num_pairs"]
     assert cached["image"] == pytest.approx(sum(image_p) / len(image_p), abs=1e-5)
     assert cached["object"] == pytest.approx(sum(object_p) / len(object_p), abs=1e-5)
+    assert cached["object_margin"] == pytest.approx(sum(margin_p) / len(margin_p), abs=1e-5)
 
 
 def test_the_moved_mask_keeps_every_object_whole():
@@ -179,6 +182,10 @@ def test_the_moved_mask_keeps_every_object_whole():
     moved = moved_off_objects(mask, objects)
     assert moved[0, 5, 5] == 0 and moved.sum() == 3  # rolled by (4, 4), less the object pixel
     assert torch.equal(moved[0, 5:7, 5:7], torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+    pixel = torch.zeros(1, 32, 32)
+    pixel[0, 10, 10] = 1.0
+    grown = with_margin(pixel)
+    assert grown.sum() == 25 and grown[0, 8:13, 8:13].eq(1).all()  # 32 // 16 = 2 pixels on every side
     images = torch.full((1, 3, 8, 8), 2.0)
     assert torch.equal(erased(images, mask)[0, :, 1, 1], torch.zeros(3))  # eq. 3: I - T * I
     assert torch.equal(erased(images, mask)[0, :, 0, 0], torch.full((3,), 2.0))

@@ -10,11 +10,15 @@ class c, :func:`gainx.losses.terms.am_class_score`), on four inputs:
 * ``own``: erased by its own soft mask ``T(A_c)`` (eq. 4, with the run's sigma and omega): what L_am sees;
 * ``moved``: erased by that mask moved off the objects: rolled by half the image in both axes, and zero on
   every object pixel (no object is erased);
-* ``object``: erased by the mask of class c's objects: the object removed, whatever the attention.
+* ``object``: erased by the mask of class c's objects, whatever the attention;
+* ``object_margin``: erased by that mask grown by a margin of 1/16 of the image side: the object and its
+  outline.
 
 A model that reads the object keeps ``moved`` near ``image``; one that reads the erasure loses score on
-``moved`` as on ``own``. ``area_own`` and ``area_moved`` are the mean fractions of the image the two soft masks
-erase.
+``moved`` as on ``own``. Where ``object`` stays near ``image`` and ``object_margin`` does not, the erased
+object's silhouette still shows its class: a map that covers the object exactly does not minimize L_am, one that
+also covers its outline does. ``area_own`` and ``area_moved`` are the mean fractions of the image the two soft
+masks erase.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -32,7 +37,7 @@ from gainx.losses.terms import am_class_score
 from gainx.models import load_model
 from gainx.ops import soft_mask
 
-INPUTS = ("image", "own", "moved", "object")
+INPUTS = ("image", "own", "moved", "object", "object_margin")
 FIELDS = (*INPUTS, "area_own", "area_moved")
 
 
@@ -41,6 +46,12 @@ def moved_off_objects(mask: Tensor, objects: Tensor) -> Tensor:
     every object pixel) is set: an erasure of the same shape that leaves every object whole."""
     height, width = mask.shape[-2:]
     return torch.roll(mask, shifts=(height // 2, width // 2), dims=(-2, -1)) * (1 - objects)
+
+
+def with_margin(mask: Tensor) -> Tensor:
+    """``(P, H, W)`` binary masks grown by ``max(H, W) // 16`` pixels on every side (a square dilation)."""
+    margin = max(mask.shape[-2:]) // 16
+    return F.max_pool2d(mask.unsqueeze(1), 2 * margin + 1, stride=1, padding=margin).squeeze(1)
 
 
 def erased(images: Tensor, mask: Tensor) -> Tensor:
@@ -79,7 +90,8 @@ def erasure_scores(
         objects = (guide != 0).any(dim=1).to(own.dtype)  # 255 (ignore) counts as object: never erased by `moved`
         moved = moved_off_objects(own, objects)
         of_class = (guide[torch.arange(cls.numel()), cls] == 1).to(own.dtype)
-        inputs = (images, erased(images, own), erased(images, moved), erased(images, of_class))
+        masks = (own, moved, of_class, with_margin(of_class))
+        inputs = (images, *(erased(images, m) for m in masks))
         scores = [_class_probability(model, x, cls, multilabel).double() for x in inputs]
         areas = [m.flatten(1).mean(1).double() for m in (own, moved)]
         sums += torch.stack([s.sum() for s in (*scores, *areas)])

@@ -39,6 +39,7 @@ ERASURE_HEADERS = {
     "own": "erased by its attention (eq. 3-4)",
     "moved": "erased by that mask moved off the objects",
     "object": "objects erased (their masks)",
+    "object_margin": "objects and outlines erased (masks grown by 1/16)",
     "area_own": "area erased by its attention",
     "area_moved": "area erased, moved",
 }
