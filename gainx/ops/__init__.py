@@ -18,6 +18,7 @@ from gainx.ops.attention_erase import (
     attention_erase,
     attention_erase_eager,
     available_backends,
+    grow,
     register_backend,
     soft_mask,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "class_attention",
     "gradcam",
     "gradcam_raw",
+    "grow",
     "normalize_cam",
     "register_backend",
     "soft_mask",
