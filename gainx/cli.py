@@ -35,8 +35,6 @@ TRAIN_HELP = {
     "omega_e": "weight of L_e (eq. 8)",
     "sigma": "soft-mask threshold (eq. 4)",
     "omega": "soft-mask scale (eq. 4)",
-    "erase_margin": "grow the soft mask by this fraction of the image side before the erase (eq. 3), so that the "
-    "erasure also covers the outline of what the attention covers (0: the paper's; runs the erase eagerly)",
     "second_order": "train L_am through the Grad-CAM weights too (create_graph)",
     "freeze_bn_am": "keep batch-norm running stats unchanged in the attention-mining stream",
     "bn_statistics": "the batch-norm running statistics a checkpoint holds: recompute (over the training images "

@@ -12,7 +12,7 @@ from gainx.losses import GAIN, attention_mining_loss, classification_loss, guida
 from gainx.losses.bn import frozen_bn_stats
 from gainx.losses.terms import am_class_score, classification_losses, per_image_mean, weighted_mean
 from gainx.models import SmallCNN
-from gainx.ops import attention_erase, attention_erase_eager, soft_mask
+from gainx.ops import attention_erase_eager, soft_mask
 
 
 def test_classification_loss_hand_values():
@@ -71,44 +71,6 @@ def test_erase_indexes_images_for_each_pair():
     single = attention_erase_eager(feats[2:], grads[2:], images[:1], torch.tensor([0]))
     torch.testing.assert_close(out.erased[2], single.erased[0])
     assert out.erased.shape == (3, 3, 8, 8) and out.cam.shape == (3, 2, 2)
-
-
-def test_an_erase_margin_grows_the_soft_mask_before_the_erase():
-    # one hot cell in a 4x4 map, image 8x8: T is high on a 2x2 patch; a margin of 1 pixel grows it to 4x4
-    features = torch.zeros(1, 1, 4, 4)
-    features[0, 0, 1, 1] = 1.0
-    grads = torch.ones_like(features)
-    images = torch.rand(1, 3, 8, 8) + 1.0
-    index = torch.tensor([0])
-    plain = attention_erase_eager(features, grads, images, index)
-    grown = attention_erase_eager(features, grads, images, index, margin=1)
-    torch.testing.assert_close(grown.cam, plain.cam)  # the attention is the same; only the erase grows
-    mask = 1 - plain.erased / images  # T, recovered from eq. 3
-    expected = torch.nn.functional.max_pool2d(mask, 3, stride=1, padding=1)
-    torch.testing.assert_close(1 - grown.erased / images, expected)
-    assert (expected > mask + 0.1).any()  # the margin reaches pixels the plain mask left
-    via_dispatch = attention_erase(features, grads, images, index, margin=1, backend="auto")
-    torch.testing.assert_close(via_dispatch.erased, grown.erased)
-    with pytest.raises(ValueError, match="runs on the eager backend, not 'triton'"):
-        attention_erase(features, grads, images, index, margin=1, backend="triton")
-    with pytest.raises(ValueError, match="margin must be >= 0"):
-        attention_erase(features, grads, images, index, margin=-1)
-
-
-def test_gain_erases_with_its_margin_as_a_fraction_of_the_image_side():
-    model = SmallCNN(3, width=8)
-    images, labels, _ = _batch(size=16)
-    images = images.abs() + 0.5  # no zero pixel: T is read back from eq. 3 as 1 - I* / I
-    torch.manual_seed(0)
-    plain = GAIN(model, "features", method="gain")(images, labels)
-    torch.manual_seed(0)
-    out = GAIN(model, "features", method="gain", erase_margin=0.125)(images, labels)  # 2 pixels of 16
-    torch.testing.assert_close(out.cam, plain.cam)
-    mask = 1 - plain.erased / images.index_select(0, plain.pair_index)
-    expected = images.index_select(0, out.pair_index) * (1 - torch.nn.functional.max_pool2d(mask, 5, 1, 2))
-    torch.testing.assert_close(out.erased, expected, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="erase_margin must be a fraction"):
-        GAIN(model, "features", erase_margin=0.5)
 
 
 def test_attention_mining_loss_is_per_image_mean_of_class_probability():

@@ -27,7 +27,6 @@ def _profile(args: argparse.Namespace):
         weights=args.weights,
         target_layer=args.target_layer,
         alpha=args.alpha,
-        erase_margin=args.erase_margin,
         omega_e=args.omega_e,
         counterfactuals=args.counterfactuals,
         counterfactual_weight=args.counterfactual_weight,
@@ -148,12 +147,6 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
         help="the layer of the attention (default: the arch's)",
     )
     p.add_argument("--alpha", type=float, default=None, help="override the weight of L_am (eq. 6)")
-    p.add_argument(
-        "--erase-margin",
-        type=float,
-        default=None,
-        help="grow the soft mask by this fraction of the image side before the erase (eq. 3)",
-    )
     p.add_argument("--omega-e", type=float, default=None, help="override the weight of the guidance loss (eq. 8)")
     p.add_argument(
         "--counterfactuals", type=int, default=None, help="override the pasted images per batch (counterfactual)"

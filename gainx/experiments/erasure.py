@@ -7,8 +7,7 @@ scoring each (image, ground-truth class) pair of a split with masks, as L_am rea
 class c, :func:`gainx.losses.terms.am_class_score`), on four inputs:
 
 * ``image``: the image as it is;
-* ``own``: erased by its own soft mask ``T(A_c)`` (eq. 4, with the run's sigma, omega and erase margin): what
-  L_am sees;
+* ``own``: erased by its own soft mask ``T(A_c)`` (eq. 4, with the run's sigma and omega): what L_am sees;
 * ``moved``: erased by that mask moved off the objects: rolled by half the image in both axes, and zero on
   every object pixel (no object is erased);
 * ``object``: erased by the mask of class c's objects, whatever the attention;
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -36,7 +36,6 @@ from gainx.data import load_split_for_model
 from gainx.losses.terms import am_class_score
 from gainx.models import load_model
 from gainx.ops import soft_mask
-from gainx.ops.attention_erase import grow
 
 INPUTS = ("image", "own", "moved", "object", "object_margin")
 FIELDS = (*INPUTS, "area_own", "area_moved")
@@ -51,7 +50,8 @@ def moved_off_objects(mask: Tensor, objects: Tensor) -> Tensor:
 
 def with_margin(mask: Tensor) -> Tensor:
     """``(P, H, W)`` binary masks grown by ``max(H, W) // 16`` pixels on every side (a square dilation)."""
-    return grow(mask, max(mask.shape[-2:]) // 16)
+    margin = max(mask.shape[-2:]) // 16
+    return F.max_pool2d(mask.unsqueeze(1), 2 * margin + 1, stride=1, padding=margin).squeeze(1)
 
 
 def erased(images: Tensor, mask: Tensor) -> Tensor:
@@ -73,7 +73,6 @@ def erasure_scores(
     model, meta = load_model(checkpoint)
     config = meta.get("config", {})
     sigma, omega = float(config.get("sigma", 0.5)), float(config.get("omega", 10.0))
-    erase_margin = float(config.get("erase_margin", 0.0))
     multilabel = bool(meta.get("multilabel", False))
     dataset = load_split_for_model(data, split, meta)
     sums = torch.zeros(len(FIELDS), dtype=torch.float64)
@@ -87,7 +86,7 @@ def erasure_scores(
             continue
         images, guide = batch["image"][image], batch["guide"][image]
         _, maps = attention_maps(model, images, meta["target_layer"], classes=cls.unsqueeze(1))
-        own = grow(soft_mask(maps[:, 0], sigma, omega), round(erase_margin * max(images.shape[-2:])))
+        own = soft_mask(maps[:, 0], sigma, omega)
         objects = (guide != 0).any(dim=1).to(own.dtype)  # 255 (ignore) counts as object: never erased by `moved`
         moved = moved_off_objects(own, objects)
         of_class = (guide[torch.arange(cls.numel()), cls] == 1).to(own.dtype)

@@ -88,7 +88,6 @@ class Profile:
     lr: float | None = None
     am_warmup: int | None = None  # epochs of L_cl only (at most epochs - 1)
     alpha: float | None = None  # weight of L_am (eq. 6)
-    erase_margin: float | None = None  # the soft mask grown by this fraction of the image side (eq. 3)
     omega_e: float | None = None  # weight of the guidance loss (eq. 8)
     counterfactuals: int | None = None  # pasted images per batch (guidance "counterfactual")
     counterfactual_weight: float | None = None  # their weight in L_cl relative to a batch image
@@ -118,7 +117,6 @@ TRAINING_FIELDS = (
     "lr",
     "am_warmup",
     "alpha",
-    "erase_margin",
     "omega_e",
     "counterfactuals",
     "counterfactual_weight",

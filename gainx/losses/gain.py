@@ -108,9 +108,6 @@ class GAIN(nn.Module):
         omega_e: weight of the guidance loss (eq. 8); the default 0.2 is the default recipe's (the
             paper's is 10: :data:`gainx.training.presets.PAPER`).
         sigma, omega: threshold and scale of the soft mask T (eq. 4).
-        erase_margin: grow T by this fraction of the image side before the erase (eq. 3;
-            :mod:`gainx.ops.attention_erase`): the erased region then also covers the outline of what
-            the attention covers. 0 (the paper's eq. 3) by default; runs the erase on the eager backend.
         second_order: differentiate through the Grad-CAM weights
             (``create_graph=True``) instead of treating them as constants.
         freeze_bn_am: do not update batch-norm running statistics with the
@@ -172,7 +169,6 @@ class GAIN(nn.Module):
         omega_e: float = 0.2,
         sigma: float = 0.5,
         omega: float = 10.0,
-        erase_margin: float = 0.0,
         second_order: bool = False,
         freeze_bn_am: bool = True,
         am_score: str = "auto",
@@ -201,9 +197,6 @@ class GAIN(nn.Module):
         self.multilabel = multilabel
         self.alpha = ALPHA_BY_METHOD[method] if alpha is None else alpha
         self.omega_e, self.sigma, self.omega = omega_e, sigma, omega
-        if not 0 <= erase_margin < 0.5:
-            raise ValueError(f"erase_margin must be a fraction of the image side in [0, 0.5), got {erase_margin}")
-        self.erase_margin = erase_margin
         self.second_order = second_order
         self.freeze_bn_am = freeze_bn_am
         self.am_score = am_score
@@ -329,16 +322,8 @@ class GAIN(nn.Module):
         num_images = images.shape[0]
         scores_am, loss_am, erased = None, zero, None
         if self.alpha != 0:  # S_am (eq. 3-5)
-            margin = round(self.erase_margin * max(images.shape[-2:]))
             cam, erased = attention_erase(
-                selected,
-                grads,
-                images,
-                pair_index,
-                sigma=self.sigma,
-                omega=self.omega,
-                backend=self.backend,
-                margin=margin,
+                selected, grads, images, pair_index, sigma=self.sigma, omega=self.omega, backend=self.backend
             )
             with frozen_bn_stats(self.model, self.freeze_bn_am):
                 scores_am = select_scores(self.model(erased), self.output)

@@ -18,7 +18,6 @@ from gainx.ops.attention_erase import (
     attention_erase,
     attention_erase_eager,
     available_backends,
-    grow,
     register_backend,
     soft_mask,
 )
@@ -35,7 +34,6 @@ __all__ = [
     "class_attention",
     "gradcam",
     "gradcam_raw",
-    "grow",
     "normalize_cam",
     "register_backend",
     "soft_mask",

@@ -8,11 +8,6 @@ For P (image, class) pairs with target-layer features ``F`` and gradients ``G``
 * soft mask    ``T = sigmoid(omega (N - sigma))``                   (eq. 4)
 * erased image ``I* = I[index] - T * I[index]``                     (eq. 3)
 
-With ``margin > 0`` (pixels) the mask is grown before the erase, ``T <- max_{|d| <= margin} T(x + d)`` (a
-square max filter): the erasure then also covers the outline around what the attention covers, where an
-object erased exactly would still show its class by its silhouette (eq. 3 with zeros leaves a hole of the
-object's shape). The margin runs on the eager backend.
-
 :func:`attention_erase_eager` is the plain-PyTorch reference (any device, the
 CPU path). :func:`attention_erase` runs the step on a chosen *backend*, the one
 seam behind which it runs: ``"eager"`` (the reference), ``"triton"`` (fused
@@ -31,7 +26,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from gainx._extras import require
@@ -50,13 +44,6 @@ def soft_mask(maps: Tensor, sigma: float, omega: float) -> Tensor:
     return torch.sigmoid(omega * (maps - sigma))
 
 
-def grow(mask: Tensor, margin: int) -> Tensor:
-    """``(P, H, W)`` masks grown by ``margin`` pixels on every side (a square max filter); 0: unchanged."""
-    if margin == 0:
-        return mask
-    return F.max_pool2d(mask.unsqueeze(1), 2 * margin + 1, stride=1, padding=margin).squeeze(1)
-
-
 def attention_erase_eager(
     features: Tensor,
     grads: Tensor,
@@ -65,7 +52,6 @@ def attention_erase_eager(
     sigma: float = 0.5,
     omega: float = 10.0,
     eps: float = EPS,
-    margin: int = 0,
 ) -> ErasedPairs:
     """Reference implementation (see the module docstring).
 
@@ -76,11 +62,10 @@ def attention_erase_eager(
         images: ``(B, 3, H, W)`` network inputs.
         index: ``(P,)`` int64, the image of each pair (several classes of one
             image share it; the image is never copied by the caller).
-        margin: pixels the soft mask is grown by before the erase (see the module docstring).
     """
     size = (images.shape[-2], images.shape[-1])
     cam = normalize_cam(gradcam_raw(features, grads), size, eps)
-    mask = grow(soft_mask(upsample(cam, size), sigma, omega), margin).unsqueeze(1)
+    mask = soft_mask(upsample(cam, size), sigma, omega).unsqueeze(1)
     source = images.index_select(0, index)
     return ErasedPairs(cam=cam, erased=source - mask.to(source.dtype) * source)
 
@@ -118,12 +103,8 @@ def available_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def resolve_backend(name: str, device: torch.device, margin: int = 0) -> str:
-    """Turn ``"auto"`` into a concrete backend name for tensors on ``device`` (eager for a ``margin``)."""
-    if margin and name not in ("auto", "eager"):
-        raise ValueError(f"an erase margin ({margin} pixels) runs on the eager backend, not {name!r}")
-    if margin:
-        return "eager"
+def resolve_backend(name: str, device: torch.device) -> str:
+    """Turn ``"auto"`` into a concrete backend name for tensors on ``device``."""
     if name != "auto":
         if name not in _BACKENDS:
             raise ValueError(f"unknown backend {name!r}; choose one of {['auto', *available_backends()]}")
@@ -145,13 +126,7 @@ def attention_erase(
     sigma: float = 0.5,
     omega: float = 10.0,
     backend: str = "auto",
-    margin: int = 0,
 ) -> ErasedPairs:
-    """Run the attention-mining step (eq. 1-4) on the chosen backend (see the module docstring); a ``margin``
-    (pixels) runs on the eager one."""
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0 pixels, got {margin}")
-    impl = _BACKENDS[resolve_backend(backend, images.device, margin)]()
-    if margin:
-        return impl(features, grads, images, index, sigma=sigma, omega=omega, margin=margin)
+    """Run the attention-mining step (eq. 1-4) on the chosen backend (see the module docstring)."""
+    impl = _BACKENDS[resolve_backend(backend, images.device)]()
     return impl(features, grads, images, index, sigma=sigma, omega=omega)

@@ -28,7 +28,6 @@ class TrainConfig:
     omega_e: float = 0.2  # weight of L_e (eq. 8)
     sigma: float = 0.5  # mask threshold (eq. 4)
     omega: float = 10.0  # mask scale (eq. 4)
-    erase_margin: float = 0.0  # grow the mask by this fraction of the image side before the erase (eq. 3)
     second_order: bool = False
     freeze_bn_am: bool = True
     bn_statistics: str = "auto"  # auto | recompute | running (gainx.training.batch_norm); auto: recompute fine-tuning

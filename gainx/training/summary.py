@@ -98,13 +98,8 @@ def objective_line(objective: GAIN, am_warmup: int, batch_size: int) -> str:
             f"GAINext (eq. 8): L_cl + {objective.alpha:g} L_am + {objective.omega_e:g} L_e "
             f"(guidance {objective.guidance}{images})"
         )
-    margin = (
-        f"; the soft mask grown by {objective.erase_margin:g} of the image side before the erase"
-        if objective.erase_margin and objective.alpha
-        else ""
-    )
     start = f"; the attention terms from epoch {am_warmup + 1}" if am_warmup else ""
-    return f"objective: {terms}{margin}{start}"
+    return f"objective: {terms}{start}"
 
 
 def _counterfactual_weight(objective: GAIN) -> str:

@@ -144,7 +144,6 @@ class Trainer:
             alpha=cfg.alpha,
             omega_e=cfg.omega_e,
             sigma=cfg.sigma,
-            erase_margin=cfg.erase_margin,
             omega=cfg.omega,
             second_order=cfg.second_order,
             freeze_bn_am=cfg.freeze_bn_am,
