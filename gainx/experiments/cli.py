@@ -248,7 +248,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     bias.set_defaults(func=_cmd_bias)
     loc = which.add_parser(
-        "localization", help="cue mIoU and pointing game of Grad-CAM, GAIN, GAINext on shapes-on-clutter"
+        "localization",
+        help="cue mIoU, pointing game and the erasure test (does each model read the object or the erasure?) "
+        "of Grad-CAM, GAIN, GAINext on shapes-on-clutter",
     )
     _common(loc, [0.05])
     loc.add_argument(
