@@ -228,3 +228,13 @@ def test_recomputing_leaves_training_as_it_was_and_a_finished_run_can_recompute_
     assert resumed["bn_statistics"] == "recomputed" and resumed["epoch"] == 2
     for key, value in precise["model"].items():
         assert torch.equal(resumed["model"][key], value), key
+
+
+def test_resume_reads_the_random_states_on_the_host_whatever_the_device(decoy_dir, tmp_path):
+    """On a CUDA device, a checkpoint mapped onto the device would hold the random states there, where numpy and
+    torch.set_rng_state cannot take them; the meta device stands in for it here."""
+    last = load_checkpoint(train(_cfg(decoy_dir, tmp_path / "run", epochs=1)))
+    trainer = Trainer(_cfg(decoy_dir, tmp_path / "run", epochs=2, resume=True), False)
+    trainer.device = torch.device("meta")
+    trainer.restore(tmp_path / "run" / "last.pt")
+    assert torch.equal(torch.get_rng_state(), last["rng"]["torch"]) and trainer.start_epoch == 1

@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from ddp_helpers import run_ranks  # tests/ is on sys.path under pytest
 
+import gainx.training.trainer as trainer_module
 from gainx.data.synthetic import write_decoy
 from gainx.models import load_checkpoint
 from gainx.training import TrainConfig
-from gainx.training.trainer import train
+from gainx.training.trainer import TrainingDiverged, train
 
 
 def _config(data: Path, out: Path, **kw: Any) -> TrainConfig:
@@ -61,3 +62,21 @@ def test_a_resumed_ddp_run_ends_where_an_uninterrupted_one_ends(tmp_path):
     for key, value in full["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6, msg=key)
     torch.testing.assert_close(resumed["counterfactual_log_weight"], full["counterfactual_log_weight"])
+
+
+def _diverging_worker(rank: int, port: int, cfg: TrainConfig, folder: str) -> None:
+    """Rank 0 finds non-finite weights after the first epoch (the check runs on it alone); every rank must stop."""
+    if rank == 0:
+        trainer_module.non_finite_tensors = lambda state: ["features.0.0.weight"]
+    try:
+        _worker(rank, port, cfg)
+    except TrainingDiverged as stop:
+        (Path(folder) / f"stopped{rank}").write_text(str(stop))
+
+
+def test_every_rank_stops_when_the_main_one_finds_non_finite_weights(tmp_path):
+    data = write_decoy(tmp_path / "data", image_size=16, seed=1, mask_fraction=0.25, train_size=48, test_size=8)
+    run_ranks(_diverging_worker, _free_port(), _config(data, tmp_path / "run"), str(tmp_path), timeout=90)
+    for rank in range(2):
+        assert "features.0.0.weight" in (tmp_path / f"stopped{rank}").read_text()
+    assert not (tmp_path / "run" / "last.pt").exists()  # nothing saved

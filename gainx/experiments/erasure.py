@@ -4,7 +4,7 @@ L_am (eq. 5) asks the score of class c to fall on the erased image ``I*_c = I - 
 can meet it in two ways: its attention A_c covers the object, so that I*_c no longer shows it (the paper's aim),
 or it learns that an erased region itself means "not c", wherever the region lies. The two are told apart by
 scoring each (image, ground-truth class) pair of a split with masks, as L_am reads the score (the probability of
-class c, :func:`gainx.losses.terms.am_class_score`), on four inputs:
+class c, :func:`gainx.losses.terms.am_class_score`), on five inputs:
 
 * ``image``: the image as it is;
 * ``own``: erased by its own soft mask ``T(A_c)`` (eq. 4, with the run's sigma and omega): what L_am sees;

@@ -116,7 +116,7 @@ def run_localization(
     head = f"{bench.description}; {profile.model}; mean ± std over seeds {list(seeds)}"
     erasure_head = (
         "Read the object or the erasure? The probability of each ground-truth class on the test images with masks, "
-        "as they are and erased three ways (gainx.experiments.erasure):"
+        "as they are and erased four ways (gainx.experiments.erasure):"
     )
     atomic_write_text(out / "results.md", f"{head}\n\n{table}\n\n{erasure_head}\n\n{erasure_table}\n")
     seed = seeds[0]

@@ -57,7 +57,6 @@ from gainx.losses.pairs import PairPlan, plan_pairs
 from gainx.losses.terms import (
     AM_SCORES,
     attention_mining_loss,
-    classification_loss,
     classification_losses,
     guidance_loss,
     weighted_mean,
@@ -265,13 +264,12 @@ class GAIN(nn.Module):
             raise ValueError(f"labels must be (B, C) multi-hot with B = {images.shape[0]}, got {tuple(labels.shape)}")
         num_batch = images.shape[0]
         counterfactual = None
-        if self.bank is not None and (guide is not None or has_guide is not None):  # none: an evaluation batch
+        banked = self.bank is not None and (guide is not None or has_guide is not None)  # no: an evaluation batch
+        if banked:
             _check_guides(guide, has_guide, labels, images)
             images, labels, guide, has_guide, counterfactual = self._add_counterfactuals(
                 images, labels, guide, has_guide
             )
-            if counterfactual is None and self._moves_weight():  # the bank is still empty: a step of 0 here,
-                self._group_dro_step(images.new_zeros(4))  # and other DDP ranks' sums reach this rank's weight
         plan = plan_pairs(labels, has_guide if self.method == "gainext" else None, images.device)
         labels = labels.to(images.device, non_blocking=True)
         weighted = self.alpha != 0 or (self.method == "gainext" and self.omega_e != 0)
@@ -282,7 +280,7 @@ class GAIN(nn.Module):
             guide = guide.to(images.device, non_blocking=True)
         if self.graphs is not None:
             return self._graphed_step(images, labels, guide if guided else None, plan, attend)
-        return self._step(images, labels, guide, plan, attend, num_batch, counterfactual)
+        return self._step(images, labels, guide, plan, attend, num_batch, counterfactual, banked)
 
     def _step(
         self,
@@ -293,17 +291,22 @@ class GAIN(nn.Module):
         attend: bool,
         num_batch: int,
         counterfactual: Tensor | None,
+        banked: bool = False,
     ) -> GAINOutput:
-        """The three streams on a planned batch (every tensor on the images' device): no host sync."""
+        """The three streams on a planned batch (every tensor on the images' device): no host sync. ``banked``: a
+        training batch of the counterfactual guidance, whose group-DRO step every rank takes, also one whose bank
+        has drawn nothing yet (``counterfactual`` None): then with the batch's losses alone."""
         pair_index, pair_class = plan.index, plan.classes
         if attend and self.method == "gainext" and self.guidance in INPUT_GRADIENT_GUIDANCES:
             images = images.detach().requires_grad_(True)  # rrr differentiates the scores w.r.t. the input
         with capture_output(self.layer) as captured:
             scores = select_scores(self.model(images), self.output)
+        per_image = classification_losses(scores, labels, self.multilabel)
         if counterfactual is None:
-            loss_cl = classification_loss(scores, labels, self.multilabel)
+            loss_cl = per_image.mean()
+            if banked:  # the bank is still empty: no step here, but the other ranks' sums reach this rank
+                self._counterfactual_weights(per_image.detach(), labels, num_batch)
         else:
-            per_image = classification_losses(scores, labels, self.multilabel)
             weights = self._counterfactual_weights(per_image.detach(), labels, num_batch)
             loss_cl = weighted_mean(per_image, weights)
         zero = loss_cl.new_zeros(())

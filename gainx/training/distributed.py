@@ -55,6 +55,16 @@ def gather_to_main(obj: Any, info: DistInfo) -> list[Any] | None:
     return gathered
 
 
+def broadcast_from_main(obj: Any, info: DistInfo) -> Any:
+    """The main process's ``obj`` (picklable) on every rank; ``obj`` itself without a process group. Every rank
+    must call it."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -52,6 +52,7 @@ from gainx.training.distributed import (
     DistInfo,
     all_reduce_mean,
     barrier,
+    broadcast_from_main,
     gather_to_main,
     init_distributed,
     shutdown,
@@ -242,7 +243,8 @@ class Trainer:
         """What this process draws from next, for resuming: its random state and its counterfactual bank (the
         annotated training images of its last steps), unless the bank holds more than
         :data:`BANK_CHECKPOINT_BYTES` (large images, many classes): then a resumed run refills it and draws
-        other images than an uninterrupted one."""
+        other images than an uninterrupted one. The bound is per process: a DDP run's last.pt holds up to
+        one such bank per rank."""
         state: dict[str, Any] = {"rng": rng_state()}
         bank = self.objective.bank
         if bank is None:
@@ -280,8 +282,9 @@ class Trainer:
         if len(ranks) == self.dist.world_size:
             return ranks[self.dist.rank]
         if self.dist.main:
+            written = f"by {len(ranks)} processes" if "ranks" in state else "with one process's state"
             print(
-                f"note: {path} was written by {len(ranks)} process(es) and this run has {self.dist.world_size}: "
+                f"note: {path} was written {written}, this run has world size {self.dist.world_size}: "
                 "every process resumes with the random state and counterfactual bank of the first, so the run "
                 "draws other images than an uninterrupted one",
                 file=sys.stderr,
@@ -290,7 +293,8 @@ class Trainer:
         return ranks[0]
 
     def restore(self, path: Path) -> None:
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_checkpoint(path, map_location="cpu")  # random states must be host tensors; the model,
+        # optimizer and bank move to their device as they load
         check_finite_weights(
             path, state["model"], "cannot resume from it: start over with --overwrite, or put back a finite copy"
         )
@@ -418,17 +422,20 @@ class Trainer:
                 start = time.perf_counter()
                 metrics = self.train_epoch(epoch)
                 self.scheduler.step()
+                bad: list[str] = []
                 if self.dist.main:
                     if self.recompute_bn:  # before validation and the checkpoints, which then hold them
                         self.recompute_statistics()
                     improved = self.validate(metrics, epoch + 1)
                     metrics["seconds"] = time.perf_counter() - start
                     bad = non_finite_tensors(self.model.state_dict())
-                    if bad:
-                        raise TrainingDiverged(
-                            f"epoch {epoch + 1}: {len(bad)} weight tensor(s) hold NaN or "
-                            f"infinite values (first: {bad[0]}); not saved, {self.kept_checkpoint()}"
-                        )
+                bad = broadcast_from_main(bad, self.dist)  # every rank stops, none waits for the others
+                if bad:
+                    raise TrainingDiverged(
+                        f"epoch {epoch + 1}: {len(bad)} weight tensor(s) hold NaN or "
+                        f"infinite values (first: {bad[0]}); not saved, {self.kept_checkpoint()}"
+                    )
+                if self.dist.main:
                     log.log(epoch + 1, metrics)  # before the checkpoint: a resumed run rewrites a row it repeats
                 ranks = gather_to_main(self.rank_state(), self.dist)  # after validation: what each draws next
                 if self.dist.main:
