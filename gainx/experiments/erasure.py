@@ -67,7 +67,7 @@ def _class_probability(model: nn.Module, images: Tensor, classes: Tensor, multil
 def erasure_scores(
     checkpoint: str | Path, data: str | Path, split: str, batch_size: int = 64, max_pairs: int | None = None
 ) -> dict[str, Any]:
-    """Mean probability of the ground-truth class on the four inputs of the module docstring, and the
+    """Mean probability of the ground-truth class on the five inputs of the module docstring, and the
     erased areas, over the (image, ground-truth class) pairs of ``split`` whose image carries a mask
     (at most ``max_pairs``, in order)."""
     model, meta = load_model(checkpoint)

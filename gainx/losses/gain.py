@@ -415,42 +415,26 @@ class GAIN(nn.Module):
         """``(B + K,)`` weights of L_cl: 1 for the batch's images, ``exp(counterfactual_log_weight)`` for the
         counterfactual ones, after the group-DRO step on this step's losses (``counterfactual_eta > 0``; only
         while the model trains with gradients; the gap is taken over the pasted images, not the object-free
-        backgrounds, whose uniform target is no measure of the context; on the device, no host sync)."""
-        self._weight_to(per_image.device)
-        if self._moves_weight():
-            extra = per_image[num_batch:]
+        backgrounds, whose uniform target is no measure of the context; on the device, no host sync):
+        ``log w += eta (mean_cf l - mean_batch l)``, bounded by ``counterfactual_weight_max``; no pasted image:
+        no step. Under ``torch.distributed`` the four sums the step needs are added over the ranks first (one
+        all-reduce per step, which every rank joins after its model's forward, as SyncBatchNorm's): every rank
+        takes the step of the global batch, where each would otherwise take its own and DDP would keep rank 0's."""
+        if self.counterfactual_log_weight.device != per_image.device:  # a model moved after GAIN was built
+            self.counterfactual_log_weight = self.counterfactual_log_weight.to(per_image.device)
+        if self.counterfactual_eta > 0 and self.model.training and torch.is_grad_enabled():
+            extra, batch = per_image[num_batch:], per_image[:num_batch]
             pasted = (labels[num_batch:].amax(dim=1) > 0.5).to(extra.dtype)  # object-free backgrounds have no class
-            batch = per_image[:num_batch]
-            self._group_dro_step(
-                torch.stack([(extra * pasted).sum(), pasted.sum(), batch.sum(), batch.new_full((), num_batch)])
-            )
+            sums = torch.stack([(extra * pasted).sum(), pasted.sum(), batch.sum(), batch.new_full((), num_batch)])
+            pasted_loss, count, batch_loss, batch_count = _sum_over_ranks(sums.float()).unbind()
+            gap = pasted_loss / count.clamp_min(1) - batch_loss / batch_count.clamp_min(1)
+            step = self.counterfactual_eta * gap * (count > 0)
+            self.counterfactual_log_weight += step.to(self.counterfactual_log_weight.dtype)
+            if self.counterfactual_weight_max is not None:
+                self.counterfactual_log_weight.clamp_(max=math.log(self.counterfactual_weight_max))
         weights = torch.ones_like(per_image)
         weights[num_batch:] = self.counterfactual_log_weight.exp().to(per_image.dtype)
         return weights
-
-    def _weight_to(self, device: torch.device) -> None:
-        """Keep the weight's buffer on the losses' device (a model moved after GAIN was built)."""
-        if self.counterfactual_log_weight.device != device:
-            self.counterfactual_log_weight = self.counterfactual_log_weight.to(device)
-
-    def _moves_weight(self) -> bool:
-        """The group DRO steps on this call: ``counterfactual_eta > 0``, the model training with gradients."""
-        return self.counterfactual_eta > 0 and self.model.training and torch.is_grad_enabled()
-
-    def _group_dro_step(self, sums: Tensor) -> None:
-        """``log w += eta (mean_cf l - mean_batch l)`` from ``sums`` = (the pasted images' summed loss, their
-        count, the batch images' summed loss, their count), bounded by ``counterfactual_weight_max``; no
-        pasted image: no step. Under ``torch.distributed`` the sums are added over the ranks first (one
-        all-reduce per step, which every rank joins, as SyncBatchNorm's): every rank takes the step of the
-        global batch, where each would otherwise take its own and DDP would keep rank 0's."""
-        self._weight_to(sums.device)
-        sums = _sum_over_ranks(sums.float())
-        pasted_loss, count, batch_loss, batch_count = sums.unbind()
-        gap = pasted_loss / count.clamp_min(1) - batch_loss / batch_count.clamp_min(1)
-        step = self.counterfactual_eta * gap * (count > 0)
-        self.counterfactual_log_weight += step.to(self.counterfactual_log_weight.dtype)
-        if self.counterfactual_weight_max is not None:
-            self.counterfactual_log_weight.clamp_(max=math.log(self.counterfactual_weight_max))
 
     def counterfactual_count(self, batch_size: int) -> int:
         """Pasted images added to a batch of ``batch_size`` images: ``counterfactuals``, or ``ceil(B / 2)``
