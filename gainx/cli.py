@@ -42,6 +42,9 @@ TRAIN_HELP = {
     "moving averages) or auto (recompute when fine-tuning from --weights: the averages start from the weights' "
     "data and may move slowly)",
     "am_score": "how s_c(I*) is read (eq. 5); auto: sigmoid for multi-label data, else softmax",
+    "am_gradient": "what L_am trains: network (the paper's; the erased image is scored by the weights being trained, "
+    "so the classifier may learn to score erasures low) or attention (scored with the weights held constant: L_am "
+    "reaches them only through the attention map)",
     "am_warmup": "epochs of L_cl only before the attention streams start",
     "backend": "where attention -> mask -> erase runs",
     "guidance": "S_e loss of gainext; paper is eq. 7, the others are described in gainx.losses.guidance",
@@ -91,7 +94,7 @@ def _train_choices() -> dict[str, list[str]]:
     from gainx.data.voc import GUIDES
     from gainx.losses import METHODS
     from gainx.losses.guidance import GUIDANCES
-    from gainx.losses.terms import AM_SCORES
+    from gainx.losses.terms import AM_GRADIENTS, AM_SCORES
     from gainx.ops.attention_erase import available_backends
     from gainx.training.batch_norm import BN_STATISTICS
     from gainx.training.schedule import SCHEDULERS
@@ -102,6 +105,7 @@ def _train_choices() -> dict[str, list[str]]:
         "optimizer": list(OPTIMIZERS),
         "scheduler": list(SCHEDULERS),
         "am_score": list(AM_SCORES),
+        "am_gradient": list(AM_GRADIENTS),
         "bn_statistics": list(BN_STATISTICS),
         "backend": ["auto", *available_backends()],
         "guidance": list(GUIDANCES),

@@ -330,3 +330,5 @@ def test_the_start_summary_names_the_objective_and_its_weights():
     paper = objective_line(GAIN(model, "features", method="gainext", alpha=1.0, omega_e=10.0, guidance="paper"), 0, 8)
     assert paper == "objective: GAINext (eq. 8): L_cl + 1 L_am + 10 L_e (guidance paper)"
     assert objective_line(GAIN(model, "features", method="baseline"), 1, 8) == "objective: baseline, L_cl only"
+    attention = objective_line(GAIN(model, "features", am_gradient="attention"), 0, 8)
+    assert attention == "objective: GAIN (eq. 6): L_cl + 1 L_am (through the attention only)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -215,6 +216,31 @@ def test_second_order_trains_through_gradcam_weights():
         out = GAIN(model, "features", second_order=second)(images, labels)
         grads[second] = torch.autograd.grad(out.loss_am, model.fc.weight)[0]
     assert not torch.allclose(grads[False], grads[True])
+
+
+def test_am_gradient_attention_scores_erased_images_with_constant_weights():
+    images, labels, _ = _batch()
+    models = {}
+    for how in ("network", "attention"):
+        torch.manual_seed(0)
+        models[how] = SmallCNN(3, width=8)
+    scorer = copy.deepcopy(models["attention"]).requires_grad_(False)  # the same weights, as constants
+    out = GAIN(models["attention"], "features", am_gradient="attention")(images, labels)
+    with frozen_bn_stats(scorer):
+        expected = attention_mining_loss(scorer(out.erased), out.pair_index, out.pair_class, 4, "auto", False)
+    torch.testing.assert_close(out.loss_am, expected)
+    weights = list(models["attention"].parameters())
+    got = torch.autograd.grad(out.loss_am, weights, retain_graph=True, allow_unused=True)
+    want = torch.autograd.grad(expected, weights, allow_unused=True)
+    for g, w in zip(got[:-1], want[:-1]):
+        torch.testing.assert_close(g, w)
+    # the classifier's bias does not move A_c: L_am could reach it only by scoring the erased images
+    assert got[-1] is None and want[-1] is None
+    paper = GAIN(models["network"], "features")(images, labels)
+    torch.testing.assert_close(paper.loss_am, out.loss_am)
+    assert torch.count_nonzero(torch.autograd.grad(paper.loss_am, models["network"].fc.bias)[0]) > 0
+    with pytest.raises(ValueError, match="am_gradient must be one of"):
+        GAIN(models["network"], "features", am_gradient="classifier")
 
 
 def test_frozen_bn_keeps_running_stats_but_uses_batch_stats():

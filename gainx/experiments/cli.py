@@ -9,6 +9,7 @@ from typing import Any
 from gainx.experiments.specs import BIAS_BENCHMARKS, RECIPES, REFERENCES
 from gainx.losses.counterfactual import JITTERS
 from gainx.losses.guidance import GUIDANCES
+from gainx.losses.terms import AM_GRADIENTS
 from gainx.training.presets import PRESETS
 
 DATA_FLAGS = ("consistent_split", "conflicting_split", "oracle_split")  # --data only
@@ -27,6 +28,7 @@ def _profile(args: argparse.Namespace):
         weights=args.weights,
         target_layer=args.target_layer,
         alpha=args.alpha,
+        am_gradient=args.am_gradient,
         omega_e=args.omega_e,
         counterfactuals=args.counterfactuals,
         counterfactual_weight=args.counterfactual_weight,
@@ -147,6 +149,13 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
         help="the layer of the attention (default: the arch's)",
     )
     p.add_argument("--alpha", type=float, default=None, help="override the weight of L_am (eq. 6)")
+    p.add_argument(
+        "--am-gradient",
+        choices=AM_GRADIENTS,
+        default=None,
+        help="override what L_am trains: network (the paper's) or attention (the weights held constant on the erased "
+        "image)",
+    )
     p.add_argument("--omega-e", type=float, default=None, help="override the weight of the guidance loss (eq. 8)")
     p.add_argument(
         "--counterfactuals", type=int, default=None, help="override the pasted images per batch (counterfactual)"

@@ -88,6 +88,7 @@ class Profile:
     lr: float | None = None
     am_warmup: int | None = None  # epochs of L_cl only (at most epochs - 1)
     alpha: float | None = None  # weight of L_am (eq. 6)
+    am_gradient: str | None = None  # network | attention: what L_am trains (gainx.losses.gain.GAIN)
     omega_e: float | None = None  # weight of the guidance loss (eq. 8)
     counterfactuals: int | None = None  # pasted images per batch (guidance "counterfactual")
     counterfactual_weight: float | None = None  # their weight in L_cl relative to a batch image
@@ -117,6 +118,7 @@ TRAINING_FIELDS = (
     "lr",
     "am_warmup",
     "alpha",
+    "am_gradient",
     "omega_e",
     "counterfactuals",
     "counterfactual_weight",

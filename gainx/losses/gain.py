@@ -55,6 +55,7 @@ from gainx.losses.guidance import (
 )
 from gainx.losses.pairs import PairPlan, plan_pairs
 from gainx.losses.terms import (
+    AM_GRADIENTS,
     AM_SCORES,
     attention_mining_loss,
     classification_losses,
@@ -113,6 +114,12 @@ class GAIN(nn.Module):
             erased images of the attention-mining stream.
         am_score: how s_c(I*) is read off the scores, see
             :func:`gainx.losses.terms.am_class_score`.
+        am_gradient: what L_am (eq. 5) trains. ``"network"`` (the paper's): the erased image is scored by
+            the network being trained, so L_am's gradient also reaches the weights through that forward pass and
+            can teach the classifier to score erased images low, wherever the erasure falls. ``"attention"``:
+            the erased image is scored with the weights held constant, so L_am reaches them only through
+            A_c (eq. 1-2) and T(A_c) (eq. 3-4): it moves the attention onto what the classifier reads, not the
+            classifier onto what the attention erases.
         backend: where attention -> mask -> erase runs (:mod:`gainx.ops.attention_erase`).
         guidance: the S_e loss of ``method="gainext"``: ``"paper"`` (eq. 7), ``"scaled"``,
             ``"all_classes"``, ``"signed"``, ``"rrr"``, ``"rrr_classes"`` or ``"counterfactual"``
@@ -171,6 +178,7 @@ class GAIN(nn.Module):
         second_order: bool = False,
         freeze_bn_am: bool = True,
         am_score: str = "auto",
+        am_gradient: str = "network",
         backend: str = "auto",
         guidance: str = "counterfactual",
         reshape_transform: ReshapeTransform | None = None,
@@ -189,6 +197,8 @@ class GAIN(nn.Module):
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if am_score not in AM_SCORES:
             raise ValueError(f"am_score must be one of {AM_SCORES}, got {am_score!r}")
+        if am_gradient not in AM_GRADIENTS:
+            raise ValueError(f"am_gradient must be one of {AM_GRADIENTS}, got {am_gradient!r}")
         self.model = model
         self.target_layer = target_layer
         self.layer = resolve_layer(model, target_layer)
@@ -199,6 +209,7 @@ class GAIN(nn.Module):
         self.second_order = second_order
         self.freeze_bn_am = freeze_bn_am
         self.am_score = am_score
+        self.am_gradient = am_gradient
         self.backend = backend
         self.guidance = check_guidance(guidance)
         self.reshape_transform = reshape_transform
@@ -329,7 +340,7 @@ class GAIN(nn.Module):
                 selected, grads, images, pair_index, sigma=self.sigma, omega=self.omega, backend=self.backend
             )
             with frozen_bn_stats(self.model, self.freeze_bn_am):
-                scores_am = select_scores(self.model(erased), self.output)
+                scores_am = select_scores(self._score_erased(erased), self.output)
             loss_am = attention_mining_loss(
                 scores_am, pair_index, pair_class, num_images, self.am_score, self.multilabel
             )
@@ -359,6 +370,14 @@ class GAIN(nn.Module):
             scores_am,
             counterfactual,
         )
+
+    def _score_erased(self, erased: Tensor) -> Any:
+        """The model's output on the erased images (S_am); with ``am_gradient="attention"`` its weights are
+        constants there, so the gradient of L_am reaches them only through ``erased``."""
+        if self.am_gradient == "network":
+            return self.model(erased)
+        constants = {name: p.detach() for name, p in self.model.named_parameters()}
+        return torch.func.functional_call(self.model, constants, (erased,), strict=False)
 
     def _graphed_step(
         self, images: Tensor, labels: Tensor, guide: Tensor | None, plan: PairPlan, attend: bool

@@ -9,6 +9,7 @@ from torch import Tensor
 from gainx.data.records import IGNORE
 
 AM_SCORES = ("auto", "sigmoid", "softmax", "logit")
+AM_GRADIENTS = ("network", "attention")  # what L_am trains (gainx.losses.gain.GAIN, am_gradient)
 
 
 def classification_losses(scores: Tensor, labels: Tensor, multilabel: bool) -> Tensor:

@@ -85,8 +85,11 @@ def objective_line(objective: GAIN, am_warmup: int, batch_size: int) -> str:
     for GAIN, eq. 8 with its guidance loss (and the counterfactual images) for GAINext."""
     if objective.method == "baseline":
         return "objective: baseline, L_cl only"
+    mining = f"{objective.alpha:g} L_am"
+    if objective.alpha and objective.am_gradient == "attention":
+        mining += " (through the attention only)"
     if objective.method == "gain":
-        terms = f"GAIN (eq. 6): L_cl + {objective.alpha:g} L_am"
+        terms = f"GAIN (eq. 6): L_cl + {mining}"
     else:
         images = (
             f", {objective.counterfactual_count(batch_size)} counterfactual images per batch of {batch_size}, "
@@ -94,10 +97,7 @@ def objective_line(objective: GAIN, am_warmup: int, batch_size: int) -> str:
             if objective.bank is not None
             else ""
         )
-        terms = (
-            f"GAINext (eq. 8): L_cl + {objective.alpha:g} L_am + {objective.omega_e:g} L_e "
-            f"(guidance {objective.guidance}{images})"
-        )
+        terms = f"GAINext (eq. 8): L_cl + {mining} + {objective.omega_e:g} L_e (guidance {objective.guidance}{images})"
     start = f"; the attention terms from epoch {am_warmup + 1}" if am_warmup else ""
     return f"objective: {terms}{start}"
 

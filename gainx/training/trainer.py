@@ -149,6 +149,7 @@ class Trainer:
             second_order=cfg.second_order,
             freeze_bn_am=cfg.freeze_bn_am,
             am_score=cfg.am_score,
+            am_gradient=cfg.am_gradient,
             backend=cfg.backend,
             guidance=cfg.guidance,
             counterfactuals=cfg.counterfactuals,
