@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,6 +45,28 @@ def test_localization_results_and_resume(localization):
     again = run_localization(out, seeds=[0], budgets=[0.25], profile=TINY)  # resumes: nothing retrained
     assert [p.stat().st_mtime_ns for p in done] == stamps
     assert again["table"] == report["table"]
+
+
+def test_a_run_trained_with_other_settings_is_neither_reused_nor_resumed(localization):
+    out, _ = localization
+    done = sorted((out / "runs" / "shapes").glob("*/result.json"))
+    stamps = [p.stat().st_mtime_ns for p in done]
+    for changed, said in (
+        ({"alpha": 0.5}, "alpha 1.0 there, 0.5 asked"),
+        ({"am_gradient": "attention"}, "'network' there"),
+    ):
+        with pytest.raises(ValueError, match=f"baseline-seed0 holds a run trained with other settings.*{said}"):
+            run_localization(out, seeds=[0], budgets=[0.25], profile=TINY.with_overrides(**changed))
+    unfinished = out / "runs" / "shapes" / "baseline-seed0" / "result.json"
+    kept = unfinished.read_bytes()
+    unfinished.unlink()  # a run stopped before its result: resumed only with the settings it was trained with
+    try:
+        with pytest.raises(ValueError, match="baseline-seed0 holds a run trained with other settings.*lr 0.003"):
+            run_localization(out, seeds=[0], budgets=[0.25], profile=TINY.with_overrides(lr=0.1))
+        assert not unfinished.exists()  # nothing trained
+    finally:
+        unfinished.write_bytes(kept)
+    assert [p.stat().st_mtime_ns for p in done[1:]] == stamps[1:]
 
 
 def test_cues_cli_writes_a_readable_label_map_dataset(localization, tmp_path, capsys):
@@ -189,3 +216,39 @@ def test_the_moved_mask_keeps_every_object_whole():
     images = torch.full((1, 3, 8, 8), 2.0)
     assert torch.equal(erased(images, mask)[0, :, 1, 1], torch.zeros(3))  # eq. 3: I - T * I
     assert torch.equal(erased(images, mask)[0, :, 0, 0], torch.full((3,), 2.0))
+
+
+KILLED_PARENT = """
+import os, time
+from gainx.experiments.runner import worker_pool
+
+if __name__ == "__main__":
+    pool = worker_pool(1)
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 120)  # a long run still queued when the command is killed
+    os.kill(os.getpid(), 9)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has ended
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_workers_end_when_the_experiment_command_is_killed(tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_PARENT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    worker = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = _alive(worker)
+    if alive:
+        os.kill(worker, 9)
+    assert not alive, "the worker outlived the killed experiment command"

@@ -241,6 +241,8 @@ def test_am_gradient_attention_scores_erased_images_with_constant_weights():
     assert torch.count_nonzero(torch.autograd.grad(paper.loss_am, models["network"].fc.bias)[0]) > 0
     with pytest.raises(ValueError, match="am_gradient must be one of"):
         GAIN(models["network"], "features", am_gradient="classifier")
+    with pytest.raises(ValueError, match="cannot score the erased images through nn.DataParallel"):
+        GAIN(torch.nn.DataParallel(models["network"]), "module.features", am_gradient="attention")
 
 
 def test_frozen_bn_keeps_running_stats_but_uses_batch_stats():

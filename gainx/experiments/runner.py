@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -112,6 +114,7 @@ def run_one(
     ``extra(checkpoint, base)`` may add metrics (e.g. cue scores). Returns the
     stored result (read back if the run had finished before).
     """
+    _check_same_settings(out, train_config(spec, base, out, profile, bench), profile)
     done = out / RESULT
     if done.exists():
         return json.loads(done.read_text(encoding="utf-8"))
@@ -137,6 +140,25 @@ def run_one(
     return result
 
 
+def _check_same_settings(out: Path, cfg: TrainConfig, profile: Profile) -> None:
+    """A run folder that was trained (finished or not) with other values of the training settings this experiment
+    sets (``--alpha``, ``--am-gradient``, ...) is neither reused nor resumed: that is an error naming the folder."""
+    saved = out / "config.json"
+    if not saved.exists():
+        return
+    before = TrainConfig.from_dict(json.loads(saved.read_text(encoding="utf-8")))
+    differ = [
+        f"{name} {getattr(before, name)!r} there, {getattr(cfg, name)!r} asked"
+        for name in profile.training_overrides()
+        if getattr(before, name) != getattr(cfg, name)
+    ]
+    if differ:
+        raise ValueError(
+            f"{out} holds a run trained with other settings ({'; '.join(differ)}): give the experiment another "
+            "--out, or remove that run folder"
+        )
+
+
 def _run_logged(
     spec: RunSpec,
     bench: Benchmark,
@@ -149,6 +171,27 @@ def _run_logged(
     torch.set_num_threads(threads)
     base = base_data(bench, root, spec.seed, profile, spec.unbiased)
     return run_one(spec, bench, base, run_dir(root, bench.name, spec.key, spec.seed), profile, extra)
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` spawned worker processes (no thread pool inherited), each ending itself once the process that
+    started it is gone: a killed experiment command leaves no worker training the runs still queued for it, into
+    folders that the next command may be training."""
+    return ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_end_with_parent, initargs=(os.getpid(),)
+    )
+
+
+def _end_with_parent(parent: int) -> None:
+    """Worker initializer: a daemon thread that ends the worker when its parent process changes (the parent died
+    and the worker was handed to another). A run cut short resumes from its last epoch checkpoint."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gainx-parent-watch", daemon=True).start()
 
 
 def run_matrix(
@@ -192,7 +235,7 @@ def run_matrix(
         for i, spec in enumerate(specs):
             report(i, _run_logged(spec, bench, root, profile, threads, extra))
         return results
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    pool = worker_pool(jobs)
     try:
         futures = {pool.submit(_run_logged, s, bench, root, profile, threads, extra): i for i, s in enumerate(specs)}
         for future in as_completed(futures):

@@ -119,7 +119,9 @@ class GAIN(nn.Module):
             can teach the classifier to score erased images low, wherever the erasure falls. ``"attention"``:
             the erased image is scored with the weights held constant, so L_am reaches them only through
             A_c (eq. 1-2) and T(A_c) (eq. 3-4): it moves the attention onto what the classifier reads, not the
-            classifier onto what the attention erases.
+            classifier onto what the attention erases. The weights are those the model registers (read
+            afresh by its forward: a weight cached outside its parameters, as inside
+            ``torch.nn.utils.parametrize.cached()``, is still trained); not through ``nn.DataParallel``.
         backend: where attention -> mask -> erase runs (:mod:`gainx.ops.attention_erase`).
         guidance: the S_e loss of ``method="gainext"``: ``"paper"`` (eq. 7), ``"scaled"``,
             ``"all_classes"``, ``"signed"``, ``"rrr"``, ``"rrr_classes"`` or ``"counterfactual"``
@@ -199,6 +201,12 @@ class GAIN(nn.Module):
             raise ValueError(f"am_score must be one of {AM_SCORES}, got {am_score!r}")
         if am_gradient not in AM_GRADIENTS:
             raise ValueError(f"am_gradient must be one of {AM_GRADIENTS}, got {am_gradient!r}")
+        if am_gradient == "attention" and isinstance(model, nn.DataParallel):
+            raise ValueError(
+                "am_gradient='attention' cannot score the erased images through nn.DataParallel (torch.func's "
+                "functional_call refuses it): pass the module itself, or wrap the objective in "
+                "DistributedDataParallel"
+            )
         self.model = model
         self.target_layer = target_layer
         self.layer = resolve_layer(model, target_layer)
