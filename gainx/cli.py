@@ -45,6 +45,8 @@ TRAIN_HELP = {
     "am_gradient": "what L_am trains: network (the paper's; the erased image is scored by the weights being trained, "
     "so the classifier may learn to score erasures low) or attention (scored with the weights held constant: L_am "
     "reaches them only through the attention map)",
+    "am_fill": "what the erased region of I* holds: zero (eq. 3, the paper's) or context (filled in from the pixels "
+    "the mask keeps, so erasing an object also removes its outline)",
     "am_warmup": "epochs of L_cl only before the attention streams start",
     "backend": "where attention -> mask -> erase runs",
     "guidance": "S_e loss of gainext; paper is eq. 7, the others are described in gainx.losses.guidance",
@@ -95,6 +97,7 @@ def _train_choices() -> dict[str, list[str]]:
     from gainx.losses import METHODS
     from gainx.losses.guidance import GUIDANCES
     from gainx.losses.terms import AM_GRADIENTS, AM_SCORES
+    from gainx.ops import ERASE_FILLS
     from gainx.ops.attention_erase import available_backends
     from gainx.training.batch_norm import BN_STATISTICS
     from gainx.training.schedule import SCHEDULERS
@@ -106,6 +109,7 @@ def _train_choices() -> dict[str, list[str]]:
         "scheduler": list(SCHEDULERS),
         "am_score": list(AM_SCORES),
         "am_gradient": list(AM_GRADIENTS),
+        "am_fill": list(ERASE_FILLS),
         "bn_statistics": list(BN_STATISTICS),
         "backend": ["auto", *available_backends()],
         "guidance": list(GUIDANCES),

@@ -332,3 +332,5 @@ def test_the_start_summary_names_the_objective_and_its_weights():
     assert objective_line(GAIN(model, "features", method="baseline"), 1, 8) == "objective: baseline, L_cl only"
     attention = objective_line(GAIN(model, "features", am_gradient="attention"), 0, 8)
     assert attention == "objective: GAIN (eq. 6): L_cl + 1 L_am (through the attention only)"
+    context = objective_line(GAIN(model, "features", am_fill="context"), 0, 8)
+    assert context == "objective: GAIN (eq. 6): L_cl + 1 L_am (erased regions filled from their context)"

@@ -238,7 +238,7 @@ def test_experiment_overrides_reach_every_run(tmp_path):
     args = build_parser().parse_args(
         ["experiment", "bias", "--benchmark", "cooccur", "--out", str(tmp_path), "--epochs", "20"]
         + ["--counterfactual-jitter", "colour", "--counterfactual-backgrounds", "8", "--counterfactuals", "16"]
-        + ["--am-gradient", "attention"]
+        + ["--am-gradient", "attention", "--am-fill", "context", "--sigma", "0.25"]
     )
     profile = _profile(args)
     assert (profile.epochs, profile.counterfactual_jitter) == (20, "colour")
@@ -247,7 +247,7 @@ def test_experiment_overrides_reach_every_run(tmp_path):
     spec = RunSpec("gainext", 0, annotation="masks", budget=0.05, guidance="counterfactual")
     cfg = train_config(spec, tmp_path / "data", tmp_path / "run", profile)
     assert (cfg.epochs, cfg.counterfactual_backgrounds, cfg.counterfactual_jitter) == (20, 8, "colour")
-    assert cfg.am_gradient == "attention"
+    assert (cfg.am_gradient, cfg.am_fill, cfg.sigma) == ("attention", "context", 0.25)
     assert (cfg.arch, cfg.weights, cfg.target_layer) == ("small_cnn", None, None)
     assert profile.model == "small_cnn from scratch"
 

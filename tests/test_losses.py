@@ -13,7 +13,7 @@ from gainx.losses import GAIN, attention_mining_loss, classification_loss, guida
 from gainx.losses.bn import frozen_bn_stats
 from gainx.losses.terms import am_class_score, classification_losses, per_image_mean, weighted_mean
 from gainx.models import SmallCNN
-from gainx.ops import attention_erase_eager, soft_mask
+from gainx.ops import attention_erase_eager, erase, soft_mask, upsample
 
 
 def test_classification_loss_hand_values():
@@ -243,6 +243,32 @@ def test_am_gradient_attention_scores_erased_images_with_constant_weights():
         GAIN(models["network"], "features", am_gradient="classifier")
     with pytest.raises(ValueError, match="cannot score the erased images through nn.DataParallel"):
         GAIN(torch.nn.DataParallel(models["network"]), "module.features", am_gradient="attention")
+
+
+@pytest.mark.parametrize("backend", ["eager", "fused"])
+def test_am_fill_context_erases_to_the_surroundings_with_the_gradient_of_its_own_mask(backend):
+    images, labels, _ = _batch(b=3, size=17)
+    models = {}
+    for fill in ("zero", "context"):
+        torch.manual_seed(0)
+        models[fill] = SmallCNN(3, width=8).eval()
+    out = GAIN(models["context"], "features", am_fill="context", backend=backend)(images, labels)
+    source = images.index_select(0, out.pair_index)
+    own_mask = soft_mask(upsample(out.cam, (17, 17)), 0.5, 10.0)  # carries the graph to the weights
+    expected = erase(source, own_mask, "context")
+    torch.testing.assert_close(out.erased, expected, atol=1e-5, rtol=1e-5)
+    weights = list(models["context"].features.parameters())  # A_c's features (first order: not the classifier)
+    probe = torch.randn(expected.shape, generator=torch.Generator().manual_seed(7))
+    got = torch.autograd.grad((out.erased * probe).sum(), weights, retain_graph=True)
+    want = torch.autograd.grad((expected * probe).sum(), weights)
+    for g, w in zip(got, want):
+        assert torch.count_nonzero(w) > 0
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    paper = GAIN(models["zero"], "features", backend=backend)(images, labels)
+    torch.testing.assert_close(paper.erased, source - own_mask.unsqueeze(1).detach() * source, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(paper.erased, out.erased)
+    with pytest.raises(ValueError, match="am_fill must be one of"):
+        GAIN(models["zero"], "features", am_fill="blur")
 
 
 def test_frozen_bn_keeps_running_stats_but_uses_batch_stats():

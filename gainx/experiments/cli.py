@@ -10,6 +10,7 @@ from gainx.experiments.specs import BIAS_BENCHMARKS, RECIPES, REFERENCES
 from gainx.losses.counterfactual import JITTERS
 from gainx.losses.guidance import GUIDANCES
 from gainx.losses.terms import AM_GRADIENTS
+from gainx.ops import ERASE_FILLS
 from gainx.training.presets import PRESETS
 
 DATA_FLAGS = ("consistent_split", "conflicting_split", "oracle_split")  # --data only
@@ -28,7 +29,9 @@ def _profile(args: argparse.Namespace):
         weights=args.weights,
         target_layer=args.target_layer,
         alpha=args.alpha,
+        sigma=args.sigma,
         am_gradient=args.am_gradient,
+        am_fill=args.am_fill,
         omega_e=args.omega_e,
         counterfactuals=args.counterfactuals,
         counterfactual_weight=args.counterfactual_weight,
@@ -149,12 +152,19 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
         help="the layer of the attention (default: the arch's)",
     )
     p.add_argument("--alpha", type=float, default=None, help="override the weight of L_am (eq. 6)")
+    p.add_argument("--sigma", type=float, default=None, help="override the threshold of the soft mask T (eq. 4)")
     p.add_argument(
         "--am-gradient",
         choices=AM_GRADIENTS,
         default=None,
         help="override what L_am trains: network (the paper's) or attention (the weights held constant on the erased "
         "image)",
+    )
+    p.add_argument(
+        "--am-fill",
+        choices=ERASE_FILLS,
+        default=None,
+        help="override what the erased region holds: zero (eq. 3) or context (filled in from the kept pixels)",
     )
     p.add_argument("--omega-e", type=float, default=None, help="override the weight of the guidance loss (eq. 8)")
     p.add_argument(

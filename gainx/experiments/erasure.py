@@ -4,20 +4,24 @@ L_am (eq. 5) asks the score of class c to fall on the erased image ``I*_c = I - 
 can meet it in two ways: its attention A_c covers the object, so that I*_c no longer shows it (the paper's aim),
 or it learns that an erased region itself means "not c", wherever the region lies. The two are told apart by
 scoring each (image, ground-truth class) pair of a split with masks, as L_am reads the score (the probability of
-class c, :func:`gainx.losses.terms.am_class_score`), on five inputs:
+class c, :func:`gainx.losses.terms.am_class_score`), on six inputs:
 
 * ``image``: the image as it is;
-* ``own``: erased by its own soft mask ``T(A_c)`` (eq. 4, with the run's sigma and omega): what L_am sees;
-* ``moved``: erased by that mask moved off the objects: rolled by half the image in both axes, and zero on
-  every object pixel (no object is erased);
-* ``object``: erased by the mask of class c's objects, whatever the attention;
-* ``object_margin``: erased by that mask grown by a margin of 1/16 of the image side: the object and its
-  outline.
+* ``own``: erased by its own soft mask ``T(A_c)`` (eq. 4, with the run's sigma, omega and fill,
+  :func:`gainx.ops.erase`): what L_am sees;
+* ``moved``: erased (the same way) by that mask moved off the objects: rolled by half the image in both axes,
+  and zero on every object pixel (no object is erased);
+* ``object``: erased to zero (eq. 3) by the mask of class c's objects, whatever the attention;
+* ``object_margin``: erased to zero by that mask grown by a margin of 1/16 of the image side: the object and
+  its outline;
+* ``object_context``: erased by the objects' mask and filled in from the pixels around them
+  (``fill="context"``): the object gone with its outline.
 
 A model that reads the object keeps ``moved`` near ``image``; one that reads the erasure loses score on
-``moved`` as on ``own``. Where ``object`` stays near ``image`` and ``object_margin`` does not, the erased
-object's silhouette still shows its class: a map that covers the object exactly does not minimize L_am, one that
-also covers its outline does. ``area_own`` and ``area_moved`` are the mean fractions of the image the two soft
+``moved`` as on ``own``. Where ``object`` stays near ``image`` and ``object_margin`` and ``object_context`` do
+not, the erased object's silhouette still shows its class: with eq. 3's zero fill a map that covers the object
+exactly does not minimize L_am, one that also covers its outline does; with the context fill one that covers the
+object does. ``area_own`` and ``area_moved`` are the mean fractions of the image the two soft
 masks erase.
 """
 
@@ -35,9 +39,9 @@ from gainx.attention import attention_maps
 from gainx.data import load_split_for_model
 from gainx.losses.terms import am_class_score
 from gainx.models import load_model
-from gainx.ops import soft_mask
+from gainx.ops import erase, soft_mask
 
-INPUTS = ("image", "own", "moved", "object", "object_margin")
+INPUTS = ("image", "own", "moved", "object", "object_margin", "object_context")
 FIELDS = (*INPUTS, "area_own", "area_moved")
 
 
@@ -54,11 +58,6 @@ def with_margin(mask: Tensor) -> Tensor:
     return F.max_pool2d(mask.unsqueeze(1), 2 * margin + 1, stride=1, padding=margin).squeeze(1)
 
 
-def erased(images: Tensor, mask: Tensor) -> Tensor:
-    """``I - T * I`` (eq. 3) for ``(P, 3, H, W)`` images and ``(P, H, W)`` masks."""
-    return images - mask.unsqueeze(1).to(images.dtype) * images
-
-
 def _class_probability(model: nn.Module, images: Tensor, classes: Tensor, multilabel: bool) -> Tensor:
     with torch.no_grad():
         return am_class_score(model(images), classes, "auto", multilabel)
@@ -73,6 +72,7 @@ def erasure_scores(
     model, meta = load_model(checkpoint)
     config = meta.get("config", {})
     sigma, omega = float(config.get("sigma", 0.5)), float(config.get("omega", 10.0))
+    fill = str(config.get("am_fill", "zero"))
     multilabel = bool(meta.get("multilabel", False))
     dataset = load_split_for_model(data, split, meta)
     sums = torch.zeros(len(FIELDS), dtype=torch.float64)
@@ -90,8 +90,14 @@ def erasure_scores(
         objects = (guide != 0).any(dim=1).to(own.dtype)  # 255 (ignore) counts as object: never erased by `moved`
         moved = moved_off_objects(own, objects)
         of_class = (guide[torch.arange(cls.numel()), cls] == 1).to(own.dtype)
-        masks = (own, moved, of_class, with_margin(of_class))
-        inputs = (images, *(erased(images, m) for m in masks))
+        inputs = (
+            images,
+            erase(images, own, fill),
+            erase(images, moved, fill),
+            erase(images, of_class),
+            erase(images, with_margin(of_class)),
+            erase(images, of_class, "context"),
+        )
         scores = [_class_probability(model, x, cls, multilabel).double() for x in inputs]
         areas = [m.flatten(1).mean(1).double() for m in (own, moved)]
         sums += torch.stack([s.sum() for s in (*scores, *areas)])

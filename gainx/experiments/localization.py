@@ -36,10 +36,11 @@ BLANK = "blank.json"
 ERASURE = "erasure.json"
 ERASURE_HEADERS = {
     "image": "p(class): image",
-    "own": "erased by its attention (eq. 3-4)",
+    "own": "erased by its attention (eq. 3-4, the run's fill)",
     "moved": "erased by that mask moved off the objects",
     "object": "objects erased (their masks)",
     "object_margin": "objects and outlines erased (masks grown by 1/16)",
+    "object_context": "objects erased, filled from their context",
     "area_own": "area erased by its attention",
     "area_moved": "area erased, moved",
 }
@@ -83,7 +84,7 @@ def run_localization(
     for r in results:
         run, data = run_dir(out, "shapes", r["key"], r["seed"]), data_dir(out, "shapes", r["seed"])
         r["blank_maps"] = _cached(run / BLANK, _blank, run / "last.pt", data)["blank_maps"]
-        r["erasure"] = _cached(run / ERASURE, erasure_scores, run / "last.pt", data, SPLIT)
+        r["erasure"] = _cached(run / ERASURE, erasure_scores, run / "last.pt", data, SPLIT, fields=ERASURE_FIELDS)
     metrics = {
         "blank_maps": ("", "blank_maps"),
         "mAP": (SPLIT, "mAP"),
@@ -116,7 +117,7 @@ def run_localization(
     head = f"{bench.description}; {profile.model}; mean ± std over seeds {list(seeds)}"
     erasure_head = (
         "Read the object or the erasure? The probability of each ground-truth class on the test images with masks, "
-        "as they are and erased four ways (gainx.experiments.erasure):"
+        "as they are and erased five ways (gainx.experiments.erasure):"
     )
     atomic_write_text(out / "results.md", f"{head}\n\n{table}\n\n{erasure_head}\n\n{erasure_table}\n")
     seed = seeds[0]
@@ -135,8 +136,14 @@ def _blank(checkpoint: Path, data: Path) -> dict[str, float]:
     return {"blank_maps": blank_map_fraction(checkpoint, data, SPLIT)}
 
 
-def _cached(path: Path, compute: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """``compute(*args)``, written to ``path`` (next to the run's checkpoint) the first time, read afterwards."""
-    if not path.exists():
-        atomic_write_text(path, json.dumps(compute(*args)))
+def _cached(
+    path: Path, compute: Callable[..., dict[str, Any]], *args: Any, fields: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``compute(*args)``, written to ``path`` (next to the run's checkpoint) the first time, read afterwards;
+    computed again when what ``path`` holds lacks one of ``fields`` (written by an earlier version)."""
+    if path.exists():
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if all(f in cached for f in fields):
+            return cached
+    atomic_write_text(path, json.dumps(compute(*args)))
     return json.loads(path.read_text(encoding="utf-8"))

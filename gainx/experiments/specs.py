@@ -88,7 +88,9 @@ class Profile:
     lr: float | None = None
     am_warmup: int | None = None  # epochs of L_cl only (at most epochs - 1)
     alpha: float | None = None  # weight of L_am (eq. 6)
+    sigma: float | None = None  # threshold of the soft mask T (eq. 4)
     am_gradient: str | None = None  # network | attention: what L_am trains (gainx.losses.gain.GAIN)
+    am_fill: str | None = None  # zero | context: what the erased region of I* holds (gainx.losses.gain.GAIN)
     omega_e: float | None = None  # weight of the guidance loss (eq. 8)
     counterfactuals: int | None = None  # pasted images per batch (guidance "counterfactual")
     counterfactual_weight: float | None = None  # their weight in L_cl relative to a batch image
@@ -118,7 +120,9 @@ TRAINING_FIELDS = (
     "lr",
     "am_warmup",
     "alpha",
+    "sigma",
     "am_gradient",
+    "am_fill",
     "omega_e",
     "counterfactuals",
     "counterfactual_weight",

@@ -5,8 +5,8 @@ classifier's weights:
 
 * S_cl: scores of the images and L_cl;
 * S_am: Grad-CAM attention A_c of every ground-truth class c (eq. 1-2), soft
-  mask T(A_c) (eq. 4), erased image I*_c = I - T(A_c) * I (eq. 3), its scores
-  and L_am (eq. 5);
+  mask T(A_c) (eq. 4), erased image I*_c = I - T(A_c) * I (eq. 3; or filled from
+  its surroundings, ``am_fill``), its scores and L_am (eq. 5);
 * S_e: L_e (eq. 7) between A_c and the pixel guide H_c, on the samples that
   carry one (masks, or boxes rasterized into masks), or another guidance loss
   (:mod:`gainx.losses.guidance`). With ``guidance="counterfactual"`` the batch
@@ -62,7 +62,7 @@ from gainx.losses.terms import (
     guidance_loss,
     weighted_mean,
 )
-from gainx.ops import attention_erase, gradcam_raw, normalize_cam, upsample
+from gainx.ops import ERASE_FILLS, attention_erase, context_fill, gradcam_raw, normalize_cam, soft_mask, upsample
 
 METHODS = ("baseline", "gain", "gainext")
 ALPHA_BY_METHOD: Mapping[str, float] = MappingProxyType({"baseline": 0.0, "gain": 1.0, "gainext": 0.0})
@@ -122,6 +122,11 @@ class GAIN(nn.Module):
             classifier onto what the attention erases. The weights are those the model registers (read
             afresh by its forward: a weight cached outside its parameters, as inside
             ``torch.nn.utils.parametrize.cached()``, is still trained); not through ``nn.DataParallel``.
+        am_fill: what the erased region of I* holds. ``"zero"`` (eq. 3, the paper's): ``I* = I - T * I``, so an
+            attention that covers an object exactly leaves its silhouette, and where the outline is the class
+            (shapes) L_am is met only by maps that reach past the object. ``"context"``: ``I* = I - T * (I - F)``
+            with ``F`` the image filled in from the pixels T keeps (:func:`gainx.ops.context_fill`, a constant to
+            the gradient), so erasing the object removes its outline too.
         backend: where attention -> mask -> erase runs (:mod:`gainx.ops.attention_erase`).
         guidance: the S_e loss of ``method="gainext"``: ``"paper"`` (eq. 7), ``"scaled"``,
             ``"all_classes"``, ``"signed"``, ``"rrr"``, ``"rrr_classes"`` or ``"counterfactual"``
@@ -181,6 +186,7 @@ class GAIN(nn.Module):
         freeze_bn_am: bool = True,
         am_score: str = "auto",
         am_gradient: str = "network",
+        am_fill: str = "zero",
         backend: str = "auto",
         guidance: str = "counterfactual",
         reshape_transform: ReshapeTransform | None = None,
@@ -218,6 +224,9 @@ class GAIN(nn.Module):
         self.freeze_bn_am = freeze_bn_am
         self.am_score = am_score
         self.am_gradient = am_gradient
+        if am_fill not in ERASE_FILLS:
+            raise ValueError(f"am_fill must be one of {ERASE_FILLS}, got {am_fill!r}")
+        self.am_fill = am_fill
         self.backend = backend
         self.guidance = check_guidance(guidance)
         self.reshape_transform = reshape_transform
@@ -344,9 +353,7 @@ class GAIN(nn.Module):
         num_images = images.shape[0]
         scores_am, loss_am, erased = None, zero, None
         if self.alpha != 0:  # S_am (eq. 3-5)
-            cam, erased = attention_erase(
-                selected, grads, images, pair_index, sigma=self.sigma, omega=self.omega, backend=self.backend
-            )
+            cam, erased = self._erase(selected, grads, images, pair_index)
             with frozen_bn_stats(self.model, self.freeze_bn_am):
                 scores_am = select_scores(self._score_erased(erased), self.output)
             loss_am = attention_mining_loss(
@@ -378,6 +385,22 @@ class GAIN(nn.Module):
             scores_am,
             counterfactual,
         )
+
+    def _erase(self, features: Tensor, grads: Tensor, images: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """The attention-mining step (eq. 1-4) on the pairs. With ``am_fill="context"`` the backend erases
+        ``I - F`` (one row per pair) and ``F`` is added back: ``I* = (I - F) - T * (I - F) + F = I - T * (I - F)``,
+        with ``F`` from the same T, computed without a graph."""
+        if self.am_fill == "zero":
+            return attention_erase(features, grads, images, index, self.sigma, self.omega, self.backend)
+        size = (images.shape[-2], images.shape[-1])
+        source = images.index_select(0, index)
+        with torch.no_grad():
+            cam = normalize_cam(gradcam_raw(features, grads), size)
+            kept = 1 - soft_mask(upsample(cam, size), self.sigma, self.omega).unsqueeze(1)
+            fill = context_fill(source, kept)
+        rows = torch.arange(index.numel(), device=index.device)
+        cam, erased = attention_erase(features, grads, source - fill, rows, self.sigma, self.omega, self.backend)
+        return cam, erased + fill
 
     def _score_erased(self, erased: Tensor) -> Any:
         """The model's output on the erased images (S_am); with ``am_gradient="attention"`` its weights are

@@ -6,6 +6,8 @@
   eager reference and the ``backend=`` dispatch; fused Triton kernels in
   :mod:`gainx.ops.attention_erase_triton` and :mod:`gainx.ops.attention_erase_fused`
   (each imported only when its backend runs).
+* :mod:`gainx.ops.context_fill`: what an erased region holds: zero (eq. 3) or the image's own
+  surroundings (``erase``, ``context_fill``).
 * :mod:`gainx.ops.class_attention`: batched maps of many classes (``class_attention``,
   ``gradcam``) through the C++/CUDA extension ``gainx._C`` (:mod:`gainx.ops.extension`),
   with eager fallbacks.
@@ -23,15 +25,19 @@ from gainx.ops.attention_erase import (
 )
 from gainx.ops.cam import EPS, FLAT, gradcam_raw, normalize_cam, upsample, weighted_maps
 from gainx.ops.class_attention import class_attention, gradcam
+from gainx.ops.context_fill import ERASE_FILLS, context_fill, erase
 
 __all__ = [
     "EPS",
+    "ERASE_FILLS",
     "FLAT",
     "ErasedPairs",
     "attention_erase",
     "attention_erase_eager",
     "available_backends",
     "class_attention",
+    "context_fill",
+    "erase",
     "gradcam",
     "gradcam_raw",
     "normalize_cam",

@@ -33,6 +33,7 @@ class TrainConfig:
     bn_statistics: str = "auto"  # auto | recompute | running (gainx.training.batch_norm); auto: recompute fine-tuning
     am_score: str = "auto"
     am_gradient: str = "network"  # network | attention: what L_am trains (gainx.losses.gain.GAIN)
+    am_fill: str = "zero"  # zero | context: what the erased region of I* holds (gainx.losses.gain.GAIN)
     am_warmup: int = 1  # epochs of L_cl only before the attention streams start
     backend: str = "auto"
     guidance: str = "counterfactual"  # paper | scaled | all_classes | signed | rrr | rrr_classes | counterfactual

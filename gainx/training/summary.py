@@ -88,6 +88,8 @@ def objective_line(objective: GAIN, am_warmup: int, batch_size: int) -> str:
     mining = f"{objective.alpha:g} L_am"
     if objective.alpha and objective.am_gradient == "attention":
         mining += " (through the attention only)"
+    if objective.alpha and objective.am_fill == "context":
+        mining += " (erased regions filled from their context)"
     if objective.method == "gain":
         terms = f"GAIN (eq. 6): L_cl + {mining}"
     else:

@@ -150,6 +150,7 @@ class Trainer:
             freeze_bn_am=cfg.freeze_bn_am,
             am_score=cfg.am_score,
             am_gradient=cfg.am_gradient,
+            am_fill=cfg.am_fill,
             backend=cfg.backend,
             guidance=cfg.guidance,
             counterfactuals=cfg.counterfactuals,
