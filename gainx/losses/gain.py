@@ -207,6 +207,8 @@ class GAIN(nn.Module):
             raise ValueError(f"am_score must be one of {AM_SCORES}, got {am_score!r}")
         if am_gradient not in AM_GRADIENTS:
             raise ValueError(f"am_gradient must be one of {AM_GRADIENTS}, got {am_gradient!r}")
+        if am_fill not in ERASE_FILLS:
+            raise ValueError(f"am_fill must be one of {ERASE_FILLS}, got {am_fill!r}")
         if am_gradient == "attention" and isinstance(model, nn.DataParallel):
             raise ValueError(
                 "am_gradient='attention' cannot score the erased images through nn.DataParallel (torch.func's "
@@ -224,8 +226,6 @@ class GAIN(nn.Module):
         self.freeze_bn_am = freeze_bn_am
         self.am_score = am_score
         self.am_gradient = am_gradient
-        if am_fill not in ERASE_FILLS:
-            raise ValueError(f"am_fill must be one of {ERASE_FILLS}, got {am_fill!r}")
         self.am_fill = am_fill
         self.backend = backend
         self.guidance = check_guidance(guidance)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 FILL_EPS = 1e-6
+ERASE_FILLS = ("zero", "context")  # what an erased region holds (:func:`erase`)
 
 
 def context_fill(images: Tensor, kept: Tensor) -> Tensor:
@@ -51,9 +52,6 @@ def context_fill(images: Tensor, kept: Tensor) -> Tensor:
 
 def _up(fill: Tensor, like: Tensor) -> Tensor:
     return F.interpolate(fill, size=like.shape[-2:], mode="bilinear", align_corners=False)
-
-
-ERASE_FILLS = ("zero", "context")
 
 
 def erase(images: Tensor, masks: Tensor, fill: str = "zero") -> Tensor:
