@@ -9,8 +9,10 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
 
+from gainx.data.cli import ALLOW_OUTSIDE_ROOT_HELP, add_allow_outside_root_arg, positive_int
 from gainx.training.config import TrainConfig
 
+DEBUG_HELP = "on an error, show the full Python traceback"
 TRAIN_HELP = {
     "data": "data set root, layout detected: CSV manifest (manifest.csv), Pascal VOC (JPEGImages/, Annotations/), "
     "COCO instances (annotations/instances_<split>.json) or ImageFolder (<split>/<class>/<image>); docs/data.md",
@@ -77,8 +79,7 @@ TRAIN_HELP = {
     "resume": "continue the run in --out from its last.pt (a larger --epochs extends the cosine schedule)",
     "overwrite": "replace the run in --out (checkpoints, metrics.csv, tensorboard/)",
     "progress": "progress bar during each epoch (the per-epoch summary line is always printed)",
-    "allow_outside_root": "accept data files that leave the data folder (../, absolute paths, symlinks out) in any "
-    "layout: manifest paths, VOC split ids, COCO file names, ImageFolder symlinks",
+    "allow_outside_root": ALLOW_OUTSIDE_ROOT_HELP,
 }
 
 
@@ -163,16 +164,16 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     add_preset_arg(parser)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _scored_guides() -> list[str]:
+    """The guides of ``--guide`` (VOC and COCO) that attention maps can be scored against: all but ``none``."""
+    from gainx.data.voc import GUIDES
+
+    return [g for g in GUIDES if g != "none"]
 
 
 def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--threads", type=_positive_int, default=None, help="CPU threads for torch (default: torch's, one per core)"
+        "--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's, one per core)"
     )
 
 
@@ -217,6 +218,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if not args.cues and not args.checkpoint:
         raise ValueError("give --checkpoint (evaluate a model) or --cues (score a cue folder)")
+    if args.cues and args.guide is not None:
+        raise ValueError("--guide applies to --checkpoint; a cue folder (--cues) is scored against the split's masks")
     evaluate_split = _cue_evaluator(args) if args.cues else _model_evaluator(args)
     splits = args.split or [_default_split(args.data)]
     reports = {split: json_report({**evaluate_split(split), "split": split}) for split in splits}
@@ -227,25 +230,44 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cue_evaluator(args: argparse.Namespace) -> Callable[[str], dict]:
     from gainx.experiments.cues import evaluate_cues
 
-    return lambda split: evaluate_cues(args.cues, args.data, split)
+    return lambda split: evaluate_cues(args.cues, args.data, split, allow_outside_root=args.allow_outside_root)
 
 
 def _model_evaluator(args: argparse.Namespace) -> Callable[[str], dict]:
     from gainx.data import load_split_for_model
+    from gainx.data.load import unused_boxes_hint
     from gainx.evaluation import evaluate
     from gainx.models import load_model
 
     model, meta = load_model(args.checkpoint, model=args.model, trust_model_code=args.trust_model_code)
+    guide = _eval_guide(args.guide, meta, args.data)
 
     def evaluate_split(split: str) -> dict:
-        dataset = load_split_for_model(args.data, split, meta)
+        dataset = load_split_for_model(args.data, split, meta, guide=guide, allow_outside_root=args.allow_outside_root)
         if list(dataset.classes) != list(meta["classes"]):
             raise ValueError(f"{args.data}: classes {dataset.classes} differ from the checkpoint's {meta['classes']}")
-        return evaluate(
+        report = evaluate(
             model, dataset, meta["target_layer"], batch_size=args.batch_size, localization=not args.no_localization
         )
+        if not args.no_localization and not dataset.num_guided:
+            hint = unused_boxes_hint(args.data, split, guide, args.allow_outside_root)
+            if hint:  # images with boxes but masks asked: the reason json_report gives for the null metrics
+                reason = f"no image of the split carries a mask{hint}"
+                report["localization"].update(miou_undefined=reason, pointing_game_undefined=reason)
+        return report
 
     return evaluate_split
+
+
+def _eval_guide(given: str | None, meta: dict, data: str) -> str | None:
+    """The guide to score the maps against: ``--guide``, else the one the checkpoint's run trained with where
+    ``data`` is VOC or COCO and it is one of :func:`_scored_guides`, else None (``load_dataset``'s: masks)."""
+    from gainx.data.load import GUIDED_LAYOUTS, dataset_layout
+
+    if given is not None:
+        return given
+    recorded = meta["config"].get("guide")
+    return recorded if recorded in _scored_guides() and dataset_layout(data) in GUIDED_LAYOUTS else None
 
 
 def _cmd_attention(args: argparse.Namespace) -> int:
@@ -317,6 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     ev.add_argument("--no-localization", action="store_true", help="skip the attention metrics")
+    ev.add_argument(
+        "--guide",
+        choices=_scored_guides(),
+        default=None,
+        help="VOC and COCO, with --checkpoint: the annotations the attention maps are scored against (default: "
+        "the --guide the checkpoint's run trained with where it is masks or boxes, else masks)",
+    )
+    add_allow_outside_root_arg(ev)
     add_trust_args(ev)
     _add_threads_arg(ev)
     ev.set_defaults(func=_cmd_eval)
@@ -337,11 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_export(sub)
     register_serve(sub)
-    debug_help = "on an error, show the full Python traceback"
-    parser.add_argument("--debug", action="store_true", help=debug_help)
-    for command in sub.choices.values():  # also after the command name; SUPPRESS keeps a --debug given before it
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    _add_debug_to_commands(parser)
     return parser
+
+
+def _add_debug_to_commands(parser: argparse.ArgumentParser) -> None:
+    """Add ``--debug`` to every command parser below ``parser``, nested ones (``experiment bias``) included, so
+    that it is accepted after any command name; its SUPPRESS default keeps a ``--debug`` given before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+                _add_debug_to_commands(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

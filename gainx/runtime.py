@@ -183,8 +183,9 @@ class AttentionSession:
         return AttentionResult(scores, classes, attention)
 
     def preprocess(self, image: Any) -> np.ndarray:
-        """A PIL image -> ``(3, H, W)`` float32 RGB in ``[0, 1]`` at ``image_size``
-        (the resize of the training data, :func:`gainx.data.transforms.resize_rgb`)."""
+        """A PIL image -> ``(3, H, W)`` float32 RGB in ``[0, 1]`` at ``image_size``, decoded and resized as the
+        training data is (:func:`gainx.data.transforms.resize_rgb`): as stored, 16-bit grayscale rescaled to
+        8 bits; a mode with no 8-bit rule (float ``F``) raises ``ValueError`` naming it."""
         from PIL import Image
 
         from gainx.data.transforms import resize_rgb

@@ -19,9 +19,10 @@ def denormalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> n
     """``(3, H, W)`` normalized tensor -> ``(H, W, 3)`` uint8 RGB."""
     import torch  # here, not at the top: the server renders heatmaps without loading torch
 
+    image = image.detach().cpu().float()  # numpy has no bfloat16; float16 gains precision
     m = torch.tensor(mean, dtype=image.dtype).view(3, 1, 1)
     s = torch.tensor(std, dtype=image.dtype).view(3, 1, 1)
-    rgb = (image.detach().cpu() * s + m).clamp(0, 1)
+    rgb = (image * s + m).clamp(0, 1)
     return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
@@ -30,7 +31,7 @@ def heatmap(attention: Tensor | np.ndarray) -> np.ndarray:
     from matplotlib import colormaps
 
     if hasattr(attention, "detach"):  # a torch tensor (torch itself is not imported for numpy input)
-        attention = attention.detach().cpu()
+        attention = attention.detach().cpu().float()  # numpy has no bfloat16
     values = np.clip(np.asarray(attention, dtype=np.float32), 0, 1)
     return (colormaps["jet"](values)[..., :3] * 255).round().astype(np.uint8)
 

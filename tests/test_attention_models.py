@@ -239,3 +239,49 @@ def test_gainext_step_on_channels_last_model_with_dict_output(guidance):
     assert all(torch.isfinite(t) for t in (out.loss, out.loss_cl, out.loss_am, out.loss_e)) and out.loss_e > 0
     out.loss.backward()
     assert model.net.block[1].weight.grad.abs().sum() > 0
+
+
+def _tiny_vit() -> nn.Module:
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=16, num_classes=4
+    )
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at zero
+    return model
+
+
+VIT_LAYER = "encoder.layers.encoder_layer_0.ln_1"
+
+
+def test_maps_of_a_transformer_are_twice_differentiable():
+    """create_graph=True on a model built on scaled_dot_product_attention (whose fused CPU and GPU kernels
+    have no double backward): the maps backpropagate to the weights."""
+    model = _tiny_vit().train()
+    x = torch.randn(2, 3, 32, 32)
+    _, maps = gainx.attention_maps(model, x, VIT_LAYER, topk=1, create_graph=True)
+    maps.sum().backward()
+    grad = model.encoder.layers[0].mlp[0].weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("guidance", "second_order"), [("paper", True), ("rrr", False)])
+def test_gain_second_order_and_rrr_on_a_transformer(guidance, second_order):
+    model = _tiny_vit().train()
+    gain = gainx.GAIN(model, VIT_LAYER, method="gainext", guidance=guidance, second_order=second_order)
+    x = torch.randn(2, 3, 32, 32)
+    labels = F.one_hot(torch.tensor([1, 3]), 4).float()
+    guide = (torch.rand(2, 4, 32, 32) > 0.5).to(torch.uint8)
+    out = gain(x, labels, guide, torch.tensor([True, True]))
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+def test_gain_without_gradients_says_so_and_scores_l_cl_with_mining_off(context):
+    model = MLPHeadNet().eval()
+    gain = gainx.GAIN(model, "features", method="gain")
+    x, labels = torch.randn(2, 3, 16, 16), F.one_hot(torch.tensor([1, 3]), 4).float()
+    with context():
+        with pytest.raises(RuntimeError, match=r"needs gradients.*mining=False"):
+            gain(x, labels)
+        out = gain(x, labels, mining=False)
+    assert torch.isfinite(out.loss) and out.loss == out.loss_cl

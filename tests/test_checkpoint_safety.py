@@ -26,7 +26,7 @@ from torch import nn
 
 from gainx.cli import main
 from gainx.explain import explain_files
-from gainx.models import SmallCNN, build_model, load_model
+from gainx.models import SmallCNN, build_model, load_checkpoint, load_model
 from gainx.training import TrainConfig, save_checkpoint
 from gainx.training.trainer import train
 
@@ -271,6 +271,29 @@ def test_num_classes_that_is_not_the_number_of_class_names_is_named(tmp_path, en
     save_checkpoint(path, {**_state("small_cnn", SmallCNN(3)), **entries})
     with pytest.raises(ValueError, match=f"^{re.escape(f'{path}: {message}')}$"):
         load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        (torch.zeros(3), "entry 'model': expected a state dict (names -> tensors), got Tensor"),
+        ([torch.zeros(3)], "entry 'model': expected a state dict (names -> tensors), got list"),
+        ("weights", "entry 'model': expected a state dict (names -> tensors), got str"),
+        (
+            {"w": torch.zeros(3), "b": "x"},
+            "entry 'model': not a state dict of tensors; entries ['b'] hold other values",
+        ),
+    ],
+    ids=["tensor", "list", "str", "not-tensors"],
+)
+def test_model_entry_that_is_not_a_state_dict_is_named(tmp_path, capsys, weights, message) -> None:
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {**_state("small_cnn"), "model": weights})
+    with pytest.raises(ValueError, match=f"^{re.escape(f'{path}, {message}')}$"):
+        load_checkpoint(path)
+    assert main(["attention", str(_image(tmp_path)), "--out", str(tmp_path / "out"), "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"gainx attention: error: {path}, {message}" in err and "internal error" not in err, err
 
 
 @pytest.mark.parametrize(

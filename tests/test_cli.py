@@ -334,3 +334,40 @@ def test_the_start_summary_names_the_objective_and_its_weights():
     assert attention == "objective: GAIN (eq. 6): L_cl + 1 L_am (through the attention only)"
     context = objective_line(GAIN(model, "features", am_fill="context"), 0, 8)
     assert context == "objective: GAIN (eq. 6): L_cl + 1 L_am (erased regions filled from their context)"
+
+
+def test_debug_is_accepted_after_nested_command_names(tmp_path):
+    from gainx.cli import build_parser
+
+    parser = build_parser()
+    argv = ["experiment", "bias", "--benchmark", "decoy", "--out", str(tmp_path), "--seeds", "0"]
+    assert parser.parse_args(argv).debug is False
+    assert parser.parse_args([*argv, "--debug"]).debug is True
+    assert parser.parse_args(["--debug", *argv]).debug is True
+    assert parser.parse_args(["experiment", "localization", "--out", str(tmp_path), "--debug"]).debug is True
+    data = ["data", "decoy", "--out", str(tmp_path / "d"), "--size", "10"]
+    with pytest.raises(ValueError, match="image_size must be an int >= 16"):  # the traceback, not the one line
+        main([*data, "--debug"])
+    with pytest.raises(ValueError, match="image_size must be an int >= 16"):
+        main(["data", "--debug", *data[1:]])
+    with pytest.raises(ValueError, match="image_size must be an int >= 16"):
+        main(["data", "photos", *data[2:], "--debug"])
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--threads", "0", "argument --threads: must be at least 1, got 0"),
+        ("--jobs", "0", "argument --jobs: must be at least 1, got 0"),
+        ("--epochs", "0", "argument --epochs: must be at least 1, got 0"),
+        ("--train-size", "0", "argument --train-size: must be at least 1, got 0"),
+        ("--seeds", "-1", "argument --seeds: must be at least 0, got -1"),
+        ("--am-warmup", "-1", "argument --am-warmup: must be at least 0, got -1"),
+    ],
+)
+def test_experiment_counts_are_checked_before_any_data_is_written(tmp_path, capsys, flag, value, message):
+    argv = ["experiment", "bias", "--benchmark", "decoy", "--out", str(tmp_path / "out"), "--quick", flag, value]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
-from gainx.ops import context_fill, erase
+from gainx.ops import ERASE_FILLS, context_fill, erase
 
 
 def _square_hole(height: int, width: int, top: int, left: int, side: int) -> torch.Tensor:
@@ -73,3 +75,11 @@ def test_bad_inputs_are_named():
         context_fill(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4))
     with pytest.raises(ValueError, match="differ in size"):
         context_fill(torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 4, 5))
+
+
+@pytest.mark.parametrize("fill", ERASE_FILLS)
+@pytest.mark.parametrize("shape", [(2, 1, 4, 4), (2, 4, 5), (1, 4, 4), (2, 4)])
+def test_masks_not_shaped_like_the_images_are_named(fill, shape):
+    """A (N, 1, H, W) mask would broadcast into a 5-D result with the zero fill: refused, whatever the fill."""
+    with pytest.raises(ValueError, match=rf"masks {re.escape(str(shape))}"):
+        erase(torch.zeros(2, 3, 4, 4), torch.zeros(shape), fill)

@@ -95,7 +95,8 @@ def test_guides_resized_and_boxes(tmp_path: Path) -> None:
     boxes = load_dataset(root, "train2017", image_size=(H, W), guide="boxes")[0]["guide"].numpy()
     expected = np.zeros((2, H, W), np.uint8)
     expected[DOG, 4:9, 2:8] = 1
-    expected[CAT, 9:14, 12:18] = 1  # the crowd box is dropped
+    expected[CAT, 9:14, 12:18] = 1
+    expected[:, 0:3, :] = IGNORE  # the crowd box: no supervision there, as its pixels with guide="masks"
     assert (boxes == expected).all()
     assert not torch.any(load_dataset(root, "train2017", guide="none")[0]["has_guide"])
 
@@ -135,6 +136,16 @@ def _rewrite(root: Path, change: Callable[[dict], None], split: str = "train2017
     data = json.loads(path.read_text())
     change(data)
     path.write_text(json.dumps(data))
+
+
+def test_a_class_present_only_as_a_crowd_gets_no_false_background_under_its_box(tmp_path: Path) -> None:
+    root = build_coco(tmp_path)
+    _rewrite(root, lambda d: d["annotations"].pop(1))  # the cat is left only as the crowd instance
+    sample = load_dataset(root, "train2017", image_size=(H, W), guide="boxes")[0]
+    guide, crowd = sample["guide"].numpy(), _crowd_mask()
+    assert sample["labels"].tolist() == [1.0, 1.0] and bool(sample["has_guide"])
+    assert (guide[:, crowd] == IGNORE).all() and (guide[CAT][~crowd] == 0).all()
+    assert guide[DOG, 4:9, 2:8].all()
 
 
 def test_symlinked_split_folder_is_outside_the_root(tmp_path: Path) -> None:

@@ -378,6 +378,26 @@ def test_sixteen_bit_grayscale_png_is_rescaled(tmp_path: Path) -> None:
     assert torch.allclose(pixels, expected.expand(3, 1, 4), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("image", "match"),
+    [
+        (Image.fromarray(np.linspace(0, 1, 240, dtype=np.float32).reshape(12, 20)), r"mode 'F' \(floating-point"),
+        (Image.fromarray(np.full((12, 20), 70000, np.int32)), r"mode 'I' with values in \[70000, 70000\]"),
+        (Image.fromarray(np.full((12, 20), -1, np.int32)), r"mode 'I' with values in \[-1, -1\]"),
+        (Image.new("LAB", (20, 12), (128, 0, 0)), r"mode 'LAB'"),
+    ],
+    ids=["float", "32-bit", "negative", "lab"],
+)
+def test_images_pillow_would_mangle_are_refused(tmp_path: Path, image: Image.Image, match: str) -> None:
+    """Pillow's RGB conversion clips floats (0..1 turns black), wide integers and CIELab: refused, never guessed."""
+    image.save(tmp_path / "odd.tif")
+    assert Image.open(tmp_path / "odd.tif").mode == image.mode
+    _manifest(tmp_path, ["odd.tif,cat,train,,"])
+    ds = load_dataset(tmp_path, "train", image_size=(4, 4))
+    with pytest.raises(DatasetError, match=rf"image \S*odd\.tif \(\S*manifest\.csv line 2\) has {match}"):
+        ds[0]
+
+
 @pytest.mark.parametrize("column", ["path", "mask"])
 def test_path_with_a_nul_byte_names_the_line(simple: Path, column: str) -> None:
     row = {"path": "b.png", "mask": "a_mask.png", column: "b\x00.png"}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
-from folder_helpers import write_imagefolder
+from folder_helpers import write_imagefolder, write_voc_with_boxes
 
 from gainx.cli import main as _cli
 from gainx.data.manifest import MANIFEST
@@ -159,3 +161,91 @@ def test_every_run_fine_tunes_from_the_given_weights(user_data, tmp_path, capsys
     capsys.readouterr()
     assert _cli(argv) == 2
     assert "other.pt" in capsys.readouterr().err
+
+
+def _multilabel_manifest(root: Path) -> Path:
+    """A manifest data set whose every image holds a circle and a square, each with its box."""
+    from PIL import Image, ImageDraw
+
+    rows = ["path,labels,split,boxes"]
+    for split, count in (("train", 4), ("test_consistent", 2), ("test_conflicting", 2)):
+        for i in range(count):
+            image = Image.new("RGB", (16, 16), (20 * i, 40, 80))
+            draw = ImageDraw.Draw(image)
+            draw.ellipse((1, 1, 7, 7), fill=(250, 250, 250))
+            draw.rectangle((9, 9, 14, 14), fill=(250, 0, 0))
+            (root / split).mkdir(parents=True, exist_ok=True)
+            image.save(root / split / f"{i}.png")
+            rows.append(f"{split}/{i}.png,circle;square,{split},circle:1 1 8 8;square:9 9 15 15")
+    (root / MANIFEST).write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_multilabel_data_is_scored_by_map(tmp_path, capsys):
+    data = _multilabel_manifest(tmp_path / "multi")
+    argv = ["experiment", "bias", "--data", str(data), "--out", str(tmp_path / "out"), "--seeds", "0"]
+    argv += ["--consistent-split", "test_consistent", "--conflicting-split", "test_conflicting", "--epochs", "1"]
+    argv += ["--references", "baseline", "--recipes", "--image-size", "16"]
+    assert _cli(argv) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["key"] for r in report["table"]] == ["baseline", "gainext"]
+    for row in report["table"]:
+        assert 0.0 <= row["map_conflicting"]["mean"] <= 1.0 and 0.0 <= row["map_consistent"]["mean"] <= 1.0
+        assert "acc_conflicting" not in row
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| mAP bias-conflicting (test_conflicting) | mAP bias-consistent (test_consistent) |" in md
+    # the signed evidence reads single-label images: none here, so it is skipped with a note
+    assert "evidence_table" not in report and "Signed evidence" not in md
+    assert "signed evidence not measured: no single-label image of the split 'test_conflicting'" in md
+
+
+def _strict_json(path: Path) -> dict:
+    """``path`` read as strict JSON: a bare NaN (not JSON) fails."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{path} holds {constant}, not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_run_is_scored_on_test_splits_named_later_and_not_reused_for_other_data(user_data, tmp_path):
+    kwargs = dict(seeds=[0], guidances=[], recipes=(), references=("baseline",), profile=TINY)
+    run_bias_data(user_data, tmp_path, "test_consistent", "test_conflicting", **kwargs)
+    run = tmp_path / "runs" / "data" / "baseline-seed0"
+    stamp = (run / "last.pt").stat().st_mtime_ns
+    report = run_bias_data(user_data, tmp_path, "test_consistent", "train_unbiased", **kwargs)
+    assert (run / "last.pt").stat().st_mtime_ns == stamp  # scored on the split named now, not trained again
+    assert 0.0 <= report["runs"][0]["train_unbiased"]["accuracy"] <= 1.0
+    stored = json.loads((run / "result.json").read_text())
+    assert stored["train_unbiased"] == report["runs"][0]["train_unbiased"] and "test_conflicting" in stored
+    # the same data by another path is the same data; a copy elsewhere is other data
+    run_bias_data(os.path.relpath(user_data), tmp_path, "test_consistent", "test_conflicting", **kwargs)
+    other = shutil.copytree(user_data, tmp_path / "other")
+    with pytest.raises(ValueError, match="baseline-seed0 holds a run trained with other settings") as err:
+        run_bias_data(other, tmp_path, "test_consistent", "test_conflicting", **kwargs)
+    assert f"data {str(user_data.resolve())!r} there, {str(other.resolve())!r} asked" in str(err.value)
+
+
+def test_box_only_voc_trains_on_its_boxes(tmp_path):
+    voc = write_voc_with_boxes(tmp_path / "voc", count=8, size=24)
+    ids = (voc / "ImageSets/Main/train.txt").read_text()
+    for split in ("consistent", "conflicting"):  # VOC split lists: no "_" (Main/<class>_<split>.txt)
+        (voc / "ImageSets/Main" / f"{split}.txt").write_text(ids)
+    kwargs = dict(seeds=[0], guidances=["paper"], recipes=(), references=(), profile=TINY, image_size=16)
+    report = run_bias_data(voc, tmp_path / "out", "consistent", "conflicting", **kwargs)
+    assert [r["key"] for r in report["table"]] == ["gainext"] and report["runs"][0]["budget"] == 1.0
+    assert "trained on 'train' with its boxes (no image has a mask)" in report["description"]
+    assert (
+        json.loads((tmp_path / "out" / "runs" / "data" / "gainext-seed0" / "config.json").read_text())["guide"]
+        == "boxes"
+    )
+
+
+def test_every_result_file_is_strict_json(tmp_path):
+    data = write_imagefolder(tmp_path / "folder", {"train": 6, "test_a": 2, "test_b": 2}, size=16)
+    kwargs = dict(seeds=[0], guidances=[], recipes=(), references=("baseline",), profile=TINY, image_size=16)
+    report = run_bias_data(data, tmp_path / "out", "test_a", "test_b", **kwargs)  # no masks: no localization
+    result = _strict_json(tmp_path / "out" / "runs" / "data" / "baseline-seed0" / "result.json")
+    assert result["test_b"]["miou"] is None and _strict_json(tmp_path / "out" / "results.json")["runs"]
+    again = run_bias_data(data, tmp_path / "out", "test_a", "test_b", **kwargs)  # reused: read back as NaN
+    assert again["table"][0]["acc_conflicting"] == report["table"][0]["acc_conflicting"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -158,6 +159,30 @@ def test_bias_experiment_cooccur_with_guidance_variant_and_oracle(tmp_path):
         assert ("counterfactual_weight" in run) == (run["key"] == "recipe-default-masks-0.05"), run["key"]
     recipe = next(run for run in report["runs"] if run["key"] == "recipe-default-masks-0.05")
     assert 0 < recipe["counterfactual_weight"] <= 4.0
+
+
+def test_a_run_or_generated_data_of_other_settings_is_not_reused(tmp_path):
+    kwargs = dict(seeds=[0], budgets=[], guidances=[], references=("baseline",), recipes=())
+    first = TINY.with_overrides(epochs=1, alpha=0.5)
+    report = run_bias("decoy", tmp_path / "a", profile=first, **kwargs)
+    done = tmp_path / "a" / "runs" / "decoy" / "baseline-seed0" / "result.json"
+    stamp = done.stat().st_mtime_ns
+    for profile, said in (
+        (first.with_overrides(epochs=3), "epochs 1 there, 3 asked"),  # a finished run of another length
+        (first.with_overrides(arch="resnet18"), "arch 'small_cnn' there, 'resnet18' asked"),
+        (TINY.with_overrides(epochs=1), "alpha 0.5 there, 1.0 asked"),  # --alpha left at its default
+    ):
+        with pytest.raises(ValueError, match=f"baseline-seed0 holds a run trained with other settings.*{said}"):
+            run_bias("decoy", tmp_path / "a", profile=profile, **kwargs)
+    with pytest.raises(ValueError, match="decoy-seed0 holds data generated with other settings") as err:
+        run_bias("decoy", tmp_path / "a", profile=first.with_overrides(train_size=20, test_size=8), **kwargs)
+    assert "train_size 40 there, 20 asked; test_size 12 there, 8 asked" in str(err.value)
+    assert done.stat().st_mtime_ns == stamp
+    # a run folder copied into another --out is reused there (its data generated again, the same)
+    shutil.copytree(tmp_path / "a" / "runs", tmp_path / "b" / "runs")
+    again = run_bias("decoy", tmp_path / "b", profile=first, **kwargs)
+    copied = tmp_path / "b" / "runs" / "decoy" / "baseline-seed0" / "result.json"
+    assert copied.read_bytes() == done.read_bytes() and again["table"] == report["table"]
 
 
 def test_parallel_jobs_give_the_results_of_one_process(tmp_path):

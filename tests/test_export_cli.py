@@ -94,6 +94,24 @@ def test_cli_image_size_override_without_verification(checkpoint, tmp_path: Path
     assert AttentionSession(out).image_size == (40, 48)
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--image-size", "0", "32"], r"image_size must be \(H, W\) with H, W >= 8, got \[0, 32\]"),
+        (["--out", "FOLDER"], r"out \S+ is a directory; give the path of the \.onnx file to write"),
+    ],
+)
+def test_cli_bad_arguments_are_named(
+    checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    ckpt, _ = checkpoint
+    extra = [str(tmp_path) if a == "FOLDER" else a for a in extra]
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert re.search(f"gainx export: error: {message}", err) and "internal error" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
 def test_cli_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         _run(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m.onnx")])

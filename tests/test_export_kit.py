@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import importlib.util
 import io
 import json
 import os
@@ -19,17 +20,20 @@ import sysconfig
 import time
 import urllib.request
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from image_helpers import noise  # tests/ on sys.path
+from image_helpers import encode, noise  # tests/ on sys.path
 from kserve_stub import KServeStub
 from PIL import Image
 from serve_helpers import CLASSES, export_small_model
 from test_docs import python_blocks
 from tritonclient.utils import InferenceServerException
 
+from gainx.data.decode import read_image
+from gainx.data.transforms import resize_rgb
 from gainx.export.triton_repo import write_triton_repo
 from gainx.runtime import AttentionSession
 from gainx.serve.testing import ServerProcess
@@ -167,6 +171,29 @@ def test_triton_client_matches_the_runtime(
         assert entry["attention_shape"] == [session.topk, h, w]
         for rank, p in enumerate(predictions, 1):
             assert Image.open(tmp_path / "overlays" / f"{image.stem}_{rank}_{p['name']}.png").size == (w, h)
+
+
+def _client(name: str) -> ModuleType:
+    """The client script ``export/clients/<name>.py`` imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, CLIENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_clients_read_images_as_training_does(session: AttentionSession, tmp_path: Path) -> None:
+    """An EXIF-rotated JPEG is read as stored and a 16-bit grayscale PNG rescaled, as the training decode does."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    rotated, wide = tmp_path / "rotated.jpg", tmp_path / "wide.png"
+    noise((48, 40)).save(rotated, exif=exif.tobytes())
+    Image.fromarray(np.linspace(0, 65535, 40 * 48).round().astype(np.uint16).reshape(40, 48)).save(wide)
+    load_image = _client("triton_client").load_image
+    for path in (rotated, wide):
+        want = resize_rgb(read_image(path, "test"), session.image_size).transpose(2, 0, 1) / np.float32(255)
+        np.testing.assert_array_equal(load_image(str(path), session.image_size), want)
+    heat = base64.b64encode(encode(noise((8, 8)), "PNG")).decode()
+    assert _client("serve_client").save_overlay(str(rotated), heat, str(tmp_path / "overlay.png")) == (48, 40)
 
 
 def test_kserve_stub_checks_requests_against_the_config(triton_repo: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,35 @@ def test_bad_arguments() -> None:
         export_onnx(
             model, "unused.onnx", target_layer="features", image_size=(32, 32), mean=MEAN, std=STD, classes=["a", "b"]
         )
+
+
+class _Tripwire(nn.Module):
+    """A model that must not run: arguments are checked first."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the model ran")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"image_size": (0, 32)}, r"^image_size must be \(H, W\) with H, W >= 8, got \[0, 32\]$"),
+        ({"image_size": (32, 32, 3)}, r"^image_size must be \(H, W\) with H, W >= 8, got \[32, 32, 3\]$"),
+        ({"mean": [0.5, 0.5]}, r"^mean must have 3 values \(RGB\), got \[0\.5, 0\.5\]$"),
+        ({"std": [0.2, 0.0, 0.2]}, r"^std must be positive, got \[0\.2, 0\.0, 0\.2\]$"),
+        ({"topk": 0}, r"^topk must be >= 1, got 0$"),
+    ],
+)
+def test_bad_arguments_are_refused_before_the_model_runs(kwargs: dict, message: str) -> None:
+    args = {"target_layer": "features", "image_size": (32, 32), "mean": MEAN, "std": STD, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        export_onnx(_Tripwire(), "unused.onnx", **args)
+
+
+def test_out_naming_a_directory_is_refused_up_front(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"^out {re.escape(str(tmp_path))} is a directory; give the path of the "):
+        export_onnx(_Tripwire(), tmp_path, target_layer="features", image_size=(32, 32), mean=MEAN, std=STD)
+    assert list(tmp_path.iterdir()) == []
 
 
 class _FlattenHead(nn.Module):

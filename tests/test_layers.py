@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"losses", "attention", "ops", "models", "data", "evaluation", "io", "_extras"},
     "explain": {"attention", "ops", "models", "data", "viz", "io"},
     "export": {"gainx", "attention", "ops", "models", "runtime", "data", "io", "_extras"},
-    "serve": {"gainx", "runtime", "viz", "io", "ops", "_extras", "_lazy"},
+    "serve": {"gainx", "runtime", "data", "viz", "io", "ops", "_extras", "_lazy"},
     "integrations": {"losses", "attention", "ops", "models", "data", "_extras"},
     "experiments": {
         "attention",

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import gainx.losses.gain as gain_module
+from gainx.data.records import IGNORE
 from gainx.losses import GAIN, attention_mining_loss, classification_loss, guidance_loss
 from gainx.losses.bn import frozen_bn_stats
 from gainx.losses.terms import am_class_score, classification_losses, per_image_mean, weighted_mean
@@ -294,3 +295,15 @@ def test_gain_argument_errors():
         GAIN(model, "head")
     with pytest.raises(ValueError, match="labels must be"):
         GAIN(model, "features")(torch.randn(2, 3, 16, 16), torch.zeros(3, 3))
+
+
+def test_a_guide_ignored_everywhere_is_left_out_of_the_guidance_average():
+    """eq. 7 averages over the images that carry supervision: a pair whose guide is 255 everywhere counts as
+    no guide at all, not as a zero that halves the others' L_e."""
+    maps = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0))
+    targets = (torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(1)) > 0.5).to(torch.uint8)
+    targets[1] = IGNORE  # image 1's only pair
+    targets[2, :2] = IGNORE  # image 0's second pair: partly ignored, still counted
+    index = torch.tensor([0, 1, 0])
+    alone = guidance_loss(maps[[0, 2]], targets[[0, 2]], torch.tensor([0, 0]), 2)
+    assert guidance_loss(maps, targets, index, 2).item() == pytest.approx(alone.item())

@@ -50,3 +50,16 @@ def test_localization_meter_iou_per_class_and_pointing():
     out = meter.result()
     assert out["miou"] == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert out["pointing_game"] == 1.0 and out["num_maps"] == 2
+
+
+def test_localization_meter_leaves_out_maps_with_no_object_pixel():
+    """A present class whose target has no object pixel (all background or ignore, e.g. a crowd-only COCO class
+    under boxes) has nothing to point at: its map changes neither the IoU nor the pointing game."""
+    maps = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[1.0, 0.5], [0.5, 0.5]], [[0.0, 1.0], [0.0, 0.0]]])
+    targets = torch.tensor([[[1, 0], [0, 0]], [[255, 255], [255, 255]], [[0, 0], [0, 0]]], dtype=torch.uint8)
+    meter = LocalizationMeter(num_classes=2)
+    meter.update(maps, targets, torch.tensor([0, 0, 1]))
+    out = meter.result()
+    assert out["miou"] == pytest.approx(1.0)  # class 0 from its one scorable map; class 1 has none
+    assert out["pointing_game"] == 1.0 and out["num_maps"] == 1
+    assert out["num_maps_without_object"] == 2

@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from gainx.data.decode import read_image
+from gainx.data.transforms import resize_rgb
 from gainx.export import export_onnx
 from gainx.models import SmallCNN
 from gainx.runtime import AttentionResult, AttentionSession
@@ -72,6 +74,16 @@ def test_preprocess(session: AttentionSession) -> None:
     assert session.run(x[None]).attention.shape == (1, 2, *SIZE)
     with pytest.raises(TypeError, match="PIL image"):
         session.preprocess(x)
+
+
+def test_preprocess_rescales_16_bit_grayscale_as_training_does(session: AttentionSession, tmp_path: Path) -> None:
+    """A 16-bit grayscale PNG (mode I;16) gives the pixels of the training decode, not Pillow's clipped ones."""
+    values = np.linspace(0, 65535, 50 * 70).round().astype(np.uint16).reshape(50, 70)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    image = Image.open(tmp_path / "g16.png")
+    assert image.mode == "I;16"
+    want = resize_rgb(read_image(tmp_path / "g16.png", "test"), SIZE).transpose(2, 0, 1) / np.float32(255)
+    np.testing.assert_array_equal(session.preprocess(image), want)
 
 
 @pytest.mark.parametrize(

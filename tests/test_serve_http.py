@@ -27,10 +27,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from image_helpers import encode, image_bytes, png_pixels, png_with_header  # tests/ on sys.path
+from image_helpers import encode, image_bytes, noise, png_pixels, png_with_header  # tests/ on sys.path
 from PIL import Image
 from serve_helpers import CLASSES, export_small_model
 
+from gainx.data.decode import read_image
 from gainx.runtime import AttentionSession
 from gainx.serve.testing import REPO
 from gainx.serve.testing import ServerProcess as Server
@@ -122,6 +123,19 @@ def test_raw_body_matches_session(client, session, fmt: str) -> None:
     assert (body["width"], body["height"], body["input_size"], body["attention_size"]) == (40, 28, [32, 32], [32, 32])
     assert len(body["predictions"]) == 2  # the server's --topk
     assert_matches(body, reference(session, data), 2, session)
+
+
+def test_exif_rotated_jpeg_is_read_as_stored(client, session, tmp_path: Path) -> None:
+    """A JPEG whose EXIF tag rotates it gets the answer of ``gainx attention``'s decode: the stored pixels."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(encode(noise((40, 28)), "JPEG", exif=exif.tobytes()))
+    r = client.post("/v1/predict?raw=true", content=path.read_bytes(), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"]) == (40, 28)
+    assert_matches(body, session.run(session.preprocess(read_image(path, "test"))[None]), 2, session)
 
 
 def test_multipart_topk_overlay_and_raw_size(client, session) -> None:
@@ -251,6 +265,26 @@ BAD = [
         "no boundary",
         "/v1/predict",
         dict(content=b"--x\r\n", headers={"content-type": "multipart/form-data"}),
+        400,
+        "bad_multipart",
+    ),
+    (
+        "unterminated multipart",
+        "/v1/predict",
+        dict(
+            content=b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + image_bytes(7),
+            headers={"content-type": "multipart/form-data; boundary=xx"},
+        ),
+        400,
+        "bad_multipart",
+    ),
+    (
+        "empty boundary",
+        "/v1/predict",
+        dict(
+            content=b'--\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\nx\r\n----\r\n',
+            headers={"content-type": "multipart/form-data; boundary="},
+        ),
         400,
         "bad_multipart",
     ),

@@ -10,8 +10,9 @@ import pytest
 from image_helpers import encode, jpeg_with_header, noise, png_with_header  # tests/ is on sys.path under pytest
 from PIL import Image
 
+from gainx.data.decode import to_rgb
 from gainx.serve.errors import ApiError
-from gainx.serve.images import decode_image, open_image, sniff_format
+from gainx.serve.images import decode_image, load_rgb, open_image, sniff_format
 
 LIMITS = dict(max_pixels=4_000_000, max_side=4096)
 
@@ -43,11 +44,14 @@ def test_jpeg_decodes_like_pil() -> None:
     np.testing.assert_array_equal(np.asarray(got), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
 
 
-def test_exif_orientation_is_applied() -> None:
+def test_exif_orientation_is_not_applied() -> None:
+    """An EXIF-rotated JPEG decodes as stored: the pixels that training and ``gainx attention`` read."""
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     data = encode(noise((40, 20)), "JPEG", exif=exif.tobytes())
-    assert decode_image(data, **LIMITS).size == (20, 40)
+    got = decode_image(data, **LIMITS)
+    assert got.size == (40, 20)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(to_rgb(Image.open(io.BytesIO(data)))))
 
 
 @pytest.mark.parametrize("fmt,size", [("PNG", (123, 45)), ("JPEG", (77, 300)), ("JPEG", (4096, 1))])
@@ -134,3 +138,10 @@ def test_pixel_and_side_limits() -> None:
     assert decode_image(data, max_pixels=2000, max_side=50).size == (50, 40)
     expect_error(data, 422, {"image_too_large"}, max_pixels=1999)
     expect_error(data, 422, {"image_too_large"}, max_side=49)
+
+
+def test_pixels_with_no_8_bit_rule_are_a_400_not_a_server_error() -> None:
+    with pytest.raises(ApiError) as info:
+        load_rgb(Image.new("F", (3, 2), 0.5), "file 'x'")
+    err = info.value
+    assert (err.status, err.code) == (400, "unsupported_pixels") and "file 'x'" in err.message and "'F'" in err.message

@@ -90,7 +90,9 @@ def test_a_bank_too_large_for_last_pt_is_left_out_and_said_once(decoy_dir, tmp_p
     last = load_checkpoint(tmp_path / "run" / "last.pt")
     assert "counterfactual_bank" not in last and "counterfactual_log_weight" in last
     assert capsys.readouterr().err.count("is not written into last.pt") == 1
-    resumed = train(_cfg(decoy_dir, tmp_path / "run", epochs=3, guidance="counterfactual", resume=True))
+    resumed = train(
+        _cfg(decoy_dir, tmp_path / "run", epochs=3, guidance="counterfactual", counterfactual_eta=0.5, resume=True)
+    )
     assert load_checkpoint(resumed)["epoch"] == 3  # resumes with a refilled bank
 
 

@@ -44,6 +44,19 @@ def test_existing_run_is_kept_unless_resumed_or_overwritten(decoy_dir, tmp_path)
     assert len(list((run / "tensorboard").iterdir())) == 1  # the old run's event file is gone
 
 
+def test_a_failing_overwrite_keeps_the_old_run(decoy_dir, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(decoy_dir, run, epochs=1))
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    with pytest.raises(FileNotFoundError, match="dataset root not found"):
+        train(_cfg(tmp_path / "mistyped", run, overwrite=True))
+    with pytest.raises(ValueError, match="unknown"):
+        train(_cfg(decoy_dir, run, arch="no_such_model", overwrite=True))
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+    assert {"last.pt", "best.pt", "metrics.csv", "config.json"} <= set(before)
+    assert any((run / "tensorboard").iterdir())
+
+
 def test_best_checkpoint_is_the_best_validation_epoch(decoy_dir, tmp_path):
     run = tmp_path / "run"
     train(_cfg(decoy_dir, run, epochs=3, optimizer="sgd", lr=0.05))
@@ -77,8 +90,28 @@ def test_resume_with_more_epochs_extends_the_cosine_schedule(decoy_dir, tmp_path
     assert load_checkpoint(run / "last.pt")["epoch"] == 4
     with pytest.raises(ValueError, match=r"already trained 4 epochs; --epochs 3"):
         train(_cfg(decoy_dir, run, epochs=3, lr=lr, val_split="none", resume=True))
-    with pytest.raises(ValueError, match=r"trained with --optimizer adamw; resume it with the same optimizer"):
-        train(_cfg(decoy_dir, run, epochs=5, optimizer="sgd", val_split="none", resume=True))
+    with pytest.raises(ValueError, match=r"other settings than this run's \(optimizer 'adamw' there, 'sgd' asked\)"):
+        train(_cfg(decoy_dir, run, epochs=5, lr=lr, optimizer="sgd", val_split="none", resume=True))
+
+
+def test_resume_refuses_other_training_settings_naming_each(decoy_dir, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(decoy_dir, run, epochs=1, method="gain", lr=0.002))
+    before = {name: (run / name).read_bytes() for name in ("config.json", "last.pt", "metrics.csv")}
+    changed = r"\(method 'gain' there, 'gainext' asked; batch_size 32 there, 16 asked; lr 0.002 there, 0.01 asked\)"
+    with pytest.raises(ValueError, match=changed + r"; resume with the settings it was trained with"):
+        train(_cfg(decoy_dir, run, epochs=2, method="gainext", batch_size=16, lr=0.01, resume=True))
+    assert {name: (run / name).read_bytes() for name in before} == before
+    with pytest.raises(
+        ValueError,
+        match=r"other settings than this run's \(arch 'small_cnn' there, 'mobilenet_v3_small"
+        r"' asked\);",
+    ) as refused:
+        train(_cfg(decoy_dir, run, epochs=2, method="gain", lr=0.002, arch="mobilenet_v3_small", resume=True))
+    assert "classes" not in str(refused.value)
+    # what may change: the epochs, where and how the steps run, and what is printed
+    train(_cfg(decoy_dir, run, epochs=2, method="gain", lr=0.002, resume=True, device="cpu", workers=1, amp=False))
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
 def test_every_epoch_prints_a_summary_line_without_progress_bars(decoy_dir, tmp_path, capsys):

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from folder_helpers import write_voc_with_boxes  # tests/ is on sys.path under pytest
 from PIL import Image
 
 from gainx.data.dataset import GainDataset
@@ -124,3 +125,55 @@ def test_resuming_keeps_the_images_that_select_best_pt(tmp_path: Path) -> None:
         train(_cfg(data, run, epochs=2, val_fraction=0.2, resume=True))
     train(_cfg(data, run, epochs=2, resume=True))
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def _voc_trainval(root: Path) -> Path:
+    """A VOC tree of 10 images: ``train`` the first 6, ``val`` the last 4, ``trainval`` all of them."""
+    voc = write_voc_with_boxes(root, count=10, size=16)
+    ids = (voc / "ImageSets/Main/train.txt").read_text().split()
+    (voc / "ImageSets/Main/trainval.txt").write_text("\n".join(ids) + "\n")
+    (voc / "ImageSets/Main/train.txt").write_text("\n".join(ids[:6]) + "\n")
+    (voc / "ImageSets/Main/val.txt").write_text("\n".join(ids[6:]) + "\n")
+    return voc
+
+
+def test_a_named_val_split_sharing_training_images_is_refused(tmp_path: Path) -> None:
+    voc = _voc_trainval(tmp_path / "voc")
+    with pytest.raises(
+        ValueError, match=r"split 'val' shares 4 of its 4 images with the training split 'trainval' \(e\.g\. "
+    ):
+        Trainer(_cfg(voc, tmp_path / "run", train_split="trainval", val_split="val"), announce=False)
+    manifest = tmp_path / "manifest"
+    manifest.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (8, 8), (10, 200, 30)).save(manifest / name)
+    rows = ["a.png,cat,train", "b.png,dog,train", "c.png,cat,val", "./b.png,dog,val"]
+    (manifest / "manifest.csv").write_text("\n".join(["path,labels,split", *rows]) + "\n")
+    with pytest.raises(
+        ValueError, match=r"split 'val' shares 1 of its 2 images with the training split 'train' \(e\.g\. .*b\.png"
+    ):
+        Trainer(_cfg(manifest, tmp_path / "run", val_split="val"), announce=False)
+
+
+def test_auto_skips_a_val_split_sharing_training_images_and_says_why(tmp_path: Path, capsys) -> None:
+    voc = _voc_trainval(tmp_path / "voc")
+    trainer = Trainer(_cfg(voc, tmp_path / "run", train_split="trainval", val_fraction=0.2))
+    assert trainer.validation.record["split"] == "trainval" and "held_out" in trainer.validation.record
+    assert len(trainer.dataset) == 8 and len(trainer.val) == 2
+    err = capsys.readouterr().err
+    assert "validation on 20% of trainval held out: 2 images" in err
+    assert (
+        "--val-split auto skipped split 'val', which shares 4 of its 4 images with the training split 'trainval'" in err
+    )
+    assert "the run holds out --val-fraction 0.2 of 'trainval' instead" in err
+    off = Trainer(_cfg(voc, tmp_path / "off", train_split="trainval", val_fraction=0))
+    assert off.validation is None and len(off.dataset) == 10
+    err = capsys.readouterr().err
+    assert "skipped split 'val'" in err and "the run goes without validation (--val-fraction 0)" in err
+
+
+def test_a_disjoint_val_split_is_used(tmp_path: Path) -> None:
+    voc = _voc_trainval(tmp_path / "voc")
+    for val_split in ("auto", "val"):
+        trainer = Trainer(_cfg(voc, tmp_path / val_split, val_split=val_split), announce=False)
+        assert trainer.validation.record == {"split": "val"} and (len(trainer.dataset), len(trainer.val)) == (6, 4)

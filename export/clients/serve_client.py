@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 
 def predict(url: str, image_path: str, topk: int, timeout: float = 60.0) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def predict(url: str, image_path: str, topk: int, timeout: float = 60.0) -> dict
 
 def save_overlay(image_path: str, heatmap_png: str, out: str) -> tuple[int, int]:
     """Blend the base64 heatmap PNG (resized to the image) over the image; save it as PNG; return its size."""
-    image = ImageOps.exif_transpose(Image.open(image_path)).convert("RGB")  # as the server reads it
+    image = Image.open(image_path).convert("RGB")  # as stored, as the server reads it (no EXIF rotation)
     heat = Image.open(io.BytesIO(base64.b64decode(heatmap_png))).convert("RGB").resize(image.size, Image.BILINEAR)
     Image.blend(image, heat, 0.5).save(out, format="PNG")
     return image.size

@@ -7,11 +7,12 @@ Usage::
 
 The model's configuration (``GET /v2/models/<model>/config``) gives the input's
 name, data type and dims and the largest batch. Images are prepared as the
-graph contract asks (docs/export.md): RGB, resized (bilinear) to the model's
-size, float32 in ``[0, 1]``, ``(N, 3, H, W)``; the mean/std normalization is
-inside the graph. The size is ``--image-size`` (the export's
-``gainx.image_size``) or, for a model exported with a fixed size, the config's
-dims. The images are sent in batches of at most ``max_batch_size`` with the
+graph contract asks (docs/export.md): decoded as gainx training reads images
+(as stored: an EXIF orientation tag is not applied; 16-bit grayscale rescaled
+to 8 bits), RGB, resized (bilinear) to the model's size, float32 in ``[0, 1]``,
+``(N, 3, H, W)``; the mean/std normalization is inside the graph. The size is
+``--image-size`` (the export's ``gainx.image_size``) or, for a model exported
+with a fixed size, the config's dims. The images are sent in batches of at most ``max_batch_size`` with the
 binary tensor extension, and the outputs ``scores`` (logits), ``classes`` (the
 top-k class ids) and ``attention`` (their Grad-CAM maps in ``[0, 1]``) come
 back as binary tensors. Class names come from ``--labels``, the
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import tritonclient.http as httpclient
-from PIL import Image, ImageOps
+from PIL import Image
 from tritonclient.utils import triton_to_np_dtype
 
 OUTPUTS = ("scores", "classes", "attention")
@@ -47,8 +48,15 @@ def image_size(config: dict[str, Any], given: list[int] | None) -> tuple[int, in
 
 
 def load_image(path: str, size: tuple[int, int]) -> np.ndarray:
-    """``(3, H, W)`` float32 RGB in [0, 1] at ``size``, as ``gainx.runtime.AttentionSession.preprocess`` makes it."""
-    image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    """``(3, H, W)`` float32 RGB in [0, 1] at ``size``, as ``gainx.runtime.AttentionSession.preprocess`` makes it:
+    decoded as training reads images (as stored, 16-bit grayscale rescaled) and resized as training does."""
+    image = Image.open(path)
+    if image.mode == "F" or image.mode.startswith("I"):  # gainx.data.decode.to_rgb's rule, without needing gainx
+        wide = np.asarray(image)
+        if image.mode == "F" or wide.min(initial=0) < 0 or wide.max(initial=0) > 65535:
+            raise ValueError(f"{path}: mode {image.mode!r} pixels have no 8-bit rule (16-bit grayscale has)")
+        image = Image.fromarray(((wide.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8), "L")
+    image = image.convert("RGB")
     if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.BILINEAR)
     return np.divide(np.asarray(image).transpose(2, 0, 1), np.float32(255.0), dtype=np.float32)

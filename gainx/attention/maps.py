@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from gainx.attention.capture import capture_output, resolve_layer
+from gainx.attention.double_backward import twice_differentiable
 from gainx.attention.head import find_linear_head
 from gainx.attention.layout import ReshapeTransform, apply_transform, feature_layout
 from gainx.attention.outputs import OutputSelector, select_scores
@@ -197,7 +198,11 @@ def attention_maps(
     with torch.inference_mode(False):
         if images.is_inference():  # made under inference_mode: autograd cannot save it
             images = images.clone()
-        with torch.set_grad_enabled(create_graph or head is None), capture_output(layer) as captured:
+        with (
+            torch.set_grad_enabled(create_graph or head is None),
+            capture_output(layer) as captured,
+            twice_differentiable(create_graph and head is None),
+        ):
             scores = select_scores(model(images), output)
             chosen = select_classes(scores, classes, topk)
             if head is not None:  # a GAP + linear head pools dims (2, 3): the output is (B, C, h, w)

@@ -7,6 +7,34 @@ from pathlib import Path
 
 from gainx.data.synthetic import write_decoy, write_photos
 
+ALLOW_OUTSIDE_ROOT_HELP = (
+    "accept data files that leave the data folder (../, absolute paths, symlinks out) in any "
+    "layout: manifest paths, VOC split ids, COCO file names, ImageFolder symlinks"
+)
+
+
+def add_allow_outside_root_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--allow-outside-root`` (as ``gainx train`` has it) to a command that reads a data set."""
+    parser.add_argument("--allow-outside-root", action="store_true", help=ALLOW_OUTSIDE_ROOT_HELP)
+
+
+def _int_at_least(text: str, minimum: int) -> int:
+    """``text`` as an int; an ``argparse.ArgumentTypeError`` (a usage error naming the flag) below ``minimum``."""
+    value = int(text)
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """The argparse type of a count that must be at least 1 (threads, jobs, epochs, images)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """The argparse type of an int that must be at least 0 (seeds, optional counts)."""
+    return _int_at_least(text, 0)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``data`` (with ``decoy`` and ``photos``) to the top-level ``gainx`` sub-parsers."""

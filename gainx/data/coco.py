@@ -5,9 +5,9 @@ or the root (the COCO 2017 download), or Roboflow's export ``<split>/_annotation
 images. Image-level labels are the categories of an image's annotations (multi-label; an image without
 annotations has no labels). Guides: the instance outlines (polygons or RLE, decoded by pycocotools, the
 ``coco`` extra; bounded and checked by :mod:`gainx.data.coco_segments` when the index is read), the boxes, or
-none; ``iscrowd`` instances are ignore regions (masks) or dropped (boxes). Image files must lie inside ``root``
-(the data folder, not the split folder: a split folder symlinked elsewhere is outside) unless
-``allow_outside_root``.
+none; an ``iscrowd`` instance's outline (masks) or box (boxes) is an ignore region in every channel. Image
+files must lie inside ``root`` (the data folder, not the split folder: a split folder symlinked elsewhere is
+outside) unless ``allow_outside_root``.
 """
 
 from __future__ import annotations
@@ -144,16 +144,16 @@ def _sample(
             if a.get("segmentation")
         )
     elif guide == "boxes":
-        boxes = tuple(_box(a, category_index, where) for a in anns if not a.get("iscrowd", 0))
+        boxes = tuple(_box(a, category_index, where) for a in anns)
     return Sample(image=path, labels=labels, origin=where, boxes=boxes, segments=segments)
 
 
 def _box(ann: dict, category_index: dict[Any, int], where: str) -> Box:
-    """COCO's ``[x, y, width, height]`` -> ``Box(x0, y0, x1, y1)``."""
+    """COCO's ``[x, y, width, height]`` -> ``Box(x0, y0, x1, y1)``, a crowd box for an ``iscrowd`` instance."""
     try:
         x, y, w, h = (float(v) for v in ann["bbox"])
     except (KeyError, TypeError, ValueError):
         raise DatasetError(f"{where}: annotation {ann.get('id')} has no valid 'bbox' [x, y, width, height]") from None
     if not (x >= 0 and y >= 0 and w > 0 and h > 0):
         raise DatasetError(f"{where}: annotation {ann.get('id')} has an invalid bbox {[x, y, w, h]}")
-    return Box(category_index[ann["category_id"]], x, y, x + w, y + h)
+    return Box(category_index[ann["category_id"]], x, y, x + w, y + h, crowd=bool(ann.get("iscrowd", 0)))

@@ -31,7 +31,8 @@ def label_map_to_guide(label_map: np.ndarray, num_classes: int) -> np.ndarray:
 def rasterize_boxes(
     boxes: Sequence[Box], num_classes: int, source_size: tuple[int, int], size: tuple[int, int]
 ) -> np.ndarray:
-    """Guide whose channel ``k`` is 1 inside every box of class ``k``.
+    """Guide whose channel ``k`` is 1 inside every box of class ``k``; a crowd box sets :data:`IGNORE`
+    in every channel (over any box it overlaps).
 
     Boxes are in pixel coordinates of an image of ``source_size = (height, width)``
     and are scaled to ``size = (H, W)``; a pixel is inside when the scaled box
@@ -40,10 +41,13 @@ def rasterize_boxes(
     (sh, sw), (h, w) = source_size, size
     fy, fx = h / sh, w / sw
     guide = np.zeros((num_classes, h, w), dtype=np.uint8)
-    for b in boxes:
+    for b in sorted(boxes, key=lambda b: b.crowd):  # crowd boxes last: ignore wins
         r0, r1 = math.floor(b.y0 * fy), min(h, math.ceil(b.y1 * fy))
         c0, c1 = math.floor(b.x0 * fx), min(w, math.ceil(b.x1 * fx))
-        guide[b.label, r0:r1, c0:c1] = 1
+        if b.crowd:
+            guide[:, r0:r1, c0:c1] = IGNORE
+        else:
+            guide[b.label, r0:r1, c0:c1] = 1
     return guide
 
 

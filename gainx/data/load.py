@@ -39,9 +39,7 @@ def load_dataset(
     ``"boxes"`` or ``"none"``; ``voc_split_source``: VOC only (see :func:`load_voc`). Files named by the
     index must lie inside ``root`` (no ``..``, absolute paths or symlinks out) unless ``allow_outside_root``.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found (or not a folder): {root}")
+    root = _folder(root)
     voc = find_voc_root(root)
     layout = _layout(root, voc)
     if voc_split_source is not None and layout != "voc":
@@ -79,8 +77,16 @@ def load_split_for_model(root: str | Path, split: str, meta: Mapping[str, Any], 
 
 def dataset_layout(root: str | Path) -> str:
     """The layout :func:`load_dataset` reads at ``root``: ``manifest``, ``voc``, ``coco`` or ``imagefolder``."""
-    root = Path(root)
+    root = _folder(root)
     return _layout(root, find_voc_root(root))
+
+
+def _folder(root: str | Path) -> Path:
+    """``root`` as a path, refused when it is not a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root not found (or not a folder): {root}")
+    return root
 
 
 def unused_boxes_hint(root: str | Path, split: str, guide: str | None, allow_outside_root: bool = False) -> str:

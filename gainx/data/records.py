@@ -24,13 +24,15 @@ class DatasetError(ValueError):
 @dataclass(frozen=True)
 class Box:
     """An axis-aligned box of class ``label`` in continuous pixel coordinates of the
-    original image: ``0 <= x0 < x1 <= width``, ``0 <= y0 < y1 <= height``."""
+    original image: ``0 <= x0 < x1 <= width``, ``0 <= y0 < y1 <= height``. ``crowd`` (COCO ``iscrowd``):
+    its pixels carry no supervision (:data:`IGNORE`)."""
 
     label: int
     x0: float
     y0: float
     x1: float
     y1: float
+    crowd: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from gainx.data.decode import to_rgb
+
 if TYPE_CHECKING:
     import torch
 
 
 def resize_rgb(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """RGB ``image`` resized (bilinear, antialiased when shrinking) to ``size = (H, W)``, as ``(H, W, 3)`` uint8."""
+    """``image`` resized (bilinear, antialiased when shrinking) to ``size = (H, W)``, as ``(H, W, 3)`` uint8.
+
+    An image that is not RGB is first converted by :func:`gainx.data.decode.to_rgb`
+    (16-bit grayscale rescaled, not clipped; float images refused).
+    """
     h, w = size
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    image = to_rgb(image)
     if image.size != (w, h):  # PIL would return a copy for the same size; skip it
         image = image.resize((w, h), Image.BILINEAR)
     return np.asarray(image, dtype=np.uint8)

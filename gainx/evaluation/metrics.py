@@ -6,6 +6,9 @@
   at least 20% of the map's maximum; intersection and union with the class's
   mask are accumulated per class over the data set and averaged over classes;
 * pointing game: a hit when the map's maximum falls on the class's mask.
+
+A map whose target has no object pixel (all background or ignore: a present
+class with nothing to localize) enters neither score; it is counted apart.
 """
 
 from __future__ import annotations
@@ -52,12 +55,17 @@ class LocalizationMeter:
         self.union = torch.zeros(num_classes, dtype=torch.float64)
         self.hits = 0
         self.count = 0
+        self.without_object = 0
         self.threshold = threshold
 
     def update(self, maps: Tensor, targets: Tensor, classes: Tensor) -> None:
         """``maps`` (P, H, W) in [0, 1]; ``targets`` (P, H, W) uint8 guides; ``classes`` (P,)."""
         valid = targets != IGNORE
         gt = (targets == 1) & valid
+        scorable = gt.flatten(1).any(1)
+        self.without_object += int((~scorable).sum())
+        maps, valid, gt = maps[scorable], valid[scorable], gt[scorable]
+        classes = classes[scorable.to(classes.device)]
         cue = cue_mask(maps, self.threshold) & valid
         inter = (cue & gt).flatten(1).sum(1).double().cpu()
         union = (cue | gt).flatten(1).sum(1).double().cpu()
@@ -75,4 +83,5 @@ class LocalizationMeter:
             "miou": miou,
             "pointing_game": self.hits / self.count if self.count else float("nan"),
             "num_maps": self.count,
+            "num_maps_without_object": self.without_object,
         }

@@ -8,8 +8,9 @@ recipe (a preset of :mod:`gainx.training.presets`) at one budget.
 :func:`run_bias_data` runs the same comparison on a data set on disk, with its
 own annotations and its bias-consistent and bias-conflicting splits named.
 Writes ``results.json`` (every run and the aggregate; ``null`` for a metric
-that is undefined), ``results.md`` (mean ± std: accuracy on the
-bias-conflicting and bias-consistent test sets, cue mIoU and pointing game on
+that is undefined), ``results.md`` (mean ± std: accuracy, or mAP on a
+multi-label data set, on the bias-conflicting and bias-consistent test sets
+(table columns ``acc_*`` or ``map_*``), cue mIoU and pointing game on
 the bias-conflicting set; where the logits come from,
 :mod:`gainx.experiments.evidence`) and figures.
 """
@@ -17,13 +18,13 @@ the bias-conflicting set; where the logits come from,
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
+from gainx.data import load_dataset
 from gainx.experiments.evidence import evidence_split
 from gainx.experiments.figures import budget_figure, titled
-from gainx.experiments.runner import base_data, finished_checkpoints, run_dir, run_matrix
+from gainx.experiments.runner import base_data, finished_checkpoints, finite, run_dir, run_matrix
 from gainx.experiments.specs import (
     BENCHMARKS,
     BIAS_BENCHMARKS,
@@ -138,9 +139,15 @@ def run_bias_data(
             "it the table cannot say whether a method is compared under-trained."
         )
     localized = has_guides(bench, conflicting_split)
+    evidence = localized and _has_single_label_guides(bench, conflicting_split)
     if not localized:
         notes.append(
             f"cue mIoU, pointing game and evidence not measured: the split {conflicting_split!r} has no masks or boxes."
+        )
+    elif not evidence:
+        notes.append(
+            f"signed evidence not measured: no single-label image of the split {conflicting_split!r} has a mask or "
+            "boxes (the evidence splits the logit of an image's one class)."
         )
     for note in notes:
         print(f"gainx experiment bias: {note}")
@@ -159,7 +166,7 @@ def run_bias_data(
             "training": profile.training_overrides(),
         },
         notes,
-        evidence=localized,
+        evidence=evidence,
     )
     _attention_figure(bench, Path(out), profile, [r["key"] for r in report["table"] if not r["unbiased"]], seeds[0])
     return report
@@ -180,9 +187,13 @@ def _compare(
     (``about`` and ``notes`` describe the comparison); returns the report."""
     results = run_matrix(specs, bench, out, profile, threads, jobs=jobs)
     consistent = next(s for s in bench.splits if s != bench.main_split)
+    # a multi-label data set is scored by mAP, a single-label one by accuracy (gainx.evaluation.evaluate)
+    score, short, label = (
+        ("mAP", "map", "mAP") if any("mAP" in r[bench.main_split] for r in results) else ("accuracy", "acc", "acc.")
+    )
     metrics = {
-        "acc_conflicting": (bench.main_split, "accuracy"),
-        "acc_consistent": (consistent, "accuracy"),
+        f"{short}_conflicting": (bench.main_split, score),
+        f"{short}_consistent": (consistent, score),
         "miou": (bench.main_split, "miou"),
         "pointing_game": (bench.main_split, "pointing_game"),
     }
@@ -198,8 +209,8 @@ def _compare(
         "runs": results,
     }
     headers = {
-        "acc_conflicting": f"acc. bias-conflicting ({bench.main_split})",
-        "acc_consistent": f"acc. bias-consistent ({consistent})",
+        f"{short}_conflicting": f"{label} bias-conflicting ({bench.main_split})",
+        f"{short}_consistent": f"{label} bias-consistent ({consistent})",
         "miou": "cue mIoU (conflicting)",
         "pointing_game": "pointing game (conflicting)",
     }
@@ -214,21 +225,17 @@ def _compare(
             f"\nSigned evidence (contribution to the logit) on {bench.main_split}, from the object mask and "
             f"from the rest of the image:\n\n{markdown(report['evidence_table'], EVIDENCE_HEADERS)}\n"
         )
-    atomic_write_text(out / "results.json", json.dumps(_finite(report), indent=2))
+    atomic_write_text(out / "results.json", json.dumps(finite(report), indent=2))
     atomic_write_text(out / "results.md", text)
     print(table)
     return report
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN float replaced by None (``null``: JSON has no NaN)."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+def _has_single_label_guides(bench: Benchmark, split: str) -> bool:
+    """Whether any single-label image of ``split`` carries a mask or boxes (the images :func:`evidence_split`
+    reads)."""
+    dataset = load_dataset(bench.root, split, image_size=bench.image_size)
+    return any(s.has_guide and len(s.labels) == 1 for s in dataset.samples)
 
 
 def _attention_figure(bench: Benchmark, out: Path, profile: Profile, keys: list[str], seed: int) -> None:

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from gainx.data.cli import add_allow_outside_root_arg, non_negative_int, positive_int
 from gainx.experiments.specs import BIAS_BENCHMARKS, RECIPES, REFERENCES
 from gainx.losses.counterfactual import JITTERS
 from gainx.losses.guidance import GUIDANCES
@@ -113,16 +114,18 @@ def _cmd_cues(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         model=args.model,
         trust_model_code=args.trust_model_code,
+        allow_outside_root=args.allow_outside_root,
     )
     print(f"cues written to {out}")
     if args.score:
-        print(json.dumps(evaluate_cues(out, args.data, args.split), indent=2))
+        scores = evaluate_cues(out, args.data, args.split, allow_outside_root=args.allow_outside_root)
+        print(json.dumps(scores, indent=2))
     return 0
 
 
 def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
     p.add_argument("--out", required=True, help="experiment folder: data/, runs/, results.json, results.md, figures")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2])
     p.add_argument(
         "--budgets",
         type=float,
@@ -131,9 +134,9 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
         help="fractions of training images with annotation (none: no paper-L_e budget runs)",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes (tests, smoke runs)")
-    p.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
-    p.add_argument("--train-size", type=int, default=None, help="override the profile's training images")
-    p.add_argument("--test-size", type=int, default=None, help="override the profile's images per test split")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override the profile's epochs")
+    p.add_argument("--train-size", type=positive_int, default=None, help="override the profile's training images")
+    p.add_argument("--test-size", type=positive_int, default=None, help="override the profile's images per test split")
     p.add_argument("--image-size", type=int, default=None, help="override the profile's image size")
     p.add_argument(
         "--model",
@@ -168,7 +171,10 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
     )
     p.add_argument("--omega-e", type=float, default=None, help="override the weight of the guidance loss (eq. 8)")
     p.add_argument(
-        "--counterfactuals", type=int, default=None, help="override the pasted images per batch (counterfactual)"
+        "--counterfactuals",
+        type=non_negative_int,
+        default=None,
+        help="override the pasted images per batch (counterfactual)",
     )
     p.add_argument(
         "--counterfactual-weight", type=float, default=None, help="override their weight in L_cl (counterfactual)"
@@ -193,17 +199,24 @@ def _common(p: argparse.ArgumentParser, budgets: list[float]) -> None:
     )
     p.add_argument(
         "--counterfactual-backgrounds",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="override the object-free backgrounds (no label) per batch (counterfactual)",
     )
-    p.add_argument("--am-warmup", type=int, default=None, help="override the epochs of L_cl only before GAIN starts")
+    p.add_argument(
+        "--am-warmup", type=non_negative_int, default=None, help="override the epochs of L_cl only before GAIN starts"
+    )
     p.add_argument(
         "--second-order", action="store_true", help="differentiate through the Grad-CAM weights (create_graph)"
     )
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run (1 is fastest on a busy CPU)")
     p.add_argument(
-        "--jobs", type=int, default=1, help="runs trained at the same time, each in its own process (e.g. one per core)"
+        "--threads", type=positive_int, default=1, help="torch intra-op threads per run (1 is fastest on a busy CPU)"
+    )
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="runs trained at the same time, each in its own process (e.g. one per core)",
     )
 
 
@@ -292,7 +305,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cues.add_argument("--data", required=True)
     cues.add_argument("--split", required=True)
     cues.add_argument("--out", required=True)
-    cues.add_argument("--batch-size", type=int, default=64)
+    cues.add_argument("--batch-size", type=positive_int, default=64)
     cues.add_argument("--score", action="store_true", help="also print the cues' mIoU against the split's masks")
+    add_allow_outside_root_arg(cues)
     add_trust_args(cues)
     cues.set_defaults(func=_cmd_cues)

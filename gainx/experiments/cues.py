@@ -6,8 +6,10 @@ least 20% of the map's maximum, :func:`gainx.evaluation.cue_mask`) and no other
 ground-truth class's does, ``0`` (background) where none does, and ``255``
 (ignore) where two or more classes conflict. :func:`write_cues` also writes a
 ``manifest.csv`` that lists the original images with the cues as masks, so the
-cue folder is itself a data set for a weakly supervised segmentation trainer
-(``load_dataset(cue_dir, split)``).
+cue folder is itself a data set for a weakly supervised segmentation trainer. Its
+image paths are relative to the cue folder and lead out of it (``../data/...``),
+so it loads with ``load_dataset(cue_dir, split, allow_outside_root=True)``
+(command line: ``--allow-outside-root``), as long as neither folder moves.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import Tensor
 
 from gainx.attention import attention_maps
 from gainx.data import load_dataset, load_split_for_model
+from gainx.data.load import GUIDED_LAYOUTS, dataset_layout
 from gainx.data.manifest import write_manifest
 from gainx.data.records import IGNORE
 from gainx.evaluation import cue_mask
@@ -54,14 +57,17 @@ def write_cues(
     *,
     model: str | None = None,
     trust_model_code: bool = False,
+    allow_outside_root: bool = False,
 ) -> Path:
     """Write one cue PNG per image of ``split`` (at the image's stored size) and a manifest; returns ``out``.
 
     ``model`` and ``trust_model_code`` allow rebuilding a checkpoint whose model spec is not stock, as in
-    :func:`gainx.models.load_model`.
+    :func:`gainx.models.load_model`; ``allow_outside_root`` as in :func:`gainx.data.load_dataset`. The cues
+    need the images and their labels only, so no guides (masks, boxes) of ``data`` are read.
     """
     net, meta = load_model(checkpoint, model=model, trust_model_code=trust_model_code)
-    dataset = load_split_for_model(data, split, meta)
+    guide = "none" if dataset_layout(data) in GUIDED_LAYOUTS else None
+    dataset = load_split_for_model(data, split, meta, guide=guide, allow_outside_root=allow_outside_root)
     if list(dataset.classes) != list(meta["classes"]):
         raise ValueError(f"{data}: classes {dataset.classes} differ from the checkpoint's {meta['classes']}")
     out = Path(out)
@@ -113,8 +119,11 @@ def label_map_of(guide: Tensor) -> Tensor:
     return torch.where((guide == IGNORE).all(0), torch.full_like(lm, IGNORE), lm).to(torch.uint8)
 
 
-def evaluate_cues(cues: str | Path, data: str | Path, split: str) -> dict[str, Any]:
-    """mIoU of a cue folder (from :func:`write_cues`) against the masks of ``data``'s ``split``.
+def evaluate_cues(
+    cues: str | Path, data: str | Path, split: str, *, allow_outside_root: bool = False
+) -> dict[str, Any]:
+    """mIoU of a cue folder (from :func:`write_cues`) against the masks of ``data``'s ``split``
+    (``allow_outside_root`` as in :func:`gainx.data.load_dataset`).
 
     Classes are background + the data set's classes. Pixels ignored in the
     ground truth do not count; a conflict pixel (255 in the cue) counts as a
@@ -124,7 +133,7 @@ def evaluate_cues(cues: str | Path, data: str | Path, split: str) -> dict[str, A
     an error naming it.
     """
     cues, data = Path(cues), Path(data)
-    truth = load_dataset(data, split)
+    truth = load_dataset(data, split, allow_outside_root=allow_outside_root)
     k = len(truth.classes)
     conf = np.zeros((k + 1, k + 2), dtype=np.int64)  # rows: truth 0..k; cols: cue 0..k, conflict
     scored = 0

@@ -25,7 +25,7 @@ from gainx.experiments.erasure import FIELDS as ERASURE_FIELDS
 from gainx.experiments.erasure import erasure_scores
 from gainx.experiments.evidence import blank_map_fraction
 from gainx.experiments.figures import titled
-from gainx.experiments.runner import data_dir, finished_checkpoints, run_dir, run_matrix
+from gainx.experiments.runner import data_dir, finished_checkpoints, finite, run_dir, run_matrix
 from gainx.experiments.specs import BENCHMARKS, FULL, QUICK, Profile, localization_matrix
 from gainx.experiments.tables import aggregate, markdown
 from gainx.explain import attention_figure
@@ -68,7 +68,7 @@ def run_localization(
     recipes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run the localization comparison (GAINext with each of ``guidances``, and the ``recipes``); returns what
-    ``results.json`` holds."""
+    ``results.json`` holds (there ``null`` for a metric that is undefined, NaN here)."""
     bench = BENCHMARKS["shapes"]
     profile = profile or (QUICK if quick else FULL)
     out = Path(out)
@@ -113,7 +113,7 @@ def run_localization(
         "erasure_table": erasure_rows,
         "runs": results,
     }
-    atomic_write_text(out / "results.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "results.json", json.dumps(finite(report), indent=2))
     head = f"{bench.description}; {profile.model}; mean ± std over seeds {list(seeds)}"
     erasure_head = (
         "Read the object or the erasure? The probability of each ground-truth class on the test images with masks, "

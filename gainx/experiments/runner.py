@@ -3,35 +3,47 @@
 Each run writes ``RUNS/<name>/result.json`` atomically when it is finished; a
 run whose ``result.json`` exists is skipped, and an interrupted run resumes
 from its last epoch checkpoint (``TrainConfig.resume``), so re-running an
-experiment command continues where it stopped.
+experiment command continues where it stopped. A run folder or generated data
+folder is reused only when it was made with the settings asked now; otherwise
+the command stops, naming every setting that differs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gainx.data import load_split_for_model
+from gainx.data.manifest import MANIFEST, META
 from gainx.evaluation import evaluate
 from gainx.experiments.specs import Benchmark, Profile, RunSpec
 from gainx.experiments.variants import write_variant
 from gainx.io import atomic_write_text
 from gainx.models import load_model
 from gainx.training import TrainConfig
+from gainx.training.config import differing_settings, resume_checked_fields
 from gainx.training.metrics_log import read_metrics
 from gainx.training.presets import EXPERIMENT_TRAINING, preset
+from gainx.training.run_folder import CHECKPOINT
 from gainx.training.trainer import train
 
 RESULT = "result.json"
+# The fields of a run folder's config that must equal the config asked for it to be reused or resumed: those a
+# resumed `gainx train` run keeps, and its length (a finished run of other length is not the run asked). Where the
+# data and the run folder lie is derived from --out: the data is compared by what identifies it instead
+# (generated: its dataset.json, base_data; on disk: the resolved folder, _check_same_settings).
+SAME_RUN_FIELDS = ("epochs", *resume_checked_fields())
 
 
 def data_dir(root: Path, bench_name: str, seed: int, unbiased: bool = False) -> Path:
@@ -51,7 +63,8 @@ def finished_checkpoints(root: Path, bench_name: str, keys: list[str], seed: int
 
 
 def base_data(bench: Benchmark, root: Path, seed: int, profile: Profile, unbiased: bool = False) -> Path:
-    """The fully annotated benchmark of ``seed`` (written once, reused afterwards);
+    """The fully annotated benchmark of ``seed`` (written once, reused afterwards while its ``dataset.json`` records
+    the profile's sizes and ``seed``; otherwise a ValueError names every setting that differs);
     ``unbiased``: its variant without the bias (``Benchmark.unbiased``). A data set on disk
     (``Benchmark.root``) is the same for every seed (its oracle trains on ``Benchmark.oracle_split``)."""
     if unbiased and not bench.has_oracle:
@@ -59,28 +72,49 @@ def base_data(bench: Benchmark, root: Path, seed: int, profile: Profile, unbiase
     if bench.root is not None:
         return bench.root
     out = data_dir(root, bench.name, seed, unbiased)
-    if not (out / "manifest.csv").exists():
-        bench.write(
-            out,
-            image_size=profile.image_size,
-            seed=seed,
-            mask_fraction=1.0,
-            train_size=profile.train_size,
-            test_size=profile.test_size,
-            **(bench.unbiased if unbiased else {}),
-        )
+    asked = {
+        "image_size": profile.image_size,
+        "seed": seed,
+        "mask_fraction": 1.0,
+        "train_size": profile.train_size,
+        "test_size": profile.test_size,
+        **(bench.unbiased if unbiased else {}),
+    }
+    if (out / MANIFEST).exists():
+        _check_same_data(out, asked)
+    else:
+        bench.write(out, **asked)
     return out
+
+
+def _check_same_data(out: Path, asked: dict[str, Any]) -> None:
+    """A generated data folder whose ``dataset.json`` records other generator arguments than ``asked`` (top-level
+    ``image_size`` and ``seed``, the others under ``generator``) is not reused: that is an error naming the folder
+    and, for each argument that differs, both values."""
+    meta = json.loads((out / META).read_text(encoding="utf-8"))
+    there = {**meta.get("generator", {}), "image_size": meta.get("image_size"), "seed": meta.get("seed")}
+    differ = [
+        f"{name} {there.get(name)!r} there, {value!r} asked"
+        for name, value in asked.items()
+        if there.get(name) != value
+    ]
+    if differ:
+        raise ValueError(
+            f"{out} holds data generated with other settings ({'; '.join(differ)}): give the experiment another "
+            "--out, whose runs train on data of these settings"
+        )
 
 
 def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile, bench: Benchmark | None = None) -> TrainConfig:
     """The training configuration of an experiment run: :data:`~gainx.training.presets.EXPERIMENT_TRAINING`,
     over it the run's preset (a recipe), over that the profile's overrides; then the run's own fields (method,
     guidance, seed, epochs) and the profile's network, starting weights and layer, on ``bench``'s training split (the
-    oracle split for the oracle of a data set on disk)."""
+    oracle split for the oracle of a data set on disk, recorded by its resolved path, with the guides
+    ``bench.guide``)."""
     settings = {**EXPERIMENT_TRAINING, **(preset(spec.preset) if spec.preset else {}), **profile.training_overrides()}
     on_disk = bench is not None and bench.root is not None
     run = {
-        "data": str(data),
+        "data": str(Path(data).resolve() if on_disk else data),
         "out": str(out),
         "arch": profile.arch,
         "weights": profile.weights,
@@ -97,6 +131,7 @@ def train_config(spec: RunSpec, data: Path, out: Path, profile: Profile, bench: 
         "progress": False,
         "device": "cpu",
         "allow_outside_root": not on_disk,  # budget variants list the base data set's images (../../train/...)
+        "guide": bench.guide if bench is not None else None,
     }
     return TrainConfig(**{**settings, **run})
 
@@ -112,12 +147,20 @@ def run_one(
     """Train ``spec`` on its annotation variant of ``base`` and evaluate every test split.
 
     ``extra(checkpoint, base)`` may add metrics (e.g. cue scores). Returns the
-    stored result (read back if the run had finished before).
+    stored result (read back if the run had finished before; a test split it
+    was not scored on is scored then and added to it). A run folder trained
+    with other settings is refused (:func:`_check_same_settings`). The result
+    is written as strict JSON (:func:`finite`).
     """
-    _check_same_settings(out, train_config(spec, base, out, profile, bench), profile)
+    _check_same_settings(out, train_config(spec, base, out, profile, bench), bench)
     done = out / RESULT
     if done.exists():
-        return json.loads(done.read_text(encoding="utf-8"))
+        result = _read_result(done, bench.splits)
+        missing = [split for split in bench.splits if split not in result]
+        if missing:
+            result.update(_scores(out / CHECKPOINT, base, missing))
+            atomic_write_text(done, json.dumps(finite(result), indent=2))
+        return result
     data = base if bench.root is not None else write_variant(base, spec.annotation, spec.budget, seed=spec.seed)
     checkpoint = train(train_config(spec, data, out, profile, bench))
     epochs = read_metrics(out / "metrics.csv")
@@ -129,29 +172,56 @@ def run_one(
     last_epoch = (epochs or [{}])[-1]
     if "counterfactual_weight" in last_epoch:  # the counterfactual images' weight in L_cl at the end (group DRO)
         result["counterfactual_weight"] = round(last_epoch["counterfactual_weight"], 3)
-    model, meta = load_model(checkpoint)
-    for split in bench.splits:
-        report = evaluate(model, load_split_for_model(base, split, meta), meta["target_layer"])
-        metric = report["metric"]
-        result[split] = {metric: report[metric], **report["localization"]}
+    result.update(_scores(checkpoint, base, bench.splits))
     if extra is not None:
         result.update(extra(checkpoint, base))
-    atomic_write_text(done, json.dumps(result, indent=2))
+    atomic_write_text(done, json.dumps(finite(result), indent=2))
     return result
 
 
-def _check_same_settings(out: Path, cfg: TrainConfig, profile: Profile) -> None:
-    """A run folder that was trained (finished or not) with other values of the training settings this experiment
-    sets (``--alpha``, ``--am-gradient``, ...) is neither reused nor resumed: that is an error naming the folder."""
+def _scores(checkpoint: Path, base: Path, splits: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``split -> {metric: value, localization...}`` of the model at ``checkpoint`` on each of ``splits``."""
+    model, meta = load_model(checkpoint)
+    scores = {}
+    for split in splits:
+        report = evaluate(model, load_split_for_model(base, split, meta), meta["target_layer"])
+        scores[split] = {report["metric"]: report[report["metric"]], **report["localization"]}
+    return scores
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN float replaced by None (``null``: JSON has no NaN)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+def _read_result(path: Path, splits: tuple[str, ...]) -> dict[str, Any]:
+    """A run's stored result, each metric of ``splits`` stored as ``null`` (undefined) read back as NaN, as
+    :func:`run_one` returns it after training."""
+    result = json.loads(path.read_text(encoding="utf-8"))
+    for split in splits:
+        if split in result:
+            result[split] = {k: math.nan if v is None else v for k, v in result[split].items()}
+    return result
+
+
+def _check_same_settings(out: Path, cfg: TrainConfig, bench: Benchmark) -> None:
+    """A run folder that was trained (finished or not) with another value of a field of :data:`SAME_RUN_FIELDS`
+    than ``cfg`` (the run asked), or, for a data set on disk, on another folder, is neither reused nor resumed:
+    that is an error naming the folder and, for each field that differs, both values."""
     saved = out / "config.json"
     if not saved.exists():
         return
     before = TrainConfig.from_dict(json.loads(saved.read_text(encoding="utf-8")))
-    differ = [
-        f"{name} {getattr(before, name)!r} there, {getattr(cfg, name)!r} asked"
-        for name in profile.training_overrides()
-        if getattr(before, name) != getattr(cfg, name)
-    ]
+    names: tuple[str, ...] = SAME_RUN_FIELDS
+    if bench.root is not None:  # recorded resolved since; an older run's relative path is read from here
+        before, names = replace(before, data=str(Path(before.data).resolve())), (*names, "data")
+    differ = differing_settings(before, cfg, names)
     if differ:
         raise ValueError(
             f"{out} holds a run trained with other settings ({'; '.join(differ)}): give the experiment another "

@@ -26,6 +26,7 @@ class Benchmark:
     train_split: str = "train"
     oracle_split: str | None = None  # with ``root``: a training split drawn without the bias (the oracle's)
     image_size: int | None = None  # with ``root``: the network's input size (None: the data set's default)
+    guide: str | None = None  # with ``root`` (VOC, COCO): "boxes" to train on its boxes (None: load_dataset's masks)
 
     @property
     def has_oracle(self) -> bool:

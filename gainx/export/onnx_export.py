@@ -67,7 +67,8 @@ def _resolve(
     return model, meta
 
 
-def _check_args(meta: dict[str, Any], num_classes: int, topk: int) -> None:
+def _check_args(meta: dict[str, Any], topk: int) -> None:
+    """Refuse an image size, mean, std or top-k that no model could be exported with (before the model runs)."""
     if len(meta["image_size"]) != 2 or min(meta["image_size"]) < 8:
         raise ValueError(f"image_size must be (H, W) with H, W >= 8, got {meta['image_size']}")
     for name in ("mean", "std"):
@@ -75,6 +76,12 @@ def _check_args(meta: dict[str, Any], num_classes: int, topk: int) -> None:
             raise ValueError(f"{name} must have 3 values (RGB), got {meta[name]}")
     if min(meta["std"]) <= 0:
         raise ValueError(f"std must be positive, got {meta['std']}")
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+
+
+def _check_classes(meta: dict[str, Any], num_classes: int, topk: int) -> None:
+    """Refuse class names or a top-k that do not fit the model's ``num_classes`` scores."""
     if len(meta["classes"]) != num_classes:
         raise ValueError(f"{len(meta['classes'])} class names for a model with {num_classes} outputs")
     if not 1 <= topk <= num_classes:
@@ -185,6 +192,9 @@ def export_onnx(
 
     for module in ("onnx", "onnxscript", "onnxruntime"):
         require(module, extra="export", feature="ONNX export")
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"out {out} is a directory; give the path of the .onnx file to write")
     overrides = {
         "arch": arch,
         "target_layer": target_layer,
@@ -194,6 +204,7 @@ def export_onnx(
         "std": list(std) if std is not None else None,
     }
     model, meta = _resolve(model_or_checkpoint, overrides, model_spec, trust_model_code)
+    _check_args(meta, topk)
     model = copy.deepcopy(model).cpu().eval()  # the caller's module keeps its device and mode
     use_eager_attention(model)
     layer = meta["target_layer"]  # the user's name, recorded in the metadata
@@ -212,7 +223,7 @@ def export_onnx(
         )
     num_classes = scores.shape[1]
     meta.setdefault("classes", [str(i) for i in range(num_classes)])
-    _check_args(meta, num_classes, topk)
+    _check_classes(meta, num_classes, topk)
     dtype = torch.float16 if fp16 else torch.float32
     log.info("checking that the attention at %s is differentiable (%d classes, %dx%d input)", layer, num_classes, *size)
     check_differentiable(model, layer, example)
@@ -270,7 +281,6 @@ def export_onnx(
             on,
         )
         break
-    out = Path(out)
     with atomic_open(out, "wb") as fh:
         fh.write(data)
     return out

@@ -42,6 +42,7 @@ from gainx.attention import (
     resolve_layer,
     select_scores,
 )
+from gainx.attention.double_backward import twice_differentiable
 from gainx.losses.bn import frozen_bn_stats
 from gainx.losses.counterfactual import CounterfactualBank, check_jitter
 from gainx.losses.graphs import GraphedSteps
@@ -302,6 +303,11 @@ class GAIN(nn.Module):
         labels = labels.to(images.device, non_blocking=True)
         weighted = self.alpha != 0 or (self.method == "gainext" and self.omega_e != 0)
         attend = mining and self.method != "baseline" and weighted and plan.num_pairs > 0
+        if attend and not torch.is_grad_enabled():
+            raise RuntimeError(
+                "GAIN's attention streams differentiate the class scores (eq. 1), which needs gradients: call it "
+                "with gradients enabled, or with mining=False for L_cl alone (e.g. under torch.no_grad)"
+            )
         guided = attend and self.method == "gainext"
         if guided:
             _check_guides(guide, has_guide, labels, images)
@@ -325,9 +331,10 @@ class GAIN(nn.Module):
         training batch of the counterfactual guidance, whose group-DRO step every rank takes, also one whose bank
         has drawn nothing yet (``counterfactual`` None): then with the batch's losses alone."""
         pair_index, pair_class = plan.index, plan.classes
-        if attend and self.method == "gainext" and self.guidance in INPUT_GRADIENT_GUIDANCES:
+        input_gradient = attend and self.method == "gainext" and self.guidance in INPUT_GRADIENT_GUIDANCES
+        if input_gradient:
             images = images.detach().requires_grad_(True)  # rrr differentiates the scores w.r.t. the input
-        with capture_output(self.layer) as captured:
+        with capture_output(self.layer) as captured, twice_differentiable(self.second_order or input_gradient):
             scores = select_scores(self.model(images), self.output)
         per_image = classification_losses(scores, labels, self.multilabel)
         if counterfactual is None:

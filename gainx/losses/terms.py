@@ -39,17 +39,20 @@ def weighted_mean(per_image: Tensor, weights: Tensor) -> Tensor:
     return (per_image * weights).sum() / weights.sum()
 
 
-def per_image_mean(values: Tensor, index: Tensor, num_images: int) -> Tensor:
+def per_image_mean(values: Tensor, index: Tensor, num_images: int, counted: Tensor | None = None) -> Tensor:
     """Average pair values per image (the 1/n sum_c of eq. 5 and 7), then over images.
 
     ``mean_{i: n_i > 0} (1/n_i) sum_{p: index_p = i} values_p`` with ``n_i`` the pairs of image i
-    (0 without pairs). Fixed-shape: the sums and counts are scattered into ``(num_images,)``
-    tensors and images without pairs are masked out, so nothing waits for the device.
+    (0 without pairs). ``counted`` (``(P,)`` 0/1, default all 1) leaves pairs out: they add to
+    neither sum nor count, and an image with none counted is left out. Fixed-shape: the sums and
+    counts are scattered into ``(num_images,)`` tensors and images without pairs are masked out,
+    so nothing waits for the device.
     """
     if values.numel() == 0:
         return values.new_zeros(())
-    sums = values.new_zeros(num_images).index_add(0, index, values)
-    counts = values.new_zeros(num_images).index_add(0, index, torch.ones_like(values))
+    counted = torch.ones_like(values) if counted is None else counted.to(values.dtype)
+    sums = values.new_zeros(num_images).index_add(0, index, values * counted)
+    counts = values.new_zeros(num_images).index_add(0, index, counted)
     present = counts > 0
     per_image = torch.where(present, sums / counts.clamp_min(1.0), torch.zeros_like(sums))
     return per_image.sum() / present.sum().to(values.dtype)
@@ -103,8 +106,12 @@ def masked_squared_error(maps: Tensor, targets: Tensor) -> Tensor:
 def guidance_loss(maps: Tensor, targets: Tensor, index: Tensor, num_images: int) -> Tensor:
     """L_e = 1/n sum_c mean_pixels (A_c - H_c)^2 (eq. 7) over guided pairs.
 
+    A pair whose guide has no valid pixel (255 everywhere) carries no supervision: it is left out
+    of the averages, as an image without a guide is.
+
     Args:
         maps: ``(P, H, W)`` normalized attention of the guided pairs.
         targets: ``(P, H, W)`` uint8 guides: 1 object, 0 background, 255 ignore.
     """
-    return per_image_mean(masked_squared_error(maps, targets).float(), index, num_images)
+    supervised = (targets != IGNORE).flatten(1).any(1)
+    return per_image_mean(masked_squared_error(maps, targets).float(), index, num_images, supervised)

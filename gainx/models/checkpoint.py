@@ -27,15 +27,15 @@ from torch import nn
 
 from gainx.models.factory import check_model_kwargs
 from gainx.models.fit import check_fits_before_building, does_not_fit
-from gainx.models.registry import build_model
+from gainx.models.registry import build_model, check_state_dict
 from gainx.models.trust import check_checkpoint_model
 
 MODEL_KEYS = ("arch", "num_classes", "classes", "target_layer", "image_size", "mean", "std", "multilabel")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a gainx checkpoint safely; errors name the file and the problem (a missing entry, a
-    ``num_classes`` that is not a positive int or not the number of ``classes``)."""
+    """Load a gainx checkpoint safely; errors name the file and the problem (a missing entry, a ``model``
+    entry that is not a dict, a ``num_classes`` that is not a positive int or not the number of ``classes``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -48,6 +48,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in MODEL_KEYS if k not in state]
     if missing:
         raise ValueError(f"{path} is not a gainx checkpoint: missing {missing}")
+    check_state_dict(state["model"], f"{path}, entry 'model'")
     num_classes, classes = state["num_classes"], state["classes"]
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"{path}: 'num_classes' must be a positive int, got {num_classes!r}")

@@ -147,11 +147,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot load weights from {path}: {exc}") from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    return check_state_dict(state, str(path))
+
+
+def check_state_dict(state: Any, where: str) -> dict[str, torch.Tensor]:
+    """``state`` if it is a state dict (names -> tensors), else ``ValueError`` naming ``where`` and what it holds."""
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict (names -> tensors), got {type(state).__name__}")
+        raise ValueError(f"{where}: expected a state dict (names -> tensors), got {type(state).__name__}")
     not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
-        raise ValueError(f"{path}: not a state dict of tensors; entries {not_tensors[:5]} hold other values")
+        raise ValueError(f"{where}: not a state dict of tensors; entries {not_tensors[:5]} hold other values")
     return state
 
 

@@ -60,6 +60,11 @@ def erase(images: Tensor, masks: Tensor, fill: str = "zero") -> Tensor:
     a constant to the gradient)."""
     if fill not in ERASE_FILLS:
         raise ValueError(f"fill must be one of {ERASE_FILLS}, got {fill!r}")
+    if images.dim() != 4 or masks.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(
+            f"erase takes images (N, C, H, W) and masks (N, H, W) of the same N, H, W; got images "
+            f"{tuple(images.shape)} and masks {tuple(masks.shape)}"
+        )
     masks = masks.unsqueeze(1).to(images.dtype)
     if fill == "zero":
         return images - masks * images

@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
@@ -70,15 +71,30 @@ async def read_body(request: Request, limit: int, timeout: float, deadline: floa
     return b"".join([chunk async for chunk in limited_stream(request, limit, timeout, deadline, held)])
 
 
+class _FormParser(MultiPartParser):
+    """Starlette's multipart parser, noting whether the body reached its closing boundary
+    (python-multipart ends a body that stops short without an error)."""
+
+    ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
 async def read_files(
     request: Request, limit: int, timeout: float, deadline: float, max_files: int, held: Hold
 ) -> list[tuple[str, str, bytes]]:
     """Parse a ``multipart/form-data`` body into ``(field, filename, bytes)`` for each file part.
 
     Non-file fields are not accepted (they have no meaning here) and give a 400
-    naming them.
+    naming them. An empty boundary (``boundary=``) and a body that ends before
+    its closing boundary (``--BOUNDARY--``) give a 400 ``bad_multipart``
+    saying so.
     """
-    parser = MultiPartParser(
+    boundary = parse_options_header(request.headers.get("content-type", ""))[1].get(b"boundary")
+    if boundary == b"":
+        raise ApiError(400, "bad_multipart", "the multipart Content-Type has an empty boundary ('boundary=')")
+    parser = _FormParser(
         request.headers,
         limited_stream(request, limit, timeout, deadline, held),
         max_files=max_files,
@@ -91,6 +107,11 @@ async def read_files(
         raise ApiError(400, "bad_multipart", f"cannot parse the multipart body: {exc.message}") from None
     files: list[tuple[str, str, bytes]] = []
     try:
+        if not parser.ended:
+            closing = f"--{boundary.decode('latin-1')}--"
+            raise ApiError(
+                400, "bad_multipart", f"the multipart body ends before its closing boundary {closing!r} (cut short?)"
+            )
         for name, value in form.multi_items():
             if not isinstance(value, UploadFile):
                 raise ApiError(400, "unexpected_field", f"multipart field {name!r} is not a file upload")

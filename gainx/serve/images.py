@@ -5,9 +5,10 @@ content type is not trusted). :func:`open_image` reads only the header (PIL's
 lazy ``Image.open``) and checks the declared size against the limits *before*
 any pixel is decoded, so a decompression bomb (a few KB that declare
 gigapixels) costs nothing; :func:`load_rgb` then decodes. Truncated, corrupt
-or zero-sized files fail with a 400; an over-limit size with a 422. 16-bit
-grayscale PNGs are scaled to 8 bits (``round(v / 257)``: 65535 -> 255), not
-clipped as PIL's ``convert("RGB")`` would.
+or zero-sized files fail with a 400; an over-limit size with a 422. Pixels
+are converted as training reads them (:func:`gainx.data.decode.to_rgb`): as
+stored, with no EXIF orientation applied, and 16-bit grayscale PNGs scaled to
+8 bits (``round(v * 255 / 65535)``), not clipped as PIL's ``convert("RGB")`` would.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from __future__ import annotations
 import io
 import warnings
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from gainx.data.decode import to_rgb
+from gainx.data.records import DatasetError
 from gainx.serve.errors import ApiError
 
 _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 # other image formats, named in the 415 answer
 _OTHER = {b"GIF8": "GIF", b"BM": "BMP", b"II*\0": "TIFF", b"MM\0*": "TIFF", b"\0\0\1\0": "ICO", b"8BPS": "PSD"}
-_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's modes for 16-bit grayscale PNGs
 SUPPORTED_CONTENT_TYPES = ("image/jpeg", "image/png")
 
 
@@ -71,7 +72,8 @@ def open_image(data: bytes, max_pixels: int, max_side: int, label: str = "image"
 
 
 def load_rgb(image: Image.Image, label: str = "image") -> Image.Image:
-    """Decode an image from :func:`open_image` to RGB (EXIF orientation applied); 400 when the data is bad."""
+    """Decode an image from :func:`open_image` to RGB as stored (:func:`gainx.data.decode.to_rgb`, the training
+    decode); 400 when the data is bad."""
     fmt = image.format
     try:
         image.load()
@@ -79,13 +81,9 @@ def load_rgb(image: Image.Image, label: str = "image") -> Image.Image:
         code = "image_truncated" if "truncated" in str(exc).lower() else "corrupt_image"
         raise ApiError(400, code, f"{label}: cannot decode {fmt} data ({exc})") from exc
     try:
-        ImageOps.exif_transpose(image, in_place=True)
-    except Exception:  # a corrupt EXIF block does not make the pixels unusable
-        pass
-    if image.mode in _WIDE_GRAY:
-        wide = np.clip(np.asarray(image, dtype=np.float32), 0, 65535)
-        image = Image.fromarray(np.round(wide / 257).astype(np.uint8), "L")
-    return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image, label)
+    except DatasetError as exc:  # pixels with no 8-bit rule (see to_rgb)
+        raise ApiError(400, "unsupported_pixels", str(exc)) from None
 
 
 def decode_image(data: bytes, max_pixels: int, max_side: int, label: str = "image") -> Image.Image:

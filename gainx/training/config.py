@@ -2,8 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+# The fields a resumed run may set otherwise than the run it continues: the length of the run (``epochs``), the
+# run-folder flags, where the data and run folder lie (``data``, ``out``, ``allow_outside_root``; the classes and
+# validation images are checked instead), where and how the steps run (``device``, ``backend``, ``amp``,
+# ``workers``), what is printed (``progress``), the batch-norm statistics a finished run may recompute
+# (``bn_statistics``), and the validation flags, compared by the images they select
+# (gainx.training.validation.check_resumed_validation). Every other field must match (Trainer.restore).
+MAY_CHANGE_ON_RESUME = (
+    "epochs",
+    "resume",
+    "overwrite",
+    "data",
+    "out",
+    "allow_outside_root",
+    "device",
+    "backend",
+    "amp",
+    "workers",
+    "progress",
+    "bn_statistics",
+    "val_split",
+    "val_fraction",
+)
 
 
 @dataclass
@@ -63,3 +87,18 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def differing_settings(before: TrainConfig, after: TrainConfig, names: Iterable[str]) -> list[str]:
+    """``"NAME BEFORE there, AFTER asked"`` for each field in ``names`` whose value in ``before`` (the config a run
+    folder records) differs from ``after`` (the config asked for now), in the order of ``names``."""
+    return [
+        f"{name} {getattr(before, name)!r} there, {getattr(after, name)!r} asked"
+        for name in names
+        if getattr(before, name) != getattr(after, name)
+    ]
+
+
+def resume_checked_fields() -> list[str]:
+    """The fields of :class:`TrainConfig` a resumed run must keep: all but :data:`MAY_CHANGE_ON_RESUME`."""
+    return [f.name for f in fields(TrainConfig) if f.name not in MAY_CHANGE_ON_RESUME]

@@ -10,9 +10,9 @@ BEST = "best.pt"  # the epoch with the best validation metric so far
 RUN_FILES = (CHECKPOINT, BEST, "metrics.csv", "config.json", "tensorboard")
 
 
-def prepare_run_folder(out: Path, resume: bool, overwrite: bool, main: bool = True) -> None:
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train into a folder that holds a run unless asked to continue it (``resume``) or to
-    start over (``overwrite``, which removes the old run's files; only on the ``main`` process)."""
+    start over (``overwrite``; :func:`clear_run_folder` then removes the old run once training starts)."""
     if resume and overwrite:
         raise ValueError("--resume continues the run in the output folder, --overwrite replaces it: give one")
     if (out / CHECKPOINT).exists() and not (resume or overwrite):
@@ -20,10 +20,13 @@ def prepare_run_folder(out: Path, resume: bool, overwrite: bool, main: bool = Tr
             f"{out} already holds a training run ({CHECKPOINT}); give --resume to continue it, "
             f"--overwrite to replace it, or another --out"
         )
-    if overwrite and main:
-        for name in RUN_FILES:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+
+
+def clear_run_folder(out: Path) -> None:
+    """Remove the files of the run in ``out`` (:data:`RUN_FILES`) for ``--overwrite``; other files stay."""
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

@@ -47,7 +47,7 @@ from gainx.models.checkpoint import check_finite_weights, load_checkpoint, non_f
 from gainx.models.registry import INPUT_NORMALIZATION
 from gainx.training.batch_norm import recompute_batch_norm_statistics, recomputes_statistics
 from gainx.training.checkpoint import save_checkpoint
-from gainx.training.config import TrainConfig
+from gainx.training.config import MAY_CHANGE_ON_RESUME, TrainConfig, differing_settings, resume_checked_fields
 from gainx.training.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -59,7 +59,7 @@ from gainx.training.distributed import (
 )
 from gainx.training.metrics_log import MetricsLog, epoch_summary
 from gainx.training.rng import rng_state, seed_everything, set_rng_state
-from gainx.training.run_folder import BEST, CHECKPOINT, prepare_run_folder
+from gainx.training.run_folder import BEST, CHECKPOINT, check_run_folder, clear_run_folder
 from gainx.training.schedule import build_scheduler, sync_learning_rate
 from gainx.training.summary import feature_map_size, objective_line, start_summary
 from gainx.training.validation import check_resumed_validation, select_validation
@@ -103,7 +103,7 @@ class Trainer:
             device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(device)
         self.device = device
-        prepare_run_folder(self.out, cfg.resume, cfg.overwrite, main=self.dist.main)
+        check_run_folder(self.out, cfg.resume, cfg.overwrite)  # an old run is removed by fit, once all is built
         seed_everything(cfg.seed)
         outside = cfg.allow_outside_root
         self.dataset = load_dataset(
@@ -114,7 +114,7 @@ class Trainer:
             guide=cfg.guide,
             allow_outside_root=outside,
         )
-        self.dataset, self.validation = select_validation(
+        self.dataset, self.validation, self.validation_note = select_validation(
             cfg,
             self.dataset,
             lambda split: load_dataset(
@@ -208,6 +208,8 @@ class Trainer:
             else f"the default for {cfg.arch}; choose with --target-layer",
             grid=feature_map_size(self.model, self.target_layer, ds.image_size),
         )
+        if self.validation_note:
+            lines.append(self.validation_note)
         lines.append(objective_line(self.objective, cfg.am_warmup, cfg.batch_size))
         if self.recompute_bn:
             lines.append(
@@ -295,20 +297,29 @@ class Trainer:
         return ranks[0]
 
     def restore(self, path: Path) -> None:
+        """Continue from the checkpoint ``path`` (``last.pt``): weights, optimizer, scaler, random states,
+        counterfactual bank, best epoch and the schedule's position.
+
+        Raises ``ValueError`` naming every setting that differs from the checkpoint's, with both values, when
+        this run's config differs in a field other than :data:`gainx.training.config.MAY_CHANGE_ON_RESUME`
+        (``epochs``, ``resume``, ``overwrite``, ``data``, ``out``, ``allow_outside_root``, ``device``,
+        ``backend``, ``amp``, ``workers``, ``progress``, ``bn_statistics``, ``val_split``, ``val_fraction``) or in
+        its classes, and when it would select ``best.pt`` on other images
+        (:func:`gainx.training.validation.check_resumed_validation`).
+        """
         state = load_checkpoint(path, map_location="cpu")  # random states must be host tensors; the model,
         # optimizer and bank move to their device as they load
         check_finite_weights(
             path, state["model"], "cannot resume from it: start over with --overwrite, or put back a finite copy"
         )
-        if state["arch"] != self.cfg.arch or state["classes"] != list(self.dataset.classes):
+        differ = differing_settings(TrainConfig.from_dict(state["config"]), self.cfg, resume_checked_fields())
+        if state["classes"] != list(self.dataset.classes):
+            differ.append(f"classes {state['classes']} there, {list(self.dataset.classes)} asked")
+        if differ:
             raise ValueError(
-                f"{path} was trained with arch {state['arch']!r} and other classes; cannot resume this run"
-            )
-        saved_optimizer = state["config"]["optimizer"]
-        if saved_optimizer != self.cfg.optimizer:
-            raise ValueError(
-                f"{path} was trained with --optimizer {saved_optimizer}; resume it with the same optimizer "
-                f"(got {self.cfg.optimizer!r})"
+                f"{path} was trained with other settings than this run's ({'; '.join(differ)}); resume with the "
+                f"settings it was trained with (only {', '.join(MAY_CHANGE_ON_RESUME)} may change), or start over "
+                "with --overwrite"
             )
         check_resumed_validation(path, state, self.validation)
         self.model.load_state_dict(state["model"])
@@ -410,7 +421,12 @@ class Trainer:
         return metrics
 
     def fit(self) -> Path:
+        """Train from epoch ``start_epoch`` (after :meth:`restore` with ``resume``) to ``epochs``; returns the path
+        of ``last.pt``. With ``overwrite``, the old run's files are removed first (not before: a run that fails
+        to build its data or model leaves them in place)."""
         path = self.out / CHECKPOINT
+        if self.cfg.overwrite and self.dist.main:
+            clear_run_folder(self.out)
         if self.dist.main:  # files a killed run was writing; only this process writes them
             for name in (CHECKPOINT, "config.json", "metrics.csv"):
                 remove_stale_temporaries(self.out / name)
