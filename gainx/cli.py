@@ -206,8 +206,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(**preset_values(args, [f.name for f in fields(TrainConfig)]))
     path = train(cfg)
-    best = path.parent / BEST
-    print(f"checkpoint: {path}" + (f"; best validation epoch: {best}" if best.exists() else ""))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once: the main process wrote the files
+        best = path.parent / BEST
+        print(f"checkpoint: {path}" + (f"; best validation epoch: {best}" if best.exists() else ""))
     return 0
 
 

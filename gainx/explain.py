@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,10 @@ from gainx.models import load_model
 from gainx.viz import attention_grid, denormalize, overlay, save_png
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """``name`` as a part of a file name: each run of characters other than ASCII letters, digits, ``_``, ``.``
+    and ``-`` (path separators and spaces included) becomes one ``_`` (``dog house``, ``dog/house`` ->
+    ``dog_house``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
@@ -47,22 +50,43 @@ def overlay_stems(images: Sequence[Path]) -> list[str]:
     twice = sorted(str(p) for p, n in Counter(paths).items() if n > 1)
     if twice:
         raise ValueError(f"images given more than once: {twice}")
-    stems = [_safe(p.stem) for p in paths]
+    stems = [safe_name(p.stem) for p in paths]
     for depth in range(2, max((len(p.parts) for p in paths), default=1) + 1):
         clashes = Counter(stems)
         if len(clashes) == len(stems):
             break
         stems = [
-            _safe("_".join(p.with_suffix("").parts[-depth:])) if clashes[s] > 1 else s for p, s in zip(paths, stems)
+            safe_name("_".join(p.with_suffix("").parts[-depth:])) if clashes[s] > 1 else s for p, s in zip(paths, stems)
         ]
     clashes = Counter(stems)
-    stems = [f"{s}_{_safe(p.suffix.lstrip('.'))}" if clashes[s] > 1 else s for p, s in zip(paths, stems)]
+    stems = [f"{s}_{safe_name(p.suffix.lstrip('.'))}" if clashes[s] > 1 else s for p, s in zip(paths, stems)]
     clashes = Counter(stems)
     if len(clashes) < len(stems):
         raise ValueError(
             f"images whose overlays would share a file name: {[str(p) for p, s in zip(paths, stems) if clashes[s] > 1]}"
         )
     return stems
+
+
+def overlay_names(stems: Sequence[str], classes: Sequence[str], candidates: Iterable[int]) -> list[dict[int, str]]:
+    """For each image stem, the overlay file name of each class index in ``candidates``:
+    ``<stem>_<class>.png``, the class name made safe (:func:`safe_name`). Where names would be the same
+    (letter case aside: ``x`` + ``dog house`` and ``x_dog`` + ``house``; ``dog house`` and ``dog_house``),
+    each of them gets its class index: ``<stem>_<class>_<index>.png``.
+
+    Raises:
+        ValueError: two overlays would still share a file name.
+    """
+    candidates = list(candidates)
+    names = {(i, c): f"{stem}_{safe_name(classes[c])}" for i, stem in enumerate(stems) for c in candidates}
+    clashes = Counter(name.casefold() for name in names.values())
+    names = {key: f"{name}_{key[1]}" if clashes[name.casefold()] > 1 else name for key, name in names.items()}
+    clashes = Counter(name.casefold() for name in names.values())
+    if len(clashes) < len(names):
+        raise ValueError(
+            f"overlays would share file names: {sorted(n for n in names.values() if clashes[n.casefold()] > 1)}"
+        )
+    return [{c: f"{names[i, c]}.png" for c in candidates} for i in range(len(stems))]
 
 
 def explain_files(
@@ -76,7 +100,9 @@ def explain_files(
     trust_model_code: bool = False,
 ) -> list[Explanation]:
     """Write ``OUT/<image stem>_<class>.png`` overlays at each image's own size; returns what was written.
-    Images that share a stem get distinct names (:func:`overlay_stems`), so no overlay overwrites another.
+    Images that share a stem get distinct stems (:func:`overlay_stems`) and names that would clash get the class
+    index (:func:`overlay_names`), so no overlay overwrites another. Every image is read, and every name planned,
+    before the first overlay is written; an image that cannot be read raises naming it.
 
     Explains ``class_names`` when given, else each image's ``topk`` classes. The model sees the image resized
     to its input size; the Grad-CAM map (eq. 1-2) is upsampled from the feature map straight to the image's
@@ -90,12 +116,21 @@ def explain_files(
         unknown = [c for c in class_names if c not in classes]
         if unknown:
             raise ValueError(f"unknown class names {unknown}; {checkpoint} knows {classes}")
+        twice = sorted(c for c, n in Counter(class_names).items() if n > 1)
+        if twice:
+            raise ValueError(f"class names given more than once: {twice}")
         wanted = torch.tensor([[classes.index(c) for c in class_names]])
+    paths = [Path(p) for p in images]
+    names = overlay_names(overlay_stems(paths), classes, range(len(classes)) if wanted is None else wanted[0].tolist())
+    for path in paths:  # every image decodes before any overlay is written; each is read again below
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder, not an image file")
+        read_image(path, "command line")
     h, w = meta["image_size"]
     mean = torch.tensor(meta["mean"]).view(3, 1, 1)
     std = torch.tensor(meta["std"]).view(3, 1, 1)
     written = []
-    for path, stem in zip(map(Path, images), overlay_stems(images)):
+    for path, image_names in zip(paths, names):
         image = read_image(path, "command line")
         original = np.asarray(image, dtype=np.uint8)
         x = normalize(resize_rgb(image, (h, w)), mean, std).unsqueeze(0)
@@ -104,7 +139,7 @@ def explain_files(
         probs = scores[0].sigmoid() if meta["multilabel"] else scores[0].softmax(0)
         chosen = wanted[0] if wanted is not None else scores[0].topk(topk).indices
         for k, cls in enumerate(chosen.tolist()):
-            target = Path(out) / f"{stem}_{_safe(classes[cls])}.png"
+            target = Path(out) / image_names[cls]
             save_png(overlay(original, maps[0, k]), target)
             written.append(Explanation(path, classes[cls], float(probs[cls]), target))
     return written

@@ -9,7 +9,8 @@ mean/std normalization is inside the graph) and optionally ``class_ids`` int64
 the image and min-max normalized.
 
 :class:`AttentionSession` validates inputs (rank, channel count, dtype, NaN,
-class ids) before they reach ONNX Runtime, so errors name the problem.
+size: at least ``MIN_IMAGE_SIDE`` on each side, class ids) before they reach
+ONNX Runtime, so errors name the problem.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from gainx._extras import require
 
 META_PREFIX = "gainx."
+MIN_IMAGE_SIDE = 8  # the smallest H and W an exported graph takes: gainx export traces and accepts no smaller sizes
 
 
 class AttentionResult(NamedTuple):
@@ -148,6 +150,11 @@ class AttentionSession:
                     f"this model was exported for {self._static_hw[0]}x{self._static_hw[1]} images, "
                     f"got shape {tuple(x.shape)}; use preprocess() to resize"
                 )
+        if min(x.shape[2:]) < MIN_IMAGE_SIDE:
+            raise ValueError(
+                f"images must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} (H, W), got shape {tuple(x.shape)}; "
+                f"use preprocess() to resize to the model's {self.image_size[0]}x{self.image_size[1]}"
+            )
         if not np.isfinite(x).all():
             raise ValueError("images contain NaN or infinite values")
         return np.ascontiguousarray(x)
@@ -156,8 +163,11 @@ class AttentionSession:
         ids = _to_numpy(class_ids, "class_ids")
         if not np.issubdtype(ids.dtype, np.integer):
             raise TypeError(f"class_ids must be integers (int64), got dtype {ids.dtype}")
-        if ids.ndim != 2 or ids.shape[0] != n or ids.shape[1] < 1:
-            raise ValueError(f"class_ids must have shape (N={n}, K>=1), got {tuple(ids.shape)}")
+        if ids.ndim != 2 or ids.shape[0] != n or not 1 <= ids.shape[1] <= self.num_classes:
+            raise ValueError(
+                f"class_ids must have shape (N={n}, K) with K in [1, {self.num_classes}] (the model's classes), "
+                f"got {tuple(ids.shape)}"
+            )
         bad = ids[(ids < 0) | (ids >= self.num_classes)]
         if bad.size:
             raise ValueError(f"class_ids out of range [0, {self.num_classes}): {sorted(set(bad.tolist()))}")
@@ -168,7 +178,7 @@ class AttentionSession:
 
         Args:
             images: ``(N, 3, H, W)`` float32 RGB in ``[0, 1]`` (numpy or torch).
-            class_ids: optional ``(N, K)`` integer class ids; default: the
+            class_ids: optional ``(N, K)`` integer class ids, ``1 <= K <= C``; default: the
                 model's top-``topk`` classes by score.
             as_torch: return torch tensors instead of numpy arrays.
         """

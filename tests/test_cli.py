@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -217,6 +218,15 @@ def test_train_prints_what_it_will_do_and_warns_of_coarse_maps(tmp_path, capsys)
     assert "input size: 224x224 (the data set's default" in capsys.readouterr().err
 
 
+def test_a_target_layer_without_feature_maps_names_the_flag(tmp_path, capsys):
+    data = write_imagefolder(tmp_path / "photos", {"train": 2})
+    assert main(_train(data, tmp_path / "run", "--image-size", "32", "--target-layer", "fc")) == 2
+    err = capsys.readouterr().err
+    assert "output (1, 2) is not (B, C, h, w) feature maps" in err and err.count("\n") == 1
+    assert "choose a layer with spatial feature maps with --target-layer" in err
+    assert "from Python, pass reshape_transform=" in err
+
+
 def test_eval_prints_strict_rounded_json_for_several_splits(tmp_path, capsys):
     data = write_imagefolder(tmp_path / "photos", {"train": 3, "val": 2, "test": 2})
     run = tmp_path / "run"
@@ -371,3 +381,51 @@ def test_experiment_counts_are_checked_before_any_data_is_written(tmp_path, caps
         main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_attention_overlay_names_never_clash(tmp_path, capsys):
+    data = write_imagefolder(tmp_path / "photos", {"train": 2}, classes=("house", "dog house", "dog_house"))
+    run = tmp_path / "run"
+    assert main(_train(data, run, "--image-size", "32")) == 0
+    images = [tmp_path / "x.jpg", tmp_path / "x_dog.jpg"]
+    for image in images:
+        shutil.copy(data / "train" / "house" / "0.jpg", image)
+    attention = ["attention", "--checkpoint", str(run / "last.pt")]
+    capsys.readouterr()
+
+    def overlays(out: Path) -> list[Path]:
+        written = [Path(line.split(" -> ")[1]) for line in capsys.readouterr().out.splitlines()]
+        assert len(set(written)) == len(written) and sorted(written) == sorted(out.iterdir())
+        return written
+
+    assert main([*attention, str(images[0]), "--out", str(tmp_path / "c1"), "--topk", "3"]) == 0
+    assert len(overlays(tmp_path / "c1")) == 3  # "dog house" and "dog_house" both make "dog_house"
+    out = tmp_path / "c2"
+    assert main([*attention, *map(str, images), "--out", str(out), "--classes", "house", "dog house"]) == 0
+    assert len(overlays(out)) == 4  # x + "dog house" and x_dog + "house" both make "x_dog_house"
+    assert main([*attention, str(images[0]), "--out", str(out), "--classes", "house", "house"]) == 2
+    assert "class names given more than once: ['house']" in capsys.readouterr().err
+
+
+def test_attention_reads_every_image_before_writing(tmp_path, capsys):
+    data = write_imagefolder(tmp_path / "photos", {"train": 2})
+    run = tmp_path / "run"
+    assert main(_train(data, run, "--image-size", "32")) == 0
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    good = str(data / "train" / "cat" / "0.jpg")
+    out = tmp_path / "overlays"
+    for bad, message in ((notes, "cannot read image"), (data / "train", "is a folder")):
+        capsys.readouterr()
+        assert main(["attention", good, str(bad), "--checkpoint", str(run / "last.pt"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and str(bad) in err
+        assert not out.exists()
+
+
+def test_overlay_names_are_safe_and_distinct():
+    from gainx.explain import overlay_names
+
+    names = overlay_names(["x", "x_a"], ["a/b", "a b", "b", "../c"], range(4))
+    assert names[0] == {0: "x_a_b_0.png", 1: "x_a_b_1.png", 2: "x_b.png", 3: "x_.._c.png"}
+    assert names[1] == {0: "x_a_a_b_0.png", 1: "x_a_a_b_1.png", 2: "x_a_b_2.png", 3: "x_a_.._c.png"}

@@ -196,6 +196,19 @@ def test_clients_read_images_as_training_does(session: AttentionSession, tmp_pat
     assert _client("serve_client").save_overlay(str(rotated), heat, str(tmp_path / "overlay.png")) == (48, 40)
 
 
+def test_triton_client_overlays_never_share_a_file(tmp_path: Path) -> None:
+    """Images with one name in two folders keep apart; a class name is made safe, never a subfolder."""
+    save_overlays = _client("triton_client").save_overlays
+    paths = [str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.jpg")]
+    maps = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    out = tmp_path / "overlays"
+    save_overlays(out, paths, np.zeros((2, 3, 8, 8), np.float32), maps, [["dog/house"], ["dog/house"]])
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "a_x_1_dog_house.png",
+        "b_x_1_dog_house.png",
+    ]
+
+
 def test_kserve_stub_checks_requests_against_the_config(triton_repo: Path) -> None:
     def infer(url: str, array: np.ndarray, datatype: str) -> httpclient.InferResult:
         tensor = httpclient.InferInput("images", list(array.shape), datatype)

@@ -99,14 +99,32 @@ def test_cli_writes_the_instance_group(tmp_path: Path, capsys: pytest.CaptureFix
     assert [(g.kind, g.count) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--triton-model-name", "my model"], "--triton-model-name 'my model' must use letters"),
+        (["--triton-max-batch-size", "0"], "--triton-max-batch-size must be >= 1, got 0"),
+        (["--triton-instances", "0"], "--triton-instances must be >= 1, got 0"),
+    ],
+)
+def test_cli_checks_triton_flags_before_exporting(
+    tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], message: str
+) -> None:
+    out, repo = tmp_path / "m.onnx", tmp_path / "repo"
+    argv = ["export", "--model", "small_cnn", "--random-weights", "--classes", *CLASSES, "--image-size", "32", "32"]
+    assert main([*argv, "--no-verify", "--out", str(out), "--triton-repo", str(repo), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not repo.exists()
+
+
 def test_rejects_bad_settings(onnx_path: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="model name"):
+    with pytest.raises(ValueError, match="model_name 'bad name'"):
         write_triton_repo(onnx_path, tmp_path, model_name="bad name")
-    with pytest.raises(ValueError, match="preferred sizes"):
+    with pytest.raises(ValueError, match=r"preferred_batch_sizes must lie in \[1, 4\]"):
         write_triton_repo(onnx_path, tmp_path, max_batch_size=4, preferred_batch_sizes=(8,))
-    with pytest.raises(ValueError, match="instance kind"):
+    with pytest.raises(ValueError, match="instance_kind must be one of"):
         write_triton_repo(onnx_path, tmp_path, instance_kind="tpu")
-    with pytest.raises(ValueError, match="instance_count"):
+    with pytest.raises(ValueError, match="instance_count must be >= 1"):
         write_triton_repo(onnx_path, tmp_path, instance_count=0)
     plain = tmp_path / "plain.onnx"
     torch.onnx.export(torch.nn.Conv2d(3, 1, 1).eval(), (torch.rand(1, 3, 8, 8),), str(plain), dynamo=True)

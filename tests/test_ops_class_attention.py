@@ -474,3 +474,15 @@ def test_cuda_wide_maps(dtype):
         size = shape[-2:]
         want = class_attention_eager(features, weight, classes, size)
         torch.testing.assert_close(class_attention(features, weight, classes, size), want, atol=1e-5, rtol=0)
+
+
+@needs_ext
+@pytest.mark.parametrize("out_size", [[0, 4], [4, 0], [0, -3]])
+def test_fake_kernels_refuse_the_out_size_the_real_kernels_refuse(out_size):
+    """Under tracing (meta tensors) the ops check ``out_size`` as their CPU kernels do."""
+    f, w = torch.empty(2, 3, 4, 4, device="meta"), torch.empty(5, 3, device="meta")
+    cls = torch.zeros(2, 2, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match=r"out_size must be two positive ints"):
+        torch.ops.gainx.class_attention(f, w, cls, out_size)
+    with pytest.raises(ValueError, match=r"out_size must be two positive ints"):
+        torch.ops.gainx.gradcam(f, f, out_size)

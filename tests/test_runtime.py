@@ -96,6 +96,8 @@ def test_preprocess_rescales_16_bit_grayscale_as_training_does(session: Attentio
         (np.zeros((0, 3, 32, 40), np.float32), ValueError, "empty batch"),
         (np.full((1, 3, 32, 40), np.nan, np.float32), ValueError, "NaN"),
         (np.full((1, 3, 32, 40), np.inf, np.float32), ValueError, "infinite"),
+        (np.zeros((1, 3, 2, 2), np.float32), ValueError, r"at least 8x8 .*got shape \(1, 3, 2, 2\)"),
+        (np.zeros((1, 3, 32, 7), np.float32), ValueError, r"at least 8x8 .*got shape \(1, 3, 32, 7\)"),
         ([[0.0]], TypeError, "numpy array or a torch tensor"),
     ],
 )
@@ -110,9 +112,10 @@ def test_bad_images(session: AttentionSession, images, error: type, match: str) 
         (np.array([[4]]), ValueError, "out of range \\[0, 4\\): \\[4\\]"),
         (np.array([[-1, 0]]), ValueError, "out of range.*\\[-1\\]"),
         (np.array([[0.0]]), TypeError, "integers"),
-        (np.array([0, 1]), ValueError, "shape \\(N=1, K>=1\\)"),
-        (np.array([[0], [1]]), ValueError, "shape \\(N=1, K>=1\\)"),
-        (np.zeros((1, 0), np.int64), ValueError, "shape \\(N=1, K>=1\\)"),
+        (np.array([0, 1]), ValueError, "shape \\(N=1, K\\) with K in \\[1, 4\\]"),
+        (np.array([[0], [1]]), ValueError, "shape \\(N=1, K\\) with K in \\[1, 4\\]"),
+        (np.zeros((1, 0), np.int64), ValueError, "shape \\(N=1, K\\) with K in \\[1, 4\\]"),
+        (np.zeros((1, 5), np.int64), ValueError, "shape \\(N=1, K\\) with K in \\[1, 4\\].*got \\(1, 5\\)"),
     ],
 )
 def test_bad_class_ids(session: AttentionSession, ids, error: type, match: str) -> None:

@@ -80,3 +80,29 @@ def test_every_rank_stops_when_the_main_one_finds_non_finite_weights(tmp_path):
     for rank in range(2):
         assert "features.0.0.weight" in (tmp_path / f"stopped{rank}").read_text()
     assert not (tmp_path / "run" / "last.pt").exists()  # nothing saved
+
+
+def _cli_worker(rank: int, port: int, argv: list[str], folder: str) -> None:
+    """``gainx train`` as torchrun starts it on rank ``rank``; its stdout goes to ``folder/out{rank}``."""
+    import contextlib
+
+    from gainx.cli import main
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
+    )
+    torch.set_num_threads(1)
+    with open(Path(folder) / f"out{rank}", "w") as out, contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+
+
+def test_gainx_train_under_torchrun_leaves_out_one_image_tails_and_prints_the_checkpoint_once(tmp_path):
+    """10 images on 2 ranks are 5 per rank, in batches of 2 and one over: batch norm over resnet18's 1x1 maps at
+    32 px cannot train on that last image, so it is left out; only the main rank prints the files it wrote."""
+    data = write_decoy(tmp_path / "data", image_size=32, seed=1, mask_fraction=0.0, train_size=10, test_size=2)
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--model", "resnet18", "--epochs", "1"]
+    argv += ["--batch-size", "2", "--image-size", "32", "--method", "baseline", "--val-split", "none"]
+    argv += ["--device", "cpu", "--workers", "0", "--no-progress"]
+    run_ranks(_cli_worker, _free_port(), argv, str(tmp_path), timeout=120)
+    assert (tmp_path / "out0").read_text().splitlines()[-1] == f"checkpoint: {tmp_path / 'run' / 'last.pt'}"
+    assert "checkpoint" not in (tmp_path / "out1").read_text()

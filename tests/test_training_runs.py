@@ -145,3 +145,16 @@ def test_default_optimizer_trains_the_decoy_in_three_epochs(tmp_path):
     # chance: 0.1; the former default (SGD, lr 0.01) reaches 0.36 here and the default 0.69 (a little more or less
     # with other versions of the image libraries that draw the digits)
     assert report["accuracy"] > 0.6
+
+
+def test_a_last_batch_of_one_image_is_left_out(tmp_path):
+    """16 images in batches of 5 leave one over: batch norm over resnet18's 1x1 maps at 32 px cannot train on it."""
+    data = write_decoy(tmp_path / "data", image_size=32, seed=0, mask_fraction=0.0, train_size=16, test_size=2)
+    last = load_checkpoint(train(_cfg(data, tmp_path / "run", arch="resnet18", batch_size=5, val_split="none")))
+    assert last["epoch"] == 1
+
+
+def test_a_training_split_of_one_image_is_refused(tmp_path):
+    data = write_decoy(tmp_path / "data", image_size=16, seed=0, mask_fraction=0.0, train_size=1, test_size=2)
+    with pytest.raises(ValueError, match=r"'train' of .* leaves 1 training image\(s\): .*at least 2.*--batch-size"):
+        train(_cfg(data, tmp_path / "run", batch_size=4, val_split="none"))

@@ -18,7 +18,8 @@ top-k class ids) and ``attention`` (their Grad-CAM maps in ``[0, 1]``) come
 back as binary tensors. Class names come from ``--labels``, the
 ``labels.txt`` that ``gainx export --triton-repo`` writes beside the model.
 ``--overlay DIR`` saves each map over its image with ``gainx.viz.overlay``
-(needs gainx installed). Needs ``tritonclient[http]``, numpy and Pillow.
+as ``DIR/<image stem>_<rank>_<class>.png``, named apart as ``gainx attention``
+names its overlays (needs gainx installed). Needs ``tritonclient[http]``, numpy and Pillow.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +85,28 @@ def infer(
 
 
 def save_overlays(folder: Path, paths: list[str], images: np.ndarray, maps: np.ndarray, names: list[list[str]]) -> None:
-    """``folder/<image stem>_<rank>_<class>.png``: each map blended over the image the model saw."""
+    """``folder/<image stem>_<rank>_<class>.png``: each map blended over the image the model saw.
+
+    Stems and class names are those of ``gainx attention`` (``gainx.explain.overlay_stems`` and ``safe_name``):
+    images of one name in several folders get their folders in the stem (``a/x.jpg``, ``b/x.jpg`` -> ``a_x``,
+    ``b_x``) and a class name's spaces and slashes become ``_``. Raises ``ValueError`` before writing anything
+    when an image is given twice or two overlays would still share a file name.
+    """
+    from gainx.explain import overlay_stems, safe_name
     from gainx.viz import overlay, save_png
 
+    targets = [
+        [folder / f"{stem}_{rank}_{safe_name(name)}.png" for rank, name in enumerate(image_names, 1)]
+        for stem, image_names in zip(overlay_stems(paths), names)
+    ]
+    clashes = Counter(str(target).casefold() for target in chain.from_iterable(targets))
+    if len(clashes) < sum(map(len, targets)):
+        raise ValueError(f"overlays would share file names: {sorted(n for n, k in clashes.items() if k > 1)}")
     folder.mkdir(parents=True, exist_ok=True)
-    for path, image, image_maps, image_names in zip(paths, images, maps, names):
+    for image, image_maps, image_targets in zip(images, maps, targets):
         rgb = np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8)
-        for rank, (attention, name) in enumerate(zip(image_maps, image_names), 1):
-            save_png(overlay(rgb, attention), folder / f"{Path(path).stem}_{rank}_{name}.png")
+        for attention, target in zip(image_maps, image_targets):
+            save_png(overlay(rgb, attention), target)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,14 +91,18 @@ def feature_layout(
 
     Raises:
         ValueError: the layout cannot be told from the shape; the message says
-            what was tried and asks for ``reshape_transform``.
+            what was tried and asks for a layer with spatial feature maps
+            (``--target-layer``) or ``reshape_transform``.
     """
     shape = tuple(output.shape)
     if output.dim() == 4:
         if grid_fits(shape[1], shape[2], image_size) and not grid_fits(shape[2], shape[3], image_size):
             return channels_last_to_first
         return None
-    hint = "pass reshape_transform= (a callable mapping it to (B, C, h, w))"
+    hint = (
+        "on the command line, choose a layer with spatial feature maps with --target-layer; "
+        "from Python, pass reshape_transform= (a callable mapping it to (B, C, h, w))"
+    )
     if output.dim() == 3:
         prefixes = (0, 1) if prefix_tokens is None else (int(prefix_tokens),)
         found = [TokensToMap(p, h, w) for p in prefixes for h, w in sorted(token_grids(shape[1] - p, image_size))]

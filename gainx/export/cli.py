@@ -13,6 +13,12 @@ from typing import Any
 from torch import nn
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+TRITON_FLAGS = {  # the flag giving each setting of gainx.export.triton_repo.check_triton_settings
+    "model_name": "--triton-model-name",
+    "max_batch_size": "--triton-max-batch-size",
+    "instance_count": "--triton-instances",
+    "instance_kind": "--triton-instance-kind",
+}
 
 
 def _model_from_spec(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
@@ -49,8 +55,16 @@ def _model_from_spec(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from gainx.export.onnx_export import export_onnx
-    from gainx.export.triton_repo import write_triton_repo
+    from gainx.export.triton_repo import check_triton_settings, write_triton_repo
 
+    if args.triton_repo:  # before the export, which writes --out
+        check_triton_settings(
+            args.triton_model_name,
+            args.triton_max_batch_size,
+            instance_count=args.triton_instances,
+            instance_kind=args.triton_instance_kind,
+            names=TRITON_FLAGS,
+        )
     if args.checkpoint is not None:
         for flag in ("weights", "random_weights", "num_classes", "model_kwargs"):
             if getattr(args, flag):

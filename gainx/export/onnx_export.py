@@ -41,6 +41,7 @@ from gainx.export.verify import (
     verify_onnx,
 )
 from gainx.io import atomic_open
+from gainx.runtime import MIN_IMAGE_SIDE
 
 INPUT_NAMES = ["images", "class_ids"]
 OUTPUT_NAMES = ["scores", "classes", "attention"]
@@ -69,8 +70,8 @@ def _resolve(
 
 def _check_args(meta: dict[str, Any], topk: int) -> None:
     """Refuse an image size, mean, std or top-k that no model could be exported with (before the model runs)."""
-    if len(meta["image_size"]) != 2 or min(meta["image_size"]) < 8:
-        raise ValueError(f"image_size must be (H, W) with H, W >= 8, got {meta['image_size']}")
+    if len(meta["image_size"]) != 2 or min(meta["image_size"]) < MIN_IMAGE_SIDE:
+        raise ValueError(f"image_size must be (H, W) with H, W >= {MIN_IMAGE_SIDE}, got {meta['image_size']}")
     for name in ("mean", "std"):
         if len(meta[name]) != 3:
             raise ValueError(f"{name} must have 3 values (RGB), got {meta[name]}")
@@ -94,7 +95,7 @@ def _torch_export(
     from torch.export import Dim
 
     batch = Dim("batch", min=1)
-    spatial = {2: Dim("height", min=8), 3: Dim("width", min=8)} if dynamic_hw else {}
+    spatial = {2: Dim("height", min=MIN_IMAGE_SIDE), 3: Dim("width", min=MIN_IMAGE_SIDE)} if dynamic_hw else {}
     images = torch.rand(3, 3, *image_size)
     class_ids = torch.full((3, min(2, num_classes)), -1, dtype=torch.long)
     dynamic_shapes = {"images": {0: batch, **spatial}, "class_ids": {0: batch, 1: Dim("k", min=1, max=num_classes)}}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,43 @@ def _tensor_block(specs: list[tuple[str, str, list[int]]], labels_for: str | Non
     return ",\n".join(entries)
 
 
+def check_triton_settings(
+    model_name: str,
+    max_batch_size: int = 32,
+    preferred_batch_sizes: Sequence[int] | None = None,
+    instance_count: int = 1,
+    instance_kind: str = "auto",
+    names: Mapping[str, str] | None = None,
+) -> list[int]:
+    """Refuse settings that :func:`triton_config` and :func:`write_triton_repo` cannot write; return the
+    preferred batch sizes (given, or those of 4, 8 and 16 up to ``max_batch_size``; ``max_batch_size`` itself
+    below 4).
+
+    The errors name each setting by its entry in ``names`` (such as the command-line flag that gave it), else by
+    its parameter name.
+    """
+
+    def called(setting: str) -> str:
+        return (names or {}).get(setting, setting)
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_name):
+        raise ValueError(f"{called('model_name')} {model_name!r} must use letters, digits, '_', '.', '-' only")
+    if max_batch_size < 1:
+        raise ValueError(f"{called('max_batch_size')} must be >= 1, got {max_batch_size}")
+    if preferred_batch_sizes is None:
+        preferred_batch_sizes = [b for b in (4, 8, 16) if b <= max_batch_size] or [max_batch_size]
+    if any(not 1 <= b <= max_batch_size for b in preferred_batch_sizes):
+        raise ValueError(
+            f"{called('preferred_batch_sizes')} must lie in [1, {max_batch_size}] ({called('max_batch_size')}), "
+            f"got {list(preferred_batch_sizes)}"
+        )
+    if instance_count < 1:
+        raise ValueError(f"{called('instance_count')} must be >= 1, got {instance_count}")
+    if instance_kind not in INSTANCE_KINDS:
+        raise ValueError(f"{called('instance_kind')} must be one of {sorted(INSTANCE_KINDS)}, got {instance_kind!r}")
+    return list(preferred_batch_sizes)
+
+
 def triton_config(
     model: str | Path | Any,
     model_name: str,
@@ -64,25 +101,18 @@ def triton_config(
 
     ``preferred_batch_sizes`` defaults to those of 4, 8 and 16 up to ``max_batch_size`` (``max_batch_size``
     itself below 4). ``instance_kind`` is ``auto``, ``cpu`` or ``gpu`` (``KIND_AUTO``, ``KIND_CPU``,
-    ``KIND_GPU``) and ``instance_count`` the model instances Triton runs on each device of that kind.
+    ``KIND_GPU``) and ``instance_count`` the model instances Triton runs on each device of that kind. The
+    settings are checked first (:func:`check_triton_settings`).
     """
-    if preferred_batch_sizes is None:
-        preferred_batch_sizes = [b for b in (4, 8, 16) if b <= max_batch_size] or [max_batch_size]
-    if instance_kind not in INSTANCE_KINDS:
-        raise ValueError(f"instance kind must be one of {sorted(INSTANCE_KINDS)}, got {instance_kind!r}")
-    if instance_count < 1:
-        raise ValueError(f"need instance_count >= 1, got {instance_count}")
+    preferred_batch_sizes = check_triton_settings(
+        model_name, max_batch_size, preferred_batch_sizes, instance_count, instance_kind
+    )
     if isinstance(model, (str, Path)):
         onnx = require("onnx", extra="export", feature="the Triton model repository")
 
         model = onnx.load(str(model), load_external_data=False)
     graph = model.graph
     skip = {init.name for init in graph.initializer}
-    if max_batch_size < 1 or any(not 1 <= b <= max_batch_size for b in preferred_batch_sizes):
-        raise ValueError(
-            f"need max_batch_size >= 1 and preferred sizes in [1, {max_batch_size}], got "
-            f"{max_batch_size}, {list(preferred_batch_sizes)}"
-        )
     return (
         f'name: "{model_name}"\n'
         f'platform: "onnxruntime_onnx"\n'
@@ -108,13 +138,12 @@ def write_triton_repo(
     """Write ``<repo>/<model_name>/{config.pbtxt, labels.txt, 1/model.onnx}``; return the model folder.
 
     The class names come from the model's ``gainx.classes`` metadata; the other arguments are those of
-    :func:`triton_config`.
+    :func:`triton_config`, checked (:func:`check_triton_settings`) before the model is read.
     """
     onnx = require("onnx", extra="export", feature="the Triton model repository")
 
     onnx_path = Path(onnx_path)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_name):
-        raise ValueError(f"model name {model_name!r} must use letters, digits, '_', '.', '-' only")
+    check_triton_settings(model_name, max_batch_size, preferred_batch_sizes, instance_count, instance_kind)
     model = onnx.load(str(onnx_path), load_external_data=False)  # parsed once, for the metadata and the config
     props = {p.key: p.value for p in model.metadata_props}
     if "gainx.classes" not in props:

@@ -160,13 +160,52 @@ def check_state_dict(state: Any, where: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def classifier_head(model: nn.Module) -> str:
+    """The module path of ``model``'s classifier head, the layer whose shape depends on the number of classes:
+    its last ``nn.Linear`` by registration order, or its last convolution when it has no ``nn.Linear``
+    (a fully convolutional classifier). ``ValueError`` when it has neither."""
+    modules = list(model.named_modules())
+    for kind in (nn.Linear, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        names = [name for name, module in modules if isinstance(module, kind)]
+        if names:
+            return names[-1]
+    raise ValueError(f"{type(model).__name__} has no nn.Linear or convolution to take as its classifier head")
+
+
 def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local state dict, skipping entries whose shapes differ (the head)."""
+    """Load a local state dict into ``model``, all but a head of another shape.
+
+    Every parameter outside the classifier head (:func:`classifier_head`) must be in the file with its shape,
+    and every entry of the file must be in the model; otherwise ``ValueError`` names the file, how many of the
+    model's parameters would load and the first entries missing, of other shapes or unknown (the file is
+    of another architecture). The head's entries load where their shapes fit (the same number of classes)
+    and are skipped, the head left as initialized, where they do not. Buffers absent from the file (e.g.
+    ``num_batches_tracked``) keep their initial values.
+    """
     state = read_state_dict(path)
     own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise ValueError(f"{path}: no tensor matches the model's parameters (wrong arch?)")
+    head = classifier_head(model)
+    in_head = {f"{head}.{name}" for name, _ in model.get_submodule(head).named_parameters(recurse=False)}
+    backbone = [name for name, _ in model.named_parameters() if name not in in_head]
+    missing = [k for k in backbone if k not in state]
+    shapes = [
+        f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})"
+        for k, v in state.items()
+        if k in own and k not in in_head and own[k].shape != v.shape
+    ]
+    unexpected = [k for k in state if k not in own]
+    if missing or shapes or unexpected:
+        fits = sum(k in state and state[k].shape == own[k].shape for k in backbone)
+        problems = [
+            f"{label} {names[:5]}{' ...' if len(names) > 5 else ''}"
+            for label, names in (("missing", missing), ("shapes differ:", shapes), ("not in the model", unexpected))
+            if names
+        ]
+        raise ValueError(
+            f"{path}: the weights are not those of {type(model).__name__} (another architecture?): only {fits} "
+            f"of its {len(backbone)} parameters outside the head {head!r} would load; {'; '.join(problems)}"
+        )
+    usable = {k: v for k, v in state.items() if own[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)
 
 

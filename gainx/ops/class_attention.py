@@ -161,12 +161,12 @@ def _register() -> None:
     @torch.library.register_fake("gainx::class_attention")
     def _(features: Tensor, weight: Tensor, classes: Tensor, out_size: list[int], eps: float = EPS) -> Tensor:
         _check_class_attention(features, weight, classes)
-        return features.new_empty(classes.shape[0], classes.shape[1], out_size[0], out_size[1])
+        return features.new_empty(classes.shape[0], classes.shape[1], *_size(out_size))
 
     @torch.library.register_fake("gainx::gradcam")
     def _(features: Tensor, grads: Tensor, out_size: list[int], eps: float = EPS) -> Tensor:
         _check_gradcam(features, grads)
-        return features.new_empty(features.shape[0], out_size[0], out_size[1])
+        return features.new_empty(features.shape[0], *_size(out_size))
 
     def setup_class_attention(ctx, inputs, output) -> None:  # noqa: ANN001
         features, weight, classes, ctx.out_size, ctx.eps = inputs

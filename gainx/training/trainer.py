@@ -15,6 +15,11 @@ named (:mod:`gainx.training.validation`). Each epoch prints one summary line
 ``bn_statistics="recompute"``) recomputes its batch-norm running statistics before each epoch's validation and
 checkpoints (:mod:`gainx.training.batch_norm`), without touching the random streams training draws from.
 
+Unless ``batch_size`` is 1, training never runs a batch of one image, which batch norm cannot train on: when
+the images a process draws per epoch leave one over after full batches of ``batch_size``, that image is left
+out of the epoch (the sampler shuffles anew each epoch, so another one each time), and a training split of
+fewer than 2 images per process is refused.
+
 A loss that is NaN or infinite stops the run with :class:`TrainingDiverged`,
 naming the epoch and step, before that step changes the weights; weights that
 are not finite at the end of an epoch are never saved, and a ``last.pt``
@@ -173,6 +178,14 @@ class Trainer:
         self.sampler = DistributedSampler(
             self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=cfg.seed
         )
+        per_process = len(self.sampler)  # every rank draws as many (the sampler repeats images to even them up)
+        if per_process < 2:
+            ranks = f", {per_process} for each of {self.dist.world_size} processes" if self.dist.enabled else ""
+            raise ValueError(
+                f"split {cfg.train_split!r} of {cfg.data} leaves {len(self.dataset)} training image(s){ranks}: "
+                "training needs batches of at least 2 images (batch norm cannot train on one), whatever "
+                "--batch-size; add images" + (" or run fewer processes" if self.dist.enabled else "")
+            )
         self.loader = DataLoader(
             self.dataset,
             batch_size=cfg.batch_size,
@@ -180,6 +193,7 @@ class Trainer:
             num_workers=cfg.workers,
             pin_memory=device.type == "cuda",
             persistent_workers=cfg.workers > 0,
+            drop_last=per_process % cfg.batch_size == 1,  # a last batch of one image: batch norm cannot train on it
         )
         self.bn_loader = DataLoader(  # the training images as at test time (no flips), in a fixed order
             subset(self.dataset, range(len(self.dataset)), augment=False),
