@@ -256,3 +256,21 @@ def test_opcheck(device: str) -> None:
 @pytest.mark.skipif(not CUDA, reason="torch.compile of the user-defined Triton kernels needs a CUDA device")
 def test_torch_compile_sees_through_the_op() -> None:
     assert_compiled_matches_eager(ops.attention_erase_triton)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message is for CPU tensors without the interpreter")
+def test_cpu_tensors_without_the_interpreter_name_both_kernel_backends():
+    code = (
+        "import torch\nfrom gainx.ops import attention_erase\n"
+        "f = torch.randn(2, 4, 3, 3)\n"
+        "for backend in ('triton', 'fused'):\n"
+        "    try:\n"
+        "        attention_erase(f, f, torch.rand(2, 3, 8, 8), torch.arange(2), backend=backend)\n"
+        "    except RuntimeError as exc:\n"
+        "        print(backend, exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ["triton", "fused"]
+    assert all("the triton and fused backends need CUDA tensors (got cpu)" in line for line in lines), out

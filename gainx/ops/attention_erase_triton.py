@@ -745,7 +745,7 @@ def _check_inputs(features: Tensor, grads: Tensor, images: Tensor, index: Tensor
         raise ValueError(f"features, grads, images and index must be on one device; got {sorted(map(str, devices))}")
     if features.device.type != "cuda" and not _INTERPRETED:
         raise RuntimeError(
-            f"the triton backend needs CUDA tensors (got {features.device}) or TRITON_INTERPRET=1 "
+            f"the triton and fused backends need CUDA tensors (got {features.device}) or TRITON_INTERPRET=1 "
             "set before gainx.ops.attention_erase_triton is imported; use backend='eager' on CPU"
         )
     P, C, h, w = features.shape
