@@ -331,3 +331,20 @@ def test_polygon_edge_length_limit_at_its_boundary() -> None:
     message = rf"^f image id 1 annotation 3: the image's polygon edges are {limit + 3:.1f} pixels long"
     with pytest.raises(DatasetError, match=message):
         coco_segments.check_polygons_on_image(segments, H, W, "f image id 1")
+
+
+def test_an_instance_without_an_outline_is_no_evidence_of_absence(tmp_path: Path) -> None:
+    """With guide="masks", an annotation whose segmentation is empty still labels its class; its box carries no
+    supervision (ignore in every channel, as a crowd instance's pixels), not an all-background target."""
+    root = build_coco(tmp_path)
+    _rewrite(root, lambda d: d["annotations"][1].update(segmentation=[]))  # the cat: a box, no outline
+    sample = load_dataset(root, "train2017", image_size=(H, W))[0]
+    guide = sample["guide"].numpy()
+    assert sample["labels"].tolist() == [1.0, 1.0] and bool(sample["has_guide"])
+    assert (guide[:, 9:14, 12:18] == IGNORE).all()  # the cat's bbox [12, 9, 6, 5]
+    assert guide[DOG, 5:9, 3:8].all() and (guide[CAT] != 1).all()
+    _rewrite(root, lambda d: d["annotations"][1].pop("bbox"))
+    with pytest.raises(DatasetError, match=r"annotation 11 has no outline \('segmentation'\) and no valid 'bbox'"):
+        load_dataset(root, "train2017")
+    _rewrite(root, lambda d: [a.update(segmentation=[], bbox=[1, 1, 2, 2]) for a in d["annotations"]])
+    assert not bool(load_dataset(root, "train2017")[0]["has_guide"])  # boxes only: no mask, as before

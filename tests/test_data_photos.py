@@ -192,3 +192,22 @@ def test_registered_as_a_bias_benchmark(tmp_path: Path) -> None:
         contexts = _generator(root)["contexts"]["train"]
         agree[name] = np.mean([c == y for c, y in zip(contexts, labels, strict=True)])
     assert agree["biased"] == 1.0 and agree["oracle"] < 0.5  # the oracle's train photo is independent of the label
+
+
+@pytest.mark.parametrize("bad", [{"bias": 2.0}, {"val_size": 0}])
+def test_bad_arguments_leave_an_existing_data_set_as_it_was(tmp_path: Path, bad: dict) -> None:
+    from gainx.data.synthetic import write_decoy
+
+    out = write_decoy(tmp_path / "d", train_size=4, test_size=2)
+    before = (out / "manifest.csv").read_bytes()
+    with pytest.raises(ValueError, match="bias must be in|val_size must be"):
+        write_photos(out, train_size=4, test_size=2, **bad)
+    assert (out / "manifest.csv").read_bytes() == before
+
+
+def test_a_negative_seed_is_refused_by_the_parser(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["data", "photos", "--out", str(tmp_path / "p"), "--seed", "-1"])
+    assert "--seed" in capsys.readouterr().err and not (tmp_path / "p").exists()

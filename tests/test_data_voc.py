@@ -303,3 +303,14 @@ def test_labelmap_duplicates_are_named_briefly(tmp_path: Path) -> None:
         DatasetError, match=r"labelmap\.txt: duplicate classes \['c0', 'c1', 'c2', 'c3', 'c4'\] and 2 more$"
     ):
         load_dataset(root, "train")
+
+
+def test_a_bad_box_in_a_file_no_split_lists_stops_nothing(voc: Path) -> None:
+    """The class list is read from every annotation file's object names; a file's boxes are checked only when a
+    split that lists it is read."""
+    (voc / "Annotations" / "2008_000009.xml").write_text(_xml([("cat", 0, 0, 4, 8)]))  # 0-based: invalid in VOC
+    assert len(load_dataset(voc, "train", guide="boxes")) == 3
+    (voc / "ImageSets/Main/train.txt").write_text("2008_000001\n2008_000009\n")
+    (voc / "JPEGImages" / "2008_000009.jpg").write_bytes((voc / "JPEGImages" / "2008_000001.jpg").read_bytes())
+    with pytest.raises(DatasetError, match=r"2008_000009\.xml: object 0 \(cat\) has an invalid box 0,0,4,8"):
+        load_dataset(voc, "train", guide="boxes")

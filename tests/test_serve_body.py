@@ -50,3 +50,11 @@ def test_malformed_body_is_a_bad_multipart(body: bytes, content_type: str, messa
         _read(body, content_type)
     assert (info.value.status, info.value.code) == (400, "bad_multipart")
     assert message in info.value.message
+
+
+def test_more_files_than_the_limit_are_too_many_files() -> None:
+    body = b"\r\n".join([PART] * 5) + b"\r\n--xx--\r\n"  # the limit _read passes is 4
+    with pytest.raises(ApiError) as info:
+        _read(body, "multipart/form-data; boundary=xx")
+    assert (info.value.status, info.value.code) == (400, "too_many_files")
+    assert "more than 4 files" in info.value.message

@@ -52,23 +52,30 @@ def test_flags_and_defaults() -> None:
 @pytest.mark.parametrize(
     "flags,needle",
     [
-        (["--max-batch", "0"], "max_batch"),
-        (["--max-body-bytes", "0"], "max_body_bytes"),
+        (["--max-batch", "0"], "--max-batch must be >= 1"),
+        (["--max-body-bytes", "0"], "--max-body-bytes must be >= 1"),
         (["--workers", "0"], "--workers"),
-        (["--max-wait-ms", "-1"], "max_wait_ms"),
-        (["--topk", "0"], "topk"),
-        (["--image-threads", "0"], "image_threads"),
-        (["--header-timeout", "0"], "header_timeout_s"),
-        (["--body-deadline", "nan"], "body_deadline_s"),
-        (["--max-connections", "0"], "max_connections"),
-        (["--max-raw-values", "0"], "max_raw_values"),
-        (["--max-request-pixels", "0"], "max_request_pixels"),
-        (["--send-timeout", "0"], "send_timeout_s"),
-        (["--keep-alive-timeout", "nan"], "keep_alive_s"),
-        (["--max-buffered-bytes", "0"], "max_buffered_bytes"),
-        (["--max-pixels-in-flight", "1000", "--max-image-pixels", "2000"], "max_pixels_in_flight (1000)"),
-        (["--max-body-bytes-in-flight", "1000", "--max-body-bytes", "2000"], "max_body_bytes_in_flight (1000)"),
+        (["--max-wait-ms", "-1"], "--max-wait-ms must be >= 0"),
+        (["--topk", "0"], "--topk must be >= 1"),
+        (["--image-threads", "0"], "--image-threads must be >= 1"),
+        (["--header-timeout", "0"], "--header-timeout must be > 0"),
+        (["--body-deadline", "nan"], "--body-deadline must be > 0"),
+        (["--max-connections", "0"], "--max-connections must be >= 1"),
+        (["--max-raw-values", "0"], "--max-raw-values must be >= 1"),
+        (["--max-request-pixels", "0"], "--max-request-pixels must be >= 1"),
+        (["--send-timeout", "0"], "--send-timeout must be > 0"),
+        (["--keep-alive-timeout", "nan"], "--keep-alive-timeout must be > 0"),
+        (["--max-buffered-bytes", "0"], "--max-buffered-bytes must be >= 1"),
+        (
+            ["--max-pixels-in-flight", "1000", "--max-image-pixels", "2000"],
+            "--max-pixels-in-flight (1000) is below --max-image-pixels (2000)",
+        ),
+        (
+            ["--max-body-bytes-in-flight", "1000", "--max-body-bytes", "2000"],
+            "--max-body-bytes-in-flight (1000) is below --max-body-bytes (2000)",
+        ),
         (["--max-connections", str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])], "open-file limit"),
+        (["--graceful-timeout", "-1"], "--graceful-timeout must be >= 0"),
     ],
 )
 def test_bad_settings_exit_2_before_loading(tmp_path, capsys, flags, needle) -> None:
@@ -134,3 +141,10 @@ def test_lazy_package_names() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=REPO, check=False
     )
     assert out.returncode == 0 and out.stdout.split() == ["gainx.losses.gain", "gainx.attention.maps"], out.stderr
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", "70000"])
+def test_a_port_out_of_range_is_refused_by_the_parser(port, capsys) -> None:
+    with pytest.raises(SystemExit):
+        parse("model.onnx", "--port", port)
+    assert "a TCP port is 0-65535" in capsys.readouterr().err

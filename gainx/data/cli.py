@@ -55,7 +55,7 @@ def _generator_arguments(parser: argparse.ArgumentParser, train_size: int, test_
     """The arguments every benchmark generator takes (``context``: what the bias ties to the label)."""
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--size", type=int, default=48, help="canvas size in pixels (default 48)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--mask-fraction", type=float, default=0.05, help="fraction of train images with a mask")
     parser.add_argument("--train-size", type=int, default=train_size)
     parser.add_argument("--test-size", type=int, default=test_size, help="images in each of the two test splits")

@@ -5,7 +5,8 @@ or the root (the COCO 2017 download), or Roboflow's export ``<split>/_annotation
 images. Image-level labels are the categories of an image's annotations (multi-label; an image without
 annotations has no labels). Guides: the instance outlines (polygons or RLE, decoded by pycocotools, the
 ``coco`` extra; bounded and checked by :mod:`gainx.data.coco_segments` when the index is read), the boxes, or
-none; an ``iscrowd`` instance's outline (masks) or box (boxes) is an ignore region in every channel. Image
+none; an ``iscrowd`` instance's outline (masks) or box (boxes) is an ignore region in every channel, as is
+the box of an instance without an outline in an image with outlines (masks; an image with none has no mask). Image
 files must lie inside ``root`` (the data folder, not the split folder: a split folder symlinked elsewhere is
 outside) unless ``allow_outside_root``.
 """
@@ -138,14 +139,29 @@ def _sample(
     boxes: tuple[Box, ...] = ()
     if guide == "masks":
         check_segmentations(anns, f"{ann_file} image id {image['id']}")
-        segments = tuple(
-            Segment(category_index[a["category_id"]], a["segmentation"], bool(a.get("iscrowd", 0)), a.get("id"))
-            for a in anns
-            if a.get("segmentation")
-        )
+        if any(a.get("segmentation") for a in anns):  # an image with no outline at all carries no mask
+            segments = tuple(_segment(a, category_index, where) for a in anns)
     elif guide == "boxes":
         boxes = tuple(_box(a, category_index, where) for a in anns)
     return Sample(image=path, labels=labels, origin=where, boxes=boxes, segments=segments)
+
+
+def _segment(ann: dict, category_index: dict[Any, int], where: str) -> Segment:
+    """The instance's outline; an instance without one (empty ``segmentation``) in an image with outlines is its
+    box as a crowd region (ignore in every channel): its class is present, so its channel must not read as
+    background there."""
+    label = category_index[ann["category_id"]]
+    if ann.get("segmentation"):
+        return Segment(label, ann["segmentation"], bool(ann.get("iscrowd", 0)), ann.get("id"))
+    try:
+        box = _box(ann, category_index, where)
+    except DatasetError:
+        raise DatasetError(
+            f"{where}: annotation {ann.get('id')} has no outline ('segmentation') and no valid 'bbox' "
+            "[x, y, width, height] to leave out of the supervision"
+        ) from None
+    polygon = [box.x0, box.y0, box.x1, box.y0, box.x1, box.y1, box.x0, box.y1]
+    return Segment(label, [polygon], True, ann.get("id"))
 
 
 def _box(ann: dict, category_index: dict[Any, int], where: str) -> Box:

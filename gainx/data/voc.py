@@ -85,7 +85,8 @@ def voc_classes(root: Path) -> tuple[list[str], str]:
         path = root / name
         if path.is_file():
             return (_read_labelmap(path) if path.name == "labelmap.txt" else read_classes(path)), str(path)
-    names = {obj[0] for xml in sorted((root / "Annotations").glob("*.xml")) for obj in _read_objects(xml)}
+    # the names only: a box is checked when a split that lists its file is read
+    names = {name for xml in sorted((root / "Annotations").glob("*.xml")) for name, _ in _named_objects(xml)}
     if names <= set(VOC_CLASSES):
         return list(VOC_CLASSES), "the VOC 2012 classes"
     return sorted(names), f"the object names in {root / 'Annotations'}"
@@ -173,18 +174,26 @@ def _image_file(files: _Files, line: int, image_id: str, where: str) -> Path:
     raise FileNotFoundError(f"image not found: {folder / image_id}.jpg (or .jpeg, .png) ({where})")
 
 
-def _read_objects(xml: Path) -> list[tuple[str, int, tuple[float, float, float, float]]]:
-    """``(name, object number, (xmin, ymin, xmax, ymax))`` per ``<object>`` in VOC's 1-based inclusive
-    corners (a box becomes ``[xmin-1, xmax)`` in :class:`Box`)."""
+def _named_objects(xml: Path) -> list[tuple[str, ET.Element]]:
+    """``(name, element)`` per ``<object>`` of the annotation file ``xml`` (its boxes are not read)."""
     try:
         tree = ET.parse(xml)
     except (OSError, ET.ParseError) as exc:
         raise DatasetError(f"cannot read annotation {xml}: {exc}") from exc
-    boxes = []
+    objects = []
     for n, obj in enumerate(tree.getroot().iter("object")):
         name = (obj.findtext("name") or "").strip()
         if not name:
             raise DatasetError(f"{xml}: object {n} has no <name>")
+        objects.append((name, obj))
+    return objects
+
+
+def _read_objects(xml: Path) -> list[tuple[str, int, tuple[float, float, float, float]]]:
+    """``(name, object number, (xmin, ymin, xmax, ymax))`` per ``<object>`` in VOC's 1-based inclusive
+    corners (a box becomes ``[xmin-1, xmax)`` in :class:`Box`)."""
+    boxes = []
+    for n, (name, obj) in enumerate(_named_objects(xml)):
         bb = obj.find("bndbox")
         try:
             xmin, ymin, xmax, ymax = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore[union-attr, arg-type]

@@ -104,6 +104,8 @@ async def read_files(
     try:
         form = await parser.parse()
     except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise ApiError(400, "too_many_files", f"more than {max_files} files in one request") from None
         raise ApiError(400, "bad_multipart", f"cannot parse the multipart body: {exc.message}") from None
     files: list[tuple[str, str, bytes]] = []
     try:

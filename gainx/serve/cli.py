@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import resource
 import socket
 import sys
@@ -23,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``serve`` flags (shared by ``gainx serve`` and ``python -m gainx.serve``)."""
     parser.add_argument("model", help="ONNX attention model written by `gainx export`")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (printed at start-up)")
+    parser.add_argument("--port", type=_port, default=8000, help="TCP port; 0 picks a free one (printed at start-up)")
     parser.add_argument("--workers", type=int, default=1, help="inference workers, one ONNX Runtime session each")
     parser.add_argument("--max-batch", type=int, default=_DEFAULTS.max_batch, help="images per model call")
     parser.add_argument(
@@ -169,6 +170,43 @@ def check_file_limit(max_connections: int) -> None:
         )
 
 
+# ServeConfig field -> the argparse destination of its flag (``--max-batch`` for ``max_batch``)
+CONFIG_FLAGS = {
+    "max_batch": "max_batch",
+    "max_wait_ms": "max_wait_ms",
+    "max_queue": "max_queue",
+    "max_body_bytes": "max_body_bytes",
+    "body_timeout_s": "body_timeout",
+    "body_deadline_s": "body_deadline",
+    "header_timeout_s": "header_timeout",
+    "send_timeout_s": "send_timeout",
+    "keep_alive_s": "keep_alive_timeout",
+    "max_connections": "max_connections",
+    "max_buffered_bytes": "max_buffered_bytes",
+    "max_body_bytes_in_flight": "max_body_bytes_in_flight",
+    "max_pixels_in_flight": "max_pixels_in_flight",
+    "max_image_pixels": "max_image_pixels",
+    "max_request_pixels": "max_request_pixels",
+    "max_raw_values": "max_raw_values",
+    "topk": "topk",
+    "image_threads": "image_threads",
+}
+
+
+def _with_flag_names(message: str) -> str:
+    """``message`` (from :class:`ServeConfig`) with each field name it holds written as its command-line flag."""
+    for field, dest in CONFIG_FLAGS.items():
+        message = re.sub(rf"\b{field}\b", "--" + dest.replace("_", "-"), message)
+    return message
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 0-65535, got {port}")
+    return port
+
+
 def _fail(message: str) -> int:
     print(f"gainx serve: error: {message}", file=sys.stderr, flush=True)
     return 2
@@ -187,29 +225,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
-        config = ServeConfig(
-            max_batch=args.max_batch,
-            max_wait_ms=args.max_wait_ms,
-            max_queue=args.max_queue,
-            max_body_bytes=args.max_body_bytes,
-            body_timeout_s=args.body_timeout,
-            body_deadline_s=args.body_deadline,
-            header_timeout_s=args.header_timeout,
-            send_timeout_s=args.send_timeout,
-            keep_alive_s=args.keep_alive_timeout,
-            max_connections=args.max_connections,
-            max_buffered_bytes=args.max_buffered_bytes,
-            max_body_bytes_in_flight=args.max_body_bytes_in_flight,
-            max_pixels_in_flight=args.max_pixels_in_flight,
-            max_image_pixels=args.max_image_pixels,
-            max_request_pixels=args.max_request_pixels,
-            max_raw_values=args.max_raw_values,
-            topk=args.topk,
-            image_threads=args.image_threads,
-        )
+        if not args.graceful_timeout >= 0:  # also refuses NaN
+            raise ValueError(f"--graceful-timeout must be >= 0, got {args.graceful_timeout}")
+        config = ServeConfig(**{field: getattr(args, dest) for field, dest in CONFIG_FLAGS.items()})
         check_file_limit(config.max_connections)
     except ValueError as exc:
-        return _fail(str(exc))
+        return _fail(_with_flag_names(str(exc)))
     try:
         threads = max(1, (os.cpu_count() or 1) // args.workers)
         sessions = [AttentionSession(args.model, threads=threads, spinning=False) for _ in range(args.workers)]

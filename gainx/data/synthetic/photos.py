@@ -94,11 +94,11 @@ def write_photos(
     ``test_size`` images go to each of ``test_consistent`` and ``test_conflicting``, ``val_size``
     (default ``test_size``) to ``val``, ``train_size`` to each of ``train`` and ``train_unbiased``.
     """
-    out = start_dataset(out, image_size, train_size, test_size, mask_fraction)
-    check_bias(bias)
+    check_bias(bias)  # every argument is checked before start_dataset clears the folder
     val_size = test_size if val_size is None else val_size
     if val_size < 1:
         raise ValueError(f"val_size must be >= 1, got {val_size}")
+    out = start_dataset(out, image_size, train_size, test_size, mask_fraction)
     photos = load_photos()
     rng = np.random.default_rng(seed)
     k = len(SHAPES)
