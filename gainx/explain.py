@@ -81,12 +81,17 @@ def overlay_names(stems: Sequence[str], classes: Sequence[str], candidates: Iter
     names = {(i, c): f"{stem}_{safe_name(classes[c])}" for i, stem in enumerate(stems) for c in candidates}
     clashes = Counter(name.casefold() for name in names.values())
     names = {key: f"{name}_{key[1]}" if clashes[name.casefold()] > 1 else name for key, name in names.items()}
-    clashes = Counter(name.casefold() for name in names.values())
-    if len(clashes) < len(names):
-        raise ValueError(
-            f"overlays would share file names: {sorted(n for n in names.values() if clashes[n.casefold()] > 1)}"
-        )
+    check_distinct_names(names.values())
     return [{c: f"{names[i, c]}.png" for c in candidates} for i in range(len(stems))]
+
+
+def check_distinct_names(names: Iterable[str]) -> None:
+    """``ValueError`` listing the overlay file names that two overlays would share (letter case aside: a
+    case-insensitive file system keeps one of them)."""
+    names = [str(n) for n in names]
+    clashes = Counter(n.casefold() for n in names)
+    if len(clashes) < len(names):
+        raise ValueError(f"overlays would share file names: {sorted(n for n in names if clashes[n.casefold()] > 1)}")
 
 
 def explain_files(

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -92,16 +91,14 @@ def save_overlays(folder: Path, paths: list[str], images: np.ndarray, maps: np.n
     ``b_x``) and a class name's spaces and slashes become ``_``. Raises ``ValueError`` before writing anything
     when an image is given twice or two overlays would still share a file name.
     """
-    from gainx.explain import overlay_stems, safe_name
+    from gainx.explain import check_distinct_names, overlay_stems, safe_name
     from gainx.viz import overlay, save_png
 
     targets = [
         [folder / f"{stem}_{rank}_{safe_name(name)}.png" for rank, name in enumerate(image_names, 1)]
         for stem, image_names in zip(overlay_stems(paths), names)
     ]
-    clashes = Counter(str(target).casefold() for target in chain.from_iterable(targets))
-    if len(clashes) < sum(map(len, targets)):
-        raise ValueError(f"overlays would share file names: {sorted(n for n, k in clashes.items() if k > 1)}")
+    check_distinct_names(chain.from_iterable(targets))
     folder.mkdir(parents=True, exist_ok=True)
     for image, image_maps, image_targets in zip(images, maps, targets):
         rgb = np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8)
